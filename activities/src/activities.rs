@@ -1,0 +1,234 @@
+//! The saga's steps as Temporal activities, each safe to run more than once.
+//!
+//! Crash semantics: a worker can die after a step's transaction commits and before Temporal
+//! records the completion; Temporal then runs the step again. Every step is written so the
+//! second run changes nothing and returns what the first run returned:
+//! - `CreateOrder` claims the idempotency key `<workflow id>/<run id>/create-order` in the
+//!   transaction that inserts the order and stores the result with it;
+//! - `ReserveCredit` / `ReleaseCredit` go through the order's credit hold row;
+//! - `ConfirmOrder` is a conditional status change that reports the status either way;
+//! - `DeleteOrder` (the compensation) tombstones the create key, then deletes by order id.
+
+use std::sync::Arc;
+
+use orders_entities::order::OrderStatus;
+use rust_decimal::Decimal;
+use sea_orm::{DbErr, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use crate::failpoints::crash_if_armed;
+use crate::failure::Rejection;
+use crate::order_input::ValidOrder;
+use crate::shards::{Shard, ShardError, Shards};
+use crate::store::{credit, idempotency, orders};
+
+/// Input of [`OrderActivities::create_order`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateOrderInput {
+    /// Unique per workflow run and step; see the module docs.
+    pub idempotency_key: String,
+    pub order: ValidOrder,
+}
+
+/// What `CreateOrder` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedOrder {
+    pub order_id: i64,
+    pub customer_id: i64,
+    pub shard: usize,
+    pub total_amount: Decimal,
+}
+
+/// Which order a compensation undoes: the create step's key and the customer routing it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderRef {
+    pub idempotency_key: String,
+    pub customer_id: i64,
+}
+
+/// Input of the credit steps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreditInput {
+    pub order_id: i64,
+    pub customer_id: i64,
+    pub amount: Decimal,
+}
+
+/// PlaceOrder's result, as documented in the README.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedOrder {
+    pub order_id: i64,
+    pub customer_id: i64,
+    pub shard: usize,
+    pub status: OrderStatus,
+    pub total_amount: Decimal,
+}
+
+/// The activities' shared state: a pool per shard.
+pub struct OrderActivities {
+    shards: Shards,
+}
+
+impl OrderActivities {
+    pub fn new(shards: Shards) -> Self {
+        Self { shards }
+    }
+}
+
+/// Tags a database error with its shard; it stays retryable.
+fn on(shard: &Shard) -> impl Fn(DbErr) -> ShardError + '_ {
+    move |e| shard.error(e)
+}
+
+#[activities]
+impl OrderActivities {
+    /// Inserts the order and its items (status `pending`) on the customer's shard, in one
+    /// transaction with the step's idempotency key.
+    #[activity(name = "CreateOrder")]
+    pub async fn create_order(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: CreateOrderInput,
+    ) -> Result<CreatedOrder, ActivityError> {
+        let order = &input.order;
+        let shard = self.shards.for_customer(order.customer_id);
+        let txn = shard.conn.begin().await.map_err(on(shard))?;
+        match idempotency::claim(&txn, &input.idempotency_key).await.map_err(on(shard))? {
+            idempotency::Claim::Done(result) => {
+                tracing::info!(key = %input.idempotency_key, "create_order already ran; returning its result");
+                return Ok(serde_json::from_value(result)?);
+            }
+            idempotency::Claim::Compensated => {
+                return Err(Rejection::AlreadyCompensated {
+                    step: "CreateOrder",
+                    what: input.idempotency_key.clone(),
+                }
+                .into_activity_error());
+            }
+            idempotency::Claim::New => {}
+        }
+        if crate::store::customers::find(&txn, order.customer_id).await.map_err(on(shard))?.is_none() {
+            return Err(Rejection::UnknownCustomer { customer_id: order.customer_id, shard: shard.index }
+                .into_activity_error());
+        }
+        let order_id = orders::create_with_items(&txn, shard.index, order).await.map_err(on(shard))?;
+        let created = CreatedOrder {
+            order_id,
+            customer_id: order.customer_id,
+            shard: shard.index,
+            total_amount: order.total(),
+        };
+        idempotency::record_result(&txn, &input.idempotency_key, &serde_json::to_value(&created)?)
+            .await
+            .map_err(on(shard))?;
+        txn.commit().await.map_err(on(shard))?;
+        crash_if_armed("create_order.after_commit");
+        tracing::info!(order_id, shard = shard.index, "order created (pending)");
+        Ok(created)
+    }
+
+    /// Compensation of `CreateOrder`: deletes the order and its items, and tombstones the
+    /// create key so a late duplicate of the create cannot bring them back.
+    #[activity(name = "DeleteOrder")]
+    pub async fn delete_order(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: OrderRef,
+    ) -> Result<(), ActivityError> {
+        let shard = self.shards.for_customer(input.customer_id);
+        let txn = shard.conn.begin().await.map_err(on(shard))?;
+        let created = idempotency::mark_compensated(&txn, &input.idempotency_key).await.map_err(on(shard))?;
+        if let Some(created) = created {
+            let created: CreatedOrder = serde_json::from_value(created)?;
+            let deleted = orders::delete_with_items(&txn, created.order_id).await.map_err(on(shard))?;
+            tracing::info!(order_id = created.order_id, shard = shard.index, deleted, "order deleted (compensation)");
+        }
+        txn.commit().await.map_err(on(shard))?;
+        Ok(())
+    }
+
+    /// Reserves the order total on the customer's credit, atomically; declined when
+    /// `credit_used + total > credit_limit`.
+    #[activity(name = "ReserveCredit")]
+    pub async fn reserve_credit(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: CreditInput,
+    ) -> Result<(), ActivityError> {
+        let shard = self.shards.for_customer(input.customer_id);
+        let txn = shard.conn.begin().await.map_err(on(shard))?;
+        let outcome = credit::reserve(&txn, input.order_id, input.customer_id, input.amount)
+            .await
+            .map_err(on(shard))?;
+        let rejection = match outcome {
+            credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => None,
+            credit::Reserve::Declined { available } => Some(Rejection::PaymentDeclined {
+                customer_id: input.customer_id,
+                total: input.amount,
+                available,
+            }),
+            credit::Reserve::UnknownCustomer => {
+                Some(Rejection::UnknownCustomer { customer_id: input.customer_id, shard: shard.index })
+            }
+            credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
+                step: "ReserveCredit",
+                what: format!("order {}", input.order_id),
+            }),
+        };
+        if let Some(rejection) = rejection {
+            txn.rollback().await.map_err(on(shard))?;
+            return Err(rejection.into_activity_error());
+        }
+        txn.commit().await.map_err(on(shard))?;
+        tracing::info!(order_id = input.order_id, amount = %input.amount, "credit reserved");
+        Ok(())
+    }
+
+    /// Compensation of `ReserveCredit`: gives the held credit back, at most once.
+    #[activity(name = "ReleaseCredit")]
+    pub async fn release_credit(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: CreditInput,
+    ) -> Result<(), ActivityError> {
+        let shard = self.shards.for_customer(input.customer_id);
+        let txn = shard.conn.begin().await.map_err(on(shard))?;
+        let outcome = credit::release(&txn, input.order_id, input.customer_id).await.map_err(on(shard))?;
+        txn.commit().await.map_err(on(shard))?;
+        tracing::info!(order_id = input.order_id, ?outcome, "credit released (compensation)");
+        Ok(())
+    }
+
+    /// Moves the order from `pending` to `confirmed`.
+    #[activity(name = "ConfirmOrder")]
+    pub async fn confirm_order(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        created: CreatedOrder,
+    ) -> Result<PlacedOrder, ActivityError> {
+        let shard = self.shards.for_customer(created.customer_id);
+        let status = orders::transition(
+            &shard.conn,
+            created.order_id,
+            &[OrderStatus::Pending],
+            OrderStatus::Confirmed,
+        )
+        .await
+        .map_err(on(shard))?;
+        match status {
+            Some(OrderStatus::Confirmed) => Ok(PlacedOrder {
+                order_id: created.order_id,
+                customer_id: created.customer_id,
+                shard: created.shard,
+                status: OrderStatus::Confirmed,
+                total_amount: created.total_amount,
+            }),
+            other => Err(ActivityError::application(crate::failure::non_retryable(
+                "OrderNotPending",
+                format!("order {} cannot be confirmed from status {other:?}", created.order_id),
+            ))),
+        }
+    }
+}

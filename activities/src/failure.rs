@@ -1,0 +1,68 @@
+//! Business rejections: the reasons an order fails that retrying cannot fix.
+//!
+//! Each becomes a non-retryable Temporal application failure whose *type* is the variant's
+//! name, which is what clients in any language match on. Everything else (a shard that is
+//! down, a dropped connection) stays a retryable error, and Temporal keeps trying.
+
+use temporalio_sdk::ApplicationFailure;
+use temporalio_sdk::activities::ActivityError;
+
+/// Failure type of an order whose input breaks the rules in [`crate::order_input`].
+pub const INVALID_ORDER: &str = "InvalidOrder";
+/// Failure type of an order for a customer id no shard knows.
+pub const UNKNOWN_CUSTOMER: &str = "UnknownCustomer";
+/// Failure type of an order its customer's remaining credit cannot cover.
+pub const PAYMENT_DECLINED: &str = "PaymentDeclined";
+/// Failure type of a step that found its order already compensated.
+pub const ALREADY_COMPENSATED: &str = "AlreadyCompensated";
+/// Failure type of a saga whose compensation could not complete.
+pub const COMPENSATION_FAILED: &str = "CompensationFailed";
+
+/// A reason to stop the order for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The input breaks a validation rule.
+    #[error("{0}")]
+    InvalidOrder(String),
+    /// No customer with this id exists on the shard that owns it.
+    #[error("customer {customer_id} does not exist (shard {shard})")]
+    UnknownCustomer { customer_id: i64, shard: usize },
+    /// Reserving the order total would exceed the customer's credit limit.
+    #[error(
+        "payment declined: order total {total} exceeds the available credit {available} of customer {customer_id}"
+    )]
+    PaymentDeclined { customer_id: i64, total: rust_decimal::Decimal, available: rust_decimal::Decimal },
+    /// The saga already undid this step, so doing it now would resurrect a cancelled order.
+    #[error("{step} for {what} was already compensated")]
+    AlreadyCompensated { step: &'static str, what: String },
+}
+
+impl Rejection {
+    /// The Temporal failure type clients match on.
+    pub fn failure_type(&self) -> &'static str {
+        match self {
+            Rejection::InvalidOrder(_) => INVALID_ORDER,
+            Rejection::UnknownCustomer { .. } => UNKNOWN_CUSTOMER,
+            Rejection::PaymentDeclined { .. } => PAYMENT_DECLINED,
+            Rejection::AlreadyCompensated { .. } => ALREADY_COMPENSATED,
+        }
+    }
+
+    /// The non-retryable application failure carrying this rejection.
+    pub fn into_application_failure(self) -> ApplicationFailure {
+        non_retryable(self.failure_type(), self.to_string())
+    }
+
+    /// The activity error that reports this rejection to the workflow without retries.
+    pub fn into_activity_error(self) -> ActivityError {
+        ActivityError::application(self.into_application_failure())
+    }
+}
+
+/// A non-retryable application failure of type `failure_type`.
+pub fn non_retryable(failure_type: &str, message: String) -> ApplicationFailure {
+    ApplicationFailure::builder(message)
+        .type_name(failure_type.to_owned())
+        .non_retryable(true)
+        .build()
+}

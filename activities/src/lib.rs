@@ -1,0 +1,21 @@
+//! What the order workflows do to the world: validated order input, shard routing, the SQL
+//! that touches each shard, and the Temporal activities that wrap it.
+//!
+//! Read in this order: [`order_input`] (what a valid order is), [`routing`] (which shard owns
+//! what), [`store`] (one function per statement or transaction), [`activities`] (retry-safe
+//! steps the workflows call), [`failure`] (how rejections travel back to clients).
+
+pub mod activities;
+pub mod failpoints;
+pub mod failure;
+pub mod order_input;
+pub mod routing;
+pub mod shards;
+pub mod store;
+
+pub use activities::{
+    CreateOrderInput, CreatedOrder, CreditInput, OrderActivities, OrderRef, PlacedOrder,
+};
+pub use failure::Rejection;
+pub use order_input::{InvalidOrder, OrderLine, ValidOrder};
+pub use shards::{ShardError, Shards};

@@ -1,0 +1,8 @@
+//! The SQL of one shard: each function runs one statement or one transaction, takes the
+//! connection or transaction first, and returns `Result<_, DbErr>`. Routing and retries
+//! happen above this layer.
+
+pub mod credit;
+pub mod customers;
+pub mod idempotency;
+pub mod orders;

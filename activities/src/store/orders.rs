@@ -1,0 +1,179 @@
+//! Orders and their items: the article's queries, on one shard.
+
+use chrono::{DateTime, FixedOffset};
+use orders_entities::order::OrderStatus;
+use rust_decimal::Decimal;
+use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::order_input::ValidOrder;
+use crate::routing::ID_STRIDE;
+
+/// Creates the order (status `pending`) and all its items in one statement: the article's
+/// `CreateOrderWithItems`, a data-modifying CTE feeding `unnest`ed arrays into `order_items`.
+/// The id is shard-tagged (see [`crate::routing`]). Returns the new order id.
+#[tracing::instrument(skip_all, fields(shard, customer_id = order.customer_id))]
+pub async fn create_with_items(
+    txn: &impl ConnectionTrait,
+    shard: usize,
+    order: &ValidOrder,
+) -> Result<i64, DbErr> {
+    let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
+    let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
+    let prices: Vec<Decimal> = order.items.iter().map(|i| i.unit_price).collect();
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH new_order AS (
+                 INSERT INTO orders (id, customer_id, status, total_amount, notes)
+                 VALUES (nextval('order_id_seq') * $1 + $2, $3, 'pending', $4, $5)
+                 RETURNING id
+             ), new_items AS (
+                 INSERT INTO order_items (order_id, product_id, quantity, price)
+                 SELECT new_order.id, item.product_id, item.quantity, item.price
+                 FROM new_order,
+                      unnest($6::bigint[], $7::integer[], $8::numeric[])
+                          AS item(product_id, quantity, price)
+             )
+             SELECT id FROM new_order",
+            [
+                ID_STRIDE.into(),
+                (shard as i64).into(),
+                order.customer_id.into(),
+                order.total().into(),
+                order.notes.clone().into(),
+                Value::from(product_ids),
+                Value::from(quantities),
+                Value::from(prices),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("order insert returned no id".into()))?;
+    row.try_get("", "id")
+}
+
+/// The article's compensating delete: removes the order and its items. Deleting an order
+/// that is already gone is not an error, so the compensation can be retried.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn delete_with_items(txn: &impl ConnectionTrait, order_id: i64) -> Result<u64, DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "DELETE FROM order_items WHERE order_id = $1",
+        [order_id.into()],
+    ))
+    .await?;
+    Ok(txn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM orders WHERE id = $1",
+            [order_id.into()],
+        ))
+        .await?
+        .rows_affected())
+}
+
+/// Moves the order to `to` if its status is one of `from`, bumping `updated_at`.
+/// Returns the status the order has afterwards (`None` if there is no such order), so a
+/// retried transition sees its own earlier success.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn transition(
+    conn: &impl ConnectionTrait,
+    order_id: i64,
+    from: &[OrderStatus],
+    to: OrderStatus,
+) -> Result<Option<OrderStatus>, DbErr> {
+    let from: Vec<String> = from.iter().map(ActiveEnum::to_value).collect();
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH moved AS (
+                 UPDATE orders SET status = $2, updated_at = now()
+                 WHERE id = $1 AND status = ANY($3::text[])
+                 RETURNING status
+             )
+             SELECT status FROM moved
+             UNION ALL
+             SELECT status FROM orders WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM moved)",
+            [order_id.into(), to.to_value().into(), Value::from(from)],
+        ))
+        .await?;
+    match row {
+        Some(row) => Ok(Some(OrderStatus::try_from_value(&row.try_get("", "status")?)?)),
+        None => Ok(None),
+    }
+}
+
+/// An order with its items, as `orders get` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderWithItems {
+    pub id: i64,
+    pub customer_id: i64,
+    pub status: OrderStatus,
+    pub total_amount: Decimal,
+    pub notes: Option<String>,
+    pub created_at: DateTime<FixedOffset>,
+    pub updated_at: DateTime<FixedOffset>,
+    pub items: Vec<ItemView>,
+}
+
+/// One item of [`OrderWithItems`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemView {
+    pub id: i64,
+    pub product_id: i64,
+    pub quantity: i32,
+    pub price: Decimal,
+}
+
+/// The article's `GetOrderWithItems`: the order and its items in one round trip, the items
+/// aggregated with `json_agg`. Money travels as text so no digit is lost to floating point.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn find_with_items(
+    conn: &impl ConnectionTrait,
+    order_id: i64,
+) -> Result<Option<OrderWithItems>, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT json_build_object(
+                 'id', o.id,
+                 'customer_id', o.customer_id,
+                 'status', o.status,
+                 'total_amount', o.total_amount::text,
+                 'notes', o.notes,
+                 'created_at', o.created_at,
+                 'updated_at', o.updated_at,
+                 'items', COALESCE(
+                     json_agg(json_build_object(
+                         'id', oi.id,
+                         'product_id', oi.product_id,
+                         'quantity', oi.quantity,
+                         'price', oi.price::text
+                     ) ORDER BY oi.id) FILTER (WHERE oi.id IS NOT NULL),
+                     '[]'::json)
+             ) AS order_json
+             FROM orders o
+             LEFT JOIN order_items oi ON oi.order_id = o.id
+             WHERE o.id = $1
+             GROUP BY o.id",
+            [order_id.into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let json: serde_json::Value = row.try_get("", "order_json")?;
+    serde_json::from_value(json)
+        .map(Some)
+        .map_err(|e| DbErr::Type(format!("order {order_id} did not decode: {e}")))
+}
+
+/// Counts of orders and items on one shard, for tests and `orders shards`.
+pub async fn count(conn: &impl ConnectionTrait) -> Result<(i64, i64), DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM order_items) AS items",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("count returned no row".into()))?;
+    Ok((row.try_get("", "orders")?, row.try_get("", "items")?))
+}
