@@ -1,1 +1,11 @@
+//! The `orders` binary's library: configuration, local services, migrations across shards,
+//! the Temporal worker and the client-side commands. `main.rs` only parses the command line
+//! and calls into here; the integration tests use the same functions.
 
+pub mod client;
+pub mod config;
+pub mod customers;
+pub mod dev;
+pub mod local;
+pub mod migrate;
+pub mod worker;

@@ -1,1 +1,286 @@
-fn main() {}
+//! `orders`: the durable order-processing worker and its command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use rust_decimal::Decimal;
+use std::path::PathBuf;
+
+use orders_activities::store::customers::NewCustomer;
+use orders_worker::client::{self, OrderOutcome};
+use orders_worker::config::{ShardSettings, TemporalSettings};
+use orders_worker::{customers, dev, migrate, worker};
+
+#[derive(Parser)]
+#[command(name = "orders", version, about = "Durable order processing on Temporal and sharded PostgreSQL")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, env = "ORDERS_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start local Temporal + 4 PostgreSQL shards, the worker and sample orders; Ctrl-C stops.
+    Dev {
+        /// Where clusters, Temporal history and logs live.
+        #[arg(long, env = "ORDERS_STATE_DIR", default_value = ".orders-dev")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
+    /// Run the worker against the configured Temporal and shards until Ctrl-C or SIGTERM.
+    Worker {
+        #[command(flatten)]
+        temporal: TemporalSettings,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Apply, roll back or report migrations on every shard.
+    Migrate {
+        #[command(subcommand)]
+        plan: MigratePlan,
+        #[command(flatten)]
+        shards: ShardSettings,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage customers.
+    Customer {
+        #[command(subcommand)]
+        command: CustomerCommand,
+    },
+    /// Place an order through the PlaceOrder workflow.
+    Submit {
+        /// Customer id.
+        #[arg(long)]
+        customer: i64,
+        /// An item as PRODUCT:QUANTITY:UNIT_PRICE, e.g. 7:2:19.99. Repeat for more items.
+        #[arg(long = "item", required = true)]
+        items: Vec<String>,
+        #[arg(long)]
+        notes: Option<String>,
+        /// Workflow id (default: order-<uuid>).
+        #[arg(long)]
+        workflow_id: Option<String>,
+        /// Wait for the outcome and print it.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
+    /// Show an order and its items, found by id alone.
+    Get {
+        order_id: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigratePlan {
+    /// Apply pending migrations (all, or the next N).
+    Up { steps: Option<u32> },
+    /// Roll back the last N migrations (default 1).
+    Down { steps: Option<u32> },
+    /// Print each shard's version.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Create a customer and print its id.
+    Add {
+        /// Full name; split at the first space into first and last name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        credit_limit: Decimal,
+        /// Use this id instead of allocating one.
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Dev { state_dir, temporal } => dev::run(state_dir, temporal).await,
+        Command::Worker { temporal, shards } => {
+            let client = client::connect(&temporal).await?;
+            let shards = shards.connect().await?;
+            worker::run(client, &temporal.task_queue, shards, shutdown_signal()).await
+        }
+        Command::Migrate { plan, shards, json } => {
+            let plan = match plan {
+                MigratePlan::Up { steps } => migrate::Plan::Up(steps),
+                MigratePlan::Down { steps } => migrate::Plan::Down(steps.unwrap_or(1)),
+                MigratePlan::Status => migrate::Plan::Status,
+            };
+            let shards = shards.connect().await?;
+            let versions = migrate::run(&shards, plan).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&versions)?);
+            } else {
+                for v in versions {
+                    println!(
+                        "shard {} {}: {} ({} applied, {} pending)",
+                        v.shard,
+                        v.url,
+                        v.version.as_deref().unwrap_or("(empty)"),
+                        v.applied,
+                        v.pending
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Customer { command: CustomerCommand::Add { name, email, credit_limit, id, json, shards } } => {
+            let shards = shards.connect().await?;
+            let (first_name, last_name) = NewCustomer::split_name(&name);
+            let customer = customers::add(
+                &shards,
+                NewCustomer { id, first_name, last_name, email, credit_limit },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&customer)?);
+            } else {
+                println!("{}", customer.id);
+            }
+            Ok(())
+        }
+        Command::Submit { customer, items, notes, workflow_id, wait, json, temporal } => {
+            let input = order_input(customer, &items, notes)?;
+            let client = client::connect(&temporal).await?;
+            let workflow_id = workflow_id.unwrap_or_else(|| format!("order-{}", uuid::Uuid::new_v4()));
+            client::start_order(&client, &temporal.task_queue, &workflow_id, input).await?;
+            if !wait {
+                if json {
+                    println!("{}", serde_json::json!({"workflow_id": workflow_id}));
+                } else {
+                    println!("started {workflow_id}");
+                }
+                return Ok(());
+            }
+            let outcome = client::order_outcome(&client, &workflow_id).await?;
+            print_outcome(&workflow_id, &outcome, json)?;
+            if !matches!(outcome, OrderOutcome::Placed(_)) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Get { order_id, json, shards } => {
+            let shards = shards.connect().await?;
+            let Some((shard, order)) = orders_activities::lookup::find_order(&shards, order_id).await? else {
+                anyhow::bail!("order {order_id} does not exist on any of the {} shards", shards.len());
+            };
+            if json {
+                let mut value = serde_json::to_value(&order)?;
+                value["shard"] = shard.into();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("order {} (shard {shard})", order.id);
+                println!("  customer {}  status {:?}  total {}", order.customer_id, order.status, order.total_amount);
+                if let Some(notes) = &order.notes {
+                    println!("  notes    {notes}");
+                }
+                println!("  created  {}  updated {}", order.created_at, order.updated_at);
+                for item in &order.items {
+                    println!("  - product {} × {} @ {}", item.product_id, item.quantity, item.price);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds PlaceOrder's documented JSON input from `PRODUCT:QTY:PRICE` strings. Validation
+/// itself happens in the workflow, so every client gets the same rules.
+fn order_input(customer: i64, items: &[String], notes: Option<String>) -> anyhow::Result<serde_json::Value> {
+    let items = items
+        .iter()
+        .map(|item| {
+            let parts: Vec<&str> = item.split(':').collect();
+            let [product, quantity, price] = parts.as_slice() else {
+                anyhow::bail!("--item {item:?} must look like PRODUCT:QUANTITY:UNIT_PRICE, e.g. 7:2:19.99");
+            };
+            Ok(serde_json::json!({
+                "product_id": product.parse::<i64>().with_context(|| format!("product id in --item {item:?}"))?,
+                "quantity": quantity.parse::<i64>().with_context(|| format!("quantity in --item {item:?}"))?,
+                "unit_price": price,
+            }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut input = serde_json::json!({"customer_id": customer, "items": items});
+    if let Some(notes) = notes {
+        input["notes"] = notes.into();
+    }
+    Ok(input)
+}
+
+fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyhow::Result<()> {
+    if json {
+        let value = match outcome {
+            OrderOutcome::Placed(placed) => serde_json::to_value(placed)?,
+            OrderOutcome::Failed { failure_type, message } => {
+                serde_json::json!({"workflow_id": workflow_id, "failure_type": failure_type, "message": message})
+            }
+            OrderOutcome::Cancelled => serde_json::json!({"workflow_id": workflow_id, "cancelled": true}),
+            OrderOutcome::Other(message) => serde_json::json!({"workflow_id": workflow_id, "message": message}),
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    match outcome {
+        OrderOutcome::Placed(p) => println!(
+            "order {} confirmed on shard {} for customer {}, total {} ({workflow_id})",
+            p.order_id, p.shard, p.customer_id, p.total_amount
+        ),
+        OrderOutcome::Failed { failure_type, message } => {
+            eprintln!("order failed: {failure_type}: {message} ({workflow_id})")
+        }
+        OrderOutcome::Cancelled => eprintln!("order cancelled ({workflow_id})"),
+        OrderOutcome::Other(message) => eprintln!("order did not complete: {message} ({workflow_id})"),
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("failed to listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,temporalio_sdk_core=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

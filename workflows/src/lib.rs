@@ -1,1 +1,10 @@
+//! Temporal workflows of the order service.
+//!
+//! Workflow code here is deterministic: it only talks to the world through activities,
+//! timers and the SDK's own primitives, and it never reads clocks or randomness itself.
 
+pub mod failures;
+pub mod place_order;
+pub mod saga;
+
+pub use place_order::PlaceOrderWorkflow;

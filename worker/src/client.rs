@@ -1,0 +1,73 @@
+//! Client-side operations: connecting to Temporal, submitting PlaceOrder, reading results.
+
+use anyhow::Context;
+use orders_activities::PlacedOrder;
+use orders_workflows::PlaceOrderWorkflow;
+use temporalio_client::{
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowGetResultOptions,
+    WorkflowStartOptions, errors::WorkflowGetResultError,
+};
+use temporalio_common::error::IncomingError;
+
+use crate::config::TemporalSettings;
+
+/// Connects to the configured Temporal frontend.
+pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
+    let url = url::Url::parse(&format!("http://{}", settings.address))
+        .with_context(|| format!("TEMPORAL_ADDRESS {:?} is not host:port", settings.address))?;
+    let connection = Connection::connect(
+        ConnectionOptions::new(url)
+            .identity(format!("orders@{}", std::process::id()))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build(),
+    )
+    .await
+    .with_context(|| format!("cannot reach Temporal at {} (is it running? `orders dev` starts one)", settings.address))?;
+    Ok(Client::new(connection, ClientOptions::new(settings.namespace.clone()).build())?)
+}
+
+/// How a PlaceOrder run ended, in the terms clients care about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderOutcome {
+    Placed(PlacedOrder),
+    /// Failed with this application failure type (`PaymentDeclined`, …) and message.
+    Failed { failure_type: String, message: String },
+    Cancelled,
+    /// Terminated, timed out, or anything else that is not a business outcome.
+    Other(String),
+}
+
+/// Starts PlaceOrder with `input` (the documented JSON) under `workflow_id`.
+pub async fn start_order(
+    client: &Client,
+    task_queue: &str,
+    workflow_id: &str,
+    input: serde_json::Value,
+) -> anyhow::Result<()> {
+    client
+        .start_workflow(
+            PlaceOrderWorkflow::run,
+            input,
+            WorkflowStartOptions::new(task_queue, workflow_id).build(),
+        )
+        .await
+        .with_context(|| format!("failed to start PlaceOrder {workflow_id}"))?;
+    Ok(())
+}
+
+/// Waits for PlaceOrder `workflow_id` to finish.
+pub async fn order_outcome(client: &Client, workflow_id: &str) -> anyhow::Result<OrderOutcome> {
+    let handle = client.get_workflow_handle::<PlaceOrderWorkflow>(workflow_id);
+    match handle.get_result(WorkflowGetResultOptions::default()).await {
+        Ok(placed) => Ok(OrderOutcome::Placed(placed)),
+        Err(WorkflowGetResultError::Failed(failure)) => Ok(match *failure {
+            IncomingError::Application(app) => OrderOutcome::Failed {
+                failure_type: app.type_name().unwrap_or("ApplicationFailure").to_owned(),
+                message: app.to_string(),
+            },
+            other => OrderOutcome::Other(other.to_string()),
+        }),
+        Err(WorkflowGetResultError::Cancelled { .. }) => Ok(OrderOutcome::Cancelled),
+        Err(other) => Ok(OrderOutcome::Other(other.to_string())),
+    }
+}

@@ -1,0 +1,168 @@
+//! `orders dev`: everything a newcomer needs on one machine, in one command.
+//!
+//! Starts (or reuses) a Temporal dev server with its Web UI and history in the state
+//! directory, four PostgreSQL clusters, migrates them, seeds demo customers, runs the worker,
+//! places sample orders (one of them declined, to show compensation), prints where to look,
+//! and on Ctrl-C stops everything it started.
+
+use anyhow::Context;
+use rust_decimal::Decimal;
+use serde_json::json;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use orders_activities::Shards;
+use orders_activities::shards::PoolSettings;
+use orders_activities::store::customers::{self, NewCustomer};
+
+use crate::client::{self, OrderOutcome};
+use crate::config::TemporalSettings;
+use crate::local::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
+use crate::migrate;
+
+/// gRPC port of the dev Temporal server; its Web UI is on this + 1000.
+pub const TEMPORAL_PORT: u16 = 7233;
+/// Web UI port of the dev Temporal server.
+pub const TEMPORAL_UI_PORT: u16 = 8233;
+
+/// Demo customers: (id, name, email, credit limit). Ids 1–4 land on shards 1, 2, 3, 0.
+const DEMO_CUSTOMERS: [(i64, &str, &str, &str); 4] = [
+    (1, "Ada Lovelace", "ada@example.com", "500.00"),
+    (2, "Grace Hopper", "grace@example.com", "1000.00"),
+    (3, "Alan Turing", "alan@example.com", "50.00"),
+    (4, "Katherine Johnson", "katherine@example.com", "2000.00"),
+];
+
+/// The services `orders dev` runs; dropping it stops what it started.
+pub struct DevStack {
+    pub temporal: TemporalDevServer,
+    pub clusters: Vec<PostgresCluster>,
+}
+
+impl DevStack {
+    /// Starts or reuses Temporal and the shards under `state_dir`, creating the databases.
+    pub async fn start(state_dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
+        let state_dir = state_dir.canonicalize()?;
+        eprintln!("▶ Temporal dev server (history in {}/temporal.db)", state_dir.display());
+        let temporal = tokio::task::block_in_place(|| {
+            TemporalDevServer::start(TemporalOptions {
+                port: TEMPORAL_PORT,
+                ui_port: Some(TEMPORAL_UI_PORT),
+                db_file: Some(state_dir.join("temporal.db")),
+                log_file: state_dir.join("temporal.log"),
+                search_attributes: Vec::new(),
+            })
+        })?;
+        let mut clusters = Vec::new();
+        for shard in 0..local::DEV_SHARD_COUNT {
+            let port = local::DEV_SHARD_BASE_PORT + shard as u16;
+            eprintln!("▶ PostgreSQL shard {shard} on 127.0.0.1:{port}");
+            let cluster = tokio::task::block_in_place(|| {
+                PostgresCluster::start(PostgresOptions {
+                    data_dir: state_dir.join(format!("shard-{shard}")),
+                    port,
+                    ephemeral: false,
+                })
+            })?;
+            cluster.create_database(local::DEV_DATABASE).await?;
+            clusters.push(cluster);
+        }
+        Ok(Self { temporal, clusters })
+    }
+}
+
+/// Runs the whole demo until Ctrl-C.
+pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> anyhow::Result<()> {
+    let stack = DevStack::start(state_dir).await?;
+    let settings = TemporalSettings { address: stack.temporal.address(), ..temporal_settings };
+    let urls = local::dev_shard_urls();
+    let shards = Shards::connect_lazy(&urls, PoolSettings::default()).await?;
+    eprintln!("▶ migrating {} shards", shards.len());
+    for v in migrate::run(&shards, migrate::Plan::Up(None)).await? {
+        eprintln!("  shard {}: {}", v.shard, v.version.as_deref().unwrap_or("(empty)"));
+    }
+    seed_customers(&shards).await?;
+    let client = client::connect(&settings).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = crate::worker::run(client.clone(), &settings.task_queue, shards.clone(), async {
+        let _ = stop_rx.await;
+    });
+    let demo = async {
+        place_sample_orders(&client, &settings.task_queue).await?;
+        print_where_to_look(&stack, &urls, &settings);
+        tokio::signal::ctrl_c().await.context("failed to listen for Ctrl-C")?;
+        eprintln!("\n▶ Ctrl-C: stopping the worker, then the services this command started");
+        anyhow::Ok(())
+    };
+    tokio::pin!(worker, demo);
+    tokio::select! {
+        ended = &mut worker => {
+            ended?;
+            anyhow::bail!("the worker stopped unexpectedly");
+        }
+        finished = &mut demo => {
+            let _ = stop_tx.send(());
+            finished?;
+        }
+    }
+    worker.await?;
+    shards.close().await;
+    Ok(())
+}
+
+async fn seed_customers(shards: &Shards) -> anyhow::Result<()> {
+    for (id, name, email, limit) in DEMO_CUSTOMERS {
+        let shard = shards.for_customer(id);
+        if customers::find(&shard.conn, id).await.map_err(|e| shard.error(e))?.is_some() {
+            continue;
+        }
+        let (first_name, last_name) = NewCustomer::split_name(name);
+        let new = NewCustomer {
+            id: Some(id),
+            first_name,
+            last_name,
+            email: email.to_owned(),
+            credit_limit: Decimal::from_str(limit)?,
+        };
+        crate::customers::add(shards, new).await?;
+        eprintln!("  seeded customer {id} ({name}, credit {limit}) on shard {}", shard.index);
+    }
+    Ok(())
+}
+
+async fn place_sample_orders(client: &temporalio_client::Client, task_queue: &str) -> anyhow::Result<()> {
+    let samples = [
+        ("Ada buys two books", json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}], "notes": "gift wrap"})),
+        ("Grace buys a keyboard and cables", json!({"customer_id": 2, "items": [{"product_id": 11, "quantity": 1, "unit_price": "129.00"}, {"product_id": 12, "quantity": 3, "unit_price": "9.50"}]})),
+        ("Alan exceeds his 50.00 credit", json!({"customer_id": 3, "items": [{"product_id": 21, "quantity": 1, "unit_price": "80.00"}]})),
+    ];
+    eprintln!("▶ placing sample orders");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    for (i, (label, input)) in samples.into_iter().enumerate() {
+        let workflow_id = format!("demo-{}-{i}", &run[..8]);
+        client::start_order(client, task_queue, &workflow_id, input).await?;
+        let outcome = client::order_outcome(client, &workflow_id).await?;
+        let summary = match outcome {
+            OrderOutcome::Placed(p) => format!("confirmed: order {} on shard {}, total {}", p.order_id, p.shard, p.total_amount),
+            OrderOutcome::Failed { failure_type, message } => format!("{failure_type} (compensated): {message}"),
+            other => format!("{other:?}"),
+        };
+        eprintln!("  {workflow_id}  {label}: {summary}");
+    }
+    Ok(())
+}
+
+fn print_where_to_look(stack: &DevStack, urls: &[String], settings: &TemporalSettings) {
+    let ui = stack.temporal.ui_url().unwrap_or_else(|| "(headless)".into());
+    eprintln!("\n✔ orders dev is running");
+    eprintln!("  Temporal Web UI : {ui}/namespaces/{}/workflows", settings.namespace);
+    eprintln!("  Temporal gRPC   : {} (task queue {:?})", settings.address, settings.task_queue);
+    for (i, url) in urls.iter().enumerate() {
+        eprintln!("  shard {i}         : {url}");
+    }
+    eprintln!("  try             : orders submit --customer 1 --item 7:1:19.99 --wait");
+    eprintln!("                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'");
+    eprintln!("  stop            : Ctrl-C");
+}

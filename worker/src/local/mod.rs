@@ -1,0 +1,48 @@
+//! Local services for development and tests: PostgreSQL clusters (one postmaster per shard)
+//! and a Temporal dev server, started as child processes of the caller.
+//!
+//! Children are bound to the thread that spawned them with `PR_SET_PDEATHSIG`, so they die
+//! with the process that owns them even if it is killed with SIGKILL: a crashed test run or
+//! `orders dev` never leaves a postmaster behind on a port.
+
+pub mod postgres;
+pub mod process;
+pub mod temporal;
+
+pub use postgres::{PostgresCluster, PostgresOptions};
+pub use temporal::{TemporalDevServer, TemporalOptions};
+
+/// How many shards `orders dev` runs.
+pub const DEV_SHARD_COUNT: usize = 4;
+/// The first dev shard listens here, the next on the port after, and so on.
+pub const DEV_SHARD_BASE_PORT: u16 = 55432;
+/// The database each dev shard holds.
+pub const DEV_DATABASE: &str = "orders";
+/// The PostgreSQL superuser of local clusters (trust authentication on loopback only).
+pub const SUPERUSER: &str = "orders";
+
+/// The URLs of the shards `orders dev` manages, in shard order.
+pub fn dev_shard_urls() -> Vec<String> {
+    (0..DEV_SHARD_COUNT)
+        .map(|i| shard_url(DEV_SHARD_BASE_PORT + i as u16, DEV_DATABASE))
+        .collect()
+}
+
+/// The URL of database `database` on a local cluster listening on `port`.
+pub fn shard_url(port: u16, database: &str) -> String {
+    format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}")
+}
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether something accepts TCP connections on `127.0.0.1:port`.
+pub fn port_is_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::time::Duration::from_millis(200),
+    )
+    .is_ok()
+}

@@ -1,0 +1,218 @@
+//! A local PostgreSQL cluster: `initdb` once, then one `postgres` postmaster on loopback.
+//!
+//! PostgreSQL refuses to run as root. When this process is root, the cluster's files belong
+//! to, and its processes run as, an unprivileged OS user (`ORDERS_PG_OS_USER`, default
+//! `postgres`). Authentication is `trust`, listening on 127.0.0.1 only: for development
+//! and tests, never for production data.
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::process::{ChildService, wait_until};
+use super::{SUPERUSER, port_is_open, shard_url};
+
+/// Where and how to run a cluster.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The cluster's data directory (created and initialised if empty).
+    pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    /// Turn off fsync and friends: fast, and fine for clusters a test throws away.
+    pub ephemeral: bool,
+}
+
+/// A running (or reused) local cluster.
+#[derive(Debug)]
+pub struct PostgresCluster {
+    options: PostgresOptions,
+    /// `None` when an already running postmaster on our data directory was reused.
+    process: Option<ChildService>,
+}
+
+/// The unprivileged account that owns clusters when we run as root.
+struct OsUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+fn os_user() -> anyhow::Result<Option<OsUser>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let name = std::env::var("ORDERS_PG_OS_USER").unwrap_or_else(|_| "postgres".to_owned());
+    let user = nix::unistd::User::from_name(&name)?.with_context(|| {
+        format!("PostgreSQL cannot run as root and the OS user {name:?} does not exist: create it with `useradd --system --user-group {name}` or set ORDERS_PG_OS_USER")
+    })?;
+    Ok(Some(OsUser { name, uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
+}
+
+/// Path of a PostgreSQL server binary: `ORDERS_PG_BIN`, then `PATH`, then Debian's
+/// `/usr/lib/postgresql/<newest>/bin`.
+fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("ORDERS_PG_BIN").map(PathBuf::from).into_iter().collect();
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let mut debian: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    debian.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.extend(debian.into_iter().rev());
+    dirs.into_iter()
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| format!("PostgreSQL's `{name}` was not found: install PostgreSQL server binaries (Debian: apt-get install postgresql) or set ORDERS_PG_BIN"))
+}
+
+fn as_cluster_owner(mut command: Command, owner: &Option<OsUser>) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some(user) = owner {
+        command.uid(user.uid).gid(user.gid);
+    }
+    command
+}
+
+impl PostgresCluster {
+    /// Initialises the data directory if needed and starts the postmaster, or reuses the one
+    /// already serving this data directory.
+    pub fn start(options: PostgresOptions) -> anyhow::Result<Self> {
+        let owner = os_user()?;
+        let data_dir = &options.data_dir;
+        if port_is_open(options.port) {
+            if data_dir.join("postmaster.pid").exists() {
+                tracing::info!(port = options.port, dir = %data_dir.display(), "reusing running PostgreSQL");
+                return Ok(Self { options, process: None });
+            }
+            bail!("port {} is taken by another program; stop it or choose another port", options.port);
+        }
+        if !data_dir.join("PG_VERSION").exists() {
+            init_cluster(data_dir, options.ephemeral, &owner)?;
+        }
+        let log_path = data_dir.with_extension("log");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)
+            .with_context(|| format!("failed to open {}", log_path.display()))?;
+        let mut command = as_cluster_owner(Command::new(pg_binary("postgres")?), &owner);
+        command
+            .arg("-D").arg(data_dir)
+            .arg("-p").arg(options.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut process = ChildService::spawn(&format!("postgres:{}", options.port), command, Signal::SIGINT)?;
+        let port = options.port;
+        wait_until(&format!("PostgreSQL on port {port}"), Duration::from_secs(60), || {
+            process.ensure_running().is_err() || port_is_open(port)
+        })?;
+        process.ensure_running().with_context(|| format!("PostgreSQL did not start; see {}", log_path.display()))?;
+        Ok(Self { options, process: Some(process) })
+    }
+
+    /// TCP port the cluster listens on.
+    pub fn port(&self) -> u16 {
+        self.options.port
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+
+    /// URL of `database` on this cluster.
+    pub fn url(&self, database: &str) -> String {
+        shard_url(self.options.port, database)
+    }
+
+    /// Creates `database` unless it exists. Retries while the server is still starting up.
+    pub async fn create_database(&self, database: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "database names are limited to [A-Za-z0-9_], got {database:?}"
+        );
+        let admin_url = self.url("postgres");
+        let mut attempt = 0;
+        let admin = loop {
+            match Database::connect(&admin_url).await {
+                Ok(conn) => break conn,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "PostgreSQL not accepting connections yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot connect to {admin_url}")),
+            }
+        };
+        let exists = admin
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                [database.into()],
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            // Identifiers cannot be bound as parameters; the name was checked above.
+            admin.execute_unprepared(&format!("CREATE DATABASE \"{database}\"")).await?;
+        }
+        admin.close().await?;
+        Ok(())
+    }
+
+    /// Stops the postmaster if we started it (fast shutdown: active transactions roll back,
+    /// prepared transactions survive).
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(30));
+        }
+    }
+
+    /// Whether this handle started the postmaster (as opposed to reusing one).
+    pub fn started_here(&self) -> bool {
+        self.process.is_some()
+    }
+}
+
+fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> anyhow::Result<()> {
+    fs::create_dir_all(data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
+    if let Some(user) = owner {
+        std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid))?;
+    }
+    tracing::info!(dir = %data_dir.display(), "initialising PostgreSQL cluster");
+    let output = as_cluster_owner(Command::new(pg_binary("initdb")?), owner)
+        .arg("-D").arg(data_dir)
+        .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-instructions"])
+        .output()
+        .context("failed to run initdb")?;
+    if !output.status.success() {
+        let hint = owner
+            .as_ref()
+            .map(|u| format!(" (the cluster runs as OS user {:?}: every parent directory of {} must be reachable by it)", u.name, data_dir.display()))
+            .unwrap_or_default();
+        bail!("initdb failed{hint}:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut settings = String::from(
+        "\n# Added by orders: loopback only, no Unix socket, two-phase commit enabled.\n\
+         listen_addresses = '127.0.0.1'\n\
+         unix_socket_directories = ''\n\
+         max_connections = 200\n\
+         max_prepared_transactions = 64\n",
+    );
+    if ephemeral {
+        settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+    }
+    let conf = data_dir.join("postgresql.conf");
+    let mut text = fs::read_to_string(&conf)?;
+    text.push_str(&settings);
+    fs::write(&conf, text)?;
+    Ok(())
+}

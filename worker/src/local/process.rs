@@ -1,0 +1,96 @@
+//! Child processes that cannot outlive their owner.
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A service process we started; stopped on [`ChildService::stop`] or when dropped.
+#[derive(Debug)]
+pub struct ChildService {
+    name: String,
+    child: Option<Child>,
+    stop_signal: Signal,
+}
+
+impl ChildService {
+    /// Spawns `command` so that it receives SIGKILL when this process dies.
+    ///
+    /// `PR_SET_PDEATHSIG` fires when the spawning *thread* exits, so the spawn happens on a
+    /// dedicated thread that parks for the rest of the process's life.
+    pub fn spawn(name: &str, mut command: Command, stop_signal: Signal) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-parent"))
+            .spawn(move || {
+                // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    command.pre_exec(|| {
+                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+                    });
+                }
+                let _ = tx.send(command.spawn());
+                loop {
+                    std::thread::park();
+                }
+            })
+            .context("failed to start the supervising thread")?;
+        let child = rx
+            .recv()
+            .context("supervising thread vanished")?
+            .with_context(|| format!("failed to start {name}"))?;
+        Ok(Self { name: name.to_owned(), child: Some(child), stop_signal })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Fails if the child already exited (e.g. it could not bind its port).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("{} exited early with {status}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), self.stop_signal);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(service = %self.name, "did not stop in time; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildService {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Polls `ready` every 100 ms until it returns true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}

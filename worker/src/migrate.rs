@@ -1,0 +1,91 @@
+//! `orders migrate`: the same migrations on every shard, concurrently.
+//!
+//! Each migration runs in its own transaction on its shard, so a shard that fails stays at
+//! the last migration that succeeded there; the error names it. Other shards finish
+//! normally: re-running the command later brings the failed one up to the same version.
+
+use anyhow::bail;
+use futures::future::join_all;
+use orders_activities::Shards;
+use orders_migration::{Migrator, MigratorTrait};
+use sea_orm_migration::MigrationStatus;
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Apply pending migrations (all, or the next N).
+    Up(Option<u32>),
+    /// Roll back the last N applied migrations.
+    Down(u32),
+    /// Change nothing; report versions.
+    Status,
+}
+
+/// A shard's schema version after the plan ran.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardVersion {
+    pub shard: usize,
+    pub url: String,
+    /// Name of the newest applied migration, `None` for an empty schema.
+    pub version: Option<String>,
+    pub applied: usize,
+    pub pending: usize,
+}
+
+/// Runs `plan` on every shard and returns each shard's version. Fails if any shard failed,
+/// naming every failed shard; the shards that succeeded are reported in the log.
+pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion>> {
+    let results = join_all(shards.iter().map(|shard| async move {
+        let conn = &shard.conn;
+        let outcome = match plan {
+            Plan::Up(steps) => Migrator::up(conn, steps).await,
+            Plan::Down(steps) => Migrator::down(conn, Some(steps)).await,
+            Plan::Status => Ok(()),
+        };
+        let outcome = match outcome {
+            Ok(()) => version(conn).await,
+            Err(e) => Err(e),
+        };
+        outcome.map(|(version, applied, pending)| ShardVersion {
+            shard: shard.index,
+            url: shard.url.clone(),
+            version,
+            applied,
+            pending,
+        })
+        .map_err(|e| shard.error(e))
+    }))
+    .await;
+    let mut versions = Vec::new();
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(v) => versions.push(v),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if !failures.is_empty() {
+        for v in &versions {
+            tracing::info!(shard = v.shard, version = ?v.version, "shard migrated");
+        }
+        bail!(
+            "migration failed on {} of {} shards (each failed shard stays at its last complete migration; fix the cause and re-run):\n  {}",
+            failures.len(),
+            shards.len(),
+            failures.join("\n  ")
+        );
+    }
+    Ok(versions)
+}
+
+async fn version(
+    conn: &sea_orm::DatabaseConnection,
+) -> Result<(Option<String>, usize, usize), sea_orm::DbErr> {
+    let migrations = Migrator::get_migration_with_status(conn).await?;
+    let applied: Vec<_> = migrations
+        .iter()
+        .filter(|m| m.status() == MigrationStatus::Applied)
+        .collect();
+    let version = applied.last().map(|m| m.name().to_owned());
+    Ok((version, applied.len(), migrations.len() - applied.len()))
+}

@@ -1,0 +1,37 @@
+//! Turning what went wrong into the failure a client sees.
+//!
+//! An activity's business rejection reaches the workflow wrapped in an `ActivityFailure`.
+//! Clients should not have to dig through that wrapper, so the workflow fails with a fresh
+//! non-retryable application failure carrying the same type (`PaymentDeclined`, …) and message.
+
+use orders_activities::failure::non_retryable;
+use temporalio_common::error::IncomingError;
+use temporalio_sdk::{ActivityExecutionError, ApplicationFailure};
+
+/// A business rejection reported by an activity: its failure type and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub failure_type: String,
+    pub message: String,
+}
+
+/// The rejection inside `err`, if the activity failed with a non-retryable application
+/// failure. Such failures come from activities that rolled back before rejecting, so the
+/// step is known to have written nothing.
+pub fn rejection(err: &ActivityExecutionError) -> Option<Rejected> {
+    match err.reason()? {
+        IncomingError::Application(failure) if failure.is_non_retryable() => Some(Rejected {
+            failure_type: failure.type_name().unwrap_or("ApplicationFailure").to_owned(),
+            message: failure.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// The failure PlaceOrder ends with after `err` stopped it (and compensations succeeded).
+pub fn workflow_failure(err: &ActivityExecutionError) -> ApplicationFailure {
+    match rejection(err) {
+        Some(r) => non_retryable(&r.failure_type, r.message),
+        None => non_retryable("StepFailed", err.to_string()),
+    }
+}

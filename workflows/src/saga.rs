@@ -1,0 +1,132 @@
+//! A saga: forward steps, each with a compensation registered *before* the step runs.
+//!
+//! Why before: a step whose activity timed out or was cancelled may or may not have written;
+//! its compensation must run in either case (all our compensations are idempotent and
+//! harmless when there is nothing to undo). The one exception is a step that *rejected* the
+//! request (a non-retryable application failure): our activities roll back before
+//! rejecting, so that step's compensation is dropped and nothing is written for it.
+//!
+//! Compensations run in reverse order, with a cancellation token detached from the
+//! workflow's, so they still run when the workflow itself is being cancelled. A compensation
+//! that fails after its retries is reported, never swallowed: [`Saga::compensate`] returns
+//! every failure and the workflow fails with all of them.
+
+use futures::future::LocalBoxFuture;
+use std::time::Duration;
+use temporalio_common::{ActivityDefinition, RetryPolicy};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowCancellationToken,
+    WorkflowContext,
+};
+use temporalio_common::data_converters::TemporalDeserializable;
+
+use crate::failures;
+
+/// Options of forward steps: retried until they succeed or reject, and on cancellation the
+/// workflow waits until the activity has really stopped, so a compensation never races the
+/// step it undoes.
+pub fn forward_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(500))
+                .maximum_interval(Duration::from_secs(10))
+                .build(),
+        )
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
+        .build()
+}
+
+/// Options of compensations: immune to workflow cancellation, retried with backoff for
+/// about two minutes, then reported as failed.
+pub fn compensation_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .maximum_interval(Duration::from_secs(15))
+                .maximum_attempts(12)
+                .build(),
+        )
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build()
+}
+
+struct Compensation {
+    name: String,
+    run: LocalBoxFuture<'static, Result<(), ActivityExecutionError>>,
+}
+
+/// A compensation that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompensationFailure {
+    pub activity: String,
+    pub error: String,
+}
+
+/// Forward steps and the compensations they registered.
+pub struct Saga<W> {
+    ctx: WorkflowContext<W>,
+    compensations: Vec<Compensation>,
+}
+
+impl<W: 'static> Saga<W> {
+    pub fn new(ctx: &WorkflowContext<W>) -> Self {
+        Self { ctx: ctx.clone(), compensations: Vec::new() }
+    }
+
+    /// Registers `undo(undo_input)`, then runs `forward(input)`.
+    pub async fn step<F, U>(
+        &mut self,
+        forward: F,
+        input: F::Input,
+        undo: U,
+        undo_input: U::Input,
+    ) -> Result<F::Output, ActivityExecutionError>
+    where
+        F: ActivityDefinition,
+        F::Output: TemporalDeserializable,
+        U: ActivityDefinition<Output = ()> + 'static,
+        U::Input: 'static,
+    {
+        let ctx = self.ctx.clone();
+        let name = undo.name().to_owned();
+        self.compensations.push(Compensation {
+            name,
+            run: Box::pin(async move {
+                ctx.execute_activity(undo, undo_input, compensation_options()).await
+            }),
+        });
+        let result = self.ctx.execute_activity(forward, input, forward_options()).await;
+        if let Err(err) = &result
+            && failures::rejection(err).is_some()
+        {
+            self.compensations.pop();
+        }
+        result
+    }
+
+    /// Runs a step that needs no compensation.
+    pub async fn final_step<F>(
+        &mut self,
+        forward: F,
+        input: F::Input,
+    ) -> Result<F::Output, ActivityExecutionError>
+    where
+        F: ActivityDefinition,
+        F::Output: TemporalDeserializable,
+    {
+        self.ctx.execute_activity(forward, input, forward_options()).await
+    }
+
+    /// Runs every registered compensation, newest first, and returns those that failed.
+    pub async fn compensate(self) -> Vec<CompensationFailure> {
+        let mut failed = Vec::new();
+        for compensation in self.compensations.into_iter().rev() {
+            if let Err(err) = compensation.run.await {
+                failed.push(CompensationFailure { activity: compensation.name, error: err.to_string() });
+            }
+        }
+        failed
+    }
+}
