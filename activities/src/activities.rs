@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::failpoints::crash_if_armed;
+use crate::failpoints;
 use crate::failure::Rejection;
 use crate::order_input::ValidOrder;
 use crate::shards::{Shard, ShardError, Shards};
@@ -124,7 +124,7 @@ impl OrderActivities {
             .await
             .map_err(on(shard))?;
         txn.commit().await.map_err(on(shard))?;
-        crash_if_armed("create_order.after_commit");
+        failpoints::hit("create_order.after_commit").await;
         tracing::info!(order_id, shard = shard.index, "order created (pending)");
         Ok(created)
     }
@@ -157,6 +157,7 @@ impl OrderActivities {
         _ctx: ActivityContext,
         input: CreditInput,
     ) -> Result<(), ActivityError> {
+        failpoints::hit("reserve_credit.before").await;
         let shard = self.shards.for_customer(input.customer_id);
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         let outcome = credit::reserve(&txn, input.order_id, input.customer_id, input.amount)

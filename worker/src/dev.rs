@@ -92,8 +92,8 @@ pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> any
     let demo = async {
         place_sample_orders(&client, &settings.task_queue).await?;
         print_where_to_look(&stack, &urls, &settings);
-        tokio::signal::ctrl_c().await.context("failed to listen for Ctrl-C")?;
-        eprintln!("\n▶ Ctrl-C: stopping the worker, then the services this command started");
+        crate::worker::shutdown_signal().await;
+        eprintln!("\n▶ stopping the worker, then the services this command started");
         anyhow::Ok(())
     };
     tokio::pin!(worker, demo);

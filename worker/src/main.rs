@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use sea_orm::ActiveEnum;
 use rust_decimal::Decimal;
 use std::path::PathBuf;
 
@@ -128,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker { temporal, shards } => {
             let client = client::connect(&temporal).await?;
             let shards = shards.connect().await?;
-            worker::run(client, &temporal.task_queue, shards, shutdown_signal()).await
+            worker::run(client, &temporal.task_queue, shards, worker::shutdown_signal()).await
         }
         Command::Migrate { plan, shards, json } => {
             let plan = match plan {
@@ -200,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("order {} (shard {shard})", order.id);
-                println!("  customer {}  status {:?}  total {}", order.customer_id, order.status, order.total_amount);
+                println!("  customer {}  status {}  total {}", order.customer_id, order.status.to_value(), order.total_amount);
                 if let Some(notes) = &order.notes {
                     println!("  notes    {notes}");
                 }
@@ -265,19 +266,9 @@ fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyho
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("failed to listen for SIGTERM");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,temporalio_sdk_core=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -1,0 +1,41 @@
+//! A worker killed mid-saga: the order completes exactly once after a restart.
+
+use std::time::Duration;
+
+use orders_activities::routing::shard_for_customer;
+use orders_worker::client::OrderOutcome;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::helpers::{SHARD_COUNT, TestApp};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_after_restart() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // The first worker dies right after CreateOrder commits, before Temporal hears of it.
+    app.start_worker(Some("create_order.after_commit"));
+    let customer = app.add_customer("Barbara Liskov", "300.00").await;
+    let workflow_id = app
+        .start_order(json!({"customer_id": customer, "items": [{"product_id": 5, "quantity": 4, "unit_price": "12.50"}]}))
+        .await;
+    assert!(
+        app.worker_exits_within(Duration::from_secs(30)),
+        "the worker should have aborted at the failpoint; log: {}",
+        app.worker_log().display()
+    );
+    let home = shard_for_customer(customer, SHARD_COUNT);
+    assert_eq!(app.rows_on_shard(home).await.orders, 1, "the order was committed before the crash");
+
+    // A healthy worker picks the saga up; CreateOrder runs again after its timeout.
+    app.start_worker(None);
+    let outcome = app.outcome(&workflow_id).await;
+
+    let OrderOutcome::Placed(placed) = outcome else { panic!("expected a confirmed order, got {outcome:?}") };
+    assert_eq!(placed.total_amount, Decimal::new(5000, 2));
+    let rows = app.rows_on_shard(home).await;
+    assert_eq!((rows.orders, rows.items, rows.held_credit), (1, 1, 1), "exactly one order, one item, one hold");
+    assert_eq!(app.credit_used(customer).await, Decimal::new(5000, 2), "credit reserved once");
+    let shown = app.cli(&["get", &placed.order_id.to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("orders get prints JSON");
+    assert_eq!(shown["status"], "confirmed");
+}

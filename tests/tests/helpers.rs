@@ -1,0 +1,301 @@
+//! The test harness: real services started once, and a [`TestApp`] per test.
+//!
+//! Nothing here is skipped when a service is missing: if PostgreSQL, the `temporal` CLI or
+//! the `orders` binary cannot be started, every test fails with the reason.
+//! Set `TEST_LOG=1` to see service and worker logs on stderr; they are always written to
+//! files under the run's directory in /tmp, whose path failures print.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use orders_activities::Shards;
+use orders_activities::shards::PoolSettings;
+use orders_activities::store::customers::NewCustomer;
+use orders_worker::client::{self, OrderOutcome};
+use orders_worker::config::TemporalSettings;
+use orders_worker::local::process::ChildService;
+use orders_worker::local::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
+use orders_worker::migrate;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use std::str::FromStr;
+use temporalio_client::Client;
+
+pub(crate) const SHARD_COUNT: usize = 4;
+
+/// The services shared by every test in this binary.
+pub(crate) struct Services {
+    pub(crate) root: PathBuf,
+    pub(crate) temporal: TemporalDevServer,
+    pub(crate) clusters: Vec<PostgresCluster>,
+    pub(crate) orders_bin: PathBuf,
+}
+
+/// Starts the services on first use. Panics with the reason if they cannot start.
+pub(crate) fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        start_services().unwrap_or_else(|e| panic!("the real services these tests need did not start: {e:#}"))
+    })
+}
+
+fn start_services() -> anyhow::Result<Services> {
+    let root = std::env::temp_dir().join(format!("orders-tests-{}", std::process::id()));
+    remove_stale_runs(&std::env::temp_dir());
+    std::fs::create_dir_all(&root)?;
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let orders_bin = build_orders_binary()?;
+    let temporal = TemporalDevServer::start(TemporalOptions {
+        port: local::free_port()?,
+        ui_port: None,
+        db_file: None,
+        log_file: root.join("temporal.log"),
+        search_attributes: Vec::new(),
+    })?;
+    let clusters = (0..SHARD_COUNT)
+        .map(|i| {
+            PostgresCluster::start(PostgresOptions {
+                data_dir: root.join(format!("shard-{i}")),
+                port: local::free_port()?,
+                ephemeral: true,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    eprintln!("test services up under {}", root.display());
+    Ok(Services { root, temporal, clusters, orders_bin })
+}
+
+/// Deletes directories of earlier runs whose process is gone.
+fn remove_stale_runs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("orders-tests-").and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Builds (or confirms up to date) the `orders` binary the tests run as the worker.
+fn build_orders_binary() -> anyhow::Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "orders-worker", "--bin", "orders"])
+        .status()
+        .context("failed to run cargo build for the orders binary")?;
+    anyhow::ensure!(status.success(), "cargo build -p orders-worker failed");
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test binary location")?;
+    let bin = profile_dir.join("orders");
+    anyhow::ensure!(bin.is_file(), "the orders binary is not at {}", bin.display());
+    Ok(bin)
+}
+
+/// One test's world: its own databases on every shard, its own task queue and worker.
+pub(crate) struct TestApp {
+    pub(crate) shards: Shards,
+    pub(crate) shard_urls: Vec<String>,
+    pub(crate) task_queue: String,
+    pub(crate) client: Client,
+    pub(crate) temporal_address: String,
+    worker: Option<ChildService>,
+    worker_log: PathBuf,
+}
+
+impl TestApp {
+    /// A migrated set of shards and a running worker.
+    pub(crate) async fn spawn() -> Self {
+        let mut app = Self::spawn_without_worker().await;
+        app.start_worker(None);
+        app
+    }
+
+    /// A migrated set of shards and no worker yet.
+    pub(crate) async fn spawn_without_worker() -> Self {
+        let app = Self::with_empty_databases().await;
+        migrate::run(&app.shards, migrate::Plan::Up(None)).await.expect("migrations apply on every shard");
+        app
+    }
+
+    /// Fresh, empty databases on every shard, not migrated.
+    pub(crate) async fn with_empty_databases() -> Self {
+        let services = services();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let database = format!("t_{id}");
+        let mut shard_urls = Vec::new();
+        for cluster in &services.clusters {
+            cluster.create_database(&database).await.expect("test database is created");
+            shard_urls.push(cluster.url(&database));
+        }
+        let shards = Shards::connect_lazy(&shard_urls, PoolSettings { max_connections: 4, connect_timeout: Duration::from_secs(5) })
+            .await
+            .expect("shard pools open");
+        let temporal_address = services.temporal.address();
+        let task_queue = format!("orders-test-{id}");
+        let client = client::connect(&TemporalSettings {
+            address: temporal_address.clone(),
+            namespace: "default".into(),
+            task_queue: task_queue.clone(),
+        })
+        .await
+        .expect("client connects to the test Temporal server");
+        let worker_log = services.root.join(format!("worker-{id}.log"));
+        Self { shards, shard_urls, task_queue, client, temporal_address, worker: None, worker_log }
+    }
+
+    /// The environment every `orders` process of this test runs with.
+    pub(crate) fn orders_command(&self) -> Command {
+        let mut command = Command::new(&services().orders_bin);
+        command
+            .env("TEMPORAL_ADDRESS", &self.temporal_address)
+            .env("TEMPORAL_NAMESPACE", "default")
+            .env("ORDERS_TASK_QUEUE", &self.task_queue)
+            .env("ORDERS_SHARDS", self.shard_urls.join(","))
+            .env_remove("ORDERS_FAILPOINTS");
+        command
+    }
+
+    /// Starts `orders worker` as a separate process, with `failpoints` armed if given.
+    pub(crate) fn start_worker(&mut self, failpoints: Option<&str>) {
+        let mut command = self.orders_command();
+        command.arg("worker");
+        if let Some(points) = failpoints {
+            command.env("ORDERS_FAILPOINTS", points);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.worker_log).expect("worker log opens");
+        if std::env::var_os("TEST_LOG").is_some() {
+            command.stderr(Stdio::inherit());
+        } else {
+            command.stderr(log.try_clone().expect("log handle"));
+        }
+        command.stdout(log).stdin(Stdio::null());
+        self.worker = Some(ChildService::spawn("orders worker", command, Signal::SIGTERM).expect("orders worker starts"));
+    }
+
+    /// Waits up to `timeout` for the worker to exit by itself (e.g. at a failpoint).
+    pub(crate) fn worker_exits_within(&mut self, timeout: Duration) -> bool {
+        self.worker.as_mut().expect("a worker was started").wait_for_exit(timeout)
+    }
+
+    /// Where this test's worker logs go.
+    pub(crate) fn worker_log(&self) -> &Path {
+        &self.worker_log
+    }
+
+    /// Runs the `orders` CLI with this test's configuration.
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
+        self.orders_command().args(args).output().expect("orders CLI runs")
+    }
+
+    /// Creates a customer through the store and returns its id.
+    pub(crate) async fn add_customer(&self, name: &str, credit_limit: &str) -> i64 {
+        let (first_name, last_name) = NewCustomer::split_name(name);
+        let new = NewCustomer {
+            id: None,
+            first_name,
+            last_name,
+            email: format!("{}@example.com", first_name_lower(name)),
+            credit_limit: Decimal::from_str(credit_limit).expect("credit limit is a decimal"),
+        };
+        orders_worker::customers::add(&self.shards, new).await.expect("customer is added").id
+    }
+
+    /// Starts PlaceOrder with `input` and returns its workflow id.
+    pub(crate) async fn start_order(&self, input: serde_json::Value) -> String {
+        let workflow_id = format!("order-{}", uuid::Uuid::new_v4());
+        client::start_order(&self.client, &self.task_queue, &workflow_id, input).await.expect("PlaceOrder starts");
+        workflow_id
+    }
+
+    /// Waits for PlaceOrder `workflow_id` to end, for at most a minute.
+    pub(crate) async fn outcome(&self, workflow_id: &str) -> OrderOutcome {
+        tokio::time::timeout(Duration::from_secs(60), client::order_outcome(&self.client, workflow_id))
+            .await
+            .unwrap_or_else(|_| panic!("{workflow_id} did not finish within 60 s; worker log: {}", self.worker_log.display()))
+            .expect("the outcome can be read")
+    }
+
+    /// Places an order and waits for its outcome.
+    pub(crate) async fn place_order(&self, input: serde_json::Value) -> OrderOutcome {
+        let workflow_id = self.start_order(input).await;
+        self.outcome(&workflow_id).await
+    }
+
+    /// Row counts of shard `shard`.
+    pub(crate) async fn rows_on_shard(&self, shard: usize) -> ShardRows {
+        let row = self
+            .shards
+            .get(shard)
+            .conn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT (SELECT count(*) FROM orders) AS orders,
+                        (SELECT count(*) FROM order_items) AS items,
+                        (SELECT count(*) FROM credit_holds WHERE status = 'held') AS holds,
+                        (SELECT count(*) FROM idempotency_keys) AS keys",
+            ))
+            .await
+            .expect("counts query runs")
+            .expect("one row");
+        ShardRows {
+            orders: row.try_get("", "orders").unwrap(),
+            items: row.try_get("", "items").unwrap(),
+            held_credit: row.try_get("", "holds").unwrap(),
+            idempotency_keys: row.try_get("", "keys").unwrap(),
+        }
+    }
+
+    /// Row counts of every shard, in order.
+    pub(crate) async fn rows_everywhere(&self) -> Vec<ShardRows> {
+        let mut all = Vec::new();
+        for shard in 0..self.shards.len() {
+            all.push(self.rows_on_shard(shard).await);
+        }
+        all
+    }
+
+    /// The customer's `credit_used`.
+    pub(crate) async fn credit_used(&self, customer_id: i64) -> Decimal {
+        let shard = self.shards.for_customer(customer_id);
+        orders_activities::store::customers::find(&shard.conn, customer_id)
+            .await
+            .expect("customer query runs")
+            .expect("customer exists")
+            .credit_used
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill();
+        }
+    }
+}
+
+fn first_name_lower(name: &str) -> String {
+    name.split(' ').next().unwrap_or("someone").to_lowercase()
+}
+
+/// What one shard holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ShardRows {
+    pub(crate) orders: i64,
+    pub(crate) items: i64,
+    pub(crate) held_credit: i64,
+    pub(crate) idempotency_keys: i64,
+}
+
+/// Asserts that `outcome` is a failure of type `failure_type` and returns its message.
+#[track_caller]
+pub(crate) fn expect_failure(outcome: &OrderOutcome, failure_type: &str) -> String {
+    match outcome {
+        OrderOutcome::Failed { failure_type: actual, message } if actual == failure_type => message.clone(),
+        other => panic!("expected a {failure_type} failure, got {other:?}"),
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests against the real services: a Temporal dev server and four PostgreSQL
+//! clusters, started once for this test binary by `helpers`, on free loopback ports.
+//! Each test gets its own databases on every shard, its own task queue and its own
+//! `orders worker` process.
+
+mod helpers;
+
+mod crash_recovery;
+mod migrations;
+mod saga;
+mod temporal_cli;
+mod validation;

@@ -1,0 +1,38 @@
+//! Any Temporal client can place an order: here, the official `temporal` CLI.
+
+use std::process::Command;
+
+use orders_activities::routing::shard_for_customer;
+use orders_worker::local::temporal::temporal_cli;
+use serde_json::json;
+
+use crate::helpers::{SHARD_COUNT, TestApp};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
+    let app = TestApp::spawn().await;
+    let customer = app.add_customer("Edsger Dijkstra", "100.00").await;
+    let input = json!({"customer_id": customer, "items": [{"product_id": 9, "quantity": 3, "unit_price": "2.50"}]});
+
+    let output = tokio::task::spawn_blocking({
+        let (address, task_queue) = (app.temporal_address.clone(), app.task_queue.clone());
+        move || {
+            Command::new(temporal_cli().expect("temporal CLI is installed"))
+                .args(["workflow", "execute", "--type", "PlaceOrder", "--task-queue", &task_queue])
+                .args(["--address", &address, "--input", &input.to_string(), "--output", "json"])
+                .output()
+                .expect("temporal CLI runs")
+        }
+    })
+    .await
+    .unwrap();
+
+    assert!(output.status.success(), "temporal workflow execute failed: {}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the CLI prints JSON");
+    let result = &printed["result"];
+    assert_eq!(result["customer_id"], customer);
+    assert_eq!(result["shard"], shard_for_customer(customer, SHARD_COUNT));
+    assert_eq!(result["status"], "confirmed");
+    assert_eq!(result["total_amount"], "7.50");
+    assert!(result["order_id"].as_i64().is_some_and(|id| id > 0), "{result}");
+}
