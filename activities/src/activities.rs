@@ -95,7 +95,10 @@ impl OrderActivities {
         let order = &input.order;
         let shard = self.shards.for_customer(order.customer_id);
         let txn = shard.conn.begin().await.map_err(on(shard))?;
-        match idempotency::claim(&txn, &input.idempotency_key).await.map_err(on(shard))? {
+        match idempotency::claim(&txn, &input.idempotency_key)
+            .await
+            .map_err(on(shard))?
+        {
             idempotency::Claim::Done(result) => {
                 tracing::info!(key = %input.idempotency_key, "create_order already ran; returning its result");
                 return Ok(serde_json::from_value(result)?);
@@ -109,20 +112,33 @@ impl OrderActivities {
             }
             idempotency::Claim::New => {}
         }
-        if crate::store::customers::find(&txn, order.customer_id).await.map_err(on(shard))?.is_none() {
-            return Err(Rejection::UnknownCustomer { customer_id: order.customer_id, shard: shard.index }
-                .into_activity_error());
+        if crate::store::customers::find(&txn, order.customer_id)
+            .await
+            .map_err(on(shard))?
+            .is_none()
+        {
+            return Err(Rejection::UnknownCustomer {
+                customer_id: order.customer_id,
+                shard: shard.index,
+            }
+            .into_activity_error());
         }
-        let order_id = orders::create_with_items(&txn, shard.index, order).await.map_err(on(shard))?;
+        let order_id = orders::create_with_items(&txn, shard.index, order)
+            .await
+            .map_err(on(shard))?;
         let created = CreatedOrder {
             order_id,
             customer_id: order.customer_id,
             shard: shard.index,
             total_amount: order.total(),
         };
-        idempotency::record_result(&txn, &input.idempotency_key, &serde_json::to_value(&created)?)
-            .await
-            .map_err(on(shard))?;
+        idempotency::record_result(
+            &txn,
+            &input.idempotency_key,
+            &serde_json::to_value(&created)?,
+        )
+        .await
+        .map_err(on(shard))?;
         txn.commit().await.map_err(on(shard))?;
         failpoints::hit("create_order.after_commit").await;
         tracing::info!(order_id, shard = shard.index, "order created (pending)");
@@ -139,11 +155,20 @@ impl OrderActivities {
     ) -> Result<(), ActivityError> {
         let shard = self.shards.for_customer(input.customer_id);
         let txn = shard.conn.begin().await.map_err(on(shard))?;
-        let created = idempotency::mark_compensated(&txn, &input.idempotency_key).await.map_err(on(shard))?;
+        let created = idempotency::mark_compensated(&txn, &input.idempotency_key)
+            .await
+            .map_err(on(shard))?;
         if let Some(created) = created {
             let created: CreatedOrder = serde_json::from_value(created)?;
-            let deleted = orders::delete_with_items(&txn, created.order_id).await.map_err(on(shard))?;
-            tracing::info!(order_id = created.order_id, shard = shard.index, deleted, "order deleted (compensation)");
+            let deleted = orders::delete_with_items(&txn, created.order_id)
+                .await
+                .map_err(on(shard))?;
+            tracing::info!(
+                order_id = created.order_id,
+                shard = shard.index,
+                deleted,
+                "order deleted (compensation)"
+            );
         }
         txn.commit().await.map_err(on(shard))?;
         Ok(())
@@ -170,9 +195,10 @@ impl OrderActivities {
                 total: input.amount,
                 available,
             }),
-            credit::Reserve::UnknownCustomer => {
-                Some(Rejection::UnknownCustomer { customer_id: input.customer_id, shard: shard.index })
-            }
+            credit::Reserve::UnknownCustomer => Some(Rejection::UnknownCustomer {
+                customer_id: input.customer_id,
+                shard: shard.index,
+            }),
             credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
                 step: "ReserveCredit",
                 what: format!("order {}", input.order_id),
@@ -196,9 +222,15 @@ impl OrderActivities {
     ) -> Result<(), ActivityError> {
         let shard = self.shards.for_customer(input.customer_id);
         let txn = shard.conn.begin().await.map_err(on(shard))?;
-        let outcome = credit::release(&txn, input.order_id, input.customer_id).await.map_err(on(shard))?;
+        let outcome = credit::release(&txn, input.order_id, input.customer_id)
+            .await
+            .map_err(on(shard))?;
         txn.commit().await.map_err(on(shard))?;
-        tracing::info!(order_id = input.order_id, ?outcome, "credit released (compensation)");
+        tracing::info!(
+            order_id = input.order_id,
+            ?outcome,
+            "credit released (compensation)"
+        );
         Ok(())
     }
 
@@ -228,7 +260,10 @@ impl OrderActivities {
             }),
             other => Err(ActivityError::application(crate::failure::non_retryable(
                 "OrderNotPending",
-                format!("order {} cannot be confirmed from status {other:?}", created.order_id),
+                format!(
+                    "order {} cannot be confirmed from status {other:?}",
+                    created.order_id
+                ),
             ))),
         }
     }

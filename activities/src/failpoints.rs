@@ -26,7 +26,10 @@ fn parse(spec: &str) -> Vec<(String, Action)> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|entry| match entry.split_once("=sleep:") {
-            Some((point, ms)) => (point.to_owned(), Action::Sleep(Duration::from_millis(ms.parse().unwrap_or(1000)))),
+            Some((point, ms)) => (
+                point.to_owned(),
+                Action::Sleep(Duration::from_millis(ms.parse().unwrap_or(1000))),
+            ),
             None => (entry.to_owned(), Action::Abort),
         })
         .collect()
@@ -66,7 +69,10 @@ mod tests {
             parse("create_order.after_commit, reserve_credit.before=sleep:250"),
             vec![
                 ("create_order.after_commit".to_owned(), Action::Abort),
-                ("reserve_credit.before".to_owned(), Action::Sleep(Duration::from_millis(250))),
+                (
+                    "reserve_credit.before".to_owned(),
+                    Action::Sleep(Duration::from_millis(250))
+                ),
             ]
         );
         assert!(parse("").is_empty());

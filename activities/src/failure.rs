@@ -31,7 +31,11 @@ pub enum Rejection {
     #[error(
         "payment declined: order total {total} exceeds the available credit {available} of customer {customer_id}"
     )]
-    PaymentDeclined { customer_id: i64, total: rust_decimal::Decimal, available: rust_decimal::Decimal },
+    PaymentDeclined {
+        customer_id: i64,
+        total: rust_decimal::Decimal,
+        available: rust_decimal::Decimal,
+    },
     /// The saga already undid this step, so doing it now would resurrect a cancelled order.
     #[error("{step} for {what} was already compensated")]
     AlreadyCompensated { step: &'static str, what: String },

@@ -15,15 +15,21 @@ pub async fn find_order(
     order_id: i64,
 ) -> Result<Option<(usize, OrderWithItems)>, ShardError> {
     let home = shards.get(routing::allocating_shard(order_id, shards.len()));
-    if let Some(order) = orders::find_with_items(&home.conn, order_id).await.map_err(|e| home.error(e))? {
+    if let Some(order) = orders::find_with_items(&home.conn, order_id)
+        .await
+        .map_err(|e| home.error(e))?
+    {
         return Ok(Some((home.index, order)));
     }
-    let others = shards.iter().filter(|s| s.index != home.index).map(|shard| async move {
-        orders::find_with_items(&shard.conn, order_id)
-            .await
-            .map(|found| found.map(|o| (shard.index, o)))
-            .map_err(|e| shard.error(e))
-    });
+    let others = shards
+        .iter()
+        .filter(|s| s.index != home.index)
+        .map(|shard| async move {
+            orders::find_with_items(&shard.conn, order_id)
+                .await
+                .map(|found| found.map(|o| (shard.index, o)))
+                .map_err(|e| shard.error(e))
+        });
     for found in join_all(others).await {
         if let Some(hit) = found? {
             return Ok(Some(hit));

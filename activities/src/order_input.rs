@@ -85,7 +85,10 @@ struct RawLine {
 impl RawOrder {
     fn validate(self) -> Result<ValidOrder, InvalidOrder> {
         if self.customer_id <= 0 {
-            return Err(InvalidOrder(format!("customer_id must be positive, got {}", self.customer_id)));
+            return Err(InvalidOrder(format!(
+                "customer_id must be positive, got {}",
+                self.customer_id
+            )));
         }
         if self.items.is_empty() {
             return Err(InvalidOrder("an order needs at least one item".into()));
@@ -99,7 +102,9 @@ impl RawOrder {
         if let Some(notes) = &self.notes
             && notes.chars().count() > MAX_NOTES_CHARS
         {
-            return Err(InvalidOrder(format!("notes may be at most {MAX_NOTES_CHARS} characters")));
+            return Err(InvalidOrder(format!(
+                "notes may be at most {MAX_NOTES_CHARS} characters"
+            )));
         }
         let items = self
             .items
@@ -107,9 +112,16 @@ impl RawOrder {
             .enumerate()
             .map(|(index, line)| line.validate(index))
             .collect::<Result<Vec<_>, _>>()?;
-        let order = ValidOrder { customer_id: self.customer_id, items, notes: self.notes };
+        let order = ValidOrder {
+            customer_id: self.customer_id,
+            items,
+            notes: self.notes,
+        };
         if order.total() > MAX_TOTAL {
-            return Err(InvalidOrder(format!("order total {} exceeds the maximum {MAX_TOTAL}", order.total())));
+            return Err(InvalidOrder(format!(
+                "order total {} exceeds the maximum {MAX_TOTAL}",
+                order.total()
+            )));
         }
         Ok(order)
     }
@@ -119,10 +131,16 @@ impl RawLine {
     fn validate(self, index: usize) -> Result<OrderLine, InvalidOrder> {
         let at = |msg: String| InvalidOrder(format!("item {index}: {msg}"));
         if self.product_id <= 0 {
-            return Err(at(format!("product_id must be positive, got {}", self.product_id)));
+            return Err(at(format!(
+                "product_id must be positive, got {}",
+                self.product_id
+            )));
         }
         if !(1..=MAX_QUANTITY).contains(&self.quantity) {
-            return Err(at(format!("quantity must be between 1 and {MAX_QUANTITY}, got {}", self.quantity)));
+            return Err(at(format!(
+                "quantity must be between 1 and {MAX_QUANTITY}, got {}",
+                self.quantity
+            )));
         }
         let unit_price = parse_price(&self.unit_price).map_err(at)?;
         Ok(OrderLine {
@@ -138,7 +156,11 @@ pub fn parse_price(value: &serde_json::Value) -> Result<Decimal, String> {
     let text = match value {
         serde_json::Value::String(s) => s.trim().to_owned(),
         serde_json::Value::Number(n) => n.to_string(),
-        other => return Err(format!("unit_price must be a decimal string like \"19.99\", got {other}")),
+        other => {
+            return Err(format!(
+                "unit_price must be a decimal string like \"19.99\", got {other}"
+            ));
+        }
     };
     let price = Decimal::from_str(&text)
         .map_err(|_| format!("unit_price {text:?} is not a decimal number"))?;
@@ -146,10 +168,14 @@ pub fn parse_price(value: &serde_json::Value) -> Result<Decimal, String> {
         return Err(format!("unit_price must not be negative, got {text}"));
     }
     if price.normalize().scale() > 2 {
-        return Err(format!("unit_price may have at most 2 decimals, got {text}"));
+        return Err(format!(
+            "unit_price may have at most 2 decimals, got {text}"
+        ));
     }
     if price > MAX_UNIT_PRICE {
-        return Err(format!("unit_price must be at most {MAX_UNIT_PRICE}, got {text}"));
+        return Err(format!(
+            "unit_price must be at most {MAX_UNIT_PRICE}, got {text}"
+        ));
     }
     Ok(price.round_dp(2))
 }
@@ -181,7 +207,10 @@ mod tests {
 
     #[test]
     fn a_json_number_price_is_read_as_written() {
-        let order = ValidOrder::from_json(&order_with(json!({"product_id": 7, "quantity": 3, "unit_price": 0.1}))).unwrap();
+        let order = ValidOrder::from_json(&order_with(
+            json!({"product_id": 7, "quantity": 3, "unit_price": 0.1}),
+        ))
+        .unwrap();
         assert_eq!(order.total().to_string(), "0.3");
     }
 
@@ -193,49 +222,74 @@ mod tests {
     #[test]
     fn zero_and_negative_quantities_are_refused() {
         for quantity in [0, -1] {
-            let msg = rejection(order_with(json!({"product_id": 7, "quantity": quantity, "unit_price": "1.00"})));
+            let msg = rejection(order_with(
+                json!({"product_id": 7, "quantity": quantity, "unit_price": "1.00"}),
+            ));
             assert!(msg.contains("quantity"), "{msg}");
         }
     }
 
     #[test]
     fn a_price_with_three_decimals_is_refused() {
-        let msg = rejection(order_with(json!({"product_id": 7, "quantity": 1, "unit_price": "19.999"})));
+        let msg = rejection(order_with(
+            json!({"product_id": 7, "quantity": 1, "unit_price": "19.999"}),
+        ));
         assert!(msg.contains("at most 2 decimals"), "{msg}");
     }
 
     #[test]
     fn trailing_zeros_do_not_count_as_decimals() {
-        let order = ValidOrder::from_json(&order_with(json!({"product_id": 7, "quantity": 1, "unit_price": "19.9000"}))).unwrap();
+        let order = ValidOrder::from_json(&order_with(
+            json!({"product_id": 7, "quantity": 1, "unit_price": "19.9000"}),
+        ))
+        .unwrap();
         assert_eq!(order.items[0].unit_price.to_string(), "19.90");
     }
 
     #[test]
     fn a_negative_price_is_refused() {
-        assert!(rejection(order_with(json!({"product_id": 7, "quantity": 1, "unit_price": "-0.01"}))).contains("negative"));
+        assert!(
+            rejection(order_with(
+                json!({"product_id": 7, "quantity": 1, "unit_price": "-0.01"})
+            ))
+            .contains("negative")
+        );
     }
 
     #[test]
     fn a_price_that_does_not_fit_the_column_is_refused() {
-        assert!(rejection(order_with(json!({"product_id": 7, "quantity": 1, "unit_price": "100000000.00"}))).contains("at most"));
+        assert!(
+            rejection(order_with(
+                json!({"product_id": 7, "quantity": 1, "unit_price": "100000000.00"})
+            ))
+            .contains("at most")
+        );
     }
 
     #[test]
     fn malformed_json_shapes_are_refused_with_the_serde_reason() {
-        for input in [json!("not an object"), json!({"customer_id": "42", "items": []}), json!({"items": []})] {
+        for input in [
+            json!("not an object"),
+            json!({"customer_id": "42", "items": []}),
+            json!({"items": []}),
+        ] {
             assert!(rejection(input).starts_with("malformed input"));
         }
     }
 
     #[test]
     fn a_misspelt_field_is_refused_rather_than_ignored() {
-        let msg = rejection(order_with(json!({"product_id": 7, "qty": 1, "unit_price": "1.00"})));
+        let msg = rejection(order_with(
+            json!({"product_id": 7, "qty": 1, "unit_price": "1.00"}),
+        ));
         assert!(msg.contains("qty"), "{msg}");
     }
 
     #[test]
     fn an_oversized_order_points_to_the_bulk_import() {
-        let items: Vec<_> = (0..=MAX_ITEMS).map(|_| json!({"product_id": 1, "quantity": 1, "unit_price": "1.00"})).collect();
+        let items: Vec<_> = (0..=MAX_ITEMS)
+            .map(|_| json!({"product_id": 1, "quantity": 1, "unit_price": "1.00"}))
+            .collect();
         assert!(rejection(json!({"customer_id": 1, "items": items})).contains("orders import"));
     }
 

@@ -16,7 +16,10 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 10, connect_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -44,7 +47,11 @@ pub struct Shard {
 impl Shard {
     /// Tags `source` with this shard.
     pub fn error(&self, source: DbErr) -> ShardError {
-        ShardError { shard: self.index, url: self.url.clone(), source }
+        ShardError {
+            shard: self.index,
+            url: self.url.clone(),
+            source,
+        }
     }
 }
 
@@ -62,18 +69,22 @@ impl Shards {
         let mut shards = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
             let mut options = ConnectOptions::new(url.clone());
-                options
-                    .max_connections(pool.max_connections)
-                    .min_connections(0)
-                    .connect_timeout(pool.connect_timeout)
-                    .acquire_timeout(pool.connect_timeout)
-                    .connect_lazy(true)
-                    .sqlx_logging(false);
-                let url = redact_password(url);
-                let conn = Database::connect(options)
-                    .await
-                    .map_err(|source| ShardError { shard: index, url: url.clone(), source })?;
-                shards.push(Shard { index, url, conn });
+            options
+                .max_connections(pool.max_connections)
+                .min_connections(0)
+                .connect_timeout(pool.connect_timeout)
+                .acquire_timeout(pool.connect_timeout)
+                .connect_lazy(true)
+                .sqlx_logging(false);
+            let url = redact_password(url);
+            let conn = Database::connect(options)
+                .await
+                .map_err(|source| ShardError {
+                    shard: index,
+                    url: url.clone(),
+                    source,
+                })?;
+            shards.push(Shard { index, url, conn });
         }
         Ok(Self { shards })
     }
@@ -128,7 +139,13 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_printed_urls() {
-        assert_eq!(redact_password("postgres://ada:s3cret@db:5432/orders"), "postgres://ada@db:5432/orders");
-        assert_eq!(redact_password("postgres://ada@db/orders"), "postgres://ada@db/orders");
+        assert_eq!(
+            redact_password("postgres://ada:s3cret@db:5432/orders"),
+            "postgres://ada@db:5432/orders"
+        );
+        assert_eq!(
+            redact_password("postgres://ada@db/orders"),
+            "postgres://ada@db/orders"
+        );
     }
 }

@@ -52,9 +52,18 @@ impl MigrationTrait for Migration {
                             .default(0)
                             .check(Expr::col(Customers::CreditUsed).gte(0)),
                     )
-                    .col(timestamp_with_time_zone(Customers::CreatedAt).default(Expr::current_timestamp()))
-                    .col(timestamp_with_time_zone(Customers::UpdatedAt).default(Expr::current_timestamp()))
-                    .check(("customers_credit_within_limit", Expr::col(Customers::CreditUsed).lte(Expr::col(Customers::CreditLimit))))
+                    .col(
+                        timestamp_with_time_zone(Customers::CreatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
+                    .col(
+                        timestamp_with_time_zone(Customers::UpdatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
+                    .check((
+                        "customers_credit_within_limit",
+                        Expr::col(Customers::CreditUsed).lte(Expr::col(Customers::CreditLimit)),
+                    ))
                     .to_owned(),
             )
             .await?;
@@ -73,8 +82,14 @@ impl MigrationTrait for Migration {
                         decimal_len(Orders::TotalAmount, 12, 2)
                             .check(Expr::col(Orders::TotalAmount).gte(0)),
                     )
-                    .col(timestamp_with_time_zone(Orders::CreatedAt).default(Expr::current_timestamp()))
-                    .col(timestamp_with_time_zone(Orders::UpdatedAt).default(Expr::current_timestamp()))
+                    .col(
+                        timestamp_with_time_zone(Orders::CreatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
+                    .col(
+                        timestamp_with_time_zone(Orders::UpdatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .name("orders_customer_id_fkey")
@@ -85,16 +100,23 @@ impl MigrationTrait for Migration {
             )
             .await?;
         let db = manager.get_connection();
-        db.execute_unprepared("CREATE SEQUENCE customer_id_seq").await?;
-        db.execute_unprepared("CREATE SEQUENCE order_id_seq").await?;
+        db.execute_unprepared("CREATE SEQUENCE customer_id_seq")
+            .await?;
+        db.execute_unprepared("CREATE SEQUENCE order_id_seq")
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared("DROP SEQUENCE order_id_seq").await?;
-        db.execute_unprepared("DROP SEQUENCE customer_id_seq").await?;
-        manager.drop_table(Table::drop().table(Orders::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(Customers::Table).to_owned()).await
+        db.execute_unprepared("DROP SEQUENCE customer_id_seq")
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Orders::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Customers::Table).to_owned())
+            .await
     }
 }

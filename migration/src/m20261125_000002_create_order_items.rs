@@ -32,7 +32,10 @@ impl MigrationTrait for Migration {
                     .col(big_integer(OrderItems::OrderId))
                     .col(big_integer(OrderItems::ProductId))
                     .col(integer(OrderItems::Quantity).check(Expr::col(OrderItems::Quantity).gt(0)))
-                    .col(decimal_len(OrderItems::Price, 10, 2).check(Expr::col(OrderItems::Price).gte(0)))
+                    .col(
+                        decimal_len(OrderItems::Price, 10, 2)
+                            .check(Expr::col(OrderItems::Price).gte(0)),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .name("order_items_order_id_fkey")
@@ -45,6 +48,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(OrderItems::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(OrderItems::Table).to_owned())
+            .await
     }
 }

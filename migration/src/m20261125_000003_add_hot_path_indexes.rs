@@ -57,7 +57,9 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for name in [ORDERS_STATUS, ORDERS_CUSTOMER_ID, ORDER_ITEMS_ORDER_ID] {
-            manager.drop_index(Index::drop().name(name).to_owned()).await?;
+            manager
+                .drop_index(Index::drop().name(name).to_owned())
+                .await?;
         }
         Ok(())
     }

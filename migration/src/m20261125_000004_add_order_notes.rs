@@ -27,7 +27,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(Orders::Table).drop_column(Orders::Notes).to_owned())
+            .alter_table(
+                Table::alter()
+                    .table(Orders::Table)
+                    .drop_column(Orders::Notes)
+                    .to_owned(),
+            )
             .await
     }
 }

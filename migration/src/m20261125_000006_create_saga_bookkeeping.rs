@@ -56,20 +56,33 @@ impl MigrationTrait for Migration {
                     .table(CreditHolds::Table)
                     .col(big_integer(CreditHolds::OrderId).primary_key())
                     .col(big_integer(CreditHolds::CustomerId))
-                    .col(decimal_len(CreditHolds::Amount, 12, 2).check(Expr::col(CreditHolds::Amount).gte(0)))
+                    .col(
+                        decimal_len(CreditHolds::Amount, 12, 2)
+                            .check(Expr::col(CreditHolds::Amount).gte(0)),
+                    )
                     .col(
                         text(CreditHolds::Status)
                             .check(Expr::col(CreditHolds::Status).is_in(["held", "released"])),
                     )
-                    .col(timestamp_with_time_zone(CreditHolds::CreatedAt).default(Expr::current_timestamp()))
-                    .col(timestamp_with_time_zone(CreditHolds::UpdatedAt).default(Expr::current_timestamp()))
+                    .col(
+                        timestamp_with_time_zone(CreditHolds::CreatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
+                    .col(
+                        timestamp_with_time_zone(CreditHolds::UpdatedAt)
+                            .default(Expr::current_timestamp()),
+                    )
                     .to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_table(Table::drop().table(CreditHolds::Table).to_owned()).await?;
-        manager.drop_table(Table::drop().table(IdempotencyKeys::Table).to_owned()).await
+        manager
+            .drop_table(Table::drop().table(CreditHolds::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(IdempotencyKeys::Table).to_owned())
+            .await
     }
 }

@@ -24,18 +24,33 @@ async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_af
         app.worker_log().display()
     );
     let home = shard_for_customer(customer, SHARD_COUNT);
-    assert_eq!(app.rows_on_shard(home).await.orders, 1, "the order was committed before the crash");
+    assert_eq!(
+        app.rows_on_shard(home).await.orders,
+        1,
+        "the order was committed before the crash"
+    );
 
     // A healthy worker picks the saga up; CreateOrder runs again after its timeout.
     app.start_worker(None);
     let outcome = app.outcome(&workflow_id).await;
 
-    let OrderOutcome::Placed(placed) = outcome else { panic!("expected a confirmed order, got {outcome:?}") };
+    let OrderOutcome::Placed(placed) = outcome else {
+        panic!("expected a confirmed order, got {outcome:?}")
+    };
     assert_eq!(placed.total_amount, Decimal::new(5000, 2));
     let rows = app.rows_on_shard(home).await;
-    assert_eq!((rows.orders, rows.items, rows.held_credit), (1, 1, 1), "exactly one order, one item, one hold");
-    assert_eq!(app.credit_used(customer).await, Decimal::new(5000, 2), "credit reserved once");
+    assert_eq!(
+        (rows.orders, rows.items, rows.held_credit),
+        (1, 1, 1),
+        "exactly one order, one item, one hold"
+    );
+    assert_eq!(
+        app.credit_used(customer).await,
+        Decimal::new(5000, 2),
+        "credit reserved once"
+    );
     let shown = app.cli(&["get", &placed.order_id.to_string(), "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("orders get prints JSON");
+    let shown: serde_json::Value =
+        serde_json::from_slice(&shown.stdout).expect("orders get prints JSON");
     assert_eq!(shown["status"], "confirmed");
 }

@@ -18,7 +18,9 @@ use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::TemporalSettings;
 use orders_worker::local::process::ChildService;
-use orders_worker::local::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
+use orders_worker::local::{
+    self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions,
+};
 use orders_worker::migrate;
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -39,7 +41,8 @@ pub(crate) struct Services {
 pub(crate) fn services() -> &'static Services {
     static SERVICES: OnceLock<Services> = OnceLock::new();
     SERVICES.get_or_init(|| {
-        start_services().unwrap_or_else(|e| panic!("the real services these tests need did not start: {e:#}"))
+        start_services()
+            .unwrap_or_else(|e| panic!("the real services these tests need did not start: {e:#}"))
     })
 }
 
@@ -66,15 +69,24 @@ fn start_services() -> anyhow::Result<Services> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     eprintln!("test services up under {}", root.display());
-    Ok(Services { root, temporal, clusters, orders_bin })
+    Ok(Services {
+        root,
+        temporal,
+        clusters,
+        orders_bin,
+    })
 }
 
 /// Deletes directories of earlier runs whose process is gone.
 fn remove_stale_runs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("orders-tests-").and_then(|p| p.parse::<u32>().ok())
+        if let Some(pid) = name
+            .strip_prefix("orders-tests-")
+            .and_then(|p| p.parse::<u32>().ok())
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = std::fs::remove_dir_all(entry.path());
@@ -90,9 +102,16 @@ fn build_orders_binary() -> anyhow::Result<PathBuf> {
         .context("failed to run cargo build for the orders binary")?;
     anyhow::ensure!(status.success(), "cargo build -p orders-worker failed");
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test binary location")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test binary location")?;
     let bin = profile_dir.join("orders");
-    anyhow::ensure!(bin.is_file(), "the orders binary is not at {}", bin.display());
+    anyhow::ensure!(
+        bin.is_file(),
+        "the orders binary is not at {}",
+        bin.display()
+    );
     Ok(bin)
 }
 
@@ -118,7 +137,9 @@ impl TestApp {
     /// A migrated set of shards and no worker yet.
     pub(crate) async fn spawn_without_worker() -> Self {
         let app = Self::with_empty_databases().await;
-        migrate::run(&app.shards, migrate::Plan::Up(None)).await.expect("migrations apply on every shard");
+        migrate::run(&app.shards, migrate::Plan::Up(None))
+            .await
+            .expect("migrations apply on every shard");
         app
     }
 
@@ -129,12 +150,21 @@ impl TestApp {
         let database = format!("t_{id}");
         let mut shard_urls = Vec::new();
         for cluster in &services.clusters {
-            cluster.create_database(&database).await.expect("test database is created");
+            cluster
+                .create_database(&database)
+                .await
+                .expect("test database is created");
             shard_urls.push(cluster.url(&database));
         }
-        let shards = Shards::connect_lazy(&shard_urls, PoolSettings { max_connections: 4, connect_timeout: Duration::from_secs(5) })
-            .await
-            .expect("shard pools open");
+        let shards = Shards::connect_lazy(
+            &shard_urls,
+            PoolSettings {
+                max_connections: 4,
+                connect_timeout: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect("shard pools open");
         let temporal_address = services.temporal.address();
         let task_queue = format!("orders-test-{id}");
         let client = client::connect(&TemporalSettings {
@@ -145,7 +175,15 @@ impl TestApp {
         .await
         .expect("client connects to the test Temporal server");
         let worker_log = services.root.join(format!("worker-{id}.log"));
-        Self { shards, shard_urls, task_queue, client, temporal_address, worker: None, worker_log }
+        Self {
+            shards,
+            shard_urls,
+            task_queue,
+            client,
+            temporal_address,
+            worker: None,
+            worker_log,
+        }
     }
 
     /// The environment every `orders` process of this test runs with.
@@ -167,19 +205,29 @@ impl TestApp {
         if let Some(points) = failpoints {
             command.env("ORDERS_FAILPOINTS", points);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.worker_log).expect("worker log opens");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.worker_log)
+            .expect("worker log opens");
         if std::env::var_os("TEST_LOG").is_some() {
             command.stderr(Stdio::inherit());
         } else {
             command.stderr(log.try_clone().expect("log handle"));
         }
         command.stdout(log).stdin(Stdio::null());
-        self.worker = Some(ChildService::spawn("orders worker", command, Signal::SIGTERM).expect("orders worker starts"));
+        self.worker = Some(
+            ChildService::spawn("orders worker", command, Signal::SIGTERM)
+                .expect("orders worker starts"),
+        );
     }
 
     /// Waits up to `timeout` for the worker to exit by itself (e.g. at a failpoint).
     pub(crate) fn worker_exits_within(&mut self, timeout: Duration) -> bool {
-        self.worker.as_mut().expect("a worker was started").wait_for_exit(timeout)
+        self.worker
+            .as_mut()
+            .expect("a worker was started")
+            .wait_for_exit(timeout)
     }
 
     /// Where this test's worker logs go.
@@ -189,7 +237,10 @@ impl TestApp {
 
     /// Runs the `orders` CLI with this test's configuration.
     pub(crate) fn cli(&self, args: &[&str]) -> Output {
-        self.orders_command().args(args).output().expect("orders CLI runs")
+        self.orders_command()
+            .args(args)
+            .output()
+            .expect("orders CLI runs")
     }
 
     /// Creates a customer through the store and returns its id.
@@ -202,22 +253,35 @@ impl TestApp {
             email: format!("{}@example.com", first_name_lower(name)),
             credit_limit: Decimal::from_str(credit_limit).expect("credit limit is a decimal"),
         };
-        orders_worker::customers::add(&self.shards, new).await.expect("customer is added").id
+        orders_worker::customers::add(&self.shards, new)
+            .await
+            .expect("customer is added")
+            .id
     }
 
     /// Starts PlaceOrder with `input` and returns its workflow id.
     pub(crate) async fn start_order(&self, input: serde_json::Value) -> String {
         let workflow_id = format!("order-{}", uuid::Uuid::new_v4());
-        client::start_order(&self.client, &self.task_queue, &workflow_id, input).await.expect("PlaceOrder starts");
+        client::start_order(&self.client, &self.task_queue, &workflow_id, input)
+            .await
+            .expect("PlaceOrder starts");
         workflow_id
     }
 
     /// Waits for PlaceOrder `workflow_id` to end, for at most a minute.
     pub(crate) async fn outcome(&self, workflow_id: &str) -> OrderOutcome {
-        tokio::time::timeout(Duration::from_secs(60), client::order_outcome(&self.client, workflow_id))
-            .await
-            .unwrap_or_else(|_| panic!("{workflow_id} did not finish within 60 s; worker log: {}", self.worker_log.display()))
-            .expect("the outcome can be read")
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            client::order_outcome(&self.client, workflow_id),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{workflow_id} did not finish within 60 s; worker log: {}",
+                self.worker_log.display()
+            )
+        })
+        .expect("the outcome can be read")
     }
 
     /// Places an order and waits for its outcome.
@@ -295,7 +359,10 @@ pub(crate) struct ShardRows {
 #[track_caller]
 pub(crate) fn expect_failure(outcome: &OrderOutcome, failure_type: &str) -> String {
     match outcome {
-        OrderOutcome::Failed { failure_type: actual, message } if actual == failure_type => message.clone(),
+        OrderOutcome::Failed {
+            failure_type: actual,
+            message,
+        } if actual == failure_type => message.clone(),
         other => panic!("expected a {failure_type} failure, got {other:?}"),
     }
 }

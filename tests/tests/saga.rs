@@ -21,7 +21,9 @@ async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_re
         }))
         .await;
 
-    let OrderOutcome::Placed(placed) = outcome else { panic!("expected a confirmed order, got {outcome:?}") };
+    let OrderOutcome::Placed(placed) = outcome else {
+        panic!("expected a confirmed order, got {outcome:?}")
+    };
     assert_eq!(
         serde_json::to_value(&placed).unwrap(),
         json!({"order_id": placed.order_id, "customer_id": customer, "shard": home, "status": "confirmed", "total_amount": "39.98"}),
@@ -30,20 +32,35 @@ async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_re
     for shard in 0..SHARD_COUNT {
         let rows = app.rows_on_shard(shard).await;
         if shard == home {
-            assert_eq!((rows.orders, rows.items, rows.held_credit), (1, 1, 1), "shard {shard} holds the order");
+            assert_eq!(
+                (rows.orders, rows.items, rows.held_credit),
+                (1, 1, 1),
+                "shard {shard} holds the order"
+            );
         } else {
-            assert_eq!((rows.orders, rows.items), (0, 0), "shard {shard} holds nothing");
+            assert_eq!(
+                (rows.orders, rows.items),
+                (0, 0),
+                "shard {shard} holds nothing"
+            );
         }
     }
     assert_eq!(app.credit_used(customer).await, Decimal::new(3998, 2));
 
     let shown = app.cli(&["get", &placed.order_id.to_string(), "--json"]);
-    assert!(shown.status.success(), "orders get failed: {}", String::from_utf8_lossy(&shown.stderr));
+    assert!(
+        shown.status.success(),
+        "orders get failed: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["status"], "confirmed");
     assert_eq!(shown["notes"], "optional");
     assert_eq!(shown["shard"], home);
-    assert_eq!(shown["items"], json!([{"id": shown["items"][0]["id"], "product_id": 7, "quantity": 2, "price": "19.99"}]));
+    assert_eq!(
+        shown["items"],
+        json!([{"id": shown["items"][0]["id"], "product_id": 7, "quantity": 2, "price": "19.99"}])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,18 +70,32 @@ async fn a_declined_payment_fails_the_order_deletes_it_and_gives_the_credit_back
     let earlier = app
         .place_order(json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "30.00"}]}))
         .await;
-    assert!(matches!(earlier, OrderOutcome::Placed(_)), "the first order fits the limit: {earlier:?}");
+    assert!(
+        matches!(earlier, OrderOutcome::Placed(_)),
+        "the first order fits the limit: {earlier:?}"
+    );
 
     let outcome = app
         .place_order(json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 3, "unit_price": "7.00"}]}))
         .await;
 
     let message = expect_failure(&outcome, "PaymentDeclined");
-    assert!(message.contains("21.00") && message.contains("20.00"), "the message gives total and available credit: {message}");
+    assert!(
+        message.contains("21.00") && message.contains("20.00"),
+        "the message gives total and available credit: {message}"
+    );
     let home = shard_for_customer(customer, SHARD_COUNT);
     let rows = app.rows_on_shard(home).await;
-    assert_eq!((rows.orders, rows.items, rows.held_credit), (1, 1, 1), "only the first order remains");
-    assert_eq!(app.credit_used(customer).await, Decimal::new(3000, 2), "the declined order holds no credit");
+    assert_eq!(
+        (rows.orders, rows.items, rows.held_credit),
+        (1, 1, 1),
+        "only the first order remains"
+    );
+    assert_eq!(
+        app.credit_used(customer).await,
+        Decimal::new(3000, 2),
+        "the declined order holds no credit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,17 +110,34 @@ async fn a_cancelled_order_runs_its_compensations_and_leaves_nothing() {
     // Wait until the order exists, i.e. the saga is inside its credit step.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while app.rows_on_shard(home).await.orders == 0 {
-        assert!(std::time::Instant::now() < deadline, "the order was never created");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the order was never created"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
     app.client
         .get_workflow_handle::<orders_workflows::PlaceOrderWorkflow>(&workflow_id)
-        .cancel(temporalio_client::WorkflowCancelOptions::builder().reason("customer changed their mind").build())
+        .cancel(
+            temporalio_client::WorkflowCancelOptions::builder()
+                .reason("customer changed their mind")
+                .build(),
+        )
         .await
         .expect("cancel request is accepted");
 
     assert_eq!(app.outcome(&workflow_id).await, OrderOutcome::Cancelled);
-    assert_eq!(app.rows_on_shard(home).await, ShardRows { idempotency_keys: 1, ..Default::default() });
-    assert_eq!(app.credit_used(customer).await, Decimal::ZERO, "credit is back");
+    assert_eq!(
+        app.rows_on_shard(home).await,
+        ShardRows {
+            idempotency_keys: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        app.credit_used(customer).await,
+        Decimal::ZERO,
+        "credit is back"
+    );
 }

@@ -18,8 +18,22 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
         let (address, task_queue) = (app.temporal_address.clone(), app.task_queue.clone());
         move || {
             Command::new(temporal_cli().expect("temporal CLI is installed"))
-                .args(["workflow", "execute", "--type", "PlaceOrder", "--task-queue", &task_queue])
-                .args(["--address", &address, "--input", &input.to_string(), "--output", "json"])
+                .args([
+                    "workflow",
+                    "execute",
+                    "--type",
+                    "PlaceOrder",
+                    "--task-queue",
+                    &task_queue,
+                ])
+                .args([
+                    "--address",
+                    &address,
+                    "--input",
+                    &input.to_string(),
+                    "--output",
+                    "json",
+                ])
                 .output()
                 .expect("temporal CLI runs")
         }
@@ -27,12 +41,20 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     .await
     .unwrap();
 
-    assert!(output.status.success(), "temporal workflow execute failed: {}", String::from_utf8_lossy(&output.stderr));
-    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the CLI prints JSON");
+    assert!(
+        output.status.success(),
+        "temporal workflow execute failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the CLI prints JSON");
     let result = &printed["result"];
     assert_eq!(result["customer_id"], customer);
     assert_eq!(result["shard"], shard_for_customer(customer, SHARD_COUNT));
     assert_eq!(result["status"], "confirmed");
     assert_eq!(result["total_amount"], "7.50");
-    assert!(result["order_id"].as_i64().is_some_and(|id| id > 0), "{result}");
+    assert!(
+        result["order_id"].as_i64().is_some_and(|id| id > 0),
+        "{result}"
+    );
 }

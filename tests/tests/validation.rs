@@ -11,23 +11,67 @@ async fn each_invalid_order_fails_with_its_reason_and_writes_nothing_anywhere() 
     let item = |quantity: i64, price: &str| json!({"product_id": 7, "quantity": quantity, "unit_price": price});
     let oversized: Vec<_> = (0..1001).map(|_| item(1, "1.00")).collect();
     let cases = [
-        ("no items", json!({"customer_id": customer, "items": []}), "at least one item"),
-        ("zero quantity", json!({"customer_id": customer, "items": [item(0, "1.00")]}), "quantity"),
-        ("negative quantity", json!({"customer_id": customer, "items": [item(-2, "1.00")]}), "quantity"),
-        ("three decimals", json!({"customer_id": customer, "items": [item(1, "19.999")]}), "at most 2 decimals"),
-        ("negative price", json!({"customer_id": customer, "items": [item(1, "-5.00")]}), "negative"),
-        ("price not a number", json!({"customer_id": customer, "items": [item(1, "cheap")]}), "not a decimal"),
+        (
+            "no items",
+            json!({"customer_id": customer, "items": []}),
+            "at least one item",
+        ),
+        (
+            "zero quantity",
+            json!({"customer_id": customer, "items": [item(0, "1.00")]}),
+            "quantity",
+        ),
+        (
+            "negative quantity",
+            json!({"customer_id": customer, "items": [item(-2, "1.00")]}),
+            "quantity",
+        ),
+        (
+            "three decimals",
+            json!({"customer_id": customer, "items": [item(1, "19.999")]}),
+            "at most 2 decimals",
+        ),
+        (
+            "negative price",
+            json!({"customer_id": customer, "items": [item(1, "-5.00")]}),
+            "negative",
+        ),
+        (
+            "price not a number",
+            json!({"customer_id": customer, "items": [item(1, "cheap")]}),
+            "not a decimal",
+        ),
         ("malformed input", json!("just a string"), "malformed input"),
-        ("missing customer", json!({"items": [item(1, "1.00")]}), "customer_id"),
-        ("oversized order", json!({"customer_id": customer, "items": oversized}), "at most 1000 items"),
+        (
+            "missing customer",
+            json!({"items": [item(1, "1.00")]}),
+            "customer_id",
+        ),
+        (
+            "oversized order",
+            json!({"customer_id": customer, "items": oversized}),
+            "at most 1000 items",
+        ),
     ];
 
-    let starts = futures::future::join_all(cases.iter().map(|(_, input, _)| app.start_order(input.clone()))).await;
+    let starts = futures::future::join_all(
+        cases
+            .iter()
+            .map(|(_, input, _)| app.start_order(input.clone())),
+    )
+    .await;
     for ((name, _, reason), workflow_id) in cases.iter().zip(starts) {
         let message = expect_failure(&app.outcome(&workflow_id).await, "InvalidOrder");
-        assert!(message.contains(reason), "{name}: {message:?} should mention {reason:?}");
+        assert!(
+            message.contains(reason),
+            "{name}: {message:?} should mention {reason:?}"
+        );
     }
-    assert_eq!(app.rows_everywhere().await, vec![ShardRows::default(); 4], "nothing was written");
+    assert_eq!(
+        app.rows_everywhere().await,
+        vec![ShardRows::default(); 4],
+        "nothing was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,5 +82,9 @@ async fn an_unknown_customer_fails_the_order_and_writes_nothing_anywhere() {
         .await;
     let message = expect_failure(&outcome, "UnknownCustomer");
     assert!(message.contains("424242"), "{message}");
-    assert_eq!(app.rows_everywhere().await, vec![ShardRows::default(); 4], "nothing was written");
+    assert_eq!(
+        app.rows_everywhere().await,
+        vec![ShardRows::default(); 4],
+        "nothing was written"
+    );
 }

@@ -22,8 +22,16 @@ pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
             .build(),
     )
     .await
-    .with_context(|| format!("cannot reach Temporal at {} (is it running? `orders dev` starts one)", settings.address))?;
-    Ok(Client::new(connection, ClientOptions::new(settings.namespace.clone()).build())?)
+    .with_context(|| {
+        format!(
+            "cannot reach Temporal at {} (is it running? `orders dev` starts one)",
+            settings.address
+        )
+    })?;
+    Ok(Client::new(
+        connection,
+        ClientOptions::new(settings.namespace.clone()).build(),
+    )?)
 }
 
 /// How a PlaceOrder run ended, in the terms clients care about.
@@ -31,7 +39,10 @@ pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
 pub enum OrderOutcome {
     Placed(PlacedOrder),
     /// Failed with this application failure type (`PaymentDeclined`, …) and message.
-    Failed { failure_type: String, message: String },
+    Failed {
+        failure_type: String,
+        message: String,
+    },
     Cancelled,
     /// Terminated, timed out, or anything else that is not a business outcome.
     Other(String),

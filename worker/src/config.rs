@@ -10,13 +10,25 @@ use orders_activities::shards::PoolSettings;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TemporalSettings {
     /// Temporal frontend, host:port.
-    #[arg(long = "temporal-address", env = "TEMPORAL_ADDRESS", default_value = "127.0.0.1:7233")]
+    #[arg(
+        long = "temporal-address",
+        env = "TEMPORAL_ADDRESS",
+        default_value = "127.0.0.1:7233"
+    )]
     pub address: String,
     /// Temporal namespace.
-    #[arg(long = "temporal-namespace", env = "TEMPORAL_NAMESPACE", default_value = "default")]
+    #[arg(
+        long = "temporal-namespace",
+        env = "TEMPORAL_NAMESPACE",
+        default_value = "default"
+    )]
     pub namespace: String,
     /// Task queue the worker polls and clients submit to.
-    #[arg(long = "task-queue", env = "ORDERS_TASK_QUEUE", default_value = "orders")]
+    #[arg(
+        long = "task-queue",
+        env = "ORDERS_TASK_QUEUE",
+        default_value = "orders"
+    )]
     pub task_queue: String,
 }
 
@@ -31,14 +43,22 @@ pub struct ShardSettings {
     #[arg(long = "pool-size", env = "ORDERS_POOL_SIZE", default_value_t = 10)]
     pub pool_size: u32,
     /// Seconds to wait for a shard connection before failing the call.
-    #[arg(long = "connect-timeout", env = "ORDERS_CONNECT_TIMEOUT_SECS", default_value_t = 5)]
+    #[arg(
+        long = "connect-timeout",
+        env = "ORDERS_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
     pub connect_timeout_secs: u64,
 }
 
 impl ShardSettings {
     /// The configured URLs, or the local dev shards.
     pub fn urls(&self) -> Vec<String> {
-        if self.urls.is_empty() { crate::local::dev_shard_urls() } else { self.urls.clone() }
+        if self.urls.is_empty() {
+            crate::local::dev_shard_urls()
+        } else {
+            self.urls.clone()
+        }
     }
 
     /// Lazily connected pools, one per shard.

@@ -11,7 +11,11 @@ use orders_entities::customer;
 /// the fewest customers and gets an id tagged with that shard.
 pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::Model> {
     ensure!(!new.first_name.is_empty(), "a customer needs a name");
-    ensure!(new.email.contains('@'), "email {:?} is not an email address", new.email);
+    ensure!(
+        new.email.contains('@'),
+        "email {:?} is not an email address",
+        new.email
+    );
     ensure!(
         !new.credit_limit.is_sign_negative() && new.credit_limit.normalize().scale() <= 2,
         "credit limit must be a non-negative amount with at most 2 decimals, got {}",
@@ -29,8 +33,15 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
 
 async fn least_loaded(shards: &Shards) -> anyhow::Result<&orders_activities::shards::Shard> {
     let counts = try_join_all(shards.iter().map(|shard| async move {
-        customers::count(&shard.conn).await.map(|n| (n, shard)).map_err(|e| shard.error(e))
+        customers::count(&shard.conn)
+            .await
+            .map(|n| (n, shard))
+            .map_err(|e| shard.error(e))
     }))
     .await?;
-    Ok(counts.into_iter().min_by_key(|(n, shard)| (*n, shard.index)).map(|(_, s)| s).expect("at least one shard"))
+    Ok(counts
+        .into_iter()
+        .min_by_key(|(n, shard)| (*n, shard.index))
+        .map(|(_, s)| s)
+        .expect("at least one shard"))
 }

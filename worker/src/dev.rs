@@ -45,7 +45,10 @@ impl DevStack {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
         let state_dir = state_dir.canonicalize()?;
-        eprintln!("▶ Temporal dev server (history in {}/temporal.db)", state_dir.display());
+        eprintln!(
+            "▶ Temporal dev server (history in {}/temporal.db)",
+            state_dir.display()
+        );
         let temporal = tokio::task::block_in_place(|| {
             TemporalDevServer::start(TemporalOptions {
                 port: TEMPORAL_PORT,
@@ -76,19 +79,31 @@ impl DevStack {
 /// Runs the whole demo until Ctrl-C.
 pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> anyhow::Result<()> {
     let stack = DevStack::start(state_dir).await?;
-    let settings = TemporalSettings { address: stack.temporal.address(), ..temporal_settings };
+    let settings = TemporalSettings {
+        address: stack.temporal.address(),
+        ..temporal_settings
+    };
     let urls = local::dev_shard_urls();
     let shards = Shards::connect_lazy(&urls, PoolSettings::default()).await?;
     eprintln!("▶ migrating {} shards", shards.len());
     for v in migrate::run(&shards, migrate::Plan::Up(None)).await? {
-        eprintln!("  shard {}: {}", v.shard, v.version.as_deref().unwrap_or("(empty)"));
+        eprintln!(
+            "  shard {}: {}",
+            v.shard,
+            v.version.as_deref().unwrap_or("(empty)")
+        );
     }
     seed_customers(&shards).await?;
     let client = client::connect(&settings).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = crate::worker::run(client.clone(), &settings.task_queue, shards.clone(), async {
-        let _ = stop_rx.await;
-    });
+    let worker = crate::worker::run(
+        client.clone(),
+        &settings.task_queue,
+        shards.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    );
     let demo = async {
         place_sample_orders(&client, &settings.task_queue).await?;
         print_where_to_look(&stack, &urls, &settings);
@@ -115,7 +130,11 @@ pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> any
 async fn seed_customers(shards: &Shards) -> anyhow::Result<()> {
     for (id, name, email, limit) in DEMO_CUSTOMERS {
         let shard = shards.for_customer(id);
-        if customers::find(&shard.conn, id).await.map_err(|e| shard.error(e))?.is_some() {
+        if customers::find(&shard.conn, id)
+            .await
+            .map_err(|e| shard.error(e))?
+            .is_some()
+        {
             continue;
         }
         let (first_name, last_name) = NewCustomer::split_name(name);
@@ -127,16 +146,31 @@ async fn seed_customers(shards: &Shards) -> anyhow::Result<()> {
             credit_limit: Decimal::from_str(limit)?,
         };
         crate::customers::add(shards, new).await?;
-        eprintln!("  seeded customer {id} ({name}, credit {limit}) on shard {}", shard.index);
+        eprintln!(
+            "  seeded customer {id} ({name}, credit {limit}) on shard {}",
+            shard.index
+        );
     }
     Ok(())
 }
 
-async fn place_sample_orders(client: &temporalio_client::Client, task_queue: &str) -> anyhow::Result<()> {
+async fn place_sample_orders(
+    client: &temporalio_client::Client,
+    task_queue: &str,
+) -> anyhow::Result<()> {
     let samples = [
-        ("Ada buys two books", json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}], "notes": "gift wrap"})),
-        ("Grace buys a keyboard and cables", json!({"customer_id": 2, "items": [{"product_id": 11, "quantity": 1, "unit_price": "129.00"}, {"product_id": 12, "quantity": 3, "unit_price": "9.50"}]})),
-        ("Alan exceeds his 50.00 credit", json!({"customer_id": 3, "items": [{"product_id": 21, "quantity": 1, "unit_price": "80.00"}]})),
+        (
+            "Ada buys two books",
+            json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}], "notes": "gift wrap"}),
+        ),
+        (
+            "Grace buys a keyboard and cables",
+            json!({"customer_id": 2, "items": [{"product_id": 11, "quantity": 1, "unit_price": "129.00"}, {"product_id": 12, "quantity": 3, "unit_price": "9.50"}]}),
+        ),
+        (
+            "Alan exceeds his 50.00 credit",
+            json!({"customer_id": 3, "items": [{"product_id": 21, "quantity": 1, "unit_price": "80.00"}]}),
+        ),
     ];
     eprintln!("▶ placing sample orders");
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -145,8 +179,14 @@ async fn place_sample_orders(client: &temporalio_client::Client, task_queue: &st
         client::start_order(client, task_queue, &workflow_id, input).await?;
         let outcome = client::order_outcome(client, &workflow_id).await?;
         let summary = match outcome {
-            OrderOutcome::Placed(p) => format!("confirmed: order {} on shard {}, total {}", p.order_id, p.shard, p.total_amount),
-            OrderOutcome::Failed { failure_type, message } => format!("{failure_type} (compensated): {message}"),
+            OrderOutcome::Placed(p) => format!(
+                "confirmed: order {} on shard {}, total {}",
+                p.order_id, p.shard, p.total_amount
+            ),
+            OrderOutcome::Failed {
+                failure_type,
+                message,
+            } => format!("{failure_type} (compensated): {message}"),
             other => format!("{other:?}"),
         };
         eprintln!("  {workflow_id}  {label}: {summary}");
@@ -155,14 +195,25 @@ async fn place_sample_orders(client: &temporalio_client::Client, task_queue: &st
 }
 
 fn print_where_to_look(stack: &DevStack, urls: &[String], settings: &TemporalSettings) {
-    let ui = stack.temporal.ui_url().unwrap_or_else(|| "(headless)".into());
+    let ui = stack
+        .temporal
+        .ui_url()
+        .unwrap_or_else(|| "(headless)".into());
     eprintln!("\n✔ orders dev is running");
-    eprintln!("  Temporal Web UI : {ui}/namespaces/{}/workflows", settings.namespace);
-    eprintln!("  Temporal gRPC   : {} (task queue {:?})", settings.address, settings.task_queue);
+    eprintln!(
+        "  Temporal Web UI : {ui}/namespaces/{}/workflows",
+        settings.namespace
+    );
+    eprintln!(
+        "  Temporal gRPC   : {} (task queue {:?})",
+        settings.address, settings.task_queue
+    );
     for (i, url) in urls.iter().enumerate() {
         eprintln!("  shard {i}         : {url}");
     }
     eprintln!("  try             : orders submit --customer 1 --item 7:1:19.99 --wait");
-    eprintln!("                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'");
+    eprintln!(
+        "                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'"
+    );
     eprintln!("  stop            : Ctrl-C");
 }

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use sea_orm::ActiveEnum;
 use rust_decimal::Decimal;
+use sea_orm::ActiveEnum;
 use std::path::PathBuf;
 
 use orders_activities::store::customers::NewCustomer;
@@ -12,10 +12,20 @@ use orders_worker::config::{ShardSettings, TemporalSettings};
 use orders_worker::{customers, dev, migrate, worker};
 
 #[derive(Parser)]
-#[command(name = "orders", version, about = "Durable order processing on Temporal and sharded PostgreSQL")]
+#[command(
+    name = "orders",
+    version,
+    about = "Durable order processing on Temporal and sharded PostgreSQL"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, env = "ORDERS_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        env = "ORDERS_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -125,11 +135,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Dev { state_dir, temporal } => dev::run(state_dir, temporal).await,
+        Command::Dev {
+            state_dir,
+            temporal,
+        } => dev::run(state_dir, temporal).await,
         Command::Worker { temporal, shards } => {
             let client = client::connect(&temporal).await?;
             let shards = shards.connect().await?;
-            worker::run(client, &temporal.task_queue, shards, worker::shutdown_signal()).await
+            worker::run(
+                client,
+                &temporal.task_queue,
+                shards,
+                worker::shutdown_signal(),
+            )
+            .await
         }
         Command::Migrate { plan, shards, json } => {
             let plan = match plan {
@@ -155,12 +174,28 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Customer { command: CustomerCommand::Add { name, email, credit_limit, id, json, shards } } => {
+        Command::Customer {
+            command:
+                CustomerCommand::Add {
+                    name,
+                    email,
+                    credit_limit,
+                    id,
+                    json,
+                    shards,
+                },
+        } => {
             let shards = shards.connect().await?;
             let (first_name, last_name) = NewCustomer::split_name(&name);
             let customer = customers::add(
                 &shards,
-                NewCustomer { id, first_name, last_name, email, credit_limit },
+                NewCustomer {
+                    id,
+                    first_name,
+                    last_name,
+                    email,
+                    credit_limit,
+                },
             )
             .await?;
             if json {
@@ -170,10 +205,19 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Submit { customer, items, notes, workflow_id, wait, json, temporal } => {
+        Command::Submit {
+            customer,
+            items,
+            notes,
+            workflow_id,
+            wait,
+            json,
+            temporal,
+        } => {
             let input = order_input(customer, &items, notes)?;
             let client = client::connect(&temporal).await?;
-            let workflow_id = workflow_id.unwrap_or_else(|| format!("order-{}", uuid::Uuid::new_v4()));
+            let workflow_id =
+                workflow_id.unwrap_or_else(|| format!("order-{}", uuid::Uuid::new_v4()));
             client::start_order(&client, &temporal.task_queue, &workflow_id, input).await?;
             if !wait {
                 if json {
@@ -190,10 +234,19 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Get { order_id, json, shards } => {
+        Command::Get {
+            order_id,
+            json,
+            shards,
+        } => {
             let shards = shards.connect().await?;
-            let Some((shard, order)) = orders_activities::lookup::find_order(&shards, order_id).await? else {
-                anyhow::bail!("order {order_id} does not exist on any of the {} shards", shards.len());
+            let Some((shard, order)) =
+                orders_activities::lookup::find_order(&shards, order_id).await?
+            else {
+                anyhow::bail!(
+                    "order {order_id} does not exist on any of the {} shards",
+                    shards.len()
+                );
             };
             if json {
                 let mut value = serde_json::to_value(&order)?;
@@ -201,13 +254,24 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("order {} (shard {shard})", order.id);
-                println!("  customer {}  status {}  total {}", order.customer_id, order.status.to_value(), order.total_amount);
+                println!(
+                    "  customer {}  status {}  total {}",
+                    order.customer_id,
+                    order.status.to_value(),
+                    order.total_amount
+                );
                 if let Some(notes) = &order.notes {
                     println!("  notes    {notes}");
                 }
-                println!("  created  {}  updated {}", order.created_at, order.updated_at);
+                println!(
+                    "  created  {}  updated {}",
+                    order.created_at, order.updated_at
+                );
                 for item in &order.items {
-                    println!("  - product {} × {} @ {}", item.product_id, item.quantity, item.price);
+                    println!(
+                        "  - product {} × {} @ {}",
+                        item.product_id, item.quantity, item.price
+                    );
                 }
             }
             Ok(())
@@ -217,7 +281,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// Builds PlaceOrder's documented JSON input from `PRODUCT:QTY:PRICE` strings. Validation
 /// itself happens in the workflow, so every client gets the same rules.
-fn order_input(customer: i64, items: &[String], notes: Option<String>) -> anyhow::Result<serde_json::Value> {
+fn order_input(
+    customer: i64,
+    items: &[String],
+    notes: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
     let items = items
         .iter()
         .map(|item| {
@@ -243,11 +311,18 @@ fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyho
     if json {
         let value = match outcome {
             OrderOutcome::Placed(placed) => serde_json::to_value(placed)?,
-            OrderOutcome::Failed { failure_type, message } => {
+            OrderOutcome::Failed {
+                failure_type,
+                message,
+            } => {
                 serde_json::json!({"workflow_id": workflow_id, "failure_type": failure_type, "message": message})
             }
-            OrderOutcome::Cancelled => serde_json::json!({"workflow_id": workflow_id, "cancelled": true}),
-            OrderOutcome::Other(message) => serde_json::json!({"workflow_id": workflow_id, "message": message}),
+            OrderOutcome::Cancelled => {
+                serde_json::json!({"workflow_id": workflow_id, "cancelled": true})
+            }
+            OrderOutcome::Other(message) => {
+                serde_json::json!({"workflow_id": workflow_id, "message": message})
+            }
         };
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -257,19 +332,29 @@ fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyho
             "order {} confirmed on shard {} for customer {}, total {} ({workflow_id})",
             p.order_id, p.shard, p.customer_id, p.total_amount
         ),
-        OrderOutcome::Failed { failure_type, message } => {
+        OrderOutcome::Failed {
+            failure_type,
+            message,
+        } => {
             eprintln!("order failed: {failure_type}: {message} ({workflow_id})")
         }
         OrderOutcome::Cancelled => eprintln!("order cancelled ({workflow_id})"),
-        OrderOutcome::Other(message) => eprintln!("order did not complete: {message} ({workflow_id})"),
+        OrderOutcome::Other(message) => {
+            eprintln!("order did not complete: {message} ({workflow_id})")
+        }
     }
     Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -46,14 +46,15 @@ pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion
             Ok(()) => version(conn).await,
             Err(e) => Err(e),
         };
-        outcome.map(|(version, applied, pending)| ShardVersion {
-            shard: shard.index,
-            url: shard.url.clone(),
-            version,
-            applied,
-            pending,
-        })
-        .map_err(|e| shard.error(e))
+        outcome
+            .map(|(version, applied, pending)| ShardVersion {
+                shard: shard.index,
+                url: shard.url.clone(),
+                version,
+                applied,
+                pending,
+            })
+            .map_err(|e| shard.error(e))
     }))
     .await;
     let mut versions = Vec::new();

@@ -19,7 +19,8 @@ pub async fn run(
         .register_activities(OrderActivities::new(shards))
         .register_workflow::<PlaceOrderWorkflow>()?
         .build();
-    let mut worker = Worker::new(&runtime, client, options).context("failed to create the worker")?;
+    let mut worker =
+        Worker::new(&runtime, client, options).context("failed to create the worker")?;
     let stop = worker.shutdown_handle();
     tracing::info!(task_queue, "worker polling");
     let run = worker.run();

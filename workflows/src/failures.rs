@@ -21,7 +21,10 @@ pub struct Rejected {
 pub fn rejection(err: &ActivityExecutionError) -> Option<Rejected> {
     match err.reason()? {
         IncomingError::Application(failure) if failure.is_non_retryable() => Some(Rejected {
-            failure_type: failure.type_name().unwrap_or("ApplicationFailure").to_owned(),
+            failure_type: failure
+                .type_name()
+                .unwrap_or("ApplicationFailure")
+                .to_owned(),
             message: failure.to_string(),
         }),
         _ => None,

@@ -12,7 +12,9 @@ use orders_activities::{
     CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder, ValidOrder,
 };
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{ActivityExecutionError, WorkflowContext, WorkflowResult, WorkflowTermination};
+use temporalio_sdk::{
+    ActivityExecutionError, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
 
 use crate::failures::workflow_failure;
 use crate::saga::Saga;
@@ -75,9 +77,15 @@ async fn place(
     let created = saga
         .step(
             OrderActivities::create_order,
-            CreateOrderInput { idempotency_key: create_key.clone(), order },
+            CreateOrderInput {
+                idempotency_key: create_key.clone(),
+                order,
+            },
             OrderActivities::delete_order,
-            OrderRef { idempotency_key: create_key, customer_id },
+            OrderRef {
+                idempotency_key: create_key,
+                customer_id,
+            },
         )
         .await?;
     let credit = CreditInput {
@@ -92,5 +100,6 @@ async fn place(
         credit,
     )
     .await?;
-    saga.final_step(OrderActivities::confirm_order, created).await
+    saga.final_step(OrderActivities::confirm_order, created)
+        .await
 }

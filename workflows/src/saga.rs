@@ -13,12 +13,12 @@
 
 use futures::future::LocalBoxFuture;
 use std::time::Duration;
+use temporalio_common::data_converters::TemporalDeserializable;
 use temporalio_common::{ActivityDefinition, RetryPolicy};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowCancellationToken,
     WorkflowContext,
 };
-use temporalio_common::data_converters::TemporalDeserializable;
 
 use crate::failures;
 
@@ -72,7 +72,10 @@ pub struct Saga<W> {
 
 impl<W: 'static> Saga<W> {
     pub fn new(ctx: &WorkflowContext<W>) -> Self {
-        Self { ctx: ctx.clone(), compensations: Vec::new() }
+        Self {
+            ctx: ctx.clone(),
+            compensations: Vec::new(),
+        }
     }
 
     /// Registers `undo(undo_input)`, then runs `forward(input)`.
@@ -94,10 +97,14 @@ impl<W: 'static> Saga<W> {
         self.compensations.push(Compensation {
             name,
             run: Box::pin(async move {
-                ctx.execute_activity(undo, undo_input, compensation_options()).await
+                ctx.execute_activity(undo, undo_input, compensation_options())
+                    .await
             }),
         });
-        let result = self.ctx.execute_activity(forward, input, forward_options()).await;
+        let result = self
+            .ctx
+            .execute_activity(forward, input, forward_options())
+            .await;
         if let Err(err) = &result
             && failures::rejection(err).is_some()
         {
@@ -116,7 +123,9 @@ impl<W: 'static> Saga<W> {
         F: ActivityDefinition,
         F::Output: TemporalDeserializable,
     {
-        self.ctx.execute_activity(forward, input, forward_options()).await
+        self.ctx
+            .execute_activity(forward, input, forward_options())
+            .await
     }
 
     /// Runs every registered compensation, newest first, and returns those that failed.
@@ -124,7 +133,10 @@ impl<W: 'static> Saga<W> {
         let mut failed = Vec::new();
         for compensation in self.compensations.into_iter().rev() {
             if let Err(err) = compensation.run.await {
-                failed.push(CompensationFailure { activity: compensation.name, error: err.to_string() });
+                failed.push(CompensationFailure {
+                    activity: compensation.name,
+                    error: err.to_string(),
+                });
             }
         }
         failed

@@ -51,7 +51,11 @@ pub async fn reserve(
             .await?
             .ok_or_else(|| DbErr::RecordNotFound(format!("credit hold of order {order_id}")))?
             .try_get("", "status")?;
-        return Ok(if status == "held" { Reserve::AlreadyHeld } else { Reserve::AlreadyReleased });
+        return Ok(if status == "held" {
+            Reserve::AlreadyHeld
+        } else {
+            Reserve::AlreadyReleased
+        });
     }
     let updated = txn
         .execute_raw(Statement::from_sql_and_values(
@@ -73,7 +77,9 @@ pub async fn reserve(
         ))
         .await?;
     match available {
-        Some(row) => Ok(Reserve::Declined { available: row.try_get("", "available")? }),
+        Some(row) => Ok(Reserve::Declined {
+            available: row.try_get("", "available")?,
+        }),
         None => Ok(Reserve::UnknownCustomer),
     }
 }

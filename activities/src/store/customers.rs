@@ -80,7 +80,13 @@ mod tests {
 
     #[test]
     fn a_full_name_splits_at_its_first_space() {
-        assert_eq!(NewCustomer::split_name("Ada King Lovelace"), ("Ada".into(), "King Lovelace".into()));
-        assert_eq!(NewCustomer::split_name("  Cher "), ("Cher".into(), String::new()));
+        assert_eq!(
+            NewCustomer::split_name("Ada King Lovelace"),
+            ("Ada".into(), "King Lovelace".into())
+        );
+        assert_eq!(
+            NewCustomer::split_name("  Cher "),
+            ("Cher".into(), String::new())
+        );
     }
 }

@@ -46,7 +46,9 @@ pub async fn claim(txn: &impl ConnectionTrait, key: &str) -> Result<Claim, DbErr
     }
     match row.try_get::<Option<serde_json::Value>>("", "result")? {
         Some(result) => Ok(Claim::Done(result)),
-        None => Err(DbErr::Custom(format!("idempotency key {key} has no result"))),
+        None => Err(DbErr::Custom(format!(
+            "idempotency key {key} has no result"
+        ))),
     }
 }
 

@@ -98,7 +98,9 @@ pub async fn transition(
         ))
         .await?;
     match row {
-        Some(row) => Ok(Some(OrderStatus::try_from_value(&row.try_get("", "status")?)?)),
+        Some(row) => Ok(Some(OrderStatus::try_from_value(
+            &row.try_get("", "status")?,
+        )?)),
         None => Ok(None),
     }
 }

@@ -35,7 +35,9 @@ pub fn shard_url(port: u16, database: &str) -> String {
 
 /// A TCP port on loopback that nothing listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Whether something accepts TCP connections on `127.0.0.1:port`.

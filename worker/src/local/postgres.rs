@@ -50,16 +50,30 @@ fn os_user() -> anyhow::Result<Option<OsUser>> {
     let user = nix::unistd::User::from_name(&name)?.with_context(|| {
         format!("PostgreSQL cannot run as root and the OS user {name:?} does not exist: create it with `useradd --system --user-group {name}` or set ORDERS_PG_OS_USER")
     })?;
-    Ok(Some(OsUser { name, uid: user.uid.as_raw(), gid: user.gid.as_raw() }))
+    Ok(Some(OsUser {
+        name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
 }
 
 /// Path of a PostgreSQL server binary: `ORDERS_PG_BIN`, then `PATH`, then Debian's
 /// `/usr/lib/postgresql/<newest>/bin`.
 fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("ORDERS_PG_BIN").map(PathBuf::from).into_iter().collect();
-    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let mut dirs: Vec<PathBuf> = std::env::var_os("ORDERS_PG_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     let mut debian: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     debian.sort_by_key(|p| {
         p.parent()
@@ -92,30 +106,52 @@ impl PostgresCluster {
         if port_is_open(options.port) {
             if data_dir.join("postmaster.pid").exists() {
                 tracing::info!(port = options.port, dir = %data_dir.display(), "reusing running PostgreSQL");
-                return Ok(Self { options, process: None });
+                return Ok(Self {
+                    options,
+                    process: None,
+                });
             }
-            bail!("port {} is taken by another program; stop it or choose another port", options.port);
+            bail!(
+                "port {} is taken by another program; stop it or choose another port",
+                options.port
+            );
         }
         if !data_dir.join("PG_VERSION").exists() {
             init_cluster(data_dir, options.ephemeral, &owner)?;
         }
         let log_path = data_dir.with_extension("log");
-        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path)
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .with_context(|| format!("failed to open {}", log_path.display()))?;
         let mut command = as_cluster_owner(Command::new(pg_binary("postgres")?), &owner);
         command
-            .arg("-D").arg(data_dir)
-            .arg("-p").arg(options.port.to_string())
+            .arg("-D")
+            .arg(data_dir)
+            .arg("-p")
+            .arg(options.port.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let mut process = ChildService::spawn(&format!("postgres:{}", options.port), command, Signal::SIGINT)?;
+        let mut process = ChildService::spawn(
+            &format!("postgres:{}", options.port),
+            command,
+            Signal::SIGINT,
+        )?;
         let port = options.port;
-        wait_until(&format!("PostgreSQL on port {port}"), Duration::from_secs(60), || {
-            process.ensure_running().is_err() || port_is_open(port)
-        })?;
-        process.ensure_running().with_context(|| format!("PostgreSQL did not start; see {}", log_path.display()))?;
-        Ok(Self { options, process: Some(process) })
+        wait_until(
+            &format!("PostgreSQL on port {port}"),
+            Duration::from_secs(60),
+            || process.ensure_running().is_err() || port_is_open(port),
+        )?;
+        process
+            .ensure_running()
+            .with_context(|| format!("PostgreSQL did not start; see {}", log_path.display()))?;
+        Ok(Self {
+            options,
+            process: Some(process),
+        })
     }
 
     /// TCP port the cluster listens on.
@@ -136,7 +172,9 @@ impl PostgresCluster {
     /// Creates `database` unless it exists. Retries while the server is still starting up.
     pub async fn create_database(&self, database: &str) -> anyhow::Result<()> {
         anyhow::ensure!(
-            database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "database names are limited to [A-Za-z0-9_], got {database:?}"
         );
         let admin_url = self.url("postgres");
@@ -162,7 +200,9 @@ impl PostgresCluster {
             .is_some();
         if !exists {
             // Identifiers cannot be bound as parameters; the name was checked above.
-            admin.execute_unprepared(&format!("CREATE DATABASE \"{database}\"")).await?;
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
+                .await?;
         }
         admin.close().await?;
         Ok(())
@@ -183,14 +223,25 @@ impl PostgresCluster {
 }
 
 fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> anyhow::Result<()> {
-    fs::create_dir_all(data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
+    fs::create_dir_all(data_dir)
+        .with_context(|| format!("failed to create {}", data_dir.display()))?;
     if let Some(user) = owner {
         std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid))?;
     }
     tracing::info!(dir = %data_dir.display(), "initialising PostgreSQL cluster");
     let output = as_cluster_owner(Command::new(pg_binary("initdb")?), owner)
-        .arg("-D").arg(data_dir)
-        .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-instructions"])
+        .arg("-D")
+        .arg(data_dir)
+        .args([
+            "-U",
+            SUPERUSER,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-instructions",
+        ])
         .output()
         .context("failed to run initdb")?;
     if !output.status.success() {
@@ -198,7 +249,10 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> any
             .as_ref()
             .map(|u| format!(" (the cluster runs as OS user {:?}: every parent directory of {} must be reachable by it)", u.name, data_dir.display()))
             .unwrap_or_default();
-        bail!("initdb failed{hint}:\n{}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "initdb failed{hint}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let mut settings = String::from(
         "\n# Added by orders: loopback only, no Unix socket, two-phase commit enabled.\n\

@@ -29,7 +29,8 @@ impl ChildService {
                 unsafe {
                     use std::os::unix::process::CommandExt;
                     command.pre_exec(|| {
-                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+                        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                            .map_err(std::io::Error::from)
                     });
                 }
                 let _ = tx.send(command.spawn());
@@ -42,7 +43,11 @@ impl ChildService {
             .recv()
             .context("supervising thread vanished")?
             .with_context(|| format!("failed to start {name}"))?;
-        Ok(Self { name: name.to_owned(), child: Some(child), stop_signal })
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            stop_signal,
+        })
     }
 
     /// The child's process id.
@@ -82,7 +87,9 @@ impl ChildService {
 
     /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let _ = kill(Pid::from_raw(child.id() as i32), self.stop_signal);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -104,7 +111,11 @@ impl Drop for ChildService {
 }
 
 /// Polls `ready` every 100 ms until it returns true or `timeout` passes.
-pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if ready() {

