@@ -57,7 +57,7 @@ fn start_services() -> anyhow::Result<Services> {
         ui_port: None,
         db_file: None,
         log_file: root.join("temporal.log"),
-        search_attributes: Vec::new(),
+        search_attributes: orders_worker::dev::search_attribute_flags(),
     })?;
     let clusters = (0..SHARD_COUNT)
         .map(|i| {

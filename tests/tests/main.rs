@@ -10,3 +10,4 @@ mod migrations;
 mod saga;
 mod temporal_cli;
 mod validation;
+mod visibility;

@@ -33,6 +33,14 @@ const DEMO_CUSTOMERS: [(i64, &str, &str, &str); 4] = [
     (4, "Katherine Johnson", "katherine@example.com", "2000.00"),
 ];
 
+/// PlaceOrder's search attributes as `Name=Type`.
+pub fn search_attribute_flags() -> Vec<String> {
+    orders_workflows::search_attributes::REGISTRATION
+        .iter()
+        .map(|(name, kind)| format!("{name}={kind}"))
+        .collect()
+}
+
 /// The services `orders dev` runs; dropping it stops what it started.
 pub struct DevStack {
     pub temporal: TemporalDevServer,
@@ -55,9 +63,10 @@ impl DevStack {
                 ui_port: Some(TEMPORAL_UI_PORT),
                 db_file: Some(state_dir.join("temporal.db")),
                 log_file: state_dir.join("temporal.log"),
-                search_attributes: Vec::new(),
+                search_attributes: search_attribute_flags(),
             })
         })?;
+        temporal.register_search_attributes(&search_attribute_flags())?;
         let mut clusters = Vec::new();
         for shard in 0..local::DEV_SHARD_COUNT {
             let port = local::DEV_SHARD_BASE_PORT + shard as u16;

@@ -5,6 +5,8 @@
 
 pub mod failures;
 pub mod place_order;
+pub mod progress;
 pub mod saga;
+pub mod search_attributes;
 
 pub use place_order::PlaceOrderWorkflow;

@@ -6,6 +6,9 @@
 //!
 //! The activities' idempotency key is `<workflow id>/<run id>/<step>`: stable across worker
 //! crashes and activity retries of one run, distinct for a new run that reuses the id.
+//!
+//! Progress is visible three ways: the `progress` query, the search attributes of
+//! [`crate::search_attributes`], and the history itself.
 
 use orders_activities::failure::{COMPENSATION_FAILED, INVALID_ORDER, non_retryable};
 use orders_activities::{
@@ -13,18 +16,23 @@ use orders_activities::{
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, WorkflowContext, WorkflowResult, WorkflowTermination,
+    ActivityExecutionError, ApplicationFailure, WorkflowContext, WorkflowContextView,
+    WorkflowResult, WorkflowTermination,
 };
 
 use crate::failures::workflow_failure;
+use crate::progress::{Progress, Stage};
 use crate::saga::Saga;
+use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
 
 /// The workflow type other clients start by name: `PlaceOrder`.
 pub const WORKFLOW_TYPE: &str = "PlaceOrder";
 
 #[workflow]
 #[derive(Default)]
-pub struct PlaceOrderWorkflow;
+pub struct PlaceOrderWorkflow {
+    progress: Progress,
+}
 
 #[workflow_methods]
 impl PlaceOrderWorkflow {
@@ -33,19 +41,32 @@ impl PlaceOrderWorkflow {
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
-        let order = ValidOrder::from_json(&input)
-            .map_err(|invalid| non_retryable(INVALID_ORDER, invalid.0))?;
+        let order = match ValidOrder::from_json(&input) {
+            Ok(order) => order,
+            Err(invalid) => {
+                let failure = non_retryable(INVALID_ORDER, invalid.0);
+                return Err(fail(ctx, Stage::Failed, failure).into());
+            }
+        };
+        ctx.upsert_search_attributes([
+            CUSTOMER_ID.value_set(order.customer_id),
+            CONSISTENCY.value_set("saga".to_owned()),
+        ]);
         let key = format!("{}/{}", ctx.workflow_id(), ctx.run_id());
         let mut saga = Saga::new(ctx);
-        let outcome = place(&mut saga, order, &key).await;
-        let err = match outcome {
-            Ok(placed) => return Ok(placed),
+        let err = match place(ctx, &mut saga, order, &key).await {
+            Ok(placed) => {
+                set_stage(ctx, Stage::Confirmed);
+                return Ok(placed);
+            }
             Err(err) => err,
         };
         let cancelled = ctx.cancellation_token().is_cancelled();
-        let failed = saga.compensate().await;
-        if !failed.is_empty() {
-            let detail = failed
+        let report = saga.compensate().await;
+        ctx.state_mut(|s| s.progress.compensations_run = report.succeeded.clone());
+        if !report.failed.is_empty() {
+            let detail = report
+                .failed
                 .iter()
                 .map(|f| format!("{}: {}", f.activity, f.error))
                 .collect::<Vec<_>>()
@@ -53,27 +74,37 @@ impl PlaceOrderWorkflow {
             if !ctx.is_replaying() {
                 tracing::error!(workflow_id = ctx.workflow_id(), %detail, "compensation failed; manual repair needed");
             }
-            return Err(non_retryable(
+            let failure = non_retryable(
                 COMPENSATION_FAILED,
                 format!("order failed ({err}) and compensation did not complete: {detail}"),
-            )
-            .into());
+            );
+            return Err(fail(ctx, Stage::Failed, failure).into());
         }
         if cancelled {
+            set_stage(ctx, Stage::Cancelled);
             return Err(WorkflowTermination::cancelled());
         }
-        Err(workflow_failure(&err).into())
+        Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
+    }
+
+    /// Where the order stands: stage, current step, order id and shard once known, and the
+    /// compensations that ran.
+    #[query]
+    pub fn progress(&self, _ctx: &WorkflowContextView) -> Progress {
+        self.progress.clone()
     }
 }
 
 /// The forward path. Each step registers its compensation before it runs.
 async fn place(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
     saga: &mut Saga<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
 ) -> Result<PlacedOrder, ActivityExecutionError> {
     let create_key = format!("{key}/create-order");
     let customer_id = order.customer_id;
+    set_step(ctx, "CreateOrder");
     let created = saga
         .step(
             OrderActivities::create_order,
@@ -88,11 +119,18 @@ async fn place(
             },
         )
         .await?;
+    ctx.state_mut(|s| {
+        s.progress.order_id = Some(created.order_id);
+        s.progress.shard = Some(created.shard);
+    });
+    ctx.upsert_search_attributes([SHARD.value_set(created.shard as i64)]);
+    set_stage(ctx, Stage::Pending);
     let credit = CreditInput {
         order_id: created.order_id,
         customer_id,
         amount: created.total_amount,
     };
+    set_step(ctx, "ReserveCredit");
     saga.step(
         OrderActivities::reserve_credit,
         credit.clone(),
@@ -100,6 +138,32 @@ async fn place(
         credit,
     )
     .await?;
+    set_step(ctx, "ConfirmOrder");
     saga.final_step(OrderActivities::confirm_order, created)
         .await
+}
+
+fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
+    ctx.state_mut(|s| s.progress.step = Some(step.to_owned()));
+}
+
+/// Records `stage` in the query state and the `OrderStatus` search attribute.
+fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage) {
+    ctx.state_mut(|s| s.progress.stage = stage);
+    ctx.upsert_search_attributes([ORDER_STATUS.value_set(stage.as_str().to_owned())]);
+}
+
+/// Records the failure and returns it, for the workflow to end with.
+fn fail(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    stage: Stage,
+    failure: ApplicationFailure,
+) -> ApplicationFailure {
+    let text = format!(
+        "{}: {failure}",
+        failure.type_name().unwrap_or("ApplicationFailure")
+    );
+    ctx.state_mut(|s| s.progress.failure = Some(text));
+    set_stage(ctx, stage);
+    failure
 }

@@ -8,7 +8,7 @@
 //!
 //! Compensations run in reverse order, with a cancellation token detached from the
 //! workflow's, so they still run when the workflow itself is being cancelled. A compensation
-//! that fails after its retries is reported, never swallowed: [`Saga::compensate`] returns
+//! that fails after its retries is reported, never swallowed: [`Saga::compensate`] reports
 //! every failure and the workflow fails with all of them.
 
 use futures::future::LocalBoxFuture;
@@ -62,6 +62,13 @@ struct Compensation {
 pub struct CompensationFailure {
     pub activity: String,
     pub error: String,
+}
+
+/// How the compensations went, in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompensationReport {
+    pub succeeded: Vec<String>,
+    pub failed: Vec<CompensationFailure>,
 }
 
 /// Forward steps and the compensations they registered.
@@ -128,17 +135,18 @@ impl<W: 'static> Saga<W> {
             .await
     }
 
-    /// Runs every registered compensation, newest first, and returns those that failed.
-    pub async fn compensate(self) -> Vec<CompensationFailure> {
-        let mut failed = Vec::new();
+    /// Runs every registered compensation, newest first, and reports how each went.
+    pub async fn compensate(self) -> CompensationReport {
+        let mut report = CompensationReport::default();
         for compensation in self.compensations.into_iter().rev() {
-            if let Err(err) = compensation.run.await {
-                failed.push(CompensationFailure {
+            match compensation.run.await {
+                Ok(()) => report.succeeded.push(compensation.name),
+                Err(err) => report.failed.push(CompensationFailure {
                     activity: compensation.name,
                     error: err.to_string(),
-                });
+                }),
             }
         }
-        failed
+        report
     }
 }

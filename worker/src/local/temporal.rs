@@ -142,6 +142,33 @@ impl TemporalDevServer {
                 .is_some_and(|s| s.success())
     }
 
+    /// Registers `Name=Type` search attributes on the `default` namespace; attributes that
+    /// already exist are left alone. Needed when reusing a server started elsewhere.
+    pub fn register_search_attributes(&self, attributes: &[String]) -> anyhow::Result<()> {
+        for attribute in attributes {
+            let (name, kind) = attribute
+                .split_once('=')
+                .context("search attributes are Name=Type")?;
+            let output = Command::new(temporal_cli()?)
+                .args([
+                    "operator",
+                    "search-attribute",
+                    "create",
+                    "--name",
+                    name,
+                    "--type",
+                    kind,
+                ])
+                .args(["--namespace", "default", "--address", &self.address()])
+                .output()?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() && !stderr.contains("already") {
+                bail!("registering search attribute {name} failed: {stderr}");
+            }
+        }
+        Ok(())
+    }
+
     /// `host:port` for clients.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -1,0 +1,122 @@
+//! What users see in Temporal's own tools: the progress query and search attributes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orders_activities::routing::shard_for_customer;
+use orders_worker::client::OrderOutcome;
+use orders_worker::local::temporal::temporal_cli;
+use orders_workflows::PlaceOrderWorkflow;
+use orders_workflows::progress::{Progress, Stage};
+use serde_json::json;
+use temporalio_client::WorkflowQueryOptions;
+
+use crate::helpers::{SHARD_COUNT, TestApp};
+
+fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
+    let output = Command::new(temporal_cli().unwrap())
+        .args([
+            "workflow",
+            "list",
+            "--query",
+            query,
+            "--address",
+            &app.temporal_address,
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("temporal workflow list runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    listed
+        .iter()
+        .filter_map(|w| w["execution"]["workflowId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progress() {
+    let app = TestApp::spawn().await;
+    let customer = app.add_customer("Frances Allen", "100.00").await;
+    let workflow_id = app
+        .start_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]}))
+        .await;
+    let OrderOutcome::Placed(placed) = app.outcome(&workflow_id).await else {
+        panic!("order not placed")
+    };
+
+    let progress: Progress = app
+        .client
+        .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
+        .query(
+            PlaceOrderWorkflow::progress,
+            (),
+            WorkflowQueryOptions::default(),
+        )
+        .await
+        .expect("the progress query answers");
+    assert_eq!(progress.stage, Stage::Confirmed);
+    assert_eq!(progress.step.as_deref(), Some("ConfirmOrder"));
+    assert_eq!(progress.order_id, Some(placed.order_id));
+    assert_eq!(
+        progress.shard,
+        Some(shard_for_customer(customer, SHARD_COUNT))
+    );
+
+    let home = shard_for_customer(customer, SHARD_COUNT);
+    let query = format!(
+        "CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {home} AND Consistency = 'saga' AND TaskQueue = '{}'",
+        app.task_queue
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = list_workflow_ids(&app, &query);
+        if found == [workflow_id.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "visibility never showed {workflow_id} for {query}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_order_reports_failure_and_the_compensations_that_ran() {
+    let app = TestApp::spawn().await;
+    let customer = app.add_customer("Jean Sammet", "1.00").await;
+    let workflow_id = app
+        .start_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]}))
+        .await;
+    app.outcome(&workflow_id).await;
+
+    let progress: Progress = app
+        .client
+        .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
+        .query(
+            PlaceOrderWorkflow::progress,
+            (),
+            WorkflowQueryOptions::default(),
+        )
+        .await
+        .expect("the progress query answers");
+    assert_eq!(progress.stage, Stage::Failed);
+    assert!(
+        progress
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.starts_with("PaymentDeclined")),
+        "{progress:?}"
+    );
+    assert_eq!(
+        progress.compensations_run,
+        ["DeleteOrder"],
+        "the declined credit step needs no release"
+    );
+}

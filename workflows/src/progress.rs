@@ -1,0 +1,45 @@
+//! What PlaceOrder reports about itself through its `progress` query.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an order's placement stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Input not yet validated.
+    #[default]
+    Received,
+    /// Order written, not yet confirmed.
+    Pending,
+    Confirmed,
+    /// Rejected or failed; see `failure`.
+    Failed,
+    Cancelled,
+}
+
+impl Stage {
+    /// The `OrderStatus` search attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Received => "received",
+            Stage::Pending => "pending",
+            Stage::Confirmed => "confirmed",
+            Stage::Failed => "failed",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The answer to the `progress` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: Stage,
+    /// The step running now, or the last one that ran.
+    pub step: Option<String>,
+    pub order_id: Option<i64>,
+    pub shard: Option<usize>,
+    /// Failure type and message, once failed.
+    pub failure: Option<String>,
+    /// Compensations that ran, in the order they ran.
+    pub compensations_run: Vec<String>,
+}
