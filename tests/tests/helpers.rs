@@ -51,7 +51,7 @@ fn start_services() -> anyhow::Result<Services> {
     remove_stale_runs(&std::env::temp_dir());
     std::fs::create_dir_all(&root)?;
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let orders_bin = build_orders_binary()?;
+    let orders_bin = orders_binary().to_owned();
     let temporal = TemporalDevServer::start(TemporalOptions {
         port: local::free_port()?,
         ui_port: None,
@@ -94,7 +94,12 @@ fn remove_stale_runs(tmp: &Path) {
     }
 }
 
-/// Builds (or confirms up to date) the `orders` binary the tests run as the worker.
+/// The `orders` binary, built (or confirmed up to date) on first use.
+pub(crate) fn orders_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_orders_binary().unwrap_or_else(|e| panic!("the orders binary is unavailable: {e:#}")))
+}
+
 fn build_orders_binary() -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "orders-worker", "--bin", "orders"])

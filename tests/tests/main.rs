@@ -7,6 +7,7 @@ mod helpers;
 
 mod crash_recovery;
 mod migrations;
+mod replay;
 mod saga;
 mod temporal_cli;
 mod validation;

@@ -6,6 +6,8 @@ pub mod client;
 pub mod config;
 pub mod customers;
 pub mod dev;
+pub mod history_json;
 pub mod local;
 pub mod migrate;
+pub mod replay;
 pub mod worker;

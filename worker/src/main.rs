@@ -89,6 +89,12 @@ enum Command {
         #[command(flatten)]
         temporal: TemporalSettings,
     },
+    /// Replay recorded workflow histories (files or folders of JSON) against this build;
+    /// exits non-zero naming each history that no longer replays.
+    Replay {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Show an order and its items, found by id alone.
     Get {
         order_id: i64,
@@ -232,6 +238,29 @@ async fn main() -> anyhow::Result<()> {
             if !matches!(outcome, OrderOutcome::Placed(_)) {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Replay { paths } => {
+            let files = orders_worker::replay::history_files(&paths)?;
+            let results = orders_worker::replay::replay_files(
+                &files,
+                orders_worker::replay::worker_workflows()?,
+            )
+            .await?;
+            let mut failed = 0;
+            for result in &results {
+                match &result.failure {
+                    None => println!("ok    {}", result.path.display()),
+                    Some(failure) => {
+                        failed += 1;
+                        println!("FAIL  {}: {failure}", result.path.display());
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see README)", results.len());
+            }
+            println!("{} histories replay cleanly", results.len());
             Ok(())
         }
         Command::Get {
