@@ -22,7 +22,7 @@ fn tests_dir() -> PathBuf {
 async fn every_recorded_history_replays_against_the_current_workflows() {
     let files = history_files(&[tests_dir().join("histories")]).unwrap();
     let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["confirmed.json", "payment_declined_compensated.json", "cancelled_compensated.json", "invalid_order.json", "unknown_customer.json"] {
+    for expected in ["confirmed.json", "confirmed_with_order_memo.json", "payment_declined_compensated.json", "cancelled_compensated.json", "invalid_order.json", "unknown_customer.json"] {
         assert!(names.iter().any(|n| n == expected), "tests/histories lacks {expected}: {names:?}");
     }
 
@@ -83,5 +83,5 @@ fn the_replay_command_names_the_history_and_event_and_exits_non_zero() {
         "{stdout}"
     );
     assert!(stdout.contains("'ChargeCard'"), "the reason is shown: {stdout}");
-    assert_eq!(stdout.matches("ok    ").count(), 5, "the recorded histories still pass: {stdout}");
+    assert_eq!(stdout.matches("ok    ").count(), 6, "the recorded histories still pass: {stdout}");
 }

@@ -16,7 +16,7 @@ use orders_activities::{
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, ApplicationFailure, WorkflowContext, WorkflowContextView,
+    ActivityExecutionError, ApplicationFailure, MemoValue, WorkflowContext, WorkflowContextView,
     WorkflowResult, WorkflowTermination,
 };
 
@@ -27,6 +27,10 @@ use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
 
 /// The workflow type other clients start by name: `PlaceOrder`.
 pub const WORKFLOW_TYPE: &str = "PlaceOrder";
+
+/// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
+/// orders carry since this change. Histories recorded before it replay without the memo.
+pub const ORDER_MEMO_PATCH: &str = "order-memo";
 
 #[workflow]
 #[derive(Default)]
@@ -57,6 +61,10 @@ impl PlaceOrderWorkflow {
         let err = match place(ctx, &mut saga, order, &key).await {
             Ok(placed) => {
                 set_stage(ctx, Stage::Confirmed);
+                // Added after the first histories were recorded: guarded so those replay.
+                if ctx.patched(ORDER_MEMO_PATCH) {
+                    ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
+                }
                 return Ok(placed);
             }
             Err(err) => err,
