@@ -10,6 +10,7 @@
 //! - `DeleteOrder` (the compensation) tombstones the create key, then deletes by order id.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
@@ -20,6 +21,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
 use crate::failure::Rejection;
+use crate::metrics::OrderMetrics;
 use crate::order_input::ValidOrder;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::{credit, idempotency, orders};
@@ -66,14 +68,40 @@ pub struct PlacedOrder {
     pub total_amount: Decimal,
 }
 
-/// The activities' shared state: a pool per shard.
+/// The activities' shared state: a pool per shard and the metrics.
 pub struct OrderActivities {
     shards: Shards,
+    metrics: Arc<OrderMetrics>,
 }
 
 impl OrderActivities {
-    pub fn new(shards: Shards) -> Self {
-        Self { shards }
+    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>) -> Self {
+        Self { shards, metrics }
+    }
+
+    /// Starts timing `activity` on `shard`; the time is recorded when the guard drops.
+    fn time(&self, shard: &Shard, activity: &'static str) -> ShardTimer<'_> {
+        ShardTimer {
+            metrics: &self.metrics,
+            shard: shard.index,
+            activity,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Records an activity's time on its shard when dropped, whichever way the activity ends.
+struct ShardTimer<'a> {
+    metrics: &'a OrderMetrics,
+    shard: usize,
+    activity: &'static str,
+    started: Instant,
+}
+
+impl Drop for ShardTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .shard_call(self.shard, self.activity, self.started.elapsed());
     }
 }
 
@@ -94,6 +122,7 @@ impl OrderActivities {
     ) -> Result<CreatedOrder, ActivityError> {
         let order = &input.order;
         let shard = self.shards.for_customer(order.customer_id);
+        let _timer = self.time(shard, "CreateOrder");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         match idempotency::claim(&txn, &input.idempotency_key)
             .await
@@ -154,6 +183,7 @@ impl OrderActivities {
         input: OrderRef,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.for_customer(input.customer_id);
+        let _timer = self.time(shard, "DeleteOrder");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         let created = idempotency::mark_compensated(&txn, &input.idempotency_key)
             .await
@@ -184,6 +214,7 @@ impl OrderActivities {
     ) -> Result<(), ActivityError> {
         failpoints::hit("reserve_credit.before").await;
         let shard = self.shards.for_customer(input.customer_id);
+        let _timer = self.time(shard, "ReserveCredit");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         let outcome = credit::reserve(&txn, input.order_id, input.customer_id, input.amount)
             .await
@@ -221,6 +252,7 @@ impl OrderActivities {
         input: CreditInput,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.for_customer(input.customer_id);
+        let _timer = self.time(shard, "ReleaseCredit");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         let outcome = credit::release(&txn, input.order_id, input.customer_id)
             .await
@@ -242,6 +274,7 @@ impl OrderActivities {
         created: CreatedOrder,
     ) -> Result<PlacedOrder, ActivityError> {
         let shard = self.shards.for_customer(created.customer_id);
+        let _timer = self.time(shard, "ConfirmOrder");
         let status = orders::transition(
             &shard.conn,
             created.order_id,

@@ -9,6 +9,7 @@ pub mod activities;
 pub mod failpoints;
 pub mod failure;
 pub mod lookup;
+pub mod metrics;
 pub mod order_input;
 pub mod routing;
 pub mod shards;

@@ -97,7 +97,9 @@ fn remove_stale_runs(tmp: &Path) {
 /// The `orders` binary, built (or confirmed up to date) on first use.
 pub(crate) fn orders_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_orders_binary().unwrap_or_else(|e| panic!("the orders binary is unavailable: {e:#}")))
+    BIN.get_or_init(|| {
+        build_orders_binary().unwrap_or_else(|e| panic!("the orders binary is unavailable: {e:#}"))
+    })
 }
 
 fn build_orders_binary() -> anyhow::Result<PathBuf> {
@@ -129,6 +131,8 @@ pub(crate) struct TestApp {
     pub(crate) temporal_address: String,
     worker: Option<ChildService>,
     worker_log: PathBuf,
+    /// Where the current worker serves Prometheus metrics.
+    pub(crate) metrics_port: u16,
 }
 
 impl TestApp {
@@ -188,6 +192,7 @@ impl TestApp {
             temporal_address,
             worker: None,
             worker_log,
+            metrics_port: 0,
         }
     }
 
@@ -206,7 +211,11 @@ impl TestApp {
     /// Starts `orders worker` as a separate process, with `failpoints` armed if given.
     pub(crate) fn start_worker(&mut self, failpoints: Option<&str>) {
         let mut command = self.orders_command();
-        command.arg("worker");
+        self.metrics_port = local::free_port().expect("a free port for metrics");
+        command.arg("worker").env(
+            "ORDERS_METRICS_ADDR",
+            format!("127.0.0.1:{}", self.metrics_port),
+        );
         if let Some(points) = failpoints {
             command.env("ORDERS_FAILPOINTS", points);
         }

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod crash_recovery;
+mod metrics;
 mod migrations;
 mod replay;
 mod saga;

@@ -21,18 +21,41 @@ fn tests_dir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_recorded_history_replays_against_the_current_workflows() {
     let files = history_files(&[tests_dir().join("histories")]).unwrap();
-    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for expected in ["confirmed.json", "confirmed_with_order_memo.json", "payment_declined_compensated.json", "cancelled_compensated.json", "invalid_order.json", "unknown_customer.json"] {
-        assert!(names.iter().any(|n| n == expected), "tests/histories lacks {expected}: {names:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in [
+        "confirmed.json",
+        "confirmed_with_order_memo.json",
+        "payment_declined_compensated.json",
+        "cancelled_compensated.json",
+        "invalid_order.json",
+        "unknown_customer.json",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "tests/histories lacks {expected}: {names:?}"
+        );
     }
 
-    let results = replay_files(&files, worker_workflows().unwrap()).await.unwrap();
+    let results = replay_files(&files, worker_workflows().unwrap())
+        .await
+        .unwrap();
 
     let failures: Vec<String> = results
         .iter()
-        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.path.display())))
+        .filter_map(|r| {
+            r.failure
+                .as_ref()
+                .map(|f| format!("{}: {f}", r.path.display()))
+        })
         .collect();
-    assert!(failures.is_empty(), "histories that no longer replay:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "histories that no longer replay:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// PlaceOrder as someone might "improve" it: reserving credit before creating the order.
@@ -43,10 +66,18 @@ struct CreditFirstPlaceOrder;
 #[workflow_methods]
 impl CreditFirstPlaceOrder {
     #[run(name = "PlaceOrder")]
-    async fn run(ctx: &mut WorkflowContext<Self>, input: serde_json::Value) -> WorkflowResult<PlacedOrder> {
+    async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: serde_json::Value,
+    ) -> WorkflowResult<PlacedOrder> {
         let order = ValidOrder::from_json(&input).map_err(|e| non_retryable(INVALID_ORDER, e.0))?;
-        let credit = CreditInput { order_id: 0, customer_id: order.customer_id, amount: order.total() };
-        ctx.execute_activity(OrderActivities::reserve_credit, credit, forward_options()).await?;
+        let credit = CreditInput {
+            order_id: 0,
+            customer_id: order.customer_id,
+            amount: order.total(),
+        };
+        ctx.execute_activity(OrderActivities::reserve_credit, credit, forward_options())
+            .await?;
         Err(non_retryable("Unreachable", "replay stops before this".into()).into())
     }
 }
@@ -54,14 +85,23 @@ impl CreditFirstPlaceOrder {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reordered_copy_of_place_order_fails_replay_with_nondeterminism_at_a_named_event() {
     let files = [tests_dir().join("histories/place_order/confirmed.json")];
-    let changed = WorkflowReplayerOptions::new().register_workflow::<CreditFirstPlaceOrder>().unwrap().build();
+    let changed = WorkflowReplayerOptions::new()
+        .register_workflow::<CreditFirstPlaceOrder>()
+        .unwrap()
+        .build();
 
     let results = replay_files(&files, changed).await.unwrap();
 
-    let failure = results[0].failure.as_ref().expect("the changed workflow must not replay");
+    let failure = results[0]
+        .failure
+        .as_ref()
+        .expect("the changed workflow must not replay");
     assert!(failure.nondeterministic, "{failure}");
     assert!(failure.message.contains("Nondeterminism"), "{failure}");
-    let (event_id, _) = failure.event.as_ref().expect("the diverging event is located");
+    let (event_id, _) = failure
+        .event
+        .as_ref()
+        .expect("the diverging event is located");
     assert!(*event_id > 1, "{failure}");
 }
 
@@ -76,12 +116,24 @@ fn the_replay_command_names_the_history_and_event_and_exits_non_zero() {
         .output()
         .expect("orders replay runs");
 
-    assert!(!output.status.success(), "a nondeterministic history must fail the command");
+    assert!(
+        !output.status.success(),
+        "a nondeterministic history must fail the command"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("FAIL  ") && stdout.contains("confirmed_with_charge_card.json: event 14 (ACTIVITY_TASK_SCHEDULED)"),
+        stdout.contains("FAIL  ")
+            && stdout
+                .contains("confirmed_with_charge_card.json: event 14 (ACTIVITY_TASK_SCHEDULED)"),
         "{stdout}"
     );
-    assert!(stdout.contains("'ChargeCard'"), "the reason is shown: {stdout}");
-    assert_eq!(stdout.matches("ok    ").count(), 6, "the recorded histories still pass: {stdout}");
+    assert!(
+        stdout.contains("'ChargeCard'"),
+        "the reason is shown: {stdout}"
+    );
+    assert_eq!(
+        stdout.matches("ok    ").count(),
+        6,
+        "the recorded histories still pass: {stdout}"
+    );
 }

@@ -70,3 +70,28 @@ impl ShardSettings {
         Ok(Shards::connect_lazy(&self.urls(), pool).await?)
     }
 }
+
+/// Where the worker serves Prometheus metrics.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsSettings {
+    /// Address for `/metrics`; `off` disables the endpoint.
+    #[arg(
+        long = "metrics-addr",
+        env = "ORDERS_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub addr: String,
+}
+
+impl MetricsSettings {
+    /// The socket address, or `None` when metrics are off.
+    pub fn socket_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.addr == "off" {
+            return Ok(None);
+        }
+        let addr = self.addr.parse().map_err(|e| {
+            anyhow::anyhow!("ORDERS_METRICS_ADDR {:?} is not host:port: {e}", self.addr)
+        })?;
+        Ok(Some(addr))
+    }
+}

@@ -86,7 +86,11 @@ impl DevStack {
 }
 
 /// Runs the whole demo until Ctrl-C.
-pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> anyhow::Result<()> {
+pub async fn run(
+    state_dir: PathBuf,
+    temporal_settings: TemporalSettings,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let stack = DevStack::start(state_dir).await?;
     let settings = TemporalSettings {
         address: stack.temporal.address(),
@@ -109,13 +113,14 @@ pub async fn run(state_dir: PathBuf, temporal_settings: TemporalSettings) -> any
         client.clone(),
         &settings.task_queue,
         shards.clone(),
+        metrics_addr,
         async {
             let _ = stop_rx.await;
         },
     );
     let demo = async {
         place_sample_orders(&client, &settings.task_queue).await?;
-        print_where_to_look(&stack, &urls, &settings);
+        print_where_to_look(&stack, &urls, &settings, metrics_addr);
         crate::worker::shutdown_signal().await;
         eprintln!("\n▶ stopping the worker, then the services this command started");
         anyhow::Ok(())
@@ -203,7 +208,12 @@ async fn place_sample_orders(
     Ok(())
 }
 
-fn print_where_to_look(stack: &DevStack, urls: &[String], settings: &TemporalSettings) {
+fn print_where_to_look(
+    stack: &DevStack,
+    urls: &[String],
+    settings: &TemporalSettings,
+    metrics_addr: Option<std::net::SocketAddr>,
+) {
     let ui = stack
         .temporal
         .ui_url()
@@ -219,6 +229,9 @@ fn print_where_to_look(stack: &DevStack, urls: &[String], settings: &TemporalSet
     );
     for (i, url) in urls.iter().enumerate() {
         eprintln!("  shard {i}         : {url}");
+    }
+    if let Some(addr) = metrics_addr {
+        eprintln!("  metrics         : http://{addr}/metrics");
     }
     eprintln!("  try             : orders submit --customer 1 --item 7:1:19.99 --wait");
     eprintln!(

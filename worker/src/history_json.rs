@@ -18,7 +18,8 @@ fn pool() -> anyhow::Result<&'static DescriptorPool> {
     if let Some(pool) = POOL.get() {
         return Ok(pool);
     }
-    let pool = DescriptorPool::decode(DESCRIPTORS).context("the Temporal API descriptors do not decode")?;
+    let pool = DescriptorPool::decode(DESCRIPTORS)
+        .context("the Temporal API descriptors do not decode")?;
     Ok(POOL.get_or_init(|| pool))
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
-use orders_worker::config::{ShardSettings, TemporalSettings};
+use orders_worker::config::{MetricsSettings, ShardSettings, TemporalSettings};
 use orders_worker::{customers, dev, migrate, worker};
 
 #[derive(Parser)]
@@ -46,6 +46,8 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         temporal: TemporalSettings,
+        #[command(flatten)]
+        metrics: MetricsSettings,
     },
     /// Run the worker against the configured Temporal and shards until Ctrl-C or SIGTERM.
     Worker {
@@ -53,6 +55,8 @@ enum Command {
         temporal: TemporalSettings,
         #[command(flatten)]
         shards: ShardSettings,
+        #[command(flatten)]
+        metrics: MetricsSettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {
@@ -144,14 +148,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev {
             state_dir,
             temporal,
-        } => dev::run(state_dir, temporal).await,
-        Command::Worker { temporal, shards } => {
+            metrics,
+        } => dev::run(state_dir, temporal, metrics.socket_addr()?).await,
+        Command::Worker {
+            temporal,
+            shards,
+            metrics,
+        } => {
             let client = client::connect(&temporal).await?;
             let shards = shards.connect().await?;
             worker::run(
                 client,
                 &temporal.task_queue,
                 shards,
+                metrics.socket_addr()?,
                 worker::shutdown_signal(),
             )
             .await
@@ -258,7 +268,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             if failed > 0 {
-                anyhow::bail!("{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see README)", results.len());
+                anyhow::bail!(
+                    "{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see README)",
+                    results.len()
+                );
             }
             println!("{} histories replay cleanly", results.len());
             Ok(())

@@ -48,7 +48,10 @@ pub fn history_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         collect(path, &mut files).with_context(|| format!("cannot read {}", path.display()))?;
     }
     files.sort();
-    anyhow::ensure!(!files.is_empty(), "no .json histories found under {paths:?}");
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no .json histories found under {paths:?}"
+    );
     Ok(files)
 }
 
@@ -69,7 +72,9 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// The replayer options for the workflows this worker runs.
 pub fn worker_workflows() -> anyhow::Result<WorkflowReplayerOptions> {
-    Ok(WorkflowReplayerOptions::new().register_workflow::<PlaceOrderWorkflow>()?.build())
+    Ok(WorkflowReplayerOptions::new()
+        .register_workflow::<PlaceOrderWorkflow>()?
+        .build())
 }
 
 /// Replays every file against the workflows in `options` (see [`worker_workflows`]).
@@ -80,14 +85,18 @@ pub async fn replay_files(
     let replayer = WorkflowReplayer::new(options)?;
     let mut replayed = Vec::with_capacity(files.len());
     for path in files {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let history = crate::history_json::parse_history(&bytes)
             .with_context(|| format!("cannot read the history in {}", path.display()))?;
         let failure = match replay(&replayer, &history).await? {
             None => None,
             Some(failure) => Some(describe(&replayer, &history, failure).await?),
         };
-        replayed.push(Replayed { path: path.clone(), failure });
+        replayed.push(Replayed {
+            path: path.clone(),
+            failure,
+        });
     }
     Ok(replayed)
 }
@@ -110,12 +119,18 @@ async fn describe(
     let nondeterministic = matches!(failure, WorkflowReplayFailure::Nondeterminism { .. });
     let message = core_message(&failure.to_string());
     if !nondeterministic {
-        return Ok(ReplayFailure { nondeterministic, event: None, message });
+        return Ok(ReplayFailure {
+            nondeterministic,
+            event: None,
+            message,
+        });
     }
     let (mut good, mut bad) = (0usize, history.events.len());
     while bad - good > 1 {
         let middle = (good + bad) / 2;
-        let prefix = History { events: history.events[..middle].to_vec() };
+        let prefix = History {
+            events: history.events[..middle].to_vec(),
+        };
         match replay(replayer, &prefix).await? {
             Some(WorkflowReplayFailure::Nondeterminism { .. }) => bad = middle,
             _ => good = middle,
@@ -127,7 +142,11 @@ async fn describe(
             .unwrap_or_else(|_| format!("type {}", e.event_type));
         (e.event_id, kind)
     });
-    Ok(ReplayFailure { nondeterministic, event, message })
+    Ok(ReplayFailure {
+        nondeterministic,
+        event,
+        message,
+    })
 }
 
 /// The SDK wraps Core's reason (e.g. "[TMPRL1100] Nondeterminism error: …") in a debug dump
@@ -146,7 +165,10 @@ mod tests {
     #[test]
     fn the_core_reason_is_extracted_from_the_failure_dump() {
         let dump = r#"workflow replay was nondeterministic: Workflow activation completion failed: Failure { failure: Some(Failure { message: "[TMPRL1100] Nondeterminism error: Activity type 'A' does not match 'B'", source: "", stack_trace: "" }) }"#;
-        assert_eq!(core_message(dump), "[TMPRL1100] Nondeterminism error: Activity type 'A' does not match 'B'");
+        assert_eq!(
+            core_message(dump),
+            "[TMPRL1100] Nondeterminism error: Activity type 'A' does not match 'B'"
+        );
         assert_eq!(core_message("plain"), "plain");
     }
 }

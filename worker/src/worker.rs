@@ -1,22 +1,67 @@
-//! The Temporal worker: PlaceOrder and the order activities on one task queue.
+//! The Temporal worker: PlaceOrder and the order activities on one task queue, with the
+//! SDK's metrics and ours served for Prometheus.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use orders_activities::metrics::OrderMetrics;
 use orders_activities::{OrderActivities, Shards};
 use orders_workflows::PlaceOrderWorkflow;
 use temporalio_client::Client;
+use temporalio_common::telemetry::metrics::CoreMeter;
+use temporalio_common::telemetry::{
+    PrometheusExporterOptions, TelemetryOptions, start_prometheus_metric_exporter,
+};
+use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 /// Runs the worker until `shutdown` resolves, then drains in-flight tasks and returns.
+/// With `metrics_addr`, serves Prometheus metrics at `http://<addr>/metrics`.
 pub async fn run(
     client: Client,
     task_queue: &str,
     shards: Shards,
+    metrics_addr: Option<SocketAddr>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let runtime = Runtime::from_current_tokio(Default::default())
+    let meter: Option<Arc<dyn CoreMeter>> = match metrics_addr {
+        Some(addr) => {
+            let server = start_prometheus_metric_exporter(
+                PrometheusExporterOptions::builder()
+                    .socket_addr(addr)
+                    .build(),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot serve metrics on {addr} (set ORDERS_METRICS_ADDR to a free address)"
+                )
+            })?;
+            tracing::info!(addr = %server.bound_addr, "serving Prometheus metrics at /metrics");
+            Some(server.meter)
+        }
+        None => None,
+    };
+    let telemetry = TelemetryOptions::builder()
+        .maybe_metrics(meter.clone())
+        .build();
+    let runtime_options = RuntimeOptions::builder()
+        .telemetry_options(telemetry)
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::from_current_tokio(runtime_options)
         .context("failed to start the Temporal SDK runtime")?;
+    let metrics = Arc::new(
+        meter
+            .map(OrderMetrics::new)
+            .unwrap_or_else(OrderMetrics::disabled),
+    );
+    orders_workflows::outcomes::install(metrics.clone());
+    let pool_gauges = tokio::spawn(report_pool_use(shards.clone(), metrics.clone()));
+
     let options = WorkerOptions::new(task_queue)
-        .register_activities(OrderActivities::new(shards))
+        .register_activities(OrderActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?
         .build();
     let mut worker =
@@ -25,14 +70,33 @@ pub async fn run(
     tracing::info!(task_queue, "worker polling");
     let run = worker.run();
     tokio::pin!(run);
-    tokio::select! {
-        result = &mut run => return result.context("worker stopped with an error"),
+    let result = tokio::select! {
+        result = &mut run => result,
         () = shutdown => {
             tracing::info!("shutting down: finishing in-flight tasks");
             stop();
+            run.await
+        }
+    };
+    pool_gauges.abort();
+    result.context("worker stopped with an error")
+}
+
+/// Samples every shard pool's size every two seconds.
+async fn report_pool_use(shards: Shards, metrics: Arc<OrderMetrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        for shard in shards.iter() {
+            let pool = shard.conn.get_postgres_connection_pool();
+            let idle = pool.num_idle() as u64;
+            metrics.pool_connections(
+                shard.index,
+                u64::from(pool.size()).saturating_sub(idle),
+                idle,
+            );
         }
     }
-    run.await.context("worker stopped with an error")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -4,6 +4,7 @@
 //! timers and the SDK's own primitives, and it never reads clocks or randomness itself.
 
 pub mod failures;
+pub mod outcomes;
 pub mod place_order;
 pub mod progress;
 pub mod saga;

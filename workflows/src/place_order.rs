@@ -11,6 +11,7 @@
 //! [`crate::search_attributes`], and the history itself.
 
 use orders_activities::failure::{COMPENSATION_FAILED, INVALID_ORDER, non_retryable};
+use orders_activities::metrics::OrderMetrics;
 use orders_activities::{
     CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder, ValidOrder,
 };
@@ -21,6 +22,7 @@ use temporalio_sdk::{
 };
 
 use crate::failures::workflow_failure;
+use crate::outcomes;
 use crate::progress::{Progress, Stage};
 use crate::saga::Saga;
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
@@ -61,6 +63,7 @@ impl PlaceOrderWorkflow {
         let err = match place(ctx, &mut saga, order, &key).await {
             Ok(placed) => {
                 set_stage(ctx, Stage::Confirmed);
+                outcomes::record(ctx, OrderMetrics::order_placed);
                 // Added after the first histories were recorded: guarded so those replay.
                 if ctx.patched(ORDER_MEMO_PATCH) {
                     ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
@@ -73,6 +76,7 @@ impl PlaceOrderWorkflow {
         let report = saga.compensate().await;
         ctx.state_mut(|s| s.progress.compensations_run = report.succeeded.clone());
         if !report.failed.is_empty() {
+            outcomes::record(ctx, OrderMetrics::compensation_failed);
             let detail = report
                 .failed
                 .iter()
@@ -88,8 +92,12 @@ impl PlaceOrderWorkflow {
             );
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
+        if !report.succeeded.is_empty() {
+            outcomes::record(ctx, OrderMetrics::order_compensated);
+        }
         if cancelled {
             set_stage(ctx, Stage::Cancelled);
+            outcomes::record(ctx, OrderMetrics::order_cancelled);
             return Err(WorkflowTermination::cancelled());
         }
         Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
@@ -167,10 +175,9 @@ fn fail(
     stage: Stage,
     failure: ApplicationFailure,
 ) -> ApplicationFailure {
-    let text = format!(
-        "{}: {failure}",
-        failure.type_name().unwrap_or("ApplicationFailure")
-    );
+    let failure_type = failure.type_name().unwrap_or("ApplicationFailure");
+    outcomes::record(ctx, |m| m.order_failed(failure_type));
+    let text = format!("{failure_type}: {failure}");
     ctx.state_mut(|s| s.progress.failure = Some(text));
     set_stage(ctx, stage);
     failure

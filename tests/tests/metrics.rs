@@ -1,0 +1,111 @@
+//! The worker's Prometheus endpoint serves the SDK's metrics and ours.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use orders_worker::client::OrderOutcome;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+fn scrape(port: u16) -> String {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint accepts connections");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("the metrics response is text");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the first sample whose line starts with `name` and contains every label.
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_serves_order_outcomes_shard_timings_pool_use_and_sdk_metrics() {
+    let app = TestApp::spawn().await;
+    let rich = app.add_customer("Hedy Lamarr", "100.00").await;
+    let poor = app.add_customer("Ada Byron", "1.00").await;
+    let item = json!([{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]);
+    assert!(matches!(
+        app.place_order(json!({"customer_id": rich, "items": item}))
+            .await,
+        OrderOutcome::Placed(_)
+    ));
+    assert!(matches!(
+        app.place_order(json!({"customer_id": poor, "items": item}))
+            .await,
+        OrderOutcome::Failed { .. }
+    ));
+    assert!(matches!(
+        app.place_order(json!({"customer_id": rich, "items": []}))
+            .await,
+        OrderOutcome::Failed { .. }
+    ));
+
+    // Pool gauges are sampled every two seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = scrape(app.metrics_port);
+        if sample(&body, "orders_shard_pool_connections", &["state=\"idle\""]).is_some()
+            || Instant::now() > deadline
+        {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    assert_eq!(sample(&body, "orders_placed", &[]), Some(1.0), "{body}");
+    assert_eq!(
+        sample(&body, "orders_failed", &["reason=\"PaymentDeclined\""]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "orders_failed", &["reason=\"InvalidOrder\""]),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "orders_compensated", &[]),
+        Some(1.0),
+        "the declined order was compensated: {body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "orders_shard_call_duration_count",
+            &["activity=\"CreateOrder\"", "shard=\""]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "orders_shard_pool_connections", &["state=\"idle\""]).is_some(),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "temporal_workflow_completed",
+            &["workflow_type=\"PlaceOrder\""]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the SDK's own metrics are served too: {body}"
+    );
+}
