@@ -54,7 +54,7 @@ fn start_services() -> anyhow::Result<Services> {
     let orders_bin = orders_binary().to_owned();
     let temporal = TemporalDevServer::start(TemporalOptions {
         port: local::free_port()?,
-        ui_port: None,
+        ui_port: Some(local::free_port()?),
         db_file: None,
         log_file: root.join("temporal.log"),
         search_attributes: orders_worker::dev::search_attribute_flags(),

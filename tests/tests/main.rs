@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod compose;
 mod crash_recovery;
 mod metrics;
 mod migrations;
@@ -13,3 +14,4 @@ mod saga;
 mod temporal_cli;
 mod validation;
 mod visibility;
+mod web_ui;
