@@ -68,6 +68,16 @@ pub struct PlacedOrder {
     pub total_amount: Decimal,
 }
 
+/// Input of [`OrderActivities::set_order_status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub order_id: i64,
+    pub customer_id: i64,
+    /// The statuses the order may be in for the change to apply.
+    pub from: Vec<OrderStatus>,
+    pub to: OrderStatus,
+}
+
 /// The activities' shared state: a pool per shard and the metrics.
 pub struct OrderActivities {
     shards: Shards,
@@ -296,6 +306,39 @@ impl OrderActivities {
                 format!(
                     "order {} cannot be confirmed from status {other:?}",
                     created.order_id
+                ),
+            ))),
+        }
+    }
+
+    /// Moves an order to `to` if it is in one of `from`, bumping `updated_at`; a retry finds
+    /// the order already moved and succeeds.
+    #[activity(name = "SetOrderStatus")]
+    pub async fn set_order_status(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        change: StatusChange,
+    ) -> Result<OrderStatus, ActivityError> {
+        let shard = self.shards.for_customer(change.customer_id);
+        let _timer = self.time(shard, "SetOrderStatus");
+        let status = orders::transition(&shard.conn, change.order_id, &change.from, change.to)
+            .await
+            .map_err(on(shard))?;
+        match status {
+            Some(status) if status == change.to => {
+                tracing::info!(
+                    order_id = change.order_id,
+                    shard = shard.index,
+                    ?status,
+                    "order status changed"
+                );
+                Ok(status)
+            }
+            other => Err(ActivityError::application(crate::failure::non_retryable(
+                "InvalidTransition",
+                format!(
+                    "order {} is {other:?}, not one of {:?}",
+                    change.order_id, change.from
                 ),
             ))),
         }

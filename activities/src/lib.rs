@@ -17,6 +17,7 @@ pub mod store;
 
 pub use activities::{
     CreateOrderInput, CreatedOrder, CreditInput, OrderActivities, OrderRef, PlacedOrder,
+    StatusChange,
 };
 pub use failure::Rejection;
 pub use order_input::{InvalidOrder, OrderLine, ValidOrder};

@@ -11,8 +11,14 @@ fn compose(args: &[&str]) -> String {
         .arg(&file)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("docker-compose is not installed ({e}): apt-get install docker-compose"));
-    assert!(output.status.success(), "docker-compose {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        .unwrap_or_else(|e| {
+            panic!("docker-compose is not installed ({e}): apt-get install docker-compose")
+        });
+    assert!(
+        output.status.success(),
+        "docker-compose {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -20,13 +26,39 @@ fn compose(args: &[&str]) -> String {
 fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() {
     let services = compose(&["config", "--services"]);
     let services: Vec<&str> = services.lines().collect();
-    for expected in ["temporal-db", "temporal", "temporal-ui", "shard0", "shard1", "shard2", "shard3", "migrate", "worker"] {
-        assert!(services.contains(&expected), "docker-compose.yml lacks {expected}: {services:?}");
+    for expected in [
+        "temporal-db",
+        "temporal",
+        "temporal-ui",
+        "shard0",
+        "shard1",
+        "shard2",
+        "shard3",
+        "migrate",
+        "worker",
+    ] {
+        assert!(
+            services.contains(&expected),
+            "docker-compose.yml lacks {expected}: {services:?}"
+        );
     }
 
     let resolved = compose(&["config"]);
-    assert_eq!(resolved.matches("max_prepared_transactions=64").count(), 4, "every shard enables two-phase commit");
-    assert!(resolved.matches("pg_isready").count() >= 5, "Temporal's database and every shard have health checks");
-    assert!(resolved.contains("service_completed_successfully"), "the worker waits for the migration");
-    assert!(resolved.contains("ORDERS_SHARDS: postgres://orders:orders@shard0:5432/orders,"), "the worker is told every shard");
+    assert_eq!(
+        resolved.matches("max_prepared_transactions=64").count(),
+        4,
+        "every shard enables two-phase commit"
+    );
+    assert!(
+        resolved.matches("pg_isready").count() >= 5,
+        "Temporal's database and every shard have health checks"
+    );
+    assert!(
+        resolved.contains("service_completed_successfully"),
+        "the worker waits for the migration"
+    );
+    assert!(
+        resolved.contains("ORDERS_SHARDS: postgres://orders:orders@shard0:5432/orders,"),
+        "the worker is told every shard"
+    );
 }

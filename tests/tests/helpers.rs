@@ -29,6 +29,20 @@ use temporalio_client::Client;
 
 pub(crate) const SHARD_COUNT: usize = 4;
 
+/// Namespaces created on the test server; each test takes its own, as each deployment owns
+/// its namespace (order lifecycle workflow ids are unique per deployment, not globally).
+const NAMESPACES: usize = 40;
+static NEXT_NAMESPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn take_namespace() -> String {
+    let n = NEXT_NAMESPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n < NAMESPACES,
+        "more than {NAMESPACES} tests: raise NAMESPACES in helpers.rs"
+    );
+    format!("orders-test-{n}")
+}
+
 /// The services shared by every test in this binary.
 pub(crate) struct Services {
     pub(crate) root: PathBuf,
@@ -58,6 +72,9 @@ fn start_services() -> anyhow::Result<Services> {
         db_file: None,
         log_file: root.join("temporal.log"),
         search_attributes: orders_worker::dev::search_attribute_flags(),
+        namespaces: (0..NAMESPACES)
+            .map(|n| format!("orders-test-{n}"))
+            .collect(),
     })?;
     let clusters = (0..SHARD_COUNT)
         .map(|i| {
@@ -129,6 +146,7 @@ pub(crate) struct TestApp {
     pub(crate) task_queue: String,
     pub(crate) client: Client,
     pub(crate) temporal_address: String,
+    pub(crate) namespace: String,
     worker: Option<ChildService>,
     worker_log: PathBuf,
     /// Where the current worker serves Prometheus metrics.
@@ -175,10 +193,11 @@ impl TestApp {
         .await
         .expect("shard pools open");
         let temporal_address = services.temporal.address();
+        let namespace = take_namespace();
         let task_queue = format!("orders-test-{id}");
         let client = client::connect(&TemporalSettings {
             address: temporal_address.clone(),
-            namespace: "default".into(),
+            namespace: namespace.clone(),
             task_queue: task_queue.clone(),
         })
         .await
@@ -190,6 +209,7 @@ impl TestApp {
             task_queue,
             client,
             temporal_address,
+            namespace,
             worker: None,
             worker_log,
             metrics_port: 0,
@@ -201,7 +221,7 @@ impl TestApp {
         let mut command = Command::new(&services().orders_bin);
         command
             .env("TEMPORAL_ADDRESS", &self.temporal_address)
-            .env("TEMPORAL_NAMESPACE", "default")
+            .env("TEMPORAL_NAMESPACE", &self.namespace)
             .env("ORDERS_TASK_QUEUE", &self.task_queue)
             .env("ORDERS_SHARDS", self.shard_urls.join(","))
             .env_remove("ORDERS_FAILPOINTS");

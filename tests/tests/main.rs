@@ -7,6 +7,7 @@ mod helpers;
 
 mod compose;
 mod crash_recovery;
+mod lifecycle;
 mod metrics;
 mod migrations;
 mod replay;

@@ -15,7 +15,11 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     let input = json!({"customer_id": customer, "items": [{"product_id": 9, "quantity": 3, "unit_price": "2.50"}]});
 
     let output = tokio::task::spawn_blocking({
-        let (address, task_queue) = (app.temporal_address.clone(), app.task_queue.clone());
+        let (address, namespace, task_queue) = (
+            app.temporal_address.clone(),
+            app.namespace.clone(),
+            app.task_queue.clone(),
+        );
         move || {
             Command::new(temporal_cli().expect("temporal CLI is installed"))
                 .args([
@@ -26,6 +30,7 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
                     "--task-queue",
                     &task_queue,
                 ])
+                .args(["--namespace", &namespace])
                 .args([
                     "--address",
                     &address,

@@ -10,8 +10,14 @@ use serde_json::json;
 use crate::helpers::{TestApp, services};
 
 fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
-    assert!(path.is_file(), "Chromium is not installed at {}: apt-get install chromium (or set CHROMIUM)", path.display());
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        path.is_file(),
+        "Chromium is not installed at {}: apt-get install chromium (or set CHROMIUM)",
+        path.display()
+    );
     path
 }
 
@@ -39,12 +45,18 @@ fn browse(url: &str, screenshot: Option<&Path>) -> String {
     };
     let output = command.arg(url).output().expect("chromium runs");
     let _ = std::fs::remove_dir_all(&profile);
-    assert!(output.status.success(), "chromium failed on {url}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "chromium failed on {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn tempdir() -> PathBuf {
-    let dir = services().root.join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
+    let dir = services()
+        .root
+        .join(format!("chromium-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -74,16 +86,27 @@ async fn the_web_ui_finds_a_place_order_run_and_shows_its_type_status_and_search
     let workflow_id = app
         .start_order(json!({"customer_id": customer, "items": [{"product_id": 8, "quantity": 2, "unit_price": "4.25"}]}))
         .await;
-    let OrderOutcome::Placed(placed) = app.outcome(&workflow_id).await else { panic!("order not placed") };
-    let ui = services().temporal.ui_url().expect("the test server runs its Web UI");
+    let OrderOutcome::Placed(placed) = app.outcome(&workflow_id).await else {
+        panic!("order not placed")
+    };
+    let ui = services()
+        .temporal
+        .ui_url()
+        .expect("the test server runs its Web UI");
 
     // Find the run through the UI's own search, by customer.
-    let list_url = format!("{ui}/namespaces/default/workflows?query=CustomerId%3D{customer}");
+    let list_url = format!(
+        "{ui}/namespaces/{}/workflows?query=CustomerId%3D{customer}",
+        app.namespace
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut list_dom = String::new();
-    let link_prefix = format!("/namespaces/default/workflows/{workflow_id}/");
+    let link_prefix = format!("/namespaces/{}/workflows/{workflow_id}/", app.namespace);
     while !list_dom.contains(&link_prefix) {
-        assert!(std::time::Instant::now() < deadline, "the UI never listed {workflow_id} for CustomerId={customer}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the UI never listed {workflow_id} for CustomerId={customer}"
+        );
         list_dom = tokio::task::spawn_blocking({
             let url = list_url.clone();
             move || browse(&url, None)
@@ -91,9 +114,18 @@ async fn the_web_ui_finds_a_place_order_run_and_shows_its_type_status_and_search
         .await
         .unwrap();
     }
-    let run_id: String = list_dom.split(&link_prefix).nth(1).unwrap().chars().take_while(|c| *c != '/').collect();
+    let run_id: String = list_dom
+        .split(&link_prefix)
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| *c != '/')
+        .collect();
 
-    let page = format!("{ui}/namespaces/default/workflows/{workflow_id}/{run_id}/search-attributes");
+    let page = format!(
+        "{ui}/namespaces/{}/workflows/{workflow_id}/{run_id}/search-attributes",
+        app.namespace
+    );
     let dom = tokio::task::spawn_blocking({
         let page = page.clone();
         move || browse(&page, None)
@@ -102,7 +134,10 @@ async fn the_web_ui_finds_a_place_order_run_and_shows_its_type_status_and_search
     .unwrap();
     let text = text_of(&dom);
     assert!(text.contains("PlaceOrder"), "workflow type shown: {page}");
-    assert!(text.to_lowercase().contains("completed"), "status shown: {page}");
+    assert!(
+        text.to_lowercase().contains("completed"),
+        "status shown: {page}"
+    );
     for shown in [
         format!("\"CustomerId\" : {customer}"),
         "\"OrderStatus\" : \"confirmed\"".to_owned(),
@@ -122,5 +157,9 @@ async fn the_web_ui_finds_a_place_order_run_and_shows_its_type_status_and_search
     .await
     .unwrap();
     let size = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "screenshot saved at {} ({size} bytes)", screenshot.display());
+    assert!(
+        size > 10_000,
+        "screenshot saved at {} ({size} bytes)",
+        screenshot.display()
+    );
 }

@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use orders_activities::PlacedOrder;
-use orders_workflows::PlaceOrderWorkflow;
+use orders_workflows::progress::Acceptance;
+use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowGetResultOptions,
-    WorkflowStartOptions, errors::WorkflowGetResultError,
+    Client, ClientOptions, Connection, ConnectionOptions, WorkflowExecuteUpdateOptions,
+    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowUpdateWithStartOptions, WorkflowStartOptions, errors::WorkflowGetResultError,
 };
 use temporalio_common::error::IncomingError;
 
@@ -66,6 +67,27 @@ pub async fn start_order(
     Ok(())
 }
 
+/// Starts PlaceOrder and, in the same request (update-with-start), asks it whether the order
+/// was accepted: written on its shard, or refused (invalid input, unknown customer). Returns
+/// as soon as that is known, long before payment and confirmation finish.
+pub async fn submit_order(
+    client: &Client,
+    task_queue: &str,
+    workflow_id: &str,
+    input: serde_json::Value,
+) -> anyhow::Result<Acceptance> {
+    client
+        .execute_update_with_start_workflow(
+            PlaceOrderWorkflow::run,
+            input,
+            PlaceOrderWorkflow::accepted,
+            (),
+            WorkflowUpdateWithStartOptions::new(task_queue, workflow_id, WorkflowIdConflictPolicy::Fail).build(),
+        )
+        .await
+        .with_context(|| format!("failed to submit PlaceOrder {workflow_id}"))
+}
+
 /// Waits for PlaceOrder `workflow_id` to finish.
 pub async fn order_outcome(client: &Client, workflow_id: &str) -> anyhow::Result<OrderOutcome> {
     let handle = client.get_workflow_handle::<PlaceOrderWorkflow>(workflow_id);
@@ -81,4 +103,27 @@ pub async fn order_outcome(client: &Client, workflow_id: &str) -> anyhow::Result
         Err(WorkflowGetResultError::Cancelled { .. }) => Ok(OrderOutcome::Cancelled),
         Err(other) => Ok(OrderOutcome::Other(other.to_string())),
     }
+}
+
+/// Moves a confirmed order on (shipped, delivered, cancelled) through its lifecycle
+/// workflow's `SetStatus` update. A transition the lifecycle does not allow is refused by the
+/// update's validator, and the error says why.
+pub async fn set_order_status(
+    client: &Client,
+    order_id: i64,
+    status: orders_entities::order::OrderStatus,
+) -> anyhow::Result<PlacedOrder> {
+    let workflow_id = orders_workflows::order_lifecycle::workflow_id(order_id);
+    client
+        .get_workflow_handle::<OrderLifecycleWorkflow>(&workflow_id)
+        .execute_update(OrderLifecycleWorkflow::set_status, status, WorkflowExecuteUpdateOptions::default())
+        .await
+        .map_err(|e| match e {
+            temporalio_client::errors::WorkflowUpdateError::Failed(failure) => {
+                anyhow::anyhow!("order {order_id} was not changed: {}", failure.message)
+            }
+            other => anyhow::Error::new(other).context(format!(
+                "order {order_id} has no running lifecycle workflow {workflow_id} (it is delivered, cancelled, or was placed before lifecycles existed)"
+            )),
+        })
 }

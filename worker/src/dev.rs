@@ -64,9 +64,10 @@ impl DevStack {
                 db_file: Some(state_dir.join("temporal.db")),
                 log_file: state_dir.join("temporal.log"),
                 search_attributes: search_attribute_flags(),
+                namespaces: Vec::new(),
             })
         })?;
-        temporal.register_search_attributes(&search_attribute_flags())?;
+        temporal.register_search_attributes("default", &search_attribute_flags())?;
         let mut clusters = Vec::new();
         for shard in 0..local::DEV_SHARD_COUNT {
             let port = local::DEV_SHARD_BASE_PORT + shard as u16;

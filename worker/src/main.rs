@@ -72,7 +72,8 @@ enum Command {
         #[command(subcommand)]
         command: CustomerCommand,
     },
-    /// Place an order through the PlaceOrder workflow.
+    /// Place an order through the PlaceOrder workflow. Returns once the order is accepted
+    /// (written) or refused; with --wait, once it is confirmed or failed.
     Submit {
         /// Customer id.
         #[arg(long)]
@@ -82,12 +83,22 @@ enum Command {
         items: Vec<String>,
         #[arg(long)]
         notes: Option<String>,
-        /// Workflow id (default: order-<uuid>).
+        /// Workflow id (default: place-order-<uuid>).
         #[arg(long)]
         workflow_id: Option<String>,
         /// Wait for the outcome and print it.
         #[arg(long)]
         wait: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
+    /// Move a confirmed order on: shipped, delivered or cancelled (credit is returned).
+    SetStatus {
+        order_id: i64,
+        #[arg(value_parser = ["shipped", "delivered", "cancelled"])]
+        status: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -233,13 +244,30 @@ async fn main() -> anyhow::Result<()> {
             let input = order_input(customer, &items, notes)?;
             let client = client::connect(&temporal).await?;
             let workflow_id =
-                workflow_id.unwrap_or_else(|| format!("order-{}", uuid::Uuid::new_v4()));
-            client::start_order(&client, &temporal.task_queue, &workflow_id, input).await?;
+                workflow_id.unwrap_or_else(|| format!("place-order-{}", uuid::Uuid::new_v4()));
+            let acceptance =
+                client::submit_order(&client, &temporal.task_queue, &workflow_id, input).await?;
+            if json && (!wait || !acceptance.accepted) {
+                let mut value = serde_json::to_value(&acceptance)?;
+                value["workflow_id"] = workflow_id.clone().into();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            if !acceptance.accepted {
+                if !json {
+                    eprintln!(
+                        "order refused: {} ({workflow_id})",
+                        acceptance.failure.as_deref().unwrap_or("no reason given")
+                    );
+                }
+                std::process::exit(1);
+            }
             if !wait {
-                if json {
-                    println!("{}", serde_json::json!({"workflow_id": workflow_id}));
-                } else {
-                    println!("started {workflow_id}");
+                if !json {
+                    println!(
+                        "order {} accepted on shard {} ({workflow_id}); payment and confirmation continue in the workflow",
+                        acceptance.order_id.unwrap_or_default(),
+                        acceptance.shard.unwrap_or_default()
+                    );
                 }
                 return Ok(());
             }
@@ -247,6 +275,26 @@ async fn main() -> anyhow::Result<()> {
             print_outcome(&workflow_id, &outcome, json)?;
             if !matches!(outcome, OrderOutcome::Placed(_)) {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::SetStatus {
+            order_id,
+            status,
+            json,
+            temporal,
+        } => {
+            let status = serde_json::from_value(serde_json::Value::String(status))?;
+            let client = client::connect(&temporal).await?;
+            let order = client::set_order_status(&client, order_id, status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&order)?);
+            } else {
+                println!(
+                    "order {} is now {}",
+                    order.order_id,
+                    order.status.to_value()
+                );
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::{OrderActivities, Shards};
-use orders_workflows::PlaceOrderWorkflow;
+use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::Client;
 use temporalio_common::telemetry::metrics::CoreMeter;
 use temporalio_common::telemetry::{
@@ -63,6 +63,7 @@ pub async fn run(
     let options = WorkerOptions::new(task_queue)
         .register_activities(OrderActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?
+        .register_workflow::<OrderLifecycleWorkflow>()?
         .build();
     let mut worker =
         Worker::new(&runtime, client, options).context("failed to create the worker")?;

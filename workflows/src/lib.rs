@@ -4,10 +4,12 @@
 //! timers and the SDK's own primitives, and it never reads clocks or randomness itself.
 
 pub mod failures;
+pub mod order_lifecycle;
 pub mod outcomes;
 pub mod place_order;
 pub mod progress;
 pub mod saga;
 pub mod search_attributes;
 
+pub use order_lifecycle::OrderLifecycleWorkflow;
 pub use place_order::PlaceOrderWorkflow;

@@ -17,13 +17,14 @@ use orders_activities::{
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, ApplicationFailure, MemoValue, WorkflowContext, WorkflowContextView,
-    WorkflowResult, WorkflowTermination,
+    ActivityExecutionError, ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
+    WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
 };
 
 use crate::failures::workflow_failure;
+use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
 use crate::outcomes;
-use crate::progress::{Progress, Stage};
+use crate::progress::{Acceptance, Progress, Stage};
 use crate::saga::Saga;
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
 
@@ -33,6 +34,9 @@ pub const WORKFLOW_TYPE: &str = "PlaceOrder";
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
 pub const ORDER_MEMO_PATCH: &str = "order-memo";
+
+/// Patch guarding the start of the order's [`OrderLifecycleWorkflow`].
+pub const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
 
 #[workflow]
 #[derive(Default)]
@@ -44,6 +48,35 @@ pub struct PlaceOrderWorkflow {
 impl PlaceOrderWorkflow {
     #[run(name = "PlaceOrder")]
     pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: serde_json::Value,
+    ) -> WorkflowResult<PlacedOrder> {
+        let outcome = Self::process(ctx, input).await;
+        // Let an `Accepted` update that is still waiting see the outcome before the run ends.
+        let view = ctx.clone();
+        let _ = ctx.wait_condition(move |_| view.all_handlers_finished()).await;
+        outcome
+    }
+
+    /// Answers as soon as the order is written (accepted) or refused, whichever comes first.
+    /// `orders submit` sends it with update-with-start, so it learns at once whether the
+    /// input was valid and the customer known, without waiting for payment and confirmation.
+    #[update(name = "Accepted")]
+    pub async fn accepted(ctx: &mut WorkflowContext<Self>) -> Acceptance {
+        let _ = ctx.wait_condition(|s| s.progress.stage != Stage::Received).await;
+        ctx.state(|s| Acceptance::of(&s.progress))
+    }
+
+    /// Where the order stands: stage, current step, order id and shard once known, and the
+    /// compensations that ran.
+    #[query]
+    pub fn progress(&self, _ctx: &WorkflowContextView) -> Progress {
+        self.progress.clone()
+    }
+}
+
+impl PlaceOrderWorkflow {
+    async fn process(
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
@@ -67,6 +100,9 @@ impl PlaceOrderWorkflow {
                 // Added after the first histories were recorded: guarded so those replay.
                 if ctx.patched(ORDER_MEMO_PATCH) {
                     ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
+                }
+                if ctx.patched(ORDER_LIFECYCLE_PATCH) {
+                    start_lifecycle(ctx, &placed).await;
                 }
                 return Ok(placed);
             }
@@ -101,13 +137,6 @@ impl PlaceOrderWorkflow {
             return Err(WorkflowTermination::cancelled());
         }
         Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
-    }
-
-    /// Where the order stands: stage, current step, order id and shard once known, and the
-    /// compensations that ran.
-    #[query]
-    pub fn progress(&self, _ctx: &WorkflowContextView) -> Progress {
-        self.progress.clone()
     }
 }
 
@@ -157,6 +186,23 @@ async fn place(
     set_step(ctx, "ConfirmOrder");
     saga.final_step(OrderActivities::confirm_order, created)
         .await
+}
+
+/// Starts the confirmed order's lifecycle workflow and leaves it running on its own. The
+/// order is confirmed whatever happens here, so a failure to start is logged, not raised.
+async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &PlacedOrder) {
+    let options = ChildWorkflowOptions::builder()
+        .workflow_id(order_lifecycle::workflow_id(placed.order_id))
+        .parent_close_policy(ParentClosePolicy::Abandon)
+        .build();
+    let started = ctx
+        .start_child_workflow(OrderLifecycleWorkflow::run, placed.clone(), options)
+        .await;
+    if let Err(err) = started
+        && !ctx.is_replaying()
+    {
+        tracing::warn!(order_id = placed.order_id, %err, "could not start the order's lifecycle workflow");
+    }
 }
 
 fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {

@@ -43,3 +43,27 @@ pub struct Progress {
     /// Compensations that ran, in the order they ran.
     pub compensations_run: Vec<String>,
 }
+
+/// The answer to the `Accepted` update: was the order written, or refused before that?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acceptance {
+    pub accepted: bool,
+    pub order_id: Option<i64>,
+    pub shard: Option<usize>,
+    /// Failure type and message when refused.
+    pub failure: Option<String>,
+}
+
+impl Acceptance {
+    /// What `progress` says about acceptance (call once the stage left `Received`): an order
+    /// that was written was accepted, whatever happened to it afterwards.
+    pub fn of(progress: &Progress) -> Self {
+        let accepted = progress.order_id.is_some();
+        Self {
+            accepted,
+            order_id: progress.order_id,
+            shard: progress.shard,
+            failure: if accepted { None } else { progress.failure.clone() },
+        }
+    }
+}

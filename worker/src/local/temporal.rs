@@ -22,6 +22,8 @@ pub struct TemporalOptions {
     pub log_file: PathBuf,
     /// Search attributes to register at launch, as `Name=Type`.
     pub search_attributes: Vec<String>,
+    /// Namespaces to create at launch besides `default`.
+    pub namespaces: Vec<String>,
 }
 
 /// A running (or reused) dev server.
@@ -89,6 +91,9 @@ impl TemporalDevServer {
         for attribute in &options.search_attributes {
             command.args(["--search-attribute", attribute]);
         }
+        for namespace in &options.namespaces {
+            command.args(["--namespace", namespace]);
+        }
         command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -142,9 +147,13 @@ impl TemporalDevServer {
                 .is_some_and(|s| s.success())
     }
 
-    /// Registers `Name=Type` search attributes on the `default` namespace; attributes that
-    /// already exist are left alone. Needed when reusing a server started elsewhere.
-    pub fn register_search_attributes(&self, attributes: &[String]) -> anyhow::Result<()> {
+    /// Registers `Name=Type` search attributes on `namespace`; attributes that already exist
+    /// are left alone. Needed when reusing a server started elsewhere.
+    pub fn register_search_attributes(
+        &self,
+        namespace: &str,
+        attributes: &[String],
+    ) -> anyhow::Result<()> {
         for attribute in attributes {
             let (name, kind) = attribute
                 .split_once('=')
@@ -159,7 +168,7 @@ impl TemporalDevServer {
                     "--type",
                     kind,
                 ])
-                .args(["--namespace", "default", "--address", &self.address()])
+                .args(["--namespace", namespace, "--address", &self.address()])
                 .output()?;
             let stderr = String::from_utf8_lossy(&output.stderr);
             if !output.status.success() && !stderr.contains("already") {
