@@ -12,6 +12,7 @@ mod metrics;
 mod migrations;
 mod replay;
 mod saga;
+mod submit;
 mod temporal_cli;
 mod validation;
 mod visibility;

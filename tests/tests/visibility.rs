@@ -25,6 +25,7 @@ fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
             "--output",
             "json",
         ])
+        .args(["--namespace", &app.namespace])
         .output()
         .expect("temporal workflow list runs");
     assert!(
@@ -32,7 +33,12 @@ fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if stdout.trim().is_empty() {
+        return Vec::new();
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("workflow list prints JSON ({e}): {stdout}"));
     listed
         .iter()
         .filter_map(|w| w["execution"]["workflowId"].as_str().map(str::to_owned))
@@ -70,7 +76,7 @@ async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progre
 
     let home = shard_for_customer(customer, SHARD_COUNT);
     let query = format!(
-        "CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {home} AND Consistency = 'saga' AND TaskQueue = '{}'",
+        "WorkflowType = 'PlaceOrder' AND CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {home} AND Consistency = 'saga' AND TaskQueue = '{}'",
         app.task_queue
     );
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -6,7 +6,8 @@ use orders_workflows::progress::Acceptance;
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, WorkflowExecuteUpdateOptions,
-    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowUpdateWithStartOptions, WorkflowStartOptions, errors::WorkflowGetResultError,
+    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowStartOptions,
+    WorkflowUpdateWithStartOptions, errors::WorkflowGetResultError,
 };
 use temporalio_common::error::IncomingError;
 
@@ -82,7 +83,12 @@ pub async fn submit_order(
             input,
             PlaceOrderWorkflow::accepted,
             (),
-            WorkflowUpdateWithStartOptions::new(task_queue, workflow_id, WorkflowIdConflictPolicy::Fail).build(),
+            WorkflowUpdateWithStartOptions::new(
+                task_queue,
+                workflow_id,
+                WorkflowIdConflictPolicy::Fail,
+            )
+            .build(),
         )
         .await
         .with_context(|| format!("failed to submit PlaceOrder {workflow_id}"))

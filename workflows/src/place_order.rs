@@ -54,7 +54,9 @@ impl PlaceOrderWorkflow {
         let outcome = Self::process(ctx, input).await;
         // Let an `Accepted` update that is still waiting see the outcome before the run ends.
         let view = ctx.clone();
-        let _ = ctx.wait_condition(move |_| view.all_handlers_finished()).await;
+        let _ = ctx
+            .wait_condition(move |_| view.all_handlers_finished())
+            .await;
         outcome
     }
 
@@ -63,7 +65,9 @@ impl PlaceOrderWorkflow {
     /// input was valid and the customer known, without waiting for payment and confirmation.
     #[update(name = "Accepted")]
     pub async fn accepted(ctx: &mut WorkflowContext<Self>) -> Acceptance {
-        let _ = ctx.wait_condition(|s| s.progress.stage != Stage::Received).await;
+        let _ = ctx
+            .wait_condition(|s| s.progress.stage != Stage::Received)
+            .await;
         ctx.state(|s| Acceptance::of(&s.progress))
     }
 

@@ -63,7 +63,11 @@ impl Acceptance {
             accepted,
             order_id: progress.order_id,
             shard: progress.shard,
-            failure: if accepted { None } else { progress.failure.clone() },
+            failure: if accepted {
+                None
+            } else {
+                progress.failure.clone()
+            },
         }
     }
 }
