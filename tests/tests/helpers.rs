@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use orders_activities::Shards;
 use orders_activities::shards::PoolSettings;
 use orders_activities::store::customers::NewCustomer;
+use orders_activities::{PlacedOrder, Shards};
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::TemporalSettings;
 use orders_worker::local::process::ChildService;
@@ -316,6 +316,18 @@ impl TestApp {
             )
         })
         .expect("the outcome can be read")
+    }
+
+    /// Places an order that must be confirmed, and returns it with its workflow id.
+    pub(crate) async fn place_confirmed_order(
+        &self,
+        input: serde_json::Value,
+    ) -> (String, PlacedOrder) {
+        let workflow_id = self.start_order(input).await;
+        match self.outcome(&workflow_id).await {
+            OrderOutcome::Placed(placed) => (workflow_id, placed),
+            other => panic!("expected {workflow_id} to be confirmed, got {other:?}"),
+        }
     }
 
     /// Places an order and waits for its outcome.

@@ -2,7 +2,7 @@
 //! cancelled with its credit returned, through the validated `SetStatus` update.
 
 use orders_entities::order::OrderStatus;
-use orders_worker::client::{self, OrderOutcome};
+use orders_worker::client;
 use orders_workflows::OrderLifecycleWorkflow;
 use orders_workflows::order_lifecycle::workflow_id;
 use rust_decimal::Decimal;
@@ -24,12 +24,7 @@ async fn status_in_database(app: &TestApp, order_id: i64) -> OrderStatus {
 async fn a_confirmed_order_is_shipped_then_delivered_and_invalid_moves_are_refused() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Radia Perlman", "100.00").await;
-    let OrderOutcome::Placed(placed) = app
-        .place_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 1, "unit_price": "20.00"}]}))
-        .await
-    else {
-        panic!("order not placed")
-    };
+    let (_, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 1, "unit_price": "20.00"}]})).await;
 
     let refused = client::set_order_status(&app.client, placed.order_id, OrderStatus::Delivered)
         .await
@@ -74,12 +69,7 @@ async fn a_confirmed_order_is_shipped_then_delivered_and_invalid_moves_are_refus
 async fn cancelling_a_confirmed_order_returns_its_credit_through_the_cli() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Sophie Wilson", "100.00").await;
-    let OrderOutcome::Placed(placed) = app
-        .place_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 3, "unit_price": "10.00"}]}))
-        .await
-    else {
-        panic!("order not placed")
-    };
+    let (_, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 3, "unit_price": "10.00"}]})).await;
     assert_eq!(app.credit_used(customer).await, Decimal::new(3000, 2));
 
     let output = app.cli(&[

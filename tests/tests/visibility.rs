@@ -4,7 +4,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orders_activities::routing::shard_for_customer;
-use orders_worker::client::OrderOutcome;
 use orders_worker::local::temporal::temporal_cli;
 use orders_workflows::PlaceOrderWorkflow;
 use orders_workflows::progress::{Progress, Stage};
@@ -45,27 +44,25 @@ fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progress() {
-    let app = TestApp::spawn().await;
-    let customer = app.add_customer("Frances Allen", "100.00").await;
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]}))
-        .await;
-    let OrderOutcome::Placed(placed) = app.outcome(&workflow_id).await else {
-        panic!("order not placed")
-    };
-
-    let progress: Progress = app
-        .client
-        .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
+async fn progress_of(app: &TestApp, workflow_id: &str) -> Progress {
+    app.client
+        .get_workflow_handle::<PlaceOrderWorkflow>(workflow_id)
         .query(
             PlaceOrderWorkflow::progress,
             (),
             WorkflowQueryOptions::default(),
         )
         .await
-        .expect("the progress query answers");
+        .expect("the progress query answers")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progress() {
+    let app = TestApp::spawn().await;
+    let customer = app.add_customer("Frances Allen", "100.00").await;
+    let (workflow_id, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]})).await;
+
+    let progress = progress_of(&app, &workflow_id).await;
     assert_eq!(progress.stage, Stage::Confirmed);
     assert_eq!(progress.step.as_deref(), Some("ConfirmOrder"));
     assert_eq!(progress.order_id, Some(placed.order_id));
@@ -102,16 +99,7 @@ async fn a_declined_order_reports_failure_and_the_compensations_that_ran() {
         .await;
     app.outcome(&workflow_id).await;
 
-    let progress: Progress = app
-        .client
-        .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
-        .query(
-            PlaceOrderWorkflow::progress,
-            (),
-            WorkflowQueryOptions::default(),
-        )
-        .await
-        .expect("the progress query answers");
+    let progress = progress_of(&app, &workflow_id).await;
     assert_eq!(progress.stage, Stage::Failed);
     assert!(
         progress
