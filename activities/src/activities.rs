@@ -179,7 +179,7 @@ impl OrderActivities {
         .await
         .map_err(on(shard))?;
         txn.commit().await.map_err(on(shard))?;
-        failpoints::hit("create_order.after_commit").await;
+        failpoints::hit("create_order.after_commit").await?;
         tracing::info!(order_id, shard = shard.index, "order created (pending)");
         Ok(created)
     }
@@ -192,6 +192,7 @@ impl OrderActivities {
         _ctx: ActivityContext,
         input: OrderRef,
     ) -> Result<(), ActivityError> {
+        failpoints::hit("delete_order.before").await?;
         let shard = self.shards.for_customer(input.customer_id);
         let _timer = self.time(shard, "DeleteOrder");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
@@ -222,7 +223,7 @@ impl OrderActivities {
         _ctx: ActivityContext,
         input: CreditInput,
     ) -> Result<(), ActivityError> {
-        failpoints::hit("reserve_credit.before").await;
+        failpoints::hit("reserve_credit.before").await?;
         let shard = self.shards.for_customer(input.customer_id);
         let _timer = self.time(shard, "ReserveCredit");
         let txn = shard.conn.begin().await.map_err(on(shard))?;

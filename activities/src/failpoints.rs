@@ -6,6 +6,8 @@
 //!   activity neither duplicates nor loses rows.
 //! - `reserve_credit.before=sleep:3000` sleeps 3000 ms there, holding the step open so a test
 //!   can cancel the workflow mid-saga.
+//! - `delete_order.before=fail` makes every attempt there fail with a retryable error, the
+//!   way a shard that stays down would, so a test can watch a compensation give up.
 //!
 //! Unset (the normal case), every point is a no-op costing one slice lookup.
 
@@ -19,17 +21,27 @@ pub const ENV_VAR: &str = "ORDERS_FAILPOINTS";
 enum Action {
     Abort,
     Sleep(Duration),
+    Fail,
 }
+
+/// The error an armed `=fail` point returns.
+#[derive(Debug, thiserror::Error)]
+#[error("failpoint {0} is armed to fail")]
+pub struct InjectedFailure(String);
 
 fn parse(spec: &str) -> Vec<(String, Action)> {
     spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|entry| match entry.split_once("=sleep:") {
-            Some((point, ms)) => (
-                point.to_owned(),
-                Action::Sleep(Duration::from_millis(ms.parse().unwrap_or(1000))),
-            ),
+        .map(|entry| match entry.split_once('=') {
+            Some((point, "fail")) => (point.to_owned(), Action::Fail),
+            Some((point, action)) => {
+                let ms = action
+                    .strip_prefix("sleep:")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(1000);
+                (point.to_owned(), Action::Sleep(Duration::from_millis(ms)))
+            }
             None => (entry.to_owned(), Action::Abort),
         })
         .collect()
@@ -40,8 +52,8 @@ fn armed() -> &'static [(String, Action)] {
     ARMED.get_or_init(|| parse(&std::env::var(ENV_VAR).unwrap_or_default()))
 }
 
-/// Performs the action armed at `point`, if any.
-pub async fn hit(point: &str) {
+/// Performs the action armed at `point`, if any; an armed `=fail` returns an error.
+pub async fn hit(point: &str) -> Result<(), InjectedFailure> {
     for (armed_point, action) in armed() {
         if armed_point != point {
             continue;
@@ -55,8 +67,13 @@ pub async fn hit(point: &str) {
                 tracing::warn!(point, ?duration, "failpoint reached: sleeping");
                 tokio::time::sleep(*duration).await;
             }
+            Action::Fail => {
+                tracing::warn!(point, "failpoint reached: failing");
+                return Err(InjectedFailure(point.to_owned()));
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -64,15 +81,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn points_parse_into_abort_and_sleep_actions() {
+    fn points_parse_into_abort_sleep_and_fail_actions() {
         assert_eq!(
-            parse("create_order.after_commit, reserve_credit.before=sleep:250"),
+            parse(
+                "create_order.after_commit, reserve_credit.before=sleep:250,delete_order.before=fail"
+            ),
             vec![
                 ("create_order.after_commit".to_owned(), Action::Abort),
                 (
                     "reserve_credit.before".to_owned(),
                     Action::Sleep(Duration::from_millis(250))
                 ),
+                ("delete_order.before".to_owned(), Action::Fail),
             ]
         );
         assert!(parse("").is_empty());

@@ -304,18 +304,21 @@ impl TestApp {
 
     /// Waits for PlaceOrder `workflow_id` to end, for at most a minute.
     pub(crate) async fn outcome(&self, workflow_id: &str) -> OrderOutcome {
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            client::order_outcome(&self.client, workflow_id),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{workflow_id} did not finish within 60 s; worker log: {}",
-                self.worker_log.display()
-            )
-        })
-        .expect("the outcome can be read")
+        self.outcome_within(workflow_id, Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits for PlaceOrder `workflow_id` to end, for at most `limit`.
+    pub(crate) async fn outcome_within(&self, workflow_id: &str, limit: Duration) -> OrderOutcome {
+        tokio::time::timeout(limit, client::order_outcome(&self.client, workflow_id))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{workflow_id} did not finish within {limit:?}; worker log: {}",
+                    self.worker_log.display()
+                )
+            })
+            .expect("the outcome can be read")
     }
 
     /// Places an order that must be confirmed, and returns it with its workflow id.

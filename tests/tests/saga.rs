@@ -141,3 +141,40 @@ async fn a_cancelled_order_runs_its_compensations_and_leaves_nothing() {
         "credit is back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compensation_that_keeps_failing_fails_the_order_loudly_instead_of_dropping_it() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // DeleteOrder fails every attempt, as if the shard stayed down; its retries run out
+    // after about two minutes.
+    app.start_worker(Some("delete_order.before=fail"));
+    let customer = app.add_customer("Tony Hoare", "5.00").await;
+    let home = shard_for_customer(customer, SHARD_COUNT);
+
+    let workflow_id = app
+        .start_order(json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 1, "unit_price": "9.00"}]}))
+        .await;
+    let outcome = app
+        .outcome_within(&workflow_id, std::time::Duration::from_secs(240))
+        .await;
+
+    let message = expect_failure(&outcome, "CompensationFailed");
+    assert!(
+        message.contains("PaymentDeclined: payment declined"),
+        "the original reason is kept: {message}"
+    );
+    assert!(
+        message.contains("DeleteOrder"),
+        "the failed compensation is named: {message}"
+    );
+    assert_eq!(
+        app.rows_on_shard(home).await.orders,
+        1,
+        "the order that could not be deleted is still there to repair"
+    );
+    let log = std::fs::read_to_string(app.worker_log()).unwrap_or_default();
+    assert!(
+        log.contains("compensation failed; manual repair needed"),
+        "the worker logged it at error level"
+    );
+}

@@ -35,6 +35,28 @@ pub fn rejection(err: &ActivityExecutionError) -> Option<Rejected> {
 pub fn workflow_failure(err: &ActivityExecutionError) -> ApplicationFailure {
     match rejection(err) {
         Some(r) => non_retryable(&r.failure_type, r.message),
-        None => non_retryable("StepFailed", err.to_string()),
+        None => non_retryable("StepFailed", describe(err)),
+    }
+}
+
+/// What went wrong in `err`, in words: the underlying failure's message (e.g. the activity's
+/// own error) rather than the generic "Activity task failed" wrapper.
+pub fn describe(err: &ActivityExecutionError) -> String {
+    match err.reason() {
+        Some(cause) => {
+            let failure = cause.failure();
+            match failure_type(cause) {
+                Some(kind) => format!("{kind}: {}", failure.message),
+                None => failure.message.clone(),
+            }
+        }
+        None => err.to_string(),
+    }
+}
+
+fn failure_type(cause: &IncomingError) -> Option<&str> {
+    match cause {
+        IncomingError::Application(failure) => failure.type_name(),
+        _ => None,
     }
 }

@@ -37,13 +37,19 @@ pub fn allowed(from: OrderStatus, to: OrderStatus) -> bool {
 #[derive(Default)]
 pub struct OrderLifecycleWorkflow {
     order: Option<PlacedOrder>,
+    /// A `SetStatus` update is running; another one is refused until it ends, so the
+    /// validator always judges against the status the order really has.
+    changing: bool,
 }
 
 #[workflow_methods]
 impl OrderLifecycleWorkflow {
     #[init]
     fn new(_ctx: &WorkflowContextView, order: PlacedOrder) -> Self {
-        Self { order: Some(order) }
+        Self {
+            order: Some(order),
+            changing: false,
+        }
     }
 
     #[run(name = "OrderLifecycle")]
@@ -80,6 +86,13 @@ impl OrderLifecycleWorkflow {
         to: &OrderStatus,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let order = self.order.as_ref().ok_or("the order is not known yet")?;
+        if self.changing {
+            return Err(format!(
+                "order {} is already changing status; retry in a moment",
+                order.order_id
+            )
+            .into());
+        }
         if allowed(order.status, *to) {
             Ok(())
         } else {
@@ -96,6 +109,18 @@ impl OrderLifecycleWorkflow {
     /// Moves the order to `to` in its shard; cancelling also gives the credit back.
     #[update(name = "SetStatus")]
     pub async fn set_status(
+        ctx: &mut WorkflowContext<Self>,
+        to: OrderStatus,
+    ) -> Result<PlacedOrder, Box<dyn std::error::Error + Send + Sync>> {
+        ctx.state_mut(|s| s.changing = true);
+        let result = Self::change_status(ctx, to).await;
+        ctx.state_mut(|s| s.changing = false);
+        result
+    }
+}
+
+impl OrderLifecycleWorkflow {
+    async fn change_status(
         ctx: &mut WorkflowContext<Self>,
         to: OrderStatus,
     ) -> Result<PlacedOrder, Box<dyn std::error::Error + Send + Sync>> {

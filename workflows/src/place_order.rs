@@ -4,8 +4,10 @@
 //! can start it. The input is taken as raw JSON and validated here, so malformed input fails
 //! the workflow with `InvalidOrder` instead of failing workflow tasks forever.
 //!
-//! The activities' idempotency key is `<workflow id>/<run id>/<step>`: stable across worker
-//! crashes and activity retries of one run, distinct for a new run that reuses the id.
+//! The activities' idempotency key is `<workflow id>/<first run id>/<step>`: stable across
+//! worker crashes, activity retries and resets of one execution chain (a reset keeps the
+//! first run id, so a reset saga finds what it already wrote), distinct for a new start that
+//! reuses the workflow id.
 //!
 //! Progress is visible three ways: the `progress` query, the search attributes of
 //! [`crate::search_attributes`], and the history itself.
@@ -18,10 +20,11 @@ use orders_activities::{
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityExecutionError, ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
-    WorkflowContext, WorkflowContextView, WorkflowResult, WorkflowTermination,
+    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
+    WorkflowTermination,
 };
 
-use crate::failures::workflow_failure;
+use crate::failures::{self, workflow_failure};
 use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
@@ -95,7 +98,11 @@ impl PlaceOrderWorkflow {
             CUSTOMER_ID.value_set(order.customer_id),
             CONSISTENCY.value_set("saga".to_owned()),
         ]);
-        let key = format!("{}/{}", ctx.workflow_id(), ctx.run_id());
+        let key = format!(
+            "{}/{}",
+            ctx.workflow_id(),
+            ctx.info().first_execution_run_id()
+        );
         let mut saga = Saga::new(ctx);
         let err = match place(ctx, &mut saga, order, &key).await {
             Ok(placed) => {
@@ -128,7 +135,10 @@ impl PlaceOrderWorkflow {
             }
             let failure = non_retryable(
                 COMPENSATION_FAILED,
-                format!("order failed ({err}) and compensation did not complete: {detail}"),
+                format!(
+                    "order failed ({}) and compensation did not complete: {detail}",
+                    failures::describe(&err)
+                ),
             );
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
@@ -198,6 +208,8 @@ async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &Pla
     let options = ChildWorkflowOptions::builder()
         .workflow_id(order_lifecycle::workflow_id(placed.order_id))
         .parent_close_policy(ParentClosePolicy::Abandon)
+        // The order is confirmed: a cancellation arriving now must not stop its lifecycle.
+        .cancellation_token(WorkflowCancellationToken::new())
         .build();
     let started = ctx
         .start_child_workflow(OrderLifecycleWorkflow::run, placed.clone(), options)

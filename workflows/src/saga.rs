@@ -23,8 +23,9 @@ use temporalio_sdk::{
 use crate::failures;
 
 /// Options of forward steps: retried until they succeed or reject, and on cancellation the
-/// workflow waits until the activity has really stopped, so a compensation never races the
-/// step it undoes.
+/// workflow waits until the running attempt has really stopped before compensating. An older
+/// attempt that timed out may still be running; the compensations leave tombstones (see the
+/// activities) that such a late attempt respects.
 pub fn forward_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
         .retry_policy(
@@ -143,7 +144,7 @@ impl<W: 'static> Saga<W> {
                 Ok(()) => report.succeeded.push(compensation.name),
                 Err(err) => report.failed.push(CompensationFailure {
                     activity: compensation.name,
-                    error: err.to_string(),
+                    error: failures::describe(&err),
                 }),
             }
         }

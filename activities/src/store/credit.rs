@@ -94,12 +94,23 @@ pub enum Release {
 }
 
 /// Gives the credit held for `order_id` back, once. Must run inside a transaction.
+///
+/// The tombstone goes in first: if a reserve of the same order is still in flight, the insert
+/// waits for it to commit or roll back, so the update that follows sees its hold. The other
+/// order (update first) would miss an uncommitted hold and leave it held for good.
 #[tracing::instrument(skip_all, fields(order_id, customer_id))]
 pub async fn release(
     txn: &impl ConnectionTrait,
     order_id: i64,
     customer_id: i64,
 ) -> Result<Release, DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO credit_holds (order_id, customer_id, amount, status)
+         VALUES ($1, $2, 0, 'released') ON CONFLICT (order_id) DO NOTHING",
+        [order_id.into(), customer_id.into()],
+    ))
+    .await?;
     let released = txn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -110,13 +121,6 @@ pub async fn release(
         ))
         .await?;
     let Some(row) = released else {
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO credit_holds (order_id, customer_id, amount, status)
-             VALUES ($1, $2, 0, 'released') ON CONFLICT (order_id) DO NOTHING",
-            [order_id.into(), customer_id.into()],
-        ))
-        .await?;
         return Ok(Release::NothingHeld);
     };
     let holder: i64 = row.try_get("", "customer_id")?;

@@ -83,20 +83,28 @@ pub async fn transition(
     to: OrderStatus,
 ) -> Result<Option<OrderStatus>, DbErr> {
     let from: Vec<String> = from.iter().map(ActiveEnum::to_value).collect();
-    let row = conn
+    let moved = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "WITH moved AS (
-                 UPDATE orders SET status = $2, updated_at = now()
-                 WHERE id = $1 AND status = ANY($3::text[])
-                 RETURNING status
-             )
-             SELECT status FROM moved
-             UNION ALL
-             SELECT status FROM orders WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM moved)",
+            "UPDATE orders SET status = $2, updated_at = now()
+             WHERE id = $1 AND status = ANY($3::text[])
+             RETURNING status",
             [order_id.into(), to.to_value().into(), Value::from(from)],
         ))
         .await?;
+    // Nothing moved: read the status in a new statement, which (unlike a CTE sharing the
+    // UPDATE's snapshot) sees a concurrent transition that just committed.
+    let row = match moved {
+        Some(row) => Some(row),
+        None => {
+            conn.query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT status FROM orders WHERE id = $1",
+                [order_id.into()],
+            ))
+            .await?
+        }
+    };
     match row {
         Some(row) => Ok(Some(OrderStatus::try_from_value(
             &row.try_get("", "status")?,

@@ -25,9 +25,12 @@ impl ChildService {
         std::thread::Builder::new()
             .name(format!("{name}-parent"))
             .spawn(move || {
+                use std::os::unix::process::CommandExt;
+                // Own process group: Ctrl-C at the terminal reaches only our process, which
+                // then stops the worker first and the services after it.
+                command.process_group(0);
                 // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
                 unsafe {
-                    use std::os::unix::process::CommandExt;
                     command.pre_exec(|| {
                         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                             .map_err(std::io::Error::from)
@@ -90,6 +93,9 @@ impl ChildService {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        if let Ok(Some(_)) = child.try_wait() {
+            return; // Already exited and reaped: its pid may belong to someone else now.
+        }
         let _ = kill(Pid::from_raw(child.id() as i32), self.stop_signal);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
