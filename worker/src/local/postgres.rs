@@ -104,7 +104,7 @@ impl PostgresCluster {
         let owner = os_user()?;
         let data_dir = &options.data_dir;
         if port_is_open(options.port) {
-            if data_dir.join("postmaster.pid").exists() {
+            if postmaster_port(data_dir) == Some(options.port) {
                 tracing::info!(port = options.port, dir = %data_dir.display(), "reusing running PostgreSQL");
                 return Ok(Self {
                     options,
@@ -220,6 +220,13 @@ impl PostgresCluster {
     pub fn started_here(&self) -> bool {
         self.process.is_some()
     }
+}
+
+/// The port recorded by the postmaster running on `data_dir` (line 4 of `postmaster.pid`),
+/// so a stale pid file next to someone else's server on the port is not mistaken for ours.
+fn postmaster_port(data_dir: &Path) -> Option<u16> {
+    let pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    pid_file.lines().nth(3)?.trim().parse().ok()
 }
 
 fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> anyhow::Result<()> {
