@@ -29,11 +29,19 @@ impl ChildService {
                 // Own process group: Ctrl-C at the terminal reaches only our process, which
                 // then stops the worker first and the services after it.
                 command.process_group(0);
-                // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+                let owner = nix::unistd::getpid();
+                // SAFETY: prctl and getppid are async-signal-safe and only read `owner`, a
+                // plain integer copied into the child.
                 unsafe {
-                    command.pre_exec(|| {
+                    command.pre_exec(move || {
                         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                            .map_err(std::io::Error::from)
+                            .map_err(std::io::Error::from)?;
+                        // The owner may have died between fork and prctl: then nobody will
+                        // send the signal, so do not start at all.
+                        if nix::unistd::getppid() != owner {
+                            return Err(std::io::Error::other("owner exited before exec"));
+                        }
+                        Ok(())
                     });
                 }
                 let _ = tx.send(command.spawn());
