@@ -11,6 +11,7 @@ mod lifecycle;
 mod metrics;
 mod migrations;
 mod replay;
+mod retry_safety;
 mod saga;
 mod submit;
 mod temporal_cli;
