@@ -31,9 +31,6 @@ use crate::progress::{Acceptance, Progress, Stage};
 use crate::saga::Saga;
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
 
-/// The workflow type other clients start by name: `PlaceOrder`.
-pub const WORKFLOW_TYPE: &str = "PlaceOrder";
-
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
 pub const ORDER_MEMO_PATCH: &str = "order-memo";

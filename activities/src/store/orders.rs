@@ -175,15 +175,3 @@ pub async fn find_with_items(
         .map(Some)
         .map_err(|e| DbErr::Type(format!("order {order_id} did not decode: {e}")))
 }
-
-/// Counts of orders and items on one shard, for tests and `orders shards`.
-pub async fn count(conn: &impl ConnectionTrait) -> Result<(i64, i64), DbErr> {
-    let row = conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM order_items) AS items",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("count returned no row".into()))?;
-    Ok((row.try_get("", "orders")?, row.try_get("", "items")?))
-}

