@@ -10,10 +10,10 @@ use nix::sys::signal::Signal;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::process::{ChildService, wait_until};
+use super::process::{ChildService, log_output_to};
 use super::{SUPERUSER, port_is_open, shard_url};
 
 /// Where and how to run a cluster.
@@ -120,34 +120,20 @@ impl PostgresCluster {
             init_cluster(data_dir, options.ephemeral, &owner)?;
         }
         let log_path = data_dir.with_extension("log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("failed to open {}", log_path.display()))?;
         let mut command = as_cluster_owner(Command::new(pg_binary("postgres")?), &owner);
         command
             .arg("-D")
             .arg(data_dir)
             .arg("-p")
-            .arg(options.port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .arg(options.port.to_string());
+        log_output_to(&mut command, &log_path)?;
         let mut process = ChildService::spawn(
-            &format!("postgres:{}", options.port),
+            &format!("PostgreSQL on port {}", options.port),
             command,
             Signal::SIGINT,
         )?;
         let port = options.port;
-        wait_until(
-            &format!("PostgreSQL on port {port}"),
-            Duration::from_secs(60),
-            || process.ensure_running().is_err() || port_is_open(port),
-        )?;
-        process
-            .ensure_running()
-            .with_context(|| format!("PostgreSQL did not start; see {}", log_path.display()))?;
+        process.wait_ready(Duration::from_secs(60), &log_path, || port_is_open(port))?;
         Ok(Self {
             options,
             process: Some(process),

@@ -3,7 +3,8 @@
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,20 @@ impl ChildService {
         Ok(())
     }
 
+    /// Waits until `ready` holds, failing early, with a pointer to `log`, if the child exits
+    /// first (e.g. because it could not bind its port).
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        log: &Path,
+        mut ready: impl FnMut() -> bool,
+    ) -> anyhow::Result<()> {
+        let what = self.name.clone();
+        wait_until(&what, timeout, || self.ensure_running().is_err() || ready())?;
+        self.ensure_running()
+            .with_context(|| format!("{what} did not start; see {}", log.display()))
+    }
+
     /// Kills the child at once (SIGKILL), like a machine losing power under it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -119,8 +134,22 @@ impl Drop for ChildService {
     }
 }
 
+/// Sends `command`'s output to the end of `log` and gives it no input.
+pub fn log_output_to(command: &mut Command, log: &Path) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("failed to open {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    Ok(())
+}
+
 /// Polls `ready` every 100 ms until it returns true or `timeout` passes.
-pub fn wait_until(
+fn wait_until(
     what: &str,
     timeout: Duration,
     mut ready: impl FnMut() -> bool,

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::port_is_open;
-use super::process::{ChildService, wait_until};
+use super::process::{ChildService, log_output_to};
 
 /// How to run the dev server.
 #[derive(Debug, Clone)]
@@ -59,11 +59,6 @@ impl TemporalDevServer {
                 process: None,
             });
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&options.log_file)
-            .with_context(|| format!("failed to open {}", options.log_file.display()))?;
         let mut command = Command::new(temporal_cli()?);
         command.args([
             "server",
@@ -94,12 +89,9 @@ impl TemporalDevServer {
         for namespace in &options.namespaces {
             command.args(["--namespace", namespace]);
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        log_output_to(&mut command, &options.log_file)?;
         let mut process = ChildService::spawn(
-            &format!("temporal:{}", options.port),
+            &format!("Temporal on port {}", options.port),
             command,
             Signal::SIGTERM,
         )?;
@@ -108,15 +100,9 @@ impl TemporalDevServer {
             ui_port: options.ui_port,
             process: None,
         };
-        let log_path = options.log_file.display().to_string();
-        wait_until(
-            &format!("Temporal on port {}", options.port),
-            Duration::from_secs(90),
-            || process.ensure_running().is_err() || server.namespace_ready(),
-        )?;
-        process
-            .ensure_running()
-            .with_context(|| format!("the Temporal dev server did not start; see {log_path}"))?;
+        process.wait_ready(Duration::from_secs(90), &options.log_file, || {
+            server.namespace_ready()
+        })?;
         Ok(Self {
             process: Some(process),
             ..server
