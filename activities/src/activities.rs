@@ -302,13 +302,11 @@ impl OrderActivities {
                 status: OrderStatus::Confirmed,
                 total_amount: created.total_amount,
             }),
-            other => Err(ActivityError::application(crate::failure::non_retryable(
-                "OrderNotPending",
-                format!(
-                    "order {} cannot be confirmed from status {other:?}",
-                    created.order_id
-                ),
-            ))),
+            found => Err(Rejection::OrderNotPending {
+                order_id: created.order_id,
+                found,
+            }
+            .into_activity_error()),
         }
     }
 
@@ -335,13 +333,12 @@ impl OrderActivities {
                 );
                 Ok(status)
             }
-            other => Err(ActivityError::application(crate::failure::non_retryable(
-                "InvalidTransition",
-                format!(
-                    "order {} is {other:?}, not one of {:?}",
-                    change.order_id, change.from
-                ),
-            ))),
+            found => Err(Rejection::InvalidTransition {
+                order_id: change.order_id,
+                found,
+                allowed: change.from,
+            }
+            .into_activity_error()),
         }
     }
 }

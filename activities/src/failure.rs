@@ -4,6 +4,7 @@
 //! name, which is what clients in any language match on. Everything else (a shard that is
 //! down, a dropped connection) stays a retryable error, and Temporal keeps trying.
 
+use orders_entities::order::OrderStatus;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::ActivityError;
 
@@ -15,6 +16,10 @@ pub const UNKNOWN_CUSTOMER: &str = "UnknownCustomer";
 pub const PAYMENT_DECLINED: &str = "PaymentDeclined";
 /// Failure type of a step that found its order already compensated.
 pub const ALREADY_COMPENSATED: &str = "AlreadyCompensated";
+/// Failure type of a confirmation that found the order no longer pending.
+pub const ORDER_NOT_PENDING: &str = "OrderNotPending";
+/// Failure type of a status change the order's current status does not allow.
+pub const INVALID_TRANSITION: &str = "InvalidTransition";
 /// Failure type of a saga whose compensation could not complete.
 pub const COMPENSATION_FAILED: &str = "CompensationFailed";
 
@@ -39,6 +44,19 @@ pub enum Rejection {
     /// The saga already undid this step, so doing it now would resurrect a cancelled order.
     #[error("{step} for {what} was already compensated")]
     AlreadyCompensated { step: &'static str, what: String },
+    /// ConfirmOrder found the order gone or past `pending`.
+    #[error("order {order_id} cannot be confirmed from status {found:?}")]
+    OrderNotPending {
+        order_id: i64,
+        found: Option<OrderStatus>,
+    },
+    /// A status change found the order in none of the statuses it applies to.
+    #[error("order {order_id} is {found:?}, not one of {allowed:?}")]
+    InvalidTransition {
+        order_id: i64,
+        found: Option<OrderStatus>,
+        allowed: Vec<OrderStatus>,
+    },
 }
 
 impl Rejection {
@@ -49,6 +67,8 @@ impl Rejection {
             Rejection::UnknownCustomer { .. } => UNKNOWN_CUSTOMER,
             Rejection::PaymentDeclined { .. } => PAYMENT_DECLINED,
             Rejection::AlreadyCompensated { .. } => ALREADY_COMPENSATED,
+            Rejection::OrderNotPending { .. } => ORDER_NOT_PENDING,
+            Rejection::InvalidTransition { .. } => INVALID_TRANSITION,
         }
     }
 

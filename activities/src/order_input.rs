@@ -164,20 +164,22 @@ pub fn parse_price(value: &serde_json::Value) -> Result<Decimal, String> {
     };
     let price = Decimal::from_str(&text)
         .map_err(|_| format!("unit_price {text:?} is not a decimal number"))?;
-    if price.is_sign_negative() && !price.is_zero() {
-        return Err(format!("unit_price must not be negative, got {text}"));
+    check_money("unit_price", price, MAX_UNIT_PRICE)
+}
+
+/// The rule every amount of money follows: not negative, at most two decimals (cents), at
+/// most `max` (what its column holds). Returns the amount with exactly two decimals.
+pub fn check_money(what: &str, amount: Decimal, max: Decimal) -> Result<Decimal, String> {
+    if amount.is_sign_negative() && !amount.is_zero() {
+        return Err(format!("{what} must not be negative, got {amount}"));
     }
-    if price.normalize().scale() > 2 {
-        return Err(format!(
-            "unit_price may have at most 2 decimals, got {text}"
-        ));
+    if amount.normalize().scale() > 2 {
+        return Err(format!("{what} may have at most 2 decimals, got {amount}"));
     }
-    if price > MAX_UNIT_PRICE {
-        return Err(format!(
-            "unit_price must be at most {MAX_UNIT_PRICE}, got {text}"
-        ));
+    if amount > max {
+        return Err(format!("{what} must be at most {max}, got {amount}"));
     }
-    Ok(price.round_dp(2))
+    Ok(amount.round_dp(2))
 }
 
 #[cfg(test)]

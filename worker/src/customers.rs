@@ -3,6 +3,7 @@
 use anyhow::{Context, ensure};
 use futures::future::try_join_all;
 use orders_activities::Shards;
+use orders_activities::order_input::{MAX_TOTAL, check_money};
 use orders_activities::routing;
 use orders_activities::store::customers::{self, NewCustomer};
 use orders_entities::customer;
@@ -16,11 +17,8 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
         "email {:?} is not an email address",
         new.email
     );
-    ensure!(
-        !new.credit_limit.is_sign_negative() && new.credit_limit.normalize().scale() <= 2,
-        "credit limit must be a non-negative amount with at most 2 decimals, got {}",
-        new.credit_limit
-    );
+    // credit_limit is NUMERIC(12,2), like an order total.
+    check_money("credit limit", new.credit_limit, MAX_TOTAL).map_err(anyhow::Error::msg)?;
     let shard = match new.id {
         Some(id) => shards.get(routing::shard_for_customer(id, shards.len())),
         None => least_loaded(shards).await?,
