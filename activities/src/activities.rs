@@ -22,6 +22,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use crate::failpoints;
 use crate::failure::Rejection;
 use crate::metrics::OrderMetrics;
+use crate::order_cache::OrderCache;
 use crate::order_input::ValidOrder;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::{credit, idempotency, orders};
@@ -78,15 +79,21 @@ pub struct StatusChange {
     pub to: OrderStatus,
 }
 
-/// The activities' shared state: a pool per shard and the metrics.
+/// The activities' shared state: a pool per shard, the metrics, and the order cache the
+/// activities keep honest by dropping the orders they change.
 pub struct OrderActivities {
     shards: Shards,
     metrics: Arc<OrderMetrics>,
+    cache: Arc<OrderCache>,
 }
 
 impl OrderActivities {
-    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>) -> Self {
-        Self { shards, metrics }
+    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>, cache: Arc<OrderCache>) -> Self {
+        Self {
+            shards,
+            metrics,
+            cache,
+        }
     }
 
     /// Starts timing `activity` on `shard`; the time is recorded when the guard drops.
@@ -162,7 +169,7 @@ impl OrderActivities {
             }
             .into_activity_error());
         }
-        let order_id = orders::create_with_items(&txn, shard.index, order)
+        let order_id = orders::create_with_items(&txn, order)
             .await
             .map_err(on(shard))?;
         let created = CreatedOrder {
@@ -204,12 +211,16 @@ impl OrderActivities {
             let deleted = orders::delete_with_items(&txn, created.order_id)
                 .await
                 .map_err(on(shard))?;
+            txn.commit().await.map_err(on(shard))?;
+            // After the commit: a read that starts now sees the order gone.
+            self.cache.invalidate(created.order_id).await;
             tracing::info!(
                 order_id = created.order_id,
                 shard = shard.index,
                 deleted,
                 "order deleted (compensation)"
             );
+            return Ok(());
         }
         txn.commit().await.map_err(on(shard))?;
         Ok(())
@@ -294,6 +305,7 @@ impl OrderActivities {
         )
         .await
         .map_err(on(shard))?;
+        self.cache.invalidate(created.order_id).await;
         match status {
             Some(OrderStatus::Confirmed) => Ok(PlacedOrder {
                 order_id: created.order_id,
@@ -323,6 +335,7 @@ impl OrderActivities {
         let status = orders::transition(&shard.conn, change.order_id, &change.from, change.to)
             .await
             .map_err(on(shard))?;
+        self.cache.invalidate(change.order_id).await;
         match status {
             Some(status) if status == change.to => {
                 tracing::info!(

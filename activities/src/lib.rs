@@ -6,12 +6,15 @@
 //! steps the workflows call), [`failure`] (how rejections travel back to clients).
 
 pub mod activities;
+pub mod cross_shard;
 pub mod failpoints;
 pub mod failure;
 pub mod lookup;
 pub mod metrics;
+pub mod order_cache;
 pub mod order_input;
 pub mod routing;
+pub mod shard_map;
 pub mod shards;
 pub mod store;
 

@@ -2,19 +2,18 @@
 
 use futures::future::join_all;
 
-use crate::routing;
 use crate::shards::{ShardError, Shards};
 use crate::store::orders::{self, OrderWithItems};
 
 /// The order with `order_id` and the shard holding it.
 ///
-/// The shard that allocated the id (its tag) is asked first, which is where the order
-/// lives unless it was moved; if it is not there, the other shards are asked concurrently.
+/// The shard the id's bucket maps to is asked first, which is where the order lives unless
+/// its bucket is being moved; if it is not there, the other shards are asked concurrently.
 pub async fn find_order(
     shards: &Shards,
     order_id: i64,
 ) -> Result<Option<(usize, OrderWithItems)>, ShardError> {
-    let home = shards.get(routing::allocating_shard(order_id, shards.len()));
+    let home = shards.for_order(order_id);
     if let Some(order) = orders::find_with_items(&home.conn, order_id)
         .await
         .map_err(|e| home.error(e))?

@@ -10,6 +10,7 @@
 //! | `orders_compensation_failed` | | orders left needing repair |
 //! | `orders_shard_call_duration` | `shard`, `activity` | time an activity spent on its shard |
 //! | `orders_shard_pool_connections` | `shard`, `state` (`in_use`, `idle`) | pool use |
+//! | `orders_cache_lookups` | `result` (`hit`, `miss`) | order cache lookups; hit ratio = hit / all |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub struct OrderMetrics {
     compensation_failed: Counter,
     shard_call: HistogramDuration,
     pool_connections: Gauge,
+    cache_lookups: Counter,
 }
 
 impl OrderMetrics {
@@ -62,6 +64,10 @@ impl OrderMetrics {
                     .name("orders_shard_pool_connections")
                     .description("Connections of each shard pool, by state")
                     .build(),
+            ),
+            cache_lookups: counter(
+                "orders_cache_lookups",
+                "Order cache lookups, by result (hit or miss)",
             ),
             meter,
         }
@@ -111,6 +117,13 @@ impl OrderMetrics {
                 ("activity", activity.to_owned()),
             ]),
         );
+    }
+
+    /// Records one order cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .add(1, &self.labels([("result", result.to_owned())]));
     }
 
     /// Records the current size of `shard`'s pool.

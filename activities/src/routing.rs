@@ -1,32 +1,32 @@
-//! Which shard owns a customer, and how ids stay unique across shards.
+//! Which bucket an id belongs to, and how ids stay unique across shards.
 //!
-//! Routing is the article's modulo scheme over the customer id's *tag*: the low bits of every
-//! id this project allocates name the shard that allocated it. Ids are
-//! `sequence_value * ID_STRIDE + tag`, so two shards can never hand out the same id, and an
-//! order id alone tells which shard created it.
+//! Every customer belongs to one of [`BUCKETS`] virtual buckets, and a versioned
+//! [`ShardMap`](crate::shard_map::ShardMap) says which shard owns each bucket. A customer's
+//! orders live in the customer's bucket, so they move with the customer when a bucket moves.
+//!
+//! The bucket is the id's remainder modulo [`BUCKETS`]. Ids this project allocates are
+//! `sequence_value * BUCKETS + bucket`, with the bucket chosen among those the writing shard
+//! owns, so an id names its bucket, and through the map its shard, with no lookup table.
+//! An order id carries its customer's bucket, so `orders get ID` finds the order by id alone.
+//! Externally chosen customer ids (sequential, as most systems issue them) spread evenly
+//! over the buckets by the same rule.
 
-/// Ids are spaced this far apart; the remainder is the allocating shard's tag.
-/// It bounds the number of shards a deployment can ever have.
-pub const ID_STRIDE: i64 = 1024;
+/// How many buckets there are. Fixed for the life of a deployment: it bounds the number of
+/// shards, and changing it would re-bucket every id.
+pub const BUCKETS: u16 = 1024;
 
-/// The shard (0-based) that owns `customer_id` among `shard_count` shards.
-///
-/// Customers created by `orders customer add` carry their shard in their tag, so they route
-/// back to where they were written. Externally chosen ids route by the same rule.
-pub fn shard_for_customer(customer_id: i64, shard_count: usize) -> usize {
-    assert!(shard_count > 0, "there must be at least one shard");
-    let tag = customer_id.rem_euclid(ID_STRIDE) as usize;
-    tag % shard_count
+/// Ids are spaced [`BUCKETS`] apart; the remainder is the bucket.
+pub const ID_STRIDE: i64 = BUCKETS as i64;
+
+/// The bucket of a customer id, or of an order id (which carries its customer's bucket).
+pub fn bucket_of(id: i64) -> u16 {
+    id.rem_euclid(ID_STRIDE) as u16
 }
 
-/// The shard that allocated `id` (see [`tagged_id`]).
-pub fn allocating_shard(id: i64, shard_count: usize) -> usize {
-    shard_for_customer(id, shard_count)
-}
-
-/// Builds the id whose sequence part is `sequence_value` and whose tag is `shard`.
-pub fn tagged_id(sequence_value: i64, shard: usize) -> i64 {
-    sequence_value * ID_STRIDE + shard as i64
+/// Builds the id whose sequence part is `sequence_value` and whose bucket is `bucket`.
+pub fn tagged_id(sequence_value: i64, bucket: u16) -> i64 {
+    debug_assert!(bucket < BUCKETS);
+    sequence_value * ID_STRIDE + i64::from(bucket)
 }
 
 #[cfg(test)]
@@ -34,35 +34,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_id_tagged_by_a_shard_routes_back_to_that_shard() {
-        for shard in 0..4 {
+    fn a_tagged_id_names_its_bucket() {
+        for bucket in [0, 1, 511, BUCKETS - 1] {
             for seq in [1, 2, 77, 1_000_000] {
-                assert_eq!(shard_for_customer(tagged_id(seq, shard), 4), shard);
+                assert_eq!(bucket_of(tagged_id(seq, bucket)), bucket);
             }
         }
     }
 
     #[test]
-    fn ids_allocated_by_different_shards_never_collide() {
+    fn ids_in_different_buckets_never_collide() {
         let mut seen = std::collections::HashSet::new();
-        for shard in 0..4 {
+        for bucket in 0..8 {
             for seq in 1..1000 {
-                assert!(seen.insert(tagged_id(seq, shard)));
+                assert!(seen.insert(tagged_id(seq, bucket)));
             }
         }
     }
 
     #[test]
-    fn external_ids_spread_evenly_over_the_shards() {
-        let mut per_shard = [0usize; 4];
-        for id in 1..=4000 {
-            per_shard[shard_for_customer(id, 4)] += 1;
+    fn sequential_external_ids_fill_every_bucket_equally() {
+        let mut per_bucket = vec![0usize; usize::from(BUCKETS)];
+        for id in 1..=i64::from(BUCKETS) * 10 {
+            per_bucket[usize::from(bucket_of(id))] += 1;
         }
-        assert_eq!(per_shard, [1000; 4]);
+        assert!(per_bucket.iter().all(|&n| n == 10));
     }
 
     #[test]
-    fn negative_ids_still_route_to_a_valid_shard() {
-        assert!(shard_for_customer(-5, 4) < 4);
+    fn negative_ids_still_land_in_a_bucket() {
+        assert!(bucket_of(-5) < BUCKETS);
     }
 }

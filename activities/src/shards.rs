@@ -1,9 +1,13 @@
-//! One connection pool per shard, and the errors that name the shard they came from.
+//! One connection pool per shard, the shard map that routes to them, and the errors that
+//! name the shard they came from.
 
+use futures::future::join_all;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::routing;
+use crate::shard_map::ShardMap;
+use crate::store;
 
 /// How each shard's pool is sized.
 #[derive(Debug, Clone, Copy)]
@@ -55,10 +59,40 @@ impl Shard {
     }
 }
 
-/// Every shard of the deployment, in `ORDERS_SHARDS` order.
+/// Every shard of the deployment, in `ORDERS_SHARDS` order, and the current shard map.
+/// Clones share the pools and the map.
 #[derive(Debug, Clone)]
 pub struct Shards {
     shards: Vec<Shard>,
+    map: Arc<RwLock<Arc<ShardMap>>>,
+}
+
+/// What [`Shards::refresh_map`] found.
+#[derive(Debug)]
+pub struct MapRefresh {
+    /// The version in use afterwards.
+    pub version: i32,
+    /// Whether that version is newer than the one in use before.
+    pub changed: bool,
+    /// Shards that could not be asked; the map came from the others.
+    pub unreachable: Vec<ShardError>,
+}
+
+/// Why the shard map could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("no shard is reachable to read the shard map from:\n  {}", list(.0))]
+    NoShardReachable(Vec<ShardError>),
+    #[error(transparent)]
+    Invalid(#[from] crate::shard_map::InvalidShardMap),
+}
+
+fn list(errors: &[ShardError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
 }
 
 impl Shards {
@@ -86,7 +120,8 @@ impl Shards {
                 })?;
             shards.push(Shard { index, url, conn });
         }
-        Ok(Self { shards })
+        let map = Arc::new(RwLock::new(Arc::new(ShardMap::initial(urls.len()))));
+        Ok(Self { shards, map })
     }
 
     /// How many shards there are.
@@ -109,9 +144,85 @@ impl Shards {
         self.shards.iter()
     }
 
-    /// The shard that owns `customer_id`.
+    /// The shard map in use. Until [`Self::refresh_map`] reads a stored one, this is
+    /// [`ShardMap::initial`], which is also what `orders migrate up` stores first.
+    pub fn map(&self) -> Arc<ShardMap> {
+        self.map.read().expect("shard map lock").clone()
+    }
+
+    /// The shard that owns `customer_id` under the current map.
     pub fn for_customer(&self, customer_id: i64) -> &Shard {
-        self.get(routing::shard_for_customer(customer_id, self.len()))
+        self.get(self.map().shard_for(customer_id))
+    }
+
+    /// The shard that holds `order_id`: its customer's, named by the bucket the id carries.
+    pub fn for_order(&self, order_id: i64) -> &Shard {
+        self.for_customer(order_id)
+    }
+
+    /// Adopts the highest map version any reachable shard holds, if it is newer than the
+    /// one in use. Fails only when no shard answers or the stored map does not fit the
+    /// configured shards.
+    pub async fn refresh_map(&self) -> Result<MapRefresh, MapError> {
+        let answers = join_all(self.shards.iter().map(|shard| async move {
+            store::shard_map::latest(&shard.conn)
+                .await
+                .map_err(|e| shard.error(e))
+        }))
+        .await;
+        let mut newest: Option<(i32, Vec<u16>)> = None;
+        let mut unreachable = Vec::new();
+        let mut answered = false;
+        for answer in answers {
+            match answer {
+                Ok(found) => {
+                    answered = true;
+                    if let Some(found) = found
+                        && newest.as_ref().is_none_or(|(v, _)| found.0 > *v)
+                    {
+                        newest = Some(found);
+                    }
+                }
+                Err(e) => unreachable.push(e),
+            }
+        }
+        if !answered {
+            return Err(MapError::NoShardReachable(unreachable));
+        }
+        let current = self.map();
+        let changed = match newest {
+            Some((version, owners)) if version > current.version() => {
+                let map = ShardMap::from_stored(version, owners, self.len())?;
+                tracing::info!(from = current.version(), to = version, "shard map updated");
+                *self.map.write().expect("shard map lock") = Arc::new(map);
+                true
+            }
+            _ => false,
+        };
+        Ok(MapRefresh {
+            version: self.map().version(),
+            changed,
+            unreachable,
+        })
+    }
+
+    /// Stores the map in use on every shard that lacks it (the initial map on a fresh
+    /// deployment). Run after migrating; safe to repeat.
+    pub async fn publish_map(&self) -> Result<i32, ShardError> {
+        let map = self.map();
+        for result in join_all(self.shards.iter().map(|shard| {
+            let map = map.clone();
+            async move {
+                store::shard_map::publish(&shard.conn, &map)
+                    .await
+                    .map_err(|e| shard.error(e))
+            }
+        }))
+        .await
+        {
+            result?;
+        }
+        Ok(map.version())
     }
 
     /// Closes every pool.

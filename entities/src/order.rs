@@ -14,6 +14,10 @@ pub struct Model {
     #[sea_orm(column_type = "Decimal(Some((12, 2)))")]
     pub total_amount: Decimal,
     pub notes: Option<String>,
+    /// The customer's name and email at order time, copied so cross-shard listings need no
+    /// join; kept current when the customer changes.
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

@@ -15,6 +15,9 @@ mod m20261125_000003_add_hot_path_indexes;
 mod m20261125_000004_add_order_notes;
 mod m20261125_000005_split_customer_name;
 mod m20261125_000006_create_saga_bookkeeping;
+mod m20261125_000007_create_shard_map;
+mod m20261125_000008_denormalise_customer_onto_orders;
+mod m20261125_000009_add_keyset_indexes;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -29,6 +32,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_add_order_notes::Migration),
             Box::new(m20261125_000005_split_customer_name::Migration),
             Box::new(m20261125_000006_create_saga_bookkeeping::Migration),
+            Box::new(m20261125_000007_create_shard_map::Migration),
+            Box::new(m20261125_000008_denormalise_customer_onto_orders::Migration),
+            Box::new(m20261125_000009_add_keyset_indexes::Migration),
         ]
     }
 }

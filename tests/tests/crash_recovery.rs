@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use orders_activities::routing::shard_for_customer;
 use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::{SHARD_COUNT, TestApp};
+use crate::helpers::TestApp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_after_restart() {
@@ -23,7 +22,7 @@ async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_af
         "the worker should have aborted at the failpoint; log: {}",
         app.worker_log().display()
     );
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
     assert_eq!(
         app.rows_on_shard(home).await.orders,
         1,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::helpers::TestApp;
 
-const MIGRATION_COUNT: usize = 6;
+const MIGRATION_COUNT: usize = 9;
+/// Migrations from the customer-name split (the 5th) on.
+const SINCE_NAME_SPLIT: usize = MIGRATION_COUNT - 4;
 
 async fn names(app: &TestApp, column_sql: &str) -> Vec<Vec<String>> {
     let mut all = Vec::new();
@@ -53,12 +55,14 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
     );
     let split_before = names(&app, "first_name || '|' || last_name").await;
 
-    // Roll back the bookkeeping tables and the name split: full names come back.
-    let versions = migrate::run(&app.shards, Plan::Down(2))
+    // Roll back everything from the name split on: full names come back.
+    let versions = migrate::run(&app.shards, Plan::Down(SINCE_NAME_SPLIT as u32))
         .await
-        .expect("down 2 works on every shard");
+        .expect("down works on every shard");
     assert!(
-        versions.iter().all(|v| v.applied == MIGRATION_COUNT - 2),
+        versions
+            .iter()
+            .all(|v| v.applied == MIGRATION_COUNT - SINCE_NAME_SPLIT),
         "{versions:?}"
     );
     let joined = names(&app, "name").await.concat();
@@ -97,6 +101,23 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
         (1, 1),
         "the order survived"
+    );
+    let home = app.shards.for_customer(customer);
+    let copied = home
+        .conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT customer_name || '|' || customer_email AS n FROM orders WHERE customer_id = $1",
+            [customer.into()],
+        ))
+        .await
+        .unwrap()
+        .expect("the order is on its customer's shard")
+        .try_get::<String>("", "n")
+        .unwrap();
+    assert_eq!(
+        copied, "Niklaus Wirth|niklaus@example.com",
+        "up backfills the customer's name and email onto the order"
     );
 }
 

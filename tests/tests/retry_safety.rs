@@ -77,9 +77,7 @@ async fn a_status_change_racing_its_own_earlier_attempt_reports_the_committed_st
     let shard = app.shards.for_customer(customer).clone();
     let order = ValidOrder::from_json(&json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "5.00"}]})).unwrap();
     let txn = shard.conn.begin().await.unwrap();
-    let order_id = orders::create_with_items(&txn, shard.index, &order)
-        .await
-        .unwrap();
+    let order_id = orders::create_with_items(&txn, &order).await.unwrap();
     txn.commit().await.unwrap();
 
     // The first ConfirmOrder attempt has moved the order but not committed yet…

@@ -1,6 +1,5 @@
 //! PlaceOrder end to end: the happy path and the declined payment with its compensation.
 
-use orders_activities::routing::shard_for_customer;
 use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -11,7 +10,7 @@ use crate::helpers::{SHARD_COUNT, ShardRows, TestApp, expect_failure};
 async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_reserved() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Ada Lovelace", "500.00").await;
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
 
     let outcome = app
         .place_order(json!({
@@ -84,7 +83,7 @@ async fn a_declined_payment_fails_the_order_deletes_it_and_gives_the_credit_back
         message.contains("21.00") && message.contains("20.00"),
         "the message gives total and available credit: {message}"
     );
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
     let rows = app.rows_on_shard(home).await;
     assert_eq!(
         (rows.orders, rows.items, rows.held_credit),
@@ -103,7 +102,7 @@ async fn a_cancelled_order_runs_its_compensations_and_leaves_nothing() {
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some("reserve_credit.before=sleep:3000"));
     let customer = app.add_customer("Grace Hopper", "100.00").await;
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
     let workflow_id = app
         .start_order(json!({"customer_id": customer, "items": [{"product_id": 3, "quantity": 1, "unit_price": "10.00"}]}))
         .await;
@@ -149,7 +148,7 @@ async fn a_compensation_that_keeps_failing_fails_the_order_loudly_instead_of_dro
     // after about two minutes.
     app.start_worker(Some("delete_order.before=fail"));
     let customer = app.add_customer("Tony Hoare", "5.00").await;
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
 
     let workflow_id = app
         .start_order(json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 1, "unit_price": "9.00"}]}))

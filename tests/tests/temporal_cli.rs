@@ -2,11 +2,10 @@
 
 use std::process::Command;
 
-use orders_activities::routing::shard_for_customer;
 use orders_worker::local::temporal::temporal_cli;
 use serde_json::json;
 
-use crate::helpers::{SHARD_COUNT, TestApp};
+use crate::helpers::TestApp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
@@ -55,7 +54,7 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
         serde_json::from_slice(&output.stdout).expect("the CLI prints JSON");
     let result = &printed["result"];
     assert_eq!(result["customer_id"], customer);
-    assert_eq!(result["shard"], shard_for_customer(customer, SHARD_COUNT));
+    assert_eq!(result["shard"], app.shards.for_customer(customer).index);
     assert_eq!(result["status"], "confirmed");
     assert_eq!(result["total_amount"], "7.50");
     assert!(

@@ -3,14 +3,13 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orders_activities::routing::shard_for_customer;
 use orders_worker::local::temporal::temporal_cli;
 use orders_workflows::PlaceOrderWorkflow;
 use orders_workflows::progress::{Progress, Stage};
 use serde_json::json;
 use temporalio_client::WorkflowQueryOptions;
 
-use crate::helpers::{SHARD_COUNT, TestApp};
+use crate::helpers::TestApp;
 
 fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
     let output = Command::new(temporal_cli().unwrap())
@@ -68,10 +67,10 @@ async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progre
     assert_eq!(progress.order_id, Some(placed.order_id));
     assert_eq!(
         progress.shard,
-        Some(shard_for_customer(customer, SHARD_COUNT))
+        Some(app.shards.for_customer(customer).index)
     );
 
-    let home = shard_for_customer(customer, SHARD_COUNT);
+    let home = app.shards.for_customer(customer).index;
     let query = format!(
         "WorkflowType = 'PlaceOrder' AND CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {home} AND Consistency = 'saga' AND TaskQueue = '{}'",
         app.task_queue

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use orders_activities::Shards;
+use orders_activities::order_cache::CacheSettings;
 use orders_activities::shards::PoolSettings;
 
 /// Where Temporal is and which task queue the order workflows use.
@@ -49,6 +50,13 @@ pub struct ShardSettings {
         default_value_t = 5
     )]
     pub connect_timeout_secs: u64,
+    /// Seconds between the worker's reads of the shard map (see README, "Routing").
+    #[arg(
+        long = "shard-map-refresh",
+        env = "ORDERS_SHARD_MAP_REFRESH_SECS",
+        default_value_t = 30
+    )]
+    pub map_refresh_secs: u64,
 }
 
 impl ShardSettings {
@@ -61,13 +69,72 @@ impl ShardSettings {
         }
     }
 
-    /// Lazily connected pools, one per shard.
+    /// Lazily connected pools, one per shard, routing by the newest stored shard map.
     pub async fn connect(&self) -> anyhow::Result<Shards> {
-        let pool = PoolSettings {
+        let shards = self.connect_without_map().await?;
+        let refresh = shards.refresh_map().await?;
+        for unreachable in &refresh.unreachable {
+            tracing::warn!(error = %unreachable, "shard unreachable while reading the shard map");
+        }
+        Ok(shards)
+    }
+
+    /// Lazily connected pools routing by the initial map, for commands that must work before
+    /// any map is stored (migrations) or while shards are down (the shard report).
+    pub async fn connect_without_map(&self) -> anyhow::Result<Shards> {
+        Ok(Shards::connect_lazy(&self.urls(), self.pool()).await?)
+    }
+
+    /// How often the worker re-reads the shard map.
+    pub fn map_refresh(&self) -> Duration {
+        Duration::from_secs(self.map_refresh_secs.max(1))
+    }
+
+    fn pool(&self) -> PoolSettings {
+        PoolSettings {
             max_connections: self.pool_size,
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
-        };
-        Ok(Shards::connect_lazy(&self.urls(), pool).await?)
+        }
+    }
+}
+
+/// The worker's HTTP read API and the order cache behind it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReadApiSettings {
+    /// Address of the read API (`/orders/{id}`, `/orders`, ...); `off` disables it.
+    #[arg(
+        long = "api-addr",
+        env = "ORDERS_API_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub addr: String,
+    /// Orders the cache holds at most.
+    #[arg(
+        long = "cache-capacity",
+        env = "ORDERS_CACHE_CAPACITY",
+        default_value_t = 10_000
+    )]
+    pub cache_capacity: u64,
+    /// Seconds a cached order lives; the most a read can lag another worker's write.
+    #[arg(
+        long = "cache-ttl",
+        env = "ORDERS_CACHE_TTL_SECS",
+        default_value_t = 30
+    )]
+    pub cache_ttl_secs: u64,
+}
+
+impl ReadApiSettings {
+    /// The socket address, or `None` when the API is off.
+    pub fn socket_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        parse_addr("ORDERS_API_ADDR", &self.addr)
+    }
+
+    pub fn cache(&self) -> CacheSettings {
+        CacheSettings {
+            capacity: self.cache_capacity,
+            ttl: Duration::from_secs(self.cache_ttl_secs),
+        }
     }
 }
 
@@ -86,12 +153,17 @@ pub struct MetricsSettings {
 impl MetricsSettings {
     /// The socket address, or `None` when metrics are off.
     pub fn socket_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
-        if self.addr == "off" {
-            return Ok(None);
-        }
-        let addr = self.addr.parse().map_err(|e| {
-            anyhow::anyhow!("ORDERS_METRICS_ADDR {:?} is not host:port: {e}", self.addr)
-        })?;
-        Ok(Some(addr))
+        parse_addr("ORDERS_METRICS_ADDR", &self.addr)
     }
+}
+
+/// `host:port`, or `None` for `off`.
+fn parse_addr(variable: &str, addr: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let parsed = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{variable} {addr:?} is not host:port or off: {e}"))?;
+    Ok(Some(parsed))
 }

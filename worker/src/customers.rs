@@ -4,7 +4,6 @@ use anyhow::{Context, ensure};
 use futures::future::try_join_all;
 use orders_activities::Shards;
 use orders_activities::order_input::{MAX_TOTAL, check_money};
-use orders_activities::routing;
 use orders_activities::store::customers::{self, NewCustomer};
 use orders_entities::customer;
 
@@ -20,10 +19,10 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
     // credit_limit is NUMERIC(12,2), like an order total.
     check_money("credit limit", new.credit_limit, MAX_TOTAL).map_err(anyhow::Error::msg)?;
     let shard = match new.id {
-        Some(id) => shards.get(routing::shard_for_customer(id, shards.len())),
+        Some(id) => shards.for_customer(id),
         None => least_loaded(shards).await?,
     };
-    customers::insert(&shard.conn, shard.index, &new)
+    customers::insert(&shard.conn, &shards.map().buckets_of(shard.index), &new)
         .await
         .map_err(|e| shard.error(e))
         .context("failed to add the customer")
@@ -42,4 +41,45 @@ async fn least_loaded(shards: &Shards) -> anyhow::Result<&orders_activities::sha
         .min_by_key(|(n, shard)| (*n, shard.index))
         .map(|(_, s)| s)
         .expect("at least one shard"))
+}
+
+/// Changes `id`'s name and/or email (and the copies on their orders) and returns the
+/// customer as it is now.
+pub async fn update(
+    shards: &Shards,
+    id: i64,
+    name: Option<&str>,
+    email: Option<&str>,
+) -> anyhow::Result<customer::Model> {
+    ensure!(
+        name.is_some() || email.is_some(),
+        "nothing to change: pass --name and/or --email"
+    );
+    let shard = shards.for_customer(id);
+    let Some(current) = customers::find(&shard.conn, id)
+        .await
+        .map_err(|e| shard.error(e))?
+    else {
+        anyhow::bail!(
+            "customer {id} does not exist (it would live on shard {})",
+            shard.index
+        );
+    };
+    let (first_name, last_name) = match name {
+        Some(name) => NewCustomer::split_name(name),
+        None => (current.first_name.clone(), current.last_name.clone()),
+    };
+    ensure!(!first_name.is_empty(), "a customer needs a name");
+    let email = email.unwrap_or(&current.email);
+    ensure!(
+        email.contains('@'),
+        "email {email:?} is not an email address"
+    );
+    customers::update_contact(&shard.conn, id, &first_name, &last_name, email)
+        .await
+        .map_err(|e| shard.error(e))?;
+    customers::find(&shard.conn, id)
+        .await
+        .map_err(|e| shard.error(e))?
+        .context("the customer vanished during the update")
 }

@@ -90,7 +90,7 @@ impl DevStack {
 pub async fn run(
     state_dir: PathBuf,
     temporal_settings: TemporalSettings,
-    metrics_addr: Option<std::net::SocketAddr>,
+    serving: crate::worker::Serving,
 ) -> anyhow::Result<()> {
     let stack = DevStack::start(state_dir).await?;
     let settings = TemporalSettings {
@@ -114,14 +114,14 @@ pub async fn run(
         client.clone(),
         &settings.task_queue,
         shards.clone(),
-        metrics_addr,
+        serving,
         async {
             let _ = stop_rx.await;
         },
     );
     let demo = async {
         place_sample_orders(&client, &settings.task_queue).await?;
-        print_where_to_look(&stack, &urls, &settings, metrics_addr);
+        print_where_to_look(&stack, &urls, &settings, serving);
         crate::worker::shutdown_signal().await;
         eprintln!("\n▶ stopping the worker, then the services this command started");
         anyhow::Ok(())
@@ -213,7 +213,7 @@ fn print_where_to_look(
     stack: &DevStack,
     urls: &[String],
     settings: &TemporalSettings,
-    metrics_addr: Option<std::net::SocketAddr>,
+    serving: crate::worker::Serving,
 ) {
     let ui = stack
         .temporal
@@ -231,10 +231,14 @@ fn print_where_to_look(
     for (i, url) in urls.iter().enumerate() {
         eprintln!("  shard {i}         : {url}");
     }
-    if let Some(addr) = metrics_addr {
+    if let Some(addr) = serving.metrics_addr {
         eprintln!("  metrics         : http://{addr}/metrics");
     }
+    if let Some(addr) = serving.api_addr {
+        eprintln!("  read API        : http://{addr}/orders  (and /orders/ID, /orders/counts)");
+    }
     eprintln!("  try             : orders submit --customer 1 --item 7:1:19.99 --wait");
+    eprintln!("                    orders shards; orders list; orders explain");
     eprintln!(
         "                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'"
     );

@@ -2,12 +2,15 @@
 //! the Temporal worker and the client-side commands. `main.rs` only parses the command line
 //! and calls into here; the integration tests use the same functions.
 
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod customers;
 pub mod dev;
+pub mod explain;
 pub mod history_json;
 pub mod local;
 pub mod migrate;
 pub mod replay;
+pub mod shard_report;
 pub mod worker;

@@ -6,10 +6,11 @@ use rust_decimal::Decimal;
 use sea_orm::ActiveEnum;
 use std::path::PathBuf;
 
+use orders_activities::cross_shard;
 use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
-use orders_worker::config::{MetricsSettings, ShardSettings, TemporalSettings};
-use orders_worker::{customers, dev, migrate, worker};
+use orders_worker::config::{MetricsSettings, ReadApiSettings, ShardSettings, TemporalSettings};
+use orders_worker::{customers, dev, explain, migrate, shard_report, worker};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,8 @@ enum Command {
         temporal: TemporalSettings,
         #[command(flatten)]
         metrics: MetricsSettings,
+        #[command(flatten)]
+        api: ReadApiSettings,
     },
     /// Run the worker against the configured Temporal and shards until Ctrl-C or SIGTERM.
     Worker {
@@ -57,6 +60,8 @@ enum Command {
         shards: ShardSettings,
         #[command(flatten)]
         metrics: MetricsSettings,
+        #[command(flatten)]
+        api: ReadApiSettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {
@@ -110,6 +115,47 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Each shard: URL, reachable, migration, buckets, orders, customers, connections.
+    Shards {
+        #[command(subcommand)]
+        command: Option<ShardsCommand>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// List orders newest first, from every shard (or one customer's), a page at a time.
+    List {
+        /// Only this customer's orders (read from their shard alone).
+        #[arg(long)]
+        customer: Option<i64>,
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// The `next_cursor` a previous page printed.
+        #[arg(long, conflicts_with = "offset")]
+        cursor: Option<String>,
+        /// OFFSET pagination, as the article does it (slower at depth; for comparison).
+        #[arg(long, conflicts_with = "customer")]
+        offset: Option<u64>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Count orders by status across every shard; exits 1 if a shard did not answer.
+    Counts {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// EXPLAIN (ANALYZE, BUFFERS) every hot query on every shard and print the plans.
+    Explain {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
     /// Show an order and its items, found by id alone.
     Get {
         order_id: i64,
@@ -131,7 +177,27 @@ enum MigratePlan {
 }
 
 #[derive(Subcommand)]
+enum ShardsCommand {
+    /// Show which buckets growing the shard map to N shards would move (changes nothing).
+    Plan {
+        #[arg(long)]
+        to: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum CustomerCommand {
+    /// Change a customer's name or email, and the copies on their orders, atomically.
+    Update {
+        id: i64,
+        /// Full name; split at the first space into first and last name.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
     /// Create a customer and print its id.
     Add {
         /// Full name; split at the first space into first and last name.
@@ -160,19 +226,35 @@ async fn main() -> anyhow::Result<()> {
             state_dir,
             temporal,
             metrics,
-        } => dev::run(state_dir, temporal, metrics.socket_addr()?).await,
+            api,
+        } => {
+            let serving = worker::Serving {
+                metrics_addr: metrics.socket_addr()?,
+                api_addr: api.socket_addr()?,
+                cache: api.cache(),
+                map_refresh: std::time::Duration::from_secs(30),
+            };
+            dev::run(state_dir, temporal, serving).await
+        }
         Command::Worker {
             temporal,
             shards,
             metrics,
+            api,
         } => {
             let client = client::connect(&temporal).await?;
+            let serving = worker::Serving {
+                metrics_addr: metrics.socket_addr()?,
+                api_addr: api.socket_addr()?,
+                cache: api.cache(),
+                map_refresh: shards.map_refresh(),
+            };
             let shards = shards.connect().await?;
             worker::run(
                 client,
                 &temporal.task_queue,
                 shards,
-                metrics.socket_addr()?,
+                serving,
                 worker::shutdown_signal(),
             )
             .await
@@ -183,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 MigratePlan::Down { steps } => migrate::Plan::Down(steps.unwrap_or(1)),
                 MigratePlan::Status => migrate::Plan::Status,
             };
-            let shards = shards.connect().await?;
+            let shards = shards.connect_without_map().await?;
             let versions = migrate::run(&shards, plan).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&versions)?);
@@ -229,6 +311,136 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&customer)?);
             } else {
                 println!("{}", customer.id);
+            }
+            Ok(())
+        }
+        Command::Customer {
+            command:
+                CustomerCommand::Update {
+                    id,
+                    name,
+                    email,
+                    shards,
+                },
+        } => {
+            let shards = shards.connect().await?;
+            let customer =
+                customers::update(&shards, id, name.as_deref(), email.as_deref()).await?;
+            println!(
+                "customer {} is now {} {} <{}>; their orders carry the same",
+                customer.id, customer.first_name, customer.last_name, customer.email
+            );
+            Ok(())
+        }
+        Command::Shards {
+            command,
+            json,
+            shards: settings,
+        } => {
+            let shards = settings.connect_without_map().await?;
+            if let Err(e) = shards.refresh_map().await {
+                tracing::warn!(error = %e, "showing the initial shard map");
+            }
+            match command {
+                Some(ShardsCommand::Plan { to }) => {
+                    let plan = shard_report::growth_plan(&shards.map(), to)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&plan)?);
+                    } else {
+                        shard_report::print_plan(&plan);
+                    }
+                    Ok(())
+                }
+                None => {
+                    let reports = shard_report::report(&shards, settings.pool_size).await;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&reports)?);
+                    } else {
+                        shard_report::print_reports(shards.map().version(), &reports);
+                    }
+                    if reports.iter().any(|r| !r.reachable) {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::List {
+            customer,
+            limit,
+            cursor,
+            offset,
+            json,
+            shards,
+        } => {
+            let shards = shards.connect().await?;
+            let page = match (customer, offset) {
+                (Some(customer), _) => {
+                    cross_shard::customer_orders_page(&shards, customer, cursor.as_deref(), limit)
+                        .await?
+                }
+                (None, Some(offset)) => cross_shard::OrderPage {
+                    orders: cross_shard::orders_page_at_offset(&shards, offset, limit).await?,
+                    next_cursor: None,
+                },
+                (None, None) => cross_shard::orders_page(&shards, cursor.as_deref(), limit).await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(());
+            }
+            for listed in &page.orders {
+                let o = &listed.order;
+                println!(
+                    "{:>12}  shard {}  {}  customer {} ({})  {:<9}  {:>10}",
+                    o.id,
+                    listed.shard,
+                    o.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    o.customer_id,
+                    o.customer_name.as_deref().unwrap_or("?"),
+                    o.status.to_value(),
+                    o.total_amount
+                );
+            }
+            match &page.next_cursor {
+                Some(next) => println!("next page: --cursor {next}"),
+                None => println!("(last page)"),
+            }
+            Ok(())
+        }
+        Command::Counts { json, shards } => {
+            let shards = shards.connect().await?;
+            let counts = cross_shard::count_by_status(&shards).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counts)?);
+            } else {
+                for (status, n) in &counts.by_status {
+                    println!("{status:<10} {n:>10}");
+                }
+                println!("{:<10} {:>10}", "total", counts.total);
+            }
+            if !counts.is_complete() {
+                for missing in &counts.missing_shards {
+                    eprintln!("missing shard {}: {}", missing.shard, missing.error);
+                }
+                anyhow::bail!(
+                    "counts are incomplete: {} of {} shards did not answer (their orders are not included)",
+                    counts.missing_shards.len(),
+                    shards.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Explain { json, shards } => {
+            let shards = shards.connect().await?;
+            let plans = explain::explain_all(&shards).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plans)?);
+            } else {
+                explain::print(&plans);
+            }
+            if let Some(failed) = plans.iter().find(|p| p.error.is_some()) {
+                anyhow::bail!("{}", failed.error.as_deref().unwrap_or_default());
             }
             Ok(())
         }

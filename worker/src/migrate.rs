@@ -76,7 +76,20 @@ pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion
             failures.join("\n  ")
         );
     }
+    if matches!(plan, Plan::Up(None)) {
+        // A fresh deployment gets its first shard map; a shard that missed a version gets it.
+        shards.refresh_map().await?;
+        let version = shards.publish_map().await?;
+        tracing::info!(version, "shard map stored on every shard");
+    }
     Ok(versions)
+}
+
+/// The newest migration applied on this shard, if any.
+pub async fn newest_applied(
+    conn: &sea_orm::DatabaseConnection,
+) -> Result<Option<String>, sea_orm::DbErr> {
+    Ok(version(conn).await?.0)
 }
 
 async fn version(

@@ -1,5 +1,5 @@
 //! The Temporal worker: PlaceOrder and the order activities on one task queue, with the
-//! SDK's metrics and ours served for Prometheus.
+//! SDK's metrics and ours served for Prometheus, and the read API over the order cache.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orders_activities::metrics::OrderMetrics;
+use orders_activities::order_cache::{CacheSettings, OrderCache};
 use orders_activities::{OrderActivities, Shards};
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::Client;
@@ -17,16 +18,27 @@ use temporalio_common::telemetry::{
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
+/// What the worker serves besides its task queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// Prometheus metrics at `http://<addr>/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The read API (see [`crate::api`]).
+    pub api_addr: Option<SocketAddr>,
+    pub cache: CacheSettings,
+    /// How often to re-read the shard map.
+    pub map_refresh: Duration,
+}
+
 /// Runs the worker until `shutdown` resolves, then drains in-flight tasks and returns.
-/// With `metrics_addr`, serves Prometheus metrics at `http://<addr>/metrics`.
 pub async fn run(
     client: Client,
     task_queue: &str,
     shards: Shards,
-    metrics_addr: Option<SocketAddr>,
+    serving: Serving,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let meter: Option<Arc<dyn CoreMeter>> = match metrics_addr {
+    let meter: Option<Arc<dyn CoreMeter>> = match serving.metrics_addr {
         Some(addr) => {
             let server = start_prometheus_metric_exporter(
                 PrometheusExporterOptions::builder()
@@ -59,9 +71,23 @@ pub async fn run(
     );
     orders_workflows::outcomes::install(metrics.clone());
     let pool_gauges = tokio::spawn(report_pool_use(shards.clone(), metrics.clone()));
+    let map_refresh = tokio::spawn(refresh_shard_map(shards.clone(), serving.map_refresh));
+    let cache = Arc::new(OrderCache::new(serving.cache, metrics.clone()));
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = match serving.api_addr {
+        Some(addr) => Some(tokio::spawn(crate::api::serve(
+            addr,
+            shards.clone(),
+            cache.clone(),
+            async move {
+                let _ = api_stopped.await;
+            },
+        ))),
+        None => None,
+    };
 
     let options = WorkerOptions::new(task_queue)
-        .register_activities(OrderActivities::new(shards, metrics))
+        .register_activities(OrderActivities::new(shards, metrics, cache))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .build();
@@ -80,7 +106,24 @@ pub async fn run(
         }
     };
     pool_gauges.abort();
+    map_refresh.abort();
+    let _ = api_stop.send(());
+    if let Some(api) = api {
+        api.await.context("read API panicked")??;
+    }
     result.context("worker stopped with an error")
+}
+
+/// Adopts newer shard map versions as they are stored.
+async fn refresh_shard_map(shards: Shards, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = shards.refresh_map().await {
+            tracing::warn!(error = %e, "could not refresh the shard map; routing by the last one read");
+        }
+    }
 }
 
 /// Samples every shard pool's size every two seconds.

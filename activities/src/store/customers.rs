@@ -3,8 +3,8 @@
 use orders_entities::customer;
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, Set,
-    Statement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, Set, Statement, TransactionTrait,
 };
 
 use crate::routing;
@@ -31,11 +31,12 @@ impl NewCustomer {
     }
 }
 
-/// Inserts `new` on shard `shard`, allocating a shard-tagged id unless one was given.
-#[tracing::instrument(skip_all, fields(shard))]
+/// Inserts `new` on this shard. Unless an id was given, allocates one in a bucket this shard
+/// owns (`owned_buckets`, from the shard map), taking the buckets in turn so they fill evenly.
+#[tracing::instrument(skip_all)]
 pub async fn insert(
     conn: &impl ConnectionTrait,
-    shard: usize,
+    owned_buckets: &[u16],
     new: &NewCustomer,
 ) -> Result<customer::Model, DbErr> {
     let id = match new.id {
@@ -49,7 +50,13 @@ pub async fn insert(
                 .await?
                 .ok_or_else(|| DbErr::Custom("nextval returned no row".into()))?
                 .try_get("", "seq")?;
-            routing::tagged_id(seq, shard)
+            if owned_buckets.is_empty() {
+                return Err(DbErr::Custom(
+                    "this shard owns no buckets to allocate ids in".into(),
+                ));
+            }
+            let bucket = owned_buckets[seq.rem_euclid(owned_buckets.len() as i64) as usize];
+            routing::tagged_id(seq, bucket)
         }
     };
     customer::ActiveModel {
@@ -62,6 +69,51 @@ pub async fn insert(
     }
     .insert(conn)
     .await
+}
+
+/// Changes a customer's name and email, and the copies on their orders, in one transaction:
+/// a customer and their orders share a shard, so the copies never disagree with the customer
+/// once it commits. Returns whether the customer exists.
+#[tracing::instrument(skip_all, fields(customer_id))]
+pub async fn update_contact(
+    conn: &DatabaseConnection,
+    customer_id: i64,
+    first_name: &str,
+    last_name: &str,
+    email: &str,
+) -> Result<bool, DbErr> {
+    let txn = conn.begin().await?;
+    let updated = txn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE customers SET first_name = $2, last_name = $3, email = $4, updated_at = now()
+             WHERE id = $1",
+            [
+                customer_id.into(),
+                first_name.into(),
+                last_name.into(),
+                email.into(),
+            ],
+        ))
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE orders SET customer_name = btrim($2 || ' ' || $3), customer_email = $4
+         WHERE customer_id = $1",
+        [
+            customer_id.into(),
+            first_name.into(),
+            last_name.into(),
+            email.into(),
+        ],
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(true)
 }
 
 /// The customer with `id`, if this shard has it.

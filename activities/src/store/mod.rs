@@ -5,4 +5,6 @@
 pub mod credit;
 pub mod customers;
 pub mod idempotency;
+pub mod listing;
 pub mod orders;
+pub mod shard_map;

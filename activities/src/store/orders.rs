@@ -7,15 +7,16 @@ use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, Statement, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::order_input::ValidOrder;
-use crate::routing::ID_STRIDE;
+use crate::routing::{ID_STRIDE, bucket_of};
 
 /// Creates the order (status `pending`) and all its items in one statement: the article's
 /// `CreateOrderWithItems`, a data-modifying CTE feeding `unnest`ed arrays into `order_items`.
-/// The id is shard-tagged (see [`crate::routing`]). Returns the new order id.
-#[tracing::instrument(skip_all, fields(shard, customer_id = order.customer_id))]
+/// The id carries the customer's bucket (see [`crate::routing`]), and the customer's name
+/// and email are copied onto the order. Returns the new order id; fails if the customer is
+/// not on this shard.
+#[tracing::instrument(skip_all, fields(customer_id = order.customer_id))]
 pub async fn create_with_items(
     txn: &impl ConnectionTrait,
-    shard: usize,
     order: &ValidOrder,
 ) -> Result<i64, DbErr> {
     let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
@@ -25,8 +26,12 @@ pub async fn create_with_items(
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "WITH new_order AS (
-                 INSERT INTO orders (id, customer_id, status, total_amount, notes)
-                 VALUES (nextval('order_id_seq') * $1 + $2, $3, 'pending', $4, $5)
+                 INSERT INTO orders (id, customer_id, status, total_amount, notes,
+                                     customer_name, customer_email)
+                 SELECT nextval('order_id_seq') * $1 + $2, c.id, 'pending', $4, $5,
+                        btrim(c.first_name || ' ' || c.last_name), c.email
+                 FROM customers c
+                 WHERE c.id = $3
                  RETURNING id
              ), new_items AS (
                  INSERT INTO order_items (order_id, product_id, quantity, price)
@@ -38,7 +43,7 @@ pub async fn create_with_items(
              SELECT id FROM new_order",
             [
                 ID_STRIDE.into(),
-                (shard as i64).into(),
+                i64::from(bucket_of(order.customer_id)).into(),
                 order.customer_id.into(),
                 order.total().into(),
                 order.notes.clone().into(),
@@ -48,7 +53,12 @@ pub async fn create_with_items(
             ],
         ))
         .await?
-        .ok_or_else(|| DbErr::Custom("order insert returned no id".into()))?;
+        .ok_or_else(|| {
+            DbErr::RecordNotFound(format!(
+                "customer {} is not on this shard",
+                order.customer_id
+            ))
+        })?;
     row.try_get("", "id")
 }
 
@@ -118,6 +128,10 @@ pub async fn transition(
 pub struct OrderWithItems {
     pub id: i64,
     pub customer_id: i64,
+    /// Copied from the customer when the order was created (kept current by
+    /// [`super::customers::update_contact`]).
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
     pub status: OrderStatus,
     pub total_amount: Decimal,
     pub notes: Option<String>,
@@ -135,19 +149,12 @@ pub struct ItemView {
     pub price: Decimal,
 }
 
-/// The article's `GetOrderWithItems`: the order and its items in one round trip, the items
-/// aggregated with `json_agg`. Money travels as text so no digit is lost to floating point.
-#[tracing::instrument(skip_all, fields(order_id))]
-pub async fn find_with_items(
-    conn: &impl ConnectionTrait,
-    order_id: i64,
-) -> Result<Option<OrderWithItems>, DbErr> {
-    let row = conn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT json_build_object(
+/// The SQL of [`find_with_items`] ($1 = order id).
+pub const FIND_WITH_ITEMS: &str = "SELECT json_build_object(
                  'id', o.id,
                  'customer_id', o.customer_id,
+                 'customer_name', o.customer_name,
+                 'customer_email', o.customer_email,
                  'status', o.status,
                  'total_amount', o.total_amount::text,
                  'notes', o.notes,
@@ -165,7 +172,19 @@ pub async fn find_with_items(
              FROM orders o
              LEFT JOIN order_items oi ON oi.order_id = o.id
              WHERE o.id = $1
-             GROUP BY o.id",
+             GROUP BY o.id";
+
+/// The article's `GetOrderWithItems`: the order and its items in one round trip, the items
+/// aggregated with `json_agg`. Money travels as text so no digit is lost to floating point.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn find_with_items(
+    conn: &impl ConnectionTrait,
+    order_id: i64,
+) -> Result<Option<OrderWithItems>, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            FIND_WITH_ITEMS,
             [order_id.into()],
         ))
         .await?;

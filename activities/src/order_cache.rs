@@ -1,0 +1,115 @@
+//! A bounded, time-limited cache of orders with their items, for the worker's read API.
+//!
+//! Entries expire `ttl` after they were loaded and the least-used are evicted beyond
+//! `capacity` (moka's TinyLFU). This worker drops an order's entry whenever one of its own
+//! activities changes or deletes that order, so its readers see its writes at once. Writes
+//! made by *other* workers are not seen until the entry expires: with several workers, a read
+//! can be up to `ttl` stale (see README, "Order cache").
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde::Serialize;
+
+use crate::lookup;
+use crate::metrics::OrderMetrics;
+use crate::shards::{ShardError, Shards};
+use crate::store::orders::OrderWithItems;
+
+/// How big the cache may grow and how long an entry lives.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    pub capacity: u64,
+    pub ttl: Duration,
+}
+
+/// An order found by id, with the shard it lives on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FoundOrder {
+    pub shard: usize,
+    pub order: OrderWithItems,
+}
+
+/// Hit and miss counts since the worker started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+    pub hit_ratio: f64,
+}
+
+/// Orders by id, read through from the shards.
+pub struct OrderCache {
+    entries: Cache<i64, Arc<FoundOrder>>,
+    /// Bumped by every invalidation; a load that overlapped one is returned but not cached,
+    /// so a read that raced a write cannot put the old row back after the write dropped it.
+    generation: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    metrics: Arc<OrderMetrics>,
+}
+
+impl OrderCache {
+    pub fn new(settings: CacheSettings, metrics: Arc<OrderMetrics>) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(settings.capacity)
+                .time_to_live(settings.ttl)
+                .build(),
+            generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The order with `order_id`, from the cache or else from its shard. Absent orders are
+    /// not cached, so an order is visible as soon as it is created.
+    pub async fn get(
+        &self,
+        shards: &Shards,
+        order_id: i64,
+    ) -> Result<Option<Arc<FoundOrder>>, ShardError> {
+        if let Some(found) = self.entries.get(&order_id).await {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_lookup(true);
+            return Ok(Some(found));
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_lookup(false);
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some((shard, order)) = lookup::find_order(shards, order_id).await? else {
+            return Ok(None);
+        };
+        let found = Arc::new(FoundOrder { shard, order });
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.entries.insert(order_id, found.clone()).await;
+        }
+        Ok(Some(found))
+    }
+
+    /// Drops `order_id`'s entry; call after changing or deleting the order.
+    pub async fn invalidate(&self, order_id: i64) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate(&order_id).await;
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let hits = self.hits.load(Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        let lookups = hits + misses;
+        CacheStats {
+            hits,
+            misses,
+            entries: self.entries.entry_count(),
+            hit_ratio: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The versioned map from buckets to shards.
+//!
+//! Routing a customer is two steps: id → bucket ([`crate::routing::bucket_of`], fixed
+//! forever) and bucket → shard (this map, which changes only when buckets are moved). Growing
+//! from N to N+1 shards hands the new shard its fair share of buckets, taken from the fullest
+//! shards, so about 1/(N+1) of the customers move instead of the N/(N+1) that
+//! `customer_id % shard_count` would move.
+//!
+//! Each version is stored on every shard (table `shard_map`, see
+//! [`crate::store::shard_map`]); a worker reads the highest version any reachable shard holds
+//! at start and again every `ORDERS_SHARD_MAP_REFRESH_SECS`.
+
+use crate::routing::{BUCKETS, bucket_of};
+
+/// Which shard owns each bucket, at one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    version: i32,
+    /// `owners[bucket]` is the 0-based index of the shard that owns `bucket`.
+    owners: Vec<u16>,
+}
+
+/// Why a stored map cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidShardMap {
+    #[error("shard map v{version} has {found} buckets, expected {BUCKETS}")]
+    WrongBucketCount { version: i32, found: usize },
+    #[error(
+        "shard map v{version} routes to {map_shards} shards but {configured} shard URLs are configured; set ORDERS_SHARDS to the map's shards, in order"
+    )]
+    ShardCountMismatch {
+        version: i32,
+        map_shards: usize,
+        configured: usize,
+    },
+}
+
+impl ShardMap {
+    /// Version 1 for `shard_count` shards: bucket `b` on shard `b % shard_count`, which keeps
+    /// the article's modulo layout for the ids a fresh deployment hands out.
+    pub fn initial(shard_count: usize) -> Self {
+        assert!(
+            (1..=usize::from(BUCKETS)).contains(&shard_count),
+            "between 1 and {BUCKETS} shards are supported"
+        );
+        Self {
+            version: 1,
+            owners: (0..BUCKETS)
+                .map(|b| (usize::from(b) % shard_count) as u16)
+                .collect(),
+        }
+    }
+
+    /// A map read back from storage, checked against the configured number of shards.
+    pub fn from_stored(
+        version: i32,
+        owners: Vec<u16>,
+        configured_shards: usize,
+    ) -> Result<Self, InvalidShardMap> {
+        if owners.len() != usize::from(BUCKETS) {
+            return Err(InvalidShardMap::WrongBucketCount {
+                version,
+                found: owners.len(),
+            });
+        }
+        let map = Self { version, owners };
+        if map.shard_count() != configured_shards {
+            return Err(InvalidShardMap::ShardCountMismatch {
+                version,
+                map_shards: map.shard_count(),
+                configured: configured_shards,
+            });
+        }
+        Ok(map)
+    }
+
+    /// The map's version; a higher version supersedes a lower one.
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    /// How many shards the map routes to (the highest owner index + 1).
+    pub fn shard_count(&self) -> usize {
+        self.owners.iter().max().map_or(0, |&s| usize::from(s) + 1)
+    }
+
+    /// The owner of every bucket, indexed by bucket.
+    pub fn owners(&self) -> &[u16] {
+        &self.owners
+    }
+
+    /// The shard that owns `bucket`.
+    pub fn shard_of_bucket(&self, bucket: u16) -> usize {
+        usize::from(self.owners[usize::from(bucket)])
+    }
+
+    /// The shard that owns the customer (or order) with `id`.
+    pub fn shard_for(&self, id: i64) -> usize {
+        self.shard_of_bucket(bucket_of(id))
+    }
+
+    /// The buckets `shard` owns, in ascending order.
+    pub fn buckets_of(&self, shard: usize) -> Vec<u16> {
+        (0..BUCKETS)
+            .filter(|&b| self.shard_of_bucket(b) == shard)
+            .collect()
+    }
+
+    /// The next version, spread over `shard_count` shards (at least as many as now): each new
+    /// shard gets its fair share of buckets, taken from the shards holding the most, highest
+    /// bucket first. No bucket moves between two existing shards.
+    pub fn grown_to(&self, shard_count: usize) -> Self {
+        let current = self.shard_count();
+        assert!(
+            shard_count >= current && shard_count <= usize::from(BUCKETS),
+            "a map can grow from {current} shards to at most {BUCKETS}, not to {shard_count}"
+        );
+        let fair_share = |shard: usize| {
+            let buckets = usize::from(BUCKETS);
+            buckets / shard_count + usize::from(shard < buckets % shard_count)
+        };
+        let mut owned: Vec<Vec<u16>> = (0..shard_count).map(|s| self.buckets_of(s)).collect();
+        let mut owners = self.owners.clone();
+        for new_shard in current..shard_count {
+            while owned[new_shard].len() < fair_share(new_shard) {
+                let donor = (0..current)
+                    .max_by_key(|&s| (owned[s].len(), std::cmp::Reverse(s)))
+                    .expect("a map has at least one shard");
+                let bucket = owned[donor].pop().expect("the fullest shard owns buckets");
+                owners[usize::from(bucket)] = new_shard as u16;
+                owned[new_shard].push(bucket);
+            }
+        }
+        Self {
+            version: self.version + 1,
+            owners,
+        }
+    }
+
+    /// The buckets whose owner differs between `self` and `other`.
+    pub fn moved_buckets(&self, other: &ShardMap) -> Vec<u16> {
+        (0..BUCKETS)
+            .filter(|&b| self.shard_of_bucket(b) != other.shard_of_bucket(b))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::tagged_id;
+
+    /// What a deployment looks like after a while: customers allocated by the shards
+    /// themselves (tagged ids, each shard round-robining over its buckets), plus a block of
+    /// sequential ids imported from another system.
+    fn realistic_customers(map: &ShardMap) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for shard in 0..map.shard_count() {
+            let buckets = map.buckets_of(shard);
+            for seq in 1..=25_000i64 {
+                ids.push(tagged_id(seq, buckets[seq as usize % buckets.len()]));
+            }
+        }
+        ids.extend(5_000_000..5_050_000);
+        ids
+    }
+
+    fn fraction_moved(
+        ids: &[i64],
+        route_before: impl Fn(i64) -> usize,
+        route_after: impl Fn(i64) -> usize,
+    ) -> f64 {
+        let moved = ids
+            .iter()
+            .filter(|&&id| route_before(id) != route_after(id))
+            .count();
+        moved as f64 / ids.len() as f64
+    }
+
+    #[test]
+    fn growing_from_n_to_n_plus_1_shards_moves_about_one_in_n_plus_1_customers() {
+        for n in 1..=8 {
+            let before = ShardMap::initial(n);
+            let after = before.grown_to(n + 1);
+            let ids = realistic_customers(&before);
+            let moved = fraction_moved(&ids, |id| before.shard_for(id), |id| after.shard_for(id));
+            let ideal = 1.0 / (n + 1) as f64;
+            assert!(
+                (moved - ideal).abs() < 0.02,
+                "{n}→{} shards moved {:.3} of customers, ideal {ideal:.3}",
+                n + 1,
+                moved
+            );
+            // The article's modulo scheme, for contrast, moves most customers.
+            let modulo = fraction_moved(
+                &ids,
+                |id| id.rem_euclid(n as i64) as usize,
+                |id| id.rem_euclid(n as i64 + 1) as usize,
+            );
+            assert!(
+                modulo > 0.45,
+                "modulo moved only {modulo:.3} going {n}→{}",
+                n + 1
+            );
+        }
+    }
+
+    #[test]
+    fn a_grown_map_is_balanced_and_moves_buckets_only_to_the_new_shard() {
+        let before = ShardMap::initial(4);
+        let after = before.grown_to(5);
+        assert_eq!(after.version(), 2);
+        assert_eq!(after.shard_count(), 5);
+        let sizes: Vec<usize> = (0..5).map(|s| after.buckets_of(s).len()).collect();
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
+        let moved = before.moved_buckets(&after);
+        assert_eq!(moved.len(), after.buckets_of(4).len());
+        assert!(moved.iter().all(|&b| after.shard_of_bucket(b) == 4));
+    }
+
+    #[test]
+    fn the_initial_map_keeps_the_modulo_layout() {
+        let map = ShardMap::initial(4);
+        for id in [1, 2, 3, 4, 1027, tagged_id(9, 6)] {
+            assert_eq!(map.shard_for(id), (id % 1024 % 4) as usize);
+        }
+    }
+
+    #[test]
+    fn a_stored_map_for_another_shard_count_is_refused() {
+        let owners = ShardMap::initial(5).owners().to_vec();
+        assert_eq!(
+            ShardMap::from_stored(3, owners, 4),
+            Err(InvalidShardMap::ShardCountMismatch {
+                version: 3,
+                map_shards: 5,
+                configured: 4
+            })
+        );
+    }
+}

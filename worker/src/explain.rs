@@ -1,0 +1,220 @@
+//! `orders explain`: EXPLAIN (ANALYZE, BUFFERS) of every hot query on every shard, with
+//! parameters sampled from the shard's own data, so the plans are the ones production gets.
+
+use futures::future::join_all;
+use orders_activities::Shards;
+use orders_activities::shards::Shard;
+use orders_activities::store::listing;
+use orders_activities::store::orders::FIND_WITH_ITEMS;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use serde::Serialize;
+
+/// Rows a listing page asks for.
+const PAGE: i64 = 50;
+/// How deep into the newest-first order the keyset and customer samples sit.
+const SAMPLE_DEPTH: i64 = 1000;
+
+/// A hot query's plan on one shard.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryPlan {
+    pub query: &'static str,
+    /// Whether a missing index would hurt it (aggregates over the whole table are expected
+    /// to scan it).
+    pub lookup: bool,
+    /// EXPLAIN (ANALYZE, BUFFERS) as Postgres prints it.
+    pub plan: String,
+    /// Tables the plan reads with a sequential scan.
+    pub seq_scans: Vec<String>,
+    /// Indexes the plan uses.
+    pub indexes: Vec<String>,
+}
+
+/// Every hot query's plan on one shard, or why there is none.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardPlans {
+    pub shard: usize,
+    pub plans: Vec<QueryPlan>,
+    pub error: Option<String>,
+}
+
+/// Explains every hot query on every shard, concurrently.
+pub async fn explain_all(shards: &Shards) -> Vec<ShardPlans> {
+    join_all(shards.iter().map(|shard| async move {
+        match explain_shard(shard).await {
+            Ok(plans) => ShardPlans {
+                shard: shard.index,
+                plans,
+                error: None,
+            },
+            Err(e) => ShardPlans {
+                shard: shard.index,
+                plans: Vec::new(),
+                error: Some(shard.error(e).to_string()),
+            },
+        }
+    }))
+    .await
+}
+
+async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
+    let Some(sample) = Sample::take(&shard.conn).await? else {
+        return Err(DbErr::Custom(
+            "no orders to sample parameters from; place or load some orders first".into(),
+        ));
+    };
+    let queries: [(&'static str, bool, &str, Vec<Value>); 6] = [
+        (
+            "order with items by id",
+            true,
+            FIND_WITH_ITEMS,
+            vec![sample.order_id.into()],
+        ),
+        (
+            "newest orders (first page)",
+            true,
+            listing::NEWEST,
+            vec![PAGE.into()],
+        ),
+        (
+            "newest orders after a cursor",
+            true,
+            listing::NEWEST_AFTER,
+            vec![
+                sample.created_at.into(),
+                sample.order_id.into(),
+                PAGE.into(),
+            ],
+        ),
+        (
+            "a customer's newest orders",
+            true,
+            listing::CUSTOMER_NEWEST,
+            vec![sample.customer_id.into(), PAGE.into()],
+        ),
+        (
+            "a customer's orders after a cursor",
+            true,
+            listing::CUSTOMER_NEWEST_AFTER,
+            vec![
+                sample.customer_id.into(),
+                sample.created_at.into(),
+                sample.order_id.into(),
+                PAGE.into(),
+            ],
+        ),
+        (
+            "order counts by status",
+            false,
+            listing::COUNT_BY_STATUS,
+            vec![],
+        ),
+    ];
+    let mut plans = Vec::with_capacity(queries.len());
+    for (query, lookup, sql, values) in queries {
+        let json = explain(&shard.conn, "FORMAT JSON", sql, values.clone()).await?;
+        let json: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| DbErr::Type(format!("EXPLAIN JSON did not parse: {e}")))?;
+        let mut seq_scans = Vec::new();
+        let mut indexes = Vec::new();
+        walk_plan(&json[0]["Plan"], &mut seq_scans, &mut indexes);
+        plans.push(QueryPlan {
+            query,
+            lookup,
+            plan: explain(&shard.conn, "FORMAT TEXT", sql, values).await?,
+            seq_scans,
+            indexes,
+        });
+    }
+    Ok(plans)
+}
+
+/// Runs EXPLAIN (ANALYZE, BUFFERS, `format`) of `sql` with its parameters bound.
+async fn explain(
+    conn: &impl ConnectionTrait,
+    format: &str,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<String, DbErr> {
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("EXPLAIN (ANALYZE, BUFFERS, {format}) {sql}"),
+            values,
+        ))
+        .await?;
+    let mut lines = Vec::with_capacity(rows.len());
+    for row in rows {
+        lines.push(match row.try_get::<String>("", "QUERY PLAN") {
+            Ok(line) => line,
+            Err(_) => row
+                .try_get::<serde_json::Value>("", "QUERY PLAN")?
+                .to_string(),
+        });
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Collects the tables read by sequential scan and the indexes used, over the plan tree.
+fn walk_plan(node: &serde_json::Value, seq_scans: &mut Vec<String>, indexes: &mut Vec<String>) {
+    if node["Node Type"] == "Seq Scan"
+        && let Some(table) = node["Relation Name"].as_str()
+    {
+        seq_scans.push(table.to_owned());
+    }
+    if let Some(index) = node["Index Name"].as_str() {
+        indexes.push(index.to_owned());
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        walk_plan(child, seq_scans, indexes);
+    }
+}
+
+/// Parameters taken from the shard's data: an order some way down the newest-first order,
+/// and its customer.
+struct Sample {
+    order_id: i64,
+    customer_id: i64,
+    created_at: chrono::DateTime<chrono::FixedOffset>,
+}
+
+impl Sample {
+    async fn take(conn: &impl ConnectionTrait) -> Result<Option<Self>, DbErr> {
+        let row = conn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id, customer_id, created_at FROM orders
+                 ORDER BY created_at DESC, id DESC
+                 OFFSET LEAST($1, (SELECT count(*) FROM orders) / 2) LIMIT 1",
+                [SAMPLE_DEPTH.into()],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Self {
+            order_id: row.try_get("", "id")?,
+            customer_id: row.try_get("", "customer_id")?,
+            created_at: row.try_get("", "created_at")?,
+        }))
+    }
+}
+
+/// Prints every plan, shard by shard.
+pub fn print(all: &[ShardPlans]) {
+    for shard in all {
+        println!("══ shard {} ══", shard.shard);
+        if let Some(error) = &shard.error {
+            println!("  cannot explain: {error}");
+            continue;
+        }
+        for plan in &shard.plans {
+            let verdict = match (plan.lookup, plan.seq_scans.is_empty()) {
+                (true, true) => format!("indexes: {}", plan.indexes.join(", ")),
+                (true, false) => format!("SEQUENTIAL SCAN of {}", plan.seq_scans.join(", ")),
+                (false, _) => "aggregate over the table".to_owned(),
+            };
+            println!("── {} ({verdict})", plan.query);
+            for line in plan.plan.lines() {
+                println!("   {line}");
+            }
+        }
+    }
+}
