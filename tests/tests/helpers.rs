@@ -14,7 +14,7 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 use orders_activities::shards::PoolSettings;
 use orders_activities::store::customers::NewCustomer;
-use orders_activities::{PlacedOrder, Shards};
+use orders_activities::{OrderLine, PlacedOrder, Shards, ValidOrder};
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::TemporalSettings;
 use orders_worker::local::process::ChildService;
@@ -31,7 +31,7 @@ pub(crate) const SHARD_COUNT: usize = 4;
 
 /// Namespaces created on the test server; each test takes its own, as each deployment owns
 /// its namespace (order lifecycle workflow ids are unique per deployment, not globally).
-const NAMESPACES: usize = 40;
+const NAMESPACES: usize = 60;
 static NEXT_NAMESPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn take_namespace() -> String {
@@ -151,6 +151,8 @@ pub(crate) struct TestApp {
     worker_log: PathBuf,
     /// Where the current worker serves Prometheus metrics.
     pub(crate) metrics_port: u16,
+    /// Where the current worker serves its read API.
+    pub(crate) api_port: u16,
 }
 
 impl TestApp {
@@ -213,6 +215,7 @@ impl TestApp {
             worker: None,
             worker_log,
             metrics_port: 0,
+            api_port: 0,
         }
     }
 
@@ -232,10 +235,16 @@ impl TestApp {
     pub(crate) fn start_worker(&mut self, failpoints: Option<&str>) {
         let mut command = self.orders_command();
         self.metrics_port = local::free_port().expect("a free port for metrics");
-        command.arg("worker").env(
-            "ORDERS_METRICS_ADDR",
-            format!("127.0.0.1:{}", self.metrics_port),
-        );
+        self.api_port = local::free_port().expect("a free port for the read API");
+        command
+            .arg("worker")
+            .env(
+                "ORDERS_METRICS_ADDR",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
+            .env("ORDERS_API_ADDR", format!("127.0.0.1:{}", self.api_port))
+            // Long enough that only invalidation can explain a fresh read.
+            .env("ORDERS_CACHE_TTL_SECS", "3600");
         if let Some(points) = failpoints {
             command.env("ORDERS_FAILPOINTS", points);
         }
@@ -372,6 +381,26 @@ impl TestApp {
         all
     }
 
+    /// Writes an order straight to its customer's shard (no workflow), as test data.
+    pub(crate) async fn insert_order(&self, customer_id: i64, items: &[(i64, i32, &str)]) -> i64 {
+        let order = ValidOrder {
+            customer_id,
+            items: items
+                .iter()
+                .map(|&(product_id, quantity, price)| OrderLine {
+                    product_id,
+                    quantity,
+                    unit_price: Decimal::from_str(price).expect("price is a decimal"),
+                })
+                .collect(),
+            notes: None,
+        };
+        let shard = self.shards.for_customer(customer_id);
+        orders_activities::store::orders::create_with_items(&shard.conn, &order)
+            .await
+            .expect("the order is inserted")
+    }
+
     /// The customer's `credit_used`.
     pub(crate) async fn credit_used(&self, customer_id: i64) -> Decimal {
         let shard = self.shards.for_customer(customer_id);
@@ -393,6 +422,34 @@ impl Drop for TestApp {
 
 fn first_name_lower(name: &str) -> String {
     name.split(' ').next().unwrap_or("someone").to_lowercase()
+}
+
+/// `GET path` on 127.0.0.1:`port`; returns the status code and the body.
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("127.0.0.1:{port} accepts connections: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("the response is text");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    (status, body.to_owned())
 }
 
 /// What one shard holds.

@@ -1,31 +1,16 @@
 //! The worker's Prometheus endpoint serves the SDK's metrics and ours.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use orders_worker::client::OrderOutcome;
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, http_get};
 
 fn scrape(port: u16) -> String {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).expect("the metrics endpoint accepts connections");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("the metrics response is text");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// The value of the first sample whose line starts with `name` and contains every label.

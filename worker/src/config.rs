@@ -107,7 +107,7 @@ pub struct ReadApiSettings {
         env = "ORDERS_API_ADDR",
         default_value = "127.0.0.1:9465"
     )]
-    pub addr: String,
+    pub api_addr: String,
     /// Orders the cache holds at most.
     #[arg(
         long = "cache-capacity",
@@ -127,7 +127,7 @@ pub struct ReadApiSettings {
 impl ReadApiSettings {
     /// The socket address, or `None` when the API is off.
     pub fn socket_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
-        parse_addr("ORDERS_API_ADDR", &self.addr)
+        parse_addr("ORDERS_API_ADDR", &self.api_addr)
     }
 
     pub fn cache(&self) -> CacheSettings {

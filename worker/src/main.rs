@@ -119,7 +119,7 @@ enum Command {
     Shards {
         #[command(subcommand)]
         command: Option<ShardsCommand>,
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         #[command(flatten)]
         shards: ShardSettings,
@@ -660,5 +660,15 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_parses_without_clashing_flags() {
+        super::Cli::command().debug_assert();
     }
 }
