@@ -13,4 +13,5 @@ pub mod local;
 pub mod migrate;
 pub mod replay;
 pub mod shard_report;
+pub mod synthetic;
 pub mod worker;

@@ -10,7 +10,7 @@ use orders_activities::cross_shard;
 use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::{MetricsSettings, ReadApiSettings, ShardSettings, TemporalSettings};
-use orders_worker::{customers, dev, explain, migrate, shard_report, worker};
+use orders_worker::{customers, dev, explain, migrate, shard_report, synthetic, worker};
 
 #[derive(Parser)]
 #[command(
@@ -146,6 +146,16 @@ enum Command {
     Counts {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Make synthetic customers and orders on every shard (development and load-test
+    /// databases only), e.g. before `orders explain`.
+    Fill {
+        #[arg(long, default_value_t = 1_000)]
+        customers_per_shard: u32,
+        #[arg(long, default_value_t = 100_000)]
+        orders_per_shard: u32,
         #[command(flatten)]
         shards: ShardSettings,
     },
@@ -429,6 +439,32 @@ async fn main() -> anyhow::Result<()> {
                     shards.len()
                 );
             }
+            Ok(())
+        }
+        Command::Fill {
+            customers_per_shard,
+            orders_per_shard,
+            shards,
+        } => {
+            anyhow::ensure!(
+                customers_per_shard > 0,
+                "--customers-per-shard must be at least 1"
+            );
+            let shards = shards.connect().await?;
+            let started = std::time::Instant::now();
+            synthetic::fill(
+                &shards,
+                synthetic::Volume {
+                    customers_per_shard,
+                    orders_per_shard,
+                },
+            )
+            .await?;
+            println!(
+                "made {customers_per_shard} customers and {orders_per_shard} orders (2 items each) on each of {} shards in {:.1?}",
+                shards.len(),
+                started.elapsed()
+            );
             Ok(())
         }
         Command::Explain { json, shards } => {
