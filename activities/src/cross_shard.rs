@@ -165,7 +165,7 @@ fn merge_page(per_shard: Vec<(usize, Vec<OrderSummary>)>, skip: usize, limit: u6
                 .map(move |order| ListedOrder { shard, order })
         })
         .collect();
-    all.sort_by(|a, b| b.order.position().cmp(&a.order.position()));
+    all.sort_by_key(|listed| std::cmp::Reverse(listed.order.position()));
     let orders: Vec<ListedOrder> = all.into_iter().skip(skip).take(limit as usize).collect();
     let next_cursor = (orders.len() as u64 == limit)
         .then(|| orders.last().map(|o| encode_cursor(o.order.position())))

@@ -74,17 +74,16 @@ pub async fn run(
     let map_refresh = tokio::spawn(refresh_shard_map(shards.clone(), serving.map_refresh));
     let cache = Arc::new(OrderCache::new(serving.cache, metrics.clone()));
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = match serving.api_addr {
-        Some(addr) => Some(tokio::spawn(crate::api::serve(
+    let api = serving.api_addr.map(|addr| {
+        tokio::spawn(crate::api::serve(
             addr,
             shards.clone(),
             cache.clone(),
             async move {
                 let _ = api_stopped.await;
             },
-        ))),
-        None => None,
-    };
+        ))
+    });
 
     let options = WorkerOptions::new(task_queue)
         .register_activities(OrderActivities::new(shards, metrics, cache))

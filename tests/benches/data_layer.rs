@@ -1,0 +1,297 @@
+//! Data-layer benchmark: prints figures, asserts nothing. Run with
+//! `cargo bench -p orders-tests --bench data_layer` (see README, "Benchmarks").
+//!
+//! It starts four throwaway PostgreSQL clusters (fsync off, as in the tests), migrates them,
+//! fills each with synthetic orders, and measures, in one run:
+//! - order reads through the cache (warm) against reads from the shards;
+//! - the one-statement create (CTE + unnest) against the plain sea-orm create;
+//! - a page merged from 4 shards queried concurrently against the same page from one shard;
+//! - a deep page by keyset against the same page by OFFSET.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orders_activities::cross_shard;
+use orders_activities::lookup;
+use orders_activities::metrics::OrderMetrics;
+use orders_activities::order_cache::{CacheSettings, OrderCache};
+use orders_activities::shards::PoolSettings;
+use orders_activities::store::{listing, orders};
+use orders_activities::{OrderLine, Shards, ValidOrder};
+use orders_entities::{order, order_item};
+use orders_worker::local::{self, PostgresCluster, PostgresOptions};
+use orders_worker::{migrate, synthetic};
+use rust_decimal::Decimal;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
+
+const SHARDS: usize = 4;
+const ORDERS_PER_SHARD: u32 = 50_000;
+const PAGE: u64 = 50;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let root = std::env::temp_dir().join(format!("orders-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    eprintln!(
+        "starting {SHARDS} PostgreSQL clusters under {}",
+        root.display()
+    );
+    let mut clusters = Vec::new();
+    let mut urls = Vec::new();
+    for i in 0..SHARDS {
+        let cluster = PostgresCluster::start(PostgresOptions {
+            data_dir: root.join(format!("shard-{i}")),
+            port: local::free_port()?,
+            ephemeral: true,
+        })?;
+        cluster.create_database("bench").await?;
+        urls.push(cluster.url("bench"));
+        clusters.push(cluster);
+    }
+    let shards = Shards::connect_lazy(
+        &urls,
+        PoolSettings {
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+        },
+    )
+    .await?;
+    migrate::run(&shards, migrate::Plan::Up(None)).await?;
+    eprintln!("filling: {ORDERS_PER_SHARD} orders per shard");
+    synthetic::fill(
+        &shards,
+        synthetic::Volume {
+            customers_per_shard: 1_000,
+            orders_per_shard: ORDERS_PER_SHARD,
+        },
+    )
+    .await?;
+
+    println!("\ndata layer benchmark: {SHARDS} shards × {ORDERS_PER_SHARD} orders, page {PAGE}");
+    println!("{:<52} {:>12} {:>12}", "measurement", "per op", "ops/s");
+    reads(&shards).await?;
+    creates(&shards).await?;
+    pages(&shards).await?;
+    deep_pages(&shards).await?;
+
+    shards.close().await;
+    drop(clusters);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// Runs `op` `n` times (after `n / 10` warm-up runs) and returns the mean time per run.
+async fn time<F, Fut>(n: u32, mut op: F) -> anyhow::Result<Duration>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    for i in 0..n / 10 {
+        op(i).await?;
+    }
+    let started = Instant::now();
+    for i in 0..n {
+        op(i).await?;
+    }
+    Ok(started.elapsed() / n)
+}
+
+fn report(label: &str, per_op: Duration) {
+    println!(
+        "{label:<52} {:>10.1}µs {:>12.0}",
+        per_op.as_secs_f64() * 1e6,
+        1.0 / per_op.as_secs_f64()
+    );
+}
+
+fn ratio(label: &str, numerator: Duration, denominator: Duration) {
+    println!(
+        "  → {label}: {:.2}×",
+        numerator.as_secs_f64() / denominator.as_secs_f64()
+    );
+}
+
+async fn sample_order_ids(shards: &Shards, n: u64) -> anyhow::Result<Vec<i64>> {
+    Ok(cross_shard::orders_page(shards, None, n)
+        .await?
+        .orders
+        .iter()
+        .map(|o| o.order.id)
+        .collect())
+}
+
+async fn reads(shards: &Shards) -> anyhow::Result<()> {
+    let ids = sample_order_ids(shards, 200).await?;
+    let cache = OrderCache::new(
+        CacheSettings {
+            capacity: 10_000,
+            ttl: Duration::from_secs(600),
+        },
+        Arc::new(OrderMetrics::disabled()),
+    );
+    let n = 2_000;
+    let uncached = time(n, |i| {
+        let id = ids[i as usize % ids.len()];
+        async move {
+            lookup::find_order(shards, id).await?.expect("order exists");
+            Ok(())
+        }
+    })
+    .await?;
+    let cache = &cache;
+    let cached = time(n, |i| {
+        let id = ids[i as usize % ids.len()];
+        async move {
+            cache.get(shards, id).await?.expect("order exists");
+            Ok(())
+        }
+    })
+    .await?;
+    report("order read from its shard (json_agg)", uncached);
+    report("order read through the cache (warm)", cached);
+    ratio("cache speed-up", uncached, cached);
+    Ok(())
+}
+
+fn sample_order(customer_id: i64) -> ValidOrder {
+    ValidOrder {
+        customer_id,
+        items: (1..=3)
+            .map(|p| OrderLine {
+                product_id: p,
+                quantity: 2,
+                unit_price: Decimal::new(1999, 2),
+            })
+            .collect(),
+        notes: None,
+    }
+}
+
+/// The plain sea-orm path: an order row, then its items with `insert_many`, in a
+/// transaction; the benchmark's baseline for the one-statement create.
+async fn create_with_sea_orm(
+    conn: &sea_orm::DatabaseConnection,
+    order: &ValidOrder,
+) -> anyhow::Result<i64> {
+    let txn = conn.begin().await?;
+    let seq: i64 = txn
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT nextval('order_id_seq') AS seq",
+        ))
+        .await?
+        .expect("nextval returns a row")
+        .try_get("", "seq")?;
+    let customer = orders_entities::customer::Entity::find_by_id(order.customer_id)
+        .one(&txn)
+        .await?
+        .expect("customer exists");
+    let id = orders_activities::routing::tagged_id(
+        seq,
+        orders_activities::routing::bucket_of(order.customer_id),
+    );
+    order::ActiveModel {
+        id: Set(id),
+        customer_id: Set(order.customer_id),
+        status: Set(order::OrderStatus::Pending),
+        total_amount: Set(order.total()),
+        notes: Set(order.notes.clone()),
+        customer_name: Set(Some(format!(
+            "{} {}",
+            customer.first_name, customer.last_name
+        ))),
+        customer_email: Set(Some(customer.email)),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    order_item::Entity::insert_many(order.items.iter().map(|item| order_item::ActiveModel {
+        order_id: Set(id),
+        product_id: Set(item.product_id),
+        quantity: Set(item.quantity),
+        price: Set(item.unit_price),
+        ..Default::default()
+    }))
+    .exec(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(id)
+}
+
+async fn creates(shards: &Shards) -> anyhow::Result<()> {
+    let shard = shards.get(0);
+    let customer = listing::newest(&shard.conn, None, 1).await?[0].customer_id;
+    let order = sample_order(customer);
+    let n = 1_000;
+    let orm = time(n, |_| async {
+        create_with_sea_orm(&shard.conn, &order).await?;
+        Ok(())
+    })
+    .await?;
+    let cte = time(n, |_| async {
+        let txn = shard.conn.begin().await?;
+        orders::create_with_items(&txn, &order).await?;
+        txn.commit().await?;
+        Ok(())
+    })
+    .await?;
+    report("create order + 3 items: sea-orm (4 statements)", orm);
+    report("create order + 3 items: one statement (CTE+unnest)", cte);
+    ratio("one statement vs sea-orm speed-up", orm, cte);
+    Ok(())
+}
+
+async fn pages(shards: &Shards) -> anyhow::Result<()> {
+    let one_shard = shards.get(0);
+    let n = 500;
+    let single = time(n, |_| async {
+        listing::newest(&one_shard.conn, None, PAGE).await?;
+        Ok(())
+    })
+    .await?;
+    let merged = time(n, |_| async {
+        cross_shard::orders_page(shards, None, PAGE).await?;
+        Ok(())
+    })
+    .await?;
+    report("page of 50 from one shard", single);
+    report("page of 50 merged from 4 shards (concurrent)", merged);
+    ratio(
+        "4-shard page / one-shard page (target ≤ 1.5)",
+        merged,
+        single,
+    );
+    Ok(())
+}
+
+async fn deep_pages(shards: &Shards) -> anyhow::Result<()> {
+    let depth = 20_000u64;
+    // The cursor of the order at `depth`, found once by walking pages.
+    let mut cursor = None;
+    let mut walked = 0;
+    while walked < depth {
+        let page = cross_shard::orders_page(shards, cursor.as_deref(), 500).await?;
+        walked += page.orders.len() as u64;
+        cursor = page.next_cursor;
+    }
+    let cursor = cursor.expect("the data is deeper than the walk");
+    let n = 50;
+    let keyset = time(n, |_| {
+        let cursor = cursor.clone();
+        async move {
+            cross_shard::orders_page(shards, Some(&cursor), PAGE).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let offset = time(n, |_| async {
+        cross_shard::orders_page_at_offset(shards, depth, PAGE).await?;
+        Ok(())
+    })
+    .await?;
+    report("page at depth 20,000 by keyset cursor", keyset);
+    report("page at depth 20,000 by OFFSET", offset);
+    ratio("OFFSET / keyset at depth 20,000", offset, keyset);
+    Ok(())
+}
