@@ -20,6 +20,8 @@ pub const ALREADY_COMPENSATED: &str = "AlreadyCompensated";
 pub const ORDER_NOT_PENDING: &str = "OrderNotPending";
 /// Failure type of a status change the order's current status does not allow.
 pub const INVALID_TRANSITION: &str = "InvalidTransition";
+/// Failure type of an import whose file the worker cannot read.
+pub const IMPORT_FILE_UNREADABLE: &str = "ImportFileUnreadable";
 /// Failure type of a saga whose compensation could not complete.
 pub const COMPENSATION_FAILED: &str = "CompensationFailed";
 
@@ -57,6 +59,9 @@ pub enum Rejection {
         found: Option<OrderStatus>,
         allowed: Vec<OrderStatus>,
     },
+    /// The worker cannot read the file an import names.
+    #[error("the worker cannot read {path}: {error} (the path must exist on the worker's machine)")]
+    ImportFileUnreadable { path: String, error: String },
 }
 
 impl Rejection {
@@ -69,6 +74,7 @@ impl Rejection {
             Rejection::AlreadyCompensated { .. } => ALREADY_COMPENSATED,
             Rejection::OrderNotPending { .. } => ORDER_NOT_PENDING,
             Rejection::InvalidTransition { .. } => INVALID_TRANSITION,
+            Rejection::ImportFileUnreadable { .. } => IMPORT_FILE_UNREADABLE,
         }
     }
 

@@ -6,9 +6,11 @@
 //! steps the workflows call), [`failure`] (how rejections travel back to clients).
 
 pub mod activities;
+pub mod copy_text;
 pub mod cross_shard;
 pub mod failpoints;
 pub mod failure;
+pub mod import;
 pub mod lookup;
 pub mod metrics;
 pub mod order_cache;

@@ -18,6 +18,10 @@ pub struct Model {
     /// join; kept current when the customer changes.
     pub customer_name: Option<String>,
     pub customer_email: Option<String>,
+    /// The client's reference of an imported order; unique per shard.
+    pub order_ref: Option<String>,
+    /// The import (workflow id) that wrote this order.
+    pub import_id: Option<String>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

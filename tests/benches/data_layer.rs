@@ -255,12 +255,27 @@ async fn pages(shards: &Shards) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+    // The same four shard queries one after another: what the page would cost if the shards
+    // were not queried concurrently.
+    let sequential = time(n, |_| async {
+        for shard in shards.iter() {
+            listing::newest(&shard.conn, None, PAGE).await?;
+        }
+        Ok(())
+    })
+    .await?;
     report("page of 50 from one shard", single);
+    report("4 shard queries one after another (no merge)", sequential);
     report("page of 50 merged from 4 shards (concurrent)", merged);
     ratio(
         "4-shard page / one-shard page (target ≤ 1.5)",
         merged,
         single,
+    );
+    ratio(
+        "sequential / concurrent (concurrency gained)",
+        sequential,
+        merged,
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::helpers::TestApp;
 
-const MIGRATION_COUNT: usize = 9;
+const MIGRATION_COUNT: usize = 10;
 /// Migrations from the customer-name split (the 5th) on.
 const SINCE_NAME_SPLIT: usize = MIGRATION_COUNT - 4;
 

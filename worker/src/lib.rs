@@ -9,6 +9,7 @@ pub mod customers;
 pub mod dev;
 pub mod explain;
 pub mod history_json;
+pub mod import;
 pub mod local;
 pub mod migrate;
 pub mod replay;

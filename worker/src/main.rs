@@ -10,7 +10,7 @@ use orders_activities::cross_shard;
 use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::{MetricsSettings, ReadApiSettings, ShardSettings, TemporalSettings};
-use orders_worker::{customers, dev, explain, migrate, shard_report, synthetic, worker};
+use orders_worker::{customers, dev, explain, import, migrate, shard_report, synthetic, worker};
 
 #[derive(Parser)]
 #[command(
@@ -165,6 +165,33 @@ enum Command {
         json: bool,
         #[command(flatten)]
         shards: ShardSettings,
+    },
+    /// Import orders from a JSON Lines file (PlaceOrder's input plus an optional `order_ref`
+    /// per line) through an ImportOrders workflow, showing its progress. Exits 1 if any line
+    /// was rejected; the report lists each with its line number and reason.
+    Import {
+        file: PathBuf,
+        /// Orders per COPY chunk and savepoint.
+        #[arg(long, default_value_t = orders_workflows::import_orders::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        /// Start the import and return; `orders import-status ID` follows it.
+        #[arg(long)]
+        detach: bool,
+        /// Workflow id (default: import-<uuid>).
+        #[arg(long)]
+        workflow_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
+    /// Show an import's progress, and its report once it is done.
+    ImportStatus {
+        workflow_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
     },
     /// Show an order and its items, found by id alone.
     Get {
@@ -480,6 +507,59 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Import {
+            file,
+            chunk_size,
+            detach,
+            workflow_id,
+            json,
+            temporal,
+        } => {
+            anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1");
+            let client = client::connect(&temporal).await?;
+            let workflow_id =
+                workflow_id.unwrap_or_else(|| format!("import-{}", uuid::Uuid::new_v4()));
+            import::start(
+                &client,
+                &temporal.task_queue,
+                &workflow_id,
+                &file,
+                chunk_size,
+            )
+            .await?;
+            if detach {
+                println!("{workflow_id}");
+                eprintln!("import started; follow it with: orders import-status {workflow_id}");
+                return Ok(());
+            }
+            eprintln!("importing {} as {workflow_id}", file.display());
+            if !json {
+                import::watch(&client, &workflow_id).await?;
+            }
+            let report = import::report(&client, &workflow_id).await?;
+            finish_import(&report, json)
+        }
+        Command::ImportStatus {
+            workflow_id,
+            json,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let progress = import::progress(&client, &workflow_id).await?;
+            if !progress.done {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&progress)?);
+                } else {
+                    println!(
+                        "{}",
+                        import::progress_line(&progress, std::time::Duration::ZERO)
+                    );
+                }
+                return Ok(());
+            }
+            let report = import::report(&client, &workflow_id).await?;
+            finish_import(&report, json)
+        }
         Command::Submit {
             customer,
             items,
@@ -615,6 +695,22 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints an import's report; exits 1 if any line was rejected.
+fn finish_import(
+    report: &orders_workflows::import_orders::ImportReport,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        import::print_report(report);
+    }
+    if report.progress.rejected > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// Builds PlaceOrder's documented JSON input from `PRODUCT:QTY:PRICE` strings. Validation

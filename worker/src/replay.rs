@@ -8,7 +8,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
+use orders_workflows::{ImportOrdersWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_common::protos::temporal::api::enums::v1::EventType;
 use temporalio_common::protos::temporal::api::history::v1::History;
 use temporalio_sdk::workflow_replayer::{
@@ -75,6 +75,7 @@ pub fn worker_workflows() -> anyhow::Result<WorkflowReplayerOptions> {
     Ok(WorkflowReplayerOptions::new()
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
+        .register_workflow::<ImportOrdersWorkflow>()?
         .build())
 }
 

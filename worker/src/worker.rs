@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use orders_activities::import::ImportActivities;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::order_cache::{CacheSettings, OrderCache};
 use orders_activities::{OrderActivities, Shards};
-use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
+use orders_workflows::{ImportOrdersWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::Client;
 use temporalio_common::telemetry::metrics::CoreMeter;
 use temporalio_common::telemetry::{
@@ -86,9 +87,11 @@ pub async fn run(
     });
 
     let options = WorkerOptions::new(task_queue)
-        .register_activities(OrderActivities::new(shards, metrics, cache))
+        .register_activities(OrderActivities::new(shards.clone(), metrics, cache))
+        .register_activities(ImportActivities::new(shards))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
+        .register_workflow::<ImportOrdersWorkflow>()?
         .build();
     let mut worker =
         Worker::new(&runtime, client, options).context("failed to create the worker")?;

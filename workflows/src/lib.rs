@@ -4,6 +4,7 @@
 //! timers and the SDK's own primitives, and it never reads clocks or randomness itself.
 
 pub mod failures;
+pub mod import_orders;
 pub mod order_lifecycle;
 pub mod outcomes;
 pub mod place_order;
@@ -11,5 +12,6 @@ pub mod progress;
 pub mod saga;
 pub mod search_attributes;
 
+pub use import_orders::ImportOrdersWorkflow;
 pub use order_lifecycle::OrderLifecycleWorkflow;
 pub use place_order::PlaceOrderWorkflow;

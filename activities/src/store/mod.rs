@@ -2,6 +2,7 @@
 //! connection or transaction first, and returns `Result<_, DbErr>`. Routing and retries
 //! happen above this layer.
 
+pub mod batch;
 pub mod credit;
 pub mod customers;
 pub mod idempotency;

@@ -1,0 +1,138 @@
+//! The import's activities: checking the file, and importing one segment of it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use super::RejectedLine;
+use super::file::{self, ImportLine};
+use super::write::{self, ShardImport};
+use crate::failpoints;
+use crate::failure::Rejection;
+use crate::shards::Shards;
+
+/// The activities' shared state.
+pub struct ImportActivities {
+    shards: Shards,
+}
+
+impl ImportActivities {
+    pub fn new(shards: Shards) -> Self {
+        Self { shards }
+    }
+}
+
+/// The file to import, as the worker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportFile {
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// One segment to import: up to `max_lines` lines from byte `offset` (line `first_line`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInput {
+    /// The import's id (its workflow id), stored on every order it writes.
+    pub import_id: String,
+    pub path: String,
+    pub offset: u64,
+    pub first_line: u64,
+    pub max_lines: u64,
+    /// Orders per COPY chunk (and savepoint).
+    pub chunk_size: u32,
+}
+
+/// What a segment did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentOutcome {
+    pub next_offset: u64,
+    pub lines: u64,
+    pub eof: bool,
+    /// Orders imported, by shard.
+    pub imported: BTreeMap<usize, u64>,
+    pub already_present: u64,
+    pub rejected: Vec<RejectedLine>,
+}
+
+#[activities]
+impl ImportActivities {
+    /// Checks that the worker can read the file and returns its size.
+    #[activity(name = "InspectImportFile")]
+    pub async fn inspect_import_file(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        path: String,
+    ) -> Result<ImportFile, ActivityError> {
+        let unreadable = |e: std::io::Error| {
+            Rejection::ImportFileUnreadable {
+                path: path.clone(),
+                error: e.to_string(),
+            }
+            .into_activity_error()
+        };
+        let metadata = tokio::fs::metadata(&path).await.map_err(unreadable)?;
+        tokio::fs::File::open(&path).await.map_err(unreadable)?;
+        Ok(ImportFile {
+            bytes: metadata.len(),
+            path,
+        })
+    }
+
+    /// Imports one segment: reads it, validates every line, writes each shard's share
+    /// concurrently (COPY in savepoint chunks), and reports per line what was refused.
+    /// Safe to retry: rows it already wrote are recognised by their `order_ref` and import id.
+    #[activity(name = "ImportSegment")]
+    pub async fn import_segment(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: SegmentInput,
+    ) -> Result<SegmentOutcome, ActivityError> {
+        let path = PathBuf::from(&input.path);
+        let (offset, first_line, max_lines) = (input.offset, input.first_line, input.max_lines);
+        let segment = tokio::task::spawn_blocking(move || {
+            file::read_segment(&path, offset, first_line, max_lines)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("segment reader panicked: {e}")))??;
+        ctx.record_heartbeat(segment.next_offset).await.ok();
+
+        let mut by_shard: BTreeMap<usize, Vec<ImportLine>> = BTreeMap::new();
+        for line in segment.valid {
+            let shard = self.shards.for_customer(line.order.customer_id).index;
+            by_shard.entry(shard).or_default().push(line);
+        }
+        let chunk = input.chunk_size.max(1) as usize;
+        let writes = by_shard.into_iter().map(|(index, lines)| {
+            let shard = self.shards.get(index);
+            let import_id = input.import_id.as_str();
+            async move {
+                let pool = shard.conn.get_postgres_connection_pool();
+                write::write_shard(pool, import_id, lines, chunk)
+                    .await
+                    .map(|done| (index, done))
+                    .map_err(|e| shard.error(sea_orm::DbErr::Custom(e.to_string())))
+            }
+        });
+        let mut outcome = SegmentOutcome {
+            next_offset: segment.next_offset,
+            lines: segment.lines,
+            eof: segment.eof,
+            rejected: segment.rejected,
+            ..SegmentOutcome::default()
+        };
+        for written in join_all(writes).await {
+            let (index, done): (usize, ShardImport) = written?;
+            *outcome.imported.entry(index).or_default() += done.imported;
+            outcome.already_present += done.already_present;
+            outcome.rejected.extend(done.rejected);
+        }
+        outcome.rejected.sort_by_key(|r| r.line);
+        failpoints::hit("import_segment.after_write").await?;
+        Ok(outcome)
+    }
+}

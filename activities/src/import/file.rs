@@ -1,0 +1,241 @@
+//! Reading an import file a segment at a time, and turning its lines into orders.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::RejectedLine;
+use crate::order_input::ValidOrder;
+
+/// The longest line accepted; longer lines are rejected without being held in memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The longest `order_ref`.
+pub const MAX_ORDER_REF: usize = 200;
+
+/// A valid line: the order and its reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportLine {
+    pub line: u64,
+    pub order_ref: String,
+    pub order: ValidOrder,
+}
+
+/// What one segment of the file held.
+#[derive(Debug, Default)]
+pub struct Segment {
+    pub valid: Vec<ImportLine>,
+    pub rejected: Vec<RejectedLine>,
+    /// Lines read, blank ones included.
+    pub lines: u64,
+    /// Byte offset of the first line after this segment.
+    pub next_offset: u64,
+    pub eof: bool,
+}
+
+/// Reads up to `max_lines` lines starting at byte `offset`, which is line `first_line`.
+pub fn read_segment(
+    path: &Path,
+    offset: u64,
+    first_line: u64,
+    max_lines: u64,
+) -> std::io::Result<Segment> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut segment = Segment {
+        next_offset: offset,
+        ..Segment::default()
+    };
+    let mut buffer = Vec::new();
+    while segment.lines < max_lines {
+        buffer.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buffer)?;
+        if read == 0 {
+            segment.eof = true;
+            break;
+        }
+        let line = first_line + segment.lines;
+        segment.lines += 1;
+        segment.next_offset += read as u64;
+        if buffer.len() > MAX_LINE_BYTES && buffer.last() != Some(&b'\n') {
+            segment.next_offset += skip_rest_of_line(&mut reader)?;
+            segment.rejected.push(RejectedLine {
+                line,
+                order_ref: None,
+                reason: format!("InvalidOrder: line is longer than {MAX_LINE_BYTES} bytes"),
+            });
+            continue;
+        }
+        match parse_line(line, &buffer) {
+            Ok(Some(valid)) => segment.valid.push(valid),
+            Ok(None) => {}
+            Err(rejected) => segment.rejected.push(rejected),
+        }
+    }
+    if !segment.eof && reader.fill_buf()?.is_empty() {
+        segment.eof = true;
+    }
+    Ok(segment)
+}
+
+fn skip_rest_of_line(reader: &mut impl BufRead) -> std::io::Result<u64> {
+    let mut skipped = 0;
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(skipped);
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                reader.consume(end + 1);
+                return Ok(skipped + end as u64 + 1);
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+                skipped += n as u64;
+            }
+        }
+    }
+}
+
+/// Parses line `line` of the file: `Ok(None)` for a blank line, the order if valid, the
+/// reason otherwise. The rules are PlaceOrder's, plus an optional `order_ref` string.
+pub fn parse_line(line: u64, bytes: &[u8]) -> Result<Option<ImportLine>, RejectedLine> {
+    let reject = |order_ref: Option<String>, reason: String| RejectedLine {
+        line,
+        order_ref,
+        reason,
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| reject(None, "InvalidOrder: line is not UTF-8".into()))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| reject(None, format!("InvalidOrder: malformed JSON: {e}")))?;
+    let order_ref = match value.as_object_mut().and_then(|o| o.remove("order_ref")) {
+        None => derived_ref(line, text),
+        Some(serde_json::Value::String(r)) if !r.is_empty() && r.len() <= MAX_ORDER_REF => r,
+        Some(other) => {
+            return Err(reject(
+                None,
+                format!(
+                    "InvalidOrder: order_ref must be a string of 1 to {MAX_ORDER_REF} bytes, got {other}"
+                ),
+            ));
+        }
+    };
+    match ValidOrder::from_json(&value) {
+        Ok(order) => Ok(Some(ImportLine {
+            line,
+            order_ref,
+            order,
+        })),
+        Err(invalid) => Err(reject(
+            Some(order_ref),
+            format!("InvalidOrder: {}", invalid.0),
+        )),
+    }
+}
+
+/// The reference of a line without one: its number and a hash of its text, so importing the
+/// same file again finds the same references (and editing a line makes it a new order).
+fn derived_ref(line: u64, text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("line-{line}-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const GOOD: &str =
+        r#"{"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}]}"#;
+
+    #[test]
+    fn a_line_keeps_its_order_ref_or_gets_a_stable_derived_one() {
+        let with_ref = format!(r#"{{"order_ref": "A-1", {}"#, &GOOD[1..]);
+        assert_eq!(
+            parse_line(3, with_ref.as_bytes())
+                .unwrap()
+                .unwrap()
+                .order_ref,
+            "A-1"
+        );
+        let derived = parse_line(4, GOOD.as_bytes()).unwrap().unwrap().order_ref;
+        assert!(derived.starts_with("line-4-"), "{derived}");
+        assert_eq!(
+            parse_line(4, GOOD.as_bytes()).unwrap().unwrap().order_ref,
+            derived
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_with_their_number_and_placeorder_reason() {
+        for (text, reason) in [
+            ("{not json", "malformed JSON"),
+            (r#"{"customer_id": 1, "items": []}"#, "at least one item"),
+            (
+                r#"{"customer_id": 1, "items": [{"product_id": 7, "quantity": -1, "unit_price": "1.00"}]}"#,
+                "quantity",
+            ),
+            (
+                r#"{"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": "1.001"}]}"#,
+                "decimal",
+            ),
+            (
+                r#"{"order_ref": 5, "customer_id": 1, "items": []}"#,
+                "order_ref must be a string",
+            ),
+        ] {
+            let rejected = parse_line(9, text.as_bytes()).unwrap_err();
+            assert_eq!(rejected.line, 9);
+            assert!(
+                rejected.reason.contains(reason),
+                "{text}: {}",
+                rejected.reason
+            );
+        }
+        assert_eq!(
+            parse_line(2, b"   \n").unwrap(),
+            None,
+            "blank lines are skipped"
+        );
+    }
+
+    #[test]
+    fn segments_resume_at_the_byte_offset_they_ended_on() {
+        let dir = std::env::temp_dir().join(format!("import-file-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("orders.jsonl");
+        let mut file = File::create(&path).unwrap();
+        for _ in 0..5 {
+            writeln!(file, "{GOOD}").unwrap();
+        }
+        write!(file, "{{broken").unwrap();
+        drop(file);
+
+        let first = read_segment(&path, 0, 1, 4).unwrap();
+        assert_eq!((first.valid.len(), first.lines, first.eof), (4, 4, false));
+        let rest = read_segment(&path, first.next_offset, 1 + first.lines, 4).unwrap();
+        assert_eq!(
+            rest.valid.iter().map(|l| l.line).collect::<Vec<_>>(),
+            vec![5]
+        );
+        assert_eq!(
+            rest.rejected[0].line, 6,
+            "the last line has no newline and is still read"
+        );
+        assert!(rest.eof);
+        assert_eq!(rest.next_offset, std::fs::metadata(&path).unwrap().len());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

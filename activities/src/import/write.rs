@@ -1,0 +1,170 @@
+//! Writing one shard's share of a segment: one transaction, unknown customers and
+//! already-imported references filtered out first, then COPY in savepoint-guarded chunks.
+
+use std::collections::HashMap;
+
+use sea_orm::sqlx::{self, PgConnection, PgPool, Row};
+
+use super::RejectedLine;
+use super::file::ImportLine;
+use crate::copy_text::CopyText;
+use crate::routing::{bucket_of, tagged_id};
+use crate::store::batch::{self, copy_in};
+
+/// What happened to one shard's lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardImport {
+    /// Orders this import wrote (in this call or an earlier attempt of it).
+    pub imported: u64,
+    /// Lines whose `order_ref` another import (or an earlier run of the same file) wrote.
+    pub already_present: u64,
+    pub rejected: Vec<RejectedLine>,
+}
+
+/// Imports `lines` (all owned by this shard) in one transaction, COPYing `chunk` orders at a
+/// time, each chunk in a savepoint (see [`batch::isolate_failures`]).
+pub async fn write_shard(
+    pool: &PgPool,
+    import_id: &str,
+    lines: Vec<ImportLine>,
+    chunk: usize,
+) -> Result<ShardImport, sqlx::Error> {
+    let mut outcome = ShardImport::default();
+    if lines.is_empty() {
+        return Ok(outcome);
+    }
+    let mut tx = pool.begin().await?;
+    let customers = customers_of(&mut tx, &lines).await?;
+    let present = present_refs(&mut tx, &lines).await?;
+    let mut to_write = Vec::with_capacity(lines.len());
+    for line in lines {
+        match present.get(&line.order_ref) {
+            Some(Some(by)) if by == import_id => outcome.imported += 1,
+            Some(_) => outcome.already_present += 1,
+            None if !customers.contains_key(&line.order.customer_id) => {
+                outcome.rejected.push(RejectedLine {
+                    line: line.line,
+                    reason: format!(
+                        "UnknownCustomer: no customer {} on the shard that owns it",
+                        line.order.customer_id
+                    ),
+                    order_ref: Some(line.order_ref),
+                });
+            }
+            None => to_write.push(line),
+        }
+    }
+    let ids = order_ids(&mut tx, &to_write).await?;
+    let rows: Vec<(i64, &ImportLine)> = ids.into_iter().zip(&to_write).collect();
+    let failed = batch::isolate_failures(&mut tx, &rows, chunk, |conn, rows| {
+        Box::pin(copy_orders(conn, rows, &customers, import_id))
+    })
+    .await?;
+    tx.commit().await?;
+    outcome.imported += (rows.len() - failed.len()) as u64;
+    for failure in failed {
+        let line = rows[failure.index].1;
+        outcome.rejected.push(RejectedLine {
+            line: line.line,
+            order_ref: Some(line.order_ref.clone()),
+            reason: format!("database: {}", failure.error),
+        });
+    }
+    Ok(outcome)
+}
+
+/// The customer's "first last" name and email, for the lines' customers found on this shard.
+async fn customers_of(
+    conn: &mut PgConnection,
+    lines: &[ImportLine],
+) -> Result<HashMap<i64, (String, String)>, sqlx::Error> {
+    let ids: Vec<i64> = lines.iter().map(|l| l.order.customer_id).collect();
+    let rows = sqlx::query(
+        "SELECT id, btrim(first_name || ' ' || last_name) AS name, email
+         FROM customers WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, (r.try_get("name")?, r.try_get("email")?))))
+        .collect()
+}
+
+/// The lines' references already on this shard, with the import that wrote each.
+async fn present_refs(
+    conn: &mut PgConnection,
+    lines: &[ImportLine],
+) -> Result<HashMap<String, Option<String>>, sqlx::Error> {
+    let refs: Vec<&str> = lines.iter().map(|l| l.order_ref.as_str()).collect();
+    let rows = sqlx::query("SELECT order_ref, import_id FROM orders WHERE order_ref = ANY($1)")
+        .bind(refs)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("order_ref")?, r.try_get("import_id")?)))
+        .collect()
+}
+
+/// A new order id per line, from this shard's sequence, carrying the customer's bucket.
+async fn order_ids(conn: &mut PgConnection, lines: &[ImportLine]) -> Result<Vec<i64>, sqlx::Error> {
+    let sequence: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('order_id_seq') FROM generate_series(1, $1)")
+            .bind(lines.len() as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(sequence
+        .into_iter()
+        .zip(lines)
+        .map(|(seq, line)| tagged_id(seq, bucket_of(line.order.customer_id)))
+        .collect())
+}
+
+/// COPYs the orders, then their items. Imported orders are `confirmed`: they are history,
+/// so they skip payment (no credit is reserved).
+async fn copy_orders(
+    conn: &mut PgConnection,
+    rows: &[(i64, &ImportLine)],
+    customers: &HashMap<i64, (String, String)>,
+    import_id: &str,
+) -> Result<(), sqlx::Error> {
+    let mut orders = CopyText::new();
+    let mut items = CopyText::new();
+    for &(id, line) in rows {
+        let order = &line.order;
+        let (name, email) = &customers[&order.customer_id];
+        orders
+            .plain(id)
+            .plain(order.customer_id)
+            .plain("confirmed")
+            .plain(order.total())
+            .text(order.notes.as_deref())
+            .text(Some(name))
+            .text(Some(email))
+            .text(Some(&line.order_ref))
+            .text(Some(import_id))
+            .end_row();
+        for item in &order.items {
+            items
+                .plain(id)
+                .plain(item.product_id)
+                .plain(item.quantity)
+                .plain(item.unit_price)
+                .end_row();
+        }
+    }
+    copy_in(
+        conn,
+        "COPY orders (id, customer_id, status, total_amount, notes, customer_name,
+                      customer_email, order_ref, import_id) FROM STDIN",
+        orders,
+    )
+    .await?;
+    copy_in(
+        conn,
+        "COPY order_items (order_id, product_id, quantity, price) FROM STDIN",
+        items,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `orders import` and `orders import-status`: starting an `ImportOrders` workflow and
+//! watching it through its `progress` query.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use orders_workflows::ImportOrdersWorkflow;
+use orders_workflows::import_orders::{ImportInput, ImportProgress, ImportReport};
+use temporalio_client::{
+    Client, WorkflowGetResultOptions, WorkflowQueryOptions, WorkflowStartOptions,
+};
+
+/// Starts the import of `file` (made absolute, since the worker resolves it) as workflow
+/// `workflow_id`.
+pub async fn start(
+    client: &Client,
+    task_queue: &str,
+    workflow_id: &str,
+    file: &Path,
+    chunk_size: u32,
+) -> anyhow::Result<()> {
+    let path =
+        std::fs::canonicalize(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let input = ImportInput {
+        path: path.to_string_lossy().into_owned(),
+        chunk_size: Some(chunk_size),
+    };
+    client
+        .start_workflow(
+            ImportOrdersWorkflow::run,
+            input,
+            WorkflowStartOptions::new(task_queue, workflow_id).build(),
+        )
+        .await
+        .with_context(|| format!("failed to start ImportOrders {workflow_id}"))?;
+    Ok(())
+}
+
+/// The import's progress, from its `progress` query.
+pub async fn progress(client: &Client, workflow_id: &str) -> anyhow::Result<ImportProgress> {
+    client
+        .get_workflow_handle::<ImportOrdersWorkflow>(workflow_id)
+        .query(
+            ImportOrdersWorkflow::progress,
+            (),
+            WorkflowQueryOptions::default(),
+        )
+        .await
+        .with_context(|| format!("cannot query import {workflow_id} (is a worker running?)"))
+}
+
+/// Waits for the import to end and returns its report.
+pub async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
+    client
+        .get_workflow_handle::<ImportOrdersWorkflow>(workflow_id)
+        .get_result(WorkflowGetResultOptions::default())
+        .await
+        .with_context(|| format!("import {workflow_id} did not complete"))
+}
+
+/// Redraws a progress line on stderr every half second until the import is done.
+pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let p = progress(client, workflow_id).await?;
+        eprint!("\r{}", progress_line(&p, started.elapsed()));
+        std::io::stderr().flush().ok();
+        if p.done {
+            eprintln!();
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `[#########-----------]  45%  450000 lines  12000 lines/s  ETA 40s  imported 449000  rejected 3`
+pub fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
+    let fraction = if p.total_bytes == 0 {
+        1.0
+    } else {
+        p.bytes_done as f64 / p.total_bytes as f64
+    };
+    let width = 24;
+    let filled = (fraction * width as f64).round() as usize;
+    let rate = p.lines_done as f64 / elapsed.as_secs_f64().max(0.001);
+    let eta = if fraction > 0.0 && fraction < 1.0 {
+        format!(
+            "ETA {:.0}s",
+            elapsed.as_secs_f64() * (1.0 - fraction) / fraction
+        )
+    } else {
+        "ETA -".to_owned()
+    };
+    format!(
+        "[{}{}] {:>3.0}%  {} lines  {:.0} lines/s  {eta}  imported {}  rejected {}   ",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        fraction * 100.0,
+        p.lines_done,
+        rate,
+        p.imported_total(),
+        p.rejected
+    )
+}
+
+/// Prints the final report: totals, per-shard counts, and every rejected line listed.
+pub fn print_report(report: &ImportReport) {
+    let p = &report.progress;
+    println!(
+        "imported {} orders from {} lines of {}; {} already present; {} rejected",
+        p.imported_total(),
+        p.lines_done,
+        p.path,
+        p.already_present,
+        p.rejected
+    );
+    for (shard, n) in &p.imported {
+        println!("  shard {shard}: {n} orders");
+    }
+    for r in &report.rejected_lines {
+        println!("  line {}: {}", r.line, r.reason);
+    }
+    let unlisted = p
+        .rejected
+        .saturating_sub(report.rejected_lines.len() as u64);
+    if unlisted > 0 {
+        println!(
+            "  … and {unlisted} more rejected lines (only the first {} are listed)",
+            report.rejected_lines.len()
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! `ImportOrders`: a JSON Lines file of orders imported in segments, durably.
+//!
+//! The workflow walks the file a segment at a time (`ImportSegment`), keeping the byte offset
+//! and the running totals in its state. A worker killed mid-import loses at most the segment
+//! in flight, which is retried from its start offset; rows that segment already committed are
+//! recognised by their `order_ref` and counted once. The `progress` query serves the totals
+//! to `orders import` and `orders import-status` while it runs.
+//!
+//! Imported orders are history: they are written `confirmed` and skip payment (no credit is
+//! reserved) and the order lifecycle.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orders_activities::import::activities::ImportFile;
+use orders_activities::import::{ImportActivities, RejectedLine, SegmentInput};
+use serde::{Deserialize, Serialize};
+use temporalio_common::RetryPolicy;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowContextView, WorkflowResult};
+
+use crate::failures::workflow_failure;
+
+/// Orders per COPY chunk when the input does not say.
+pub const DEFAULT_CHUNK_SIZE: u32 = 500;
+/// Chunks' worth of lines read per segment (spread over the shards).
+const CHUNKS_PER_SEGMENT: u64 = 8;
+/// Rejected lines listed in the result; beyond this they are counted only, to keep the
+/// result well under Temporal's payload limit.
+pub const MAX_LISTED_REJECTIONS: usize = 10_000;
+
+/// What to import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportInput {
+    /// Path of the JSON Lines file, as the worker sees it.
+    pub path: String,
+    #[serde(default)]
+    pub chunk_size: Option<u32>,
+}
+
+/// Where the import stands; also the shape of its result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportProgress {
+    pub path: String,
+    pub total_bytes: u64,
+    pub bytes_done: u64,
+    pub lines_done: u64,
+    /// Orders imported, by shard.
+    pub imported: BTreeMap<usize, u64>,
+    /// Lines whose `order_ref` was already imported (a re-run).
+    pub already_present: u64,
+    pub rejected: u64,
+    pub done: bool,
+}
+
+impl ImportProgress {
+    pub fn imported_total(&self) -> u64 {
+        self.imported.values().sum()
+    }
+}
+
+/// The final report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    #[serde(flatten)]
+    pub progress: ImportProgress,
+    /// Each rejected line with its reason, in line order (at most [`MAX_LISTED_REJECTIONS`]).
+    pub rejected_lines: Vec<RejectedLine>,
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct ImportOrdersWorkflow {
+    report: ImportReport,
+}
+
+#[workflow_methods]
+impl ImportOrdersWorkflow {
+    #[run(name = "ImportOrders")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: ImportInput,
+    ) -> WorkflowResult<ImportReport> {
+        let file: ImportFile = ctx
+            .execute_activity(
+                ImportActivities::inspect_import_file,
+                input.path.clone(),
+                options(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|e| workflow_failure(&e))?;
+        ctx.state_mut(|s| {
+            s.report.progress.path = file.path.clone();
+            s.report.progress.total_bytes = file.bytes;
+        });
+        let chunk_size = input.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(1);
+        let import_id = ctx.workflow_id().to_owned();
+        loop {
+            let (offset, first_line) = ctx.state(|s| {
+                (
+                    s.report.progress.bytes_done,
+                    s.report.progress.lines_done + 1,
+                )
+            });
+            let segment = ctx
+                .execute_activity(
+                    ImportActivities::import_segment,
+                    SegmentInput {
+                        import_id: import_id.clone(),
+                        path: file.path.clone(),
+                        offset,
+                        first_line,
+                        max_lines: u64::from(chunk_size) * CHUNKS_PER_SEGMENT,
+                        chunk_size,
+                    },
+                    options(Duration::from_secs(300)),
+                )
+                .await
+                .map_err(|e| workflow_failure(&e))?;
+            ctx.state_mut(|s| {
+                let p = &mut s.report.progress;
+                p.bytes_done = segment.next_offset;
+                p.lines_done += segment.lines;
+                for (shard, n) in &segment.imported {
+                    *p.imported.entry(*shard).or_default() += n;
+                }
+                p.already_present += segment.already_present;
+                p.rejected += segment.rejected.len() as u64;
+                let room = MAX_LISTED_REJECTIONS.saturating_sub(s.report.rejected_lines.len());
+                s.report
+                    .rejected_lines
+                    .extend(segment.rejected.iter().take(room).cloned());
+            });
+            if segment.eof {
+                break;
+            }
+        }
+        ctx.state_mut(|s| s.report.progress.done = true);
+        Ok(ctx.state(|s| s.report.clone()))
+    }
+
+    /// Totals so far: bytes and lines done, orders imported per shard, lines refused.
+    #[query]
+    pub fn progress(&self, _ctx: &WorkflowContextView) -> ImportProgress {
+        self.report.progress.clone()
+    }
+}
+
+/// Retried with backoff until done: a shard that is down holds the import, it does not fail
+/// it. Segments heartbeat, so a worker that dies is noticed within a minute.
+fn options(start_to_close: Duration) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(start_to_close)
+        .heartbeat_timeout(Duration::from_secs(60))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(500))
+                .maximum_interval(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
+}
