@@ -7,6 +7,7 @@ mod helpers;
 
 mod compose;
 mod crash_recovery;
+mod import;
 mod lifecycle;
 mod listing;
 mod metrics;

@@ -5,7 +5,7 @@
 use orders_activities::shard_map::ShardMap;
 use orders_activities::shards::MapError;
 use orders_activities::store::shard_map;
-use orders_migration::{MigrationName, MigratorTrait};
+use orders_migration::MigratorTrait;
 
 use crate::helpers::TestApp;
 

@@ -29,6 +29,9 @@ const CHUNKS_PER_SEGMENT: u64 = 8;
 /// result well under Temporal's payload limit.
 pub const MAX_LISTED_REJECTIONS: usize = 10_000;
 
+/// How long a segment may go without a heartbeat before Temporal retries it.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// What to import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportInput {
@@ -45,8 +48,8 @@ pub struct ImportProgress {
     pub total_bytes: u64,
     pub bytes_done: u64,
     pub lines_done: u64,
-    /// Orders imported, by shard.
-    pub imported: BTreeMap<usize, u64>,
+    /// Orders imported, by shard index (a string: JSON object keys are strings).
+    pub imported: BTreeMap<String, u64>,
     /// Lines whose `order_ref` was already imported (a re-run).
     pub already_present: u64,
     pub rejected: u64,
@@ -122,7 +125,7 @@ impl ImportOrdersWorkflow {
                 p.bytes_done = segment.next_offset;
                 p.lines_done += segment.lines;
                 for (shard, n) in &segment.imported {
-                    *p.imported.entry(*shard).or_default() += n;
+                    *p.imported.entry(shard.clone()).or_default() += n;
                 }
                 p.already_present += segment.already_present;
                 p.rejected += segment.rejected.len() as u64;
@@ -147,10 +150,11 @@ impl ImportOrdersWorkflow {
 }
 
 /// Retried with backoff until done: a shard that is down holds the import, it does not fail
-/// it. Segments heartbeat, so a worker that dies is noticed within a minute.
+/// it. Segments heartbeat after reading and after each shard's write, so a worker that dies
+/// is noticed within [`HEARTBEAT_TIMEOUT`] and its segment retried elsewhere.
 fn options(start_to_close: Duration) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(start_to_close)
-        .heartbeat_timeout(Duration::from_secs(60))
+        .heartbeat_timeout(HEARTBEAT_TIMEOUT)
         .retry_policy(
             RetryPolicy::builder()
                 .initial_interval(Duration::from_millis(500))

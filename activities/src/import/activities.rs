@@ -53,8 +53,8 @@ pub struct SegmentOutcome {
     pub next_offset: u64,
     pub lines: u64,
     pub eof: bool,
-    /// Orders imported, by shard.
-    pub imported: BTreeMap<usize, u64>,
+    /// Orders imported, by shard index (a string: JSON object keys are strings).
+    pub imported: BTreeMap<String, u64>,
     pub already_present: u64,
     pub rejected: Vec<RejectedLine>,
 }
@@ -107,15 +107,17 @@ impl ImportActivities {
             by_shard.entry(shard).or_default().push(line);
         }
         let chunk = input.chunk_size.max(1) as usize;
+        let ctx = &ctx;
         let writes = by_shard.into_iter().map(|(index, lines)| {
             let shard = self.shards.get(index);
             let import_id = input.import_id.as_str();
             async move {
                 let pool = shard.conn.get_postgres_connection_pool();
-                write::write_shard(pool, import_id, lines, chunk)
+                let done = write::write_shard(pool, import_id, lines, chunk)
                     .await
-                    .map(|done| (index, done))
-                    .map_err(|e| shard.error(sea_orm::DbErr::Custom(e.to_string())))
+                    .map_err(|e| shard.error(sea_orm::DbErr::Custom(e.to_string())))?;
+                ctx.record_heartbeat(segment.next_offset).await.ok();
+                Ok::<_, crate::shards::ShardError>((index, done))
             }
         });
         let mut outcome = SegmentOutcome {
@@ -127,7 +129,7 @@ impl ImportActivities {
         };
         for written in join_all(writes).await {
             let (index, done): (usize, ShardImport) = written?;
-            *outcome.imported.entry(index).or_default() += done.imported;
+            *outcome.imported.entry(index.to_string()).or_default() += done.imported;
             outcome.already_present += done.already_present;
             outcome.rejected.extend(done.rejected);
         }

@@ -1,0 +1,287 @@
+//! `orders import`: every good line lands on its shard, every bad line is reported with its
+//! number and reason, a re-run adds nothing, and a worker killed mid-import resumes to the
+//! same result.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+fn write_file(app: &TestApp, name: &str, lines: &[String]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}-{name}.jsonl", app.task_queue));
+    let mut file = std::fs::File::create(&path).unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+    path
+}
+
+fn good_line(order_ref: &str, customer: i64, quantity: u32) -> String {
+    json!({"order_ref": order_ref, "customer_id": customer, "items": [
+        {"product_id": 7, "quantity": quantity, "unit_price": "19.99"},
+        {"product_id": 8, "quantity": 1, "unit_price": "0.01"}]})
+    .to_string()
+}
+
+fn import(app: &TestApp, path: &PathBuf, chunk: &str) -> (bool, Value) {
+    let output = app.cli(&[
+        "import",
+        path.to_str().unwrap(),
+        "--chunk-size",
+        chunk,
+        "--json",
+    ]);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "import printed no report ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), report)
+}
+
+/// Orders and items on each shard, and their total, straight from the databases.
+async fn shard_totals(app: &TestApp) -> Vec<(i64, i64, String)> {
+    let mut totals = Vec::new();
+    for shard in app.shards.iter() {
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            &shard.conn,
+            sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM order_items) AS items,
+                        (SELECT COALESCE(sum(total_amount), 0)::text FROM orders) AS total",
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        totals.push((
+            row.try_get("", "orders").unwrap(),
+            row.try_get("", "items").unwrap(),
+            row.try_get("", "total").unwrap(),
+        ));
+    }
+    totals
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_nothing() {
+    let app = TestApp::spawn().await;
+    let mut customers = Vec::new();
+    for name in [
+        "Ada Lovelace",
+        "Grace Hopper",
+        "Alan Turing",
+        "Katherine Johnson",
+        "John Backus",
+    ] {
+        customers.push(app.add_customer(name, "100.00").await);
+    }
+    let mut lines: Vec<String> = (0..30)
+        .map(|i| {
+            good_line(
+                &format!("R-{i}"),
+                customers[i % customers.len()],
+                1 + i as u32 % 3,
+            )
+        })
+        .collect();
+    // Bad lines, at known line numbers (1-based).
+    let bad = [
+        (5, "{\"customer_id\": 1, \"items\": [".to_owned(), "malformed JSON"),
+        (9, json!({"customer_id": customers[0], "items": [{"product_id": 1, "quantity": -2, "unit_price": "1.00"}]}).to_string(), "quantity"),
+        (12, json!({"customer_id": customers[1], "items": [{"product_id": 1, "quantity": 1, "unit_price": "1.999"}]}).to_string(), "decimals"),
+        (17, json!({"customer_id": customers[2], "items": []}).to_string(), "at least one item"),
+        (21, json!({"order_ref": "NOBODY", "customer_id": 987_654_321, "items": [{"product_id": 1, "quantity": 1, "unit_price": "1.00"}]}).to_string(), "UnknownCustomer"),
+        // The same reference as line 1, for the same customer (same shard): the database's
+        // unique index refuses it, and the savepoints isolate it from its chunk.
+        (26, good_line("R-0", customers[0], 1), "order_ref"),
+    ];
+    for (line, text, _) in &bad {
+        lines.insert(line - 1, text.clone());
+    }
+    lines.insert(14, String::new()); // a blank line is skipped, not rejected
+    let path = write_file(&app, "mixed", &lines);
+
+    let (success, report) = import(&app, &path, "4");
+    assert!(!success, "rejections make the command exit non-zero");
+    let rejected: Vec<(u64, String)> = report["rejected_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected_lines: Vec<u64> = bad
+        .iter()
+        .map(|(line, _, _)| *line as u64 + u64::from(*line > 14))
+        .collect();
+    assert_eq!(
+        rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+        expected_lines,
+        "{rejected:?}"
+    );
+    for ((_, reason), (_, _, expected)) in rejected.iter().zip(&bad) {
+        assert!(
+            reason.contains(expected),
+            "{reason:?} should mention {expected:?}"
+        );
+    }
+    assert_eq!(
+        report["imported"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        30
+    );
+    assert_eq!(report["rejected"], 6);
+    assert_eq!(report["done"], true);
+
+    // Every good line is on its customer's shard, with its items; the report's per-shard
+    // counts are the databases'.
+    let totals = shard_totals(&app).await;
+    let mut expected: BTreeMap<usize, i64> = BTreeMap::new();
+    for i in 0..30 {
+        *expected
+            .entry(
+                app.shards
+                    .for_customer(customers[i % customers.len()])
+                    .index,
+            )
+            .or_default() += 1;
+    }
+    for (shard, (orders, items, _)) in totals.iter().enumerate() {
+        assert_eq!(
+            *orders,
+            expected.get(&shard).copied().unwrap_or(0),
+            "shard {shard}"
+        );
+        assert_eq!(*items, 2 * orders, "shard {shard}");
+        assert_eq!(
+            report["imported"][shard.to_string()].as_i64().unwrap_or(0),
+            *orders,
+            "{report}"
+        );
+    }
+    for &customer in &customers {
+        assert_eq!(
+            app.credit_used(customer).await,
+            rust_decimal::Decimal::ZERO,
+            "imports skip payment"
+        );
+    }
+
+    let (_, again) = import(&app, &path, "4");
+    let imported_again: u64 = again["imported"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(imported_again, 0, "a re-run imports nothing: {again}");
+    assert_eq!(
+        again["already_present"], 31,
+        "30 good lines, and line 26's reference"
+    );
+    assert_eq!(
+        shard_totals(&app).await,
+        totals,
+        "the databases are unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrupted_run() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let mut customers = Vec::new();
+    for i in 0..8 {
+        customers.push(
+            app.add_customer(&format!("Importer{i} Test"), "10.00")
+                .await,
+        );
+    }
+    let lines: Vec<String> = (0..3000)
+        .map(|i| good_line(&format!("K-{i}"), customers[i % customers.len()], 1))
+        .collect();
+    let path = write_file(&app, "big", &lines);
+
+    // The first worker commits the first segment on every shard, then dies before Temporal
+    // hears of it.
+    app.start_worker(Some("import_segment.after_write"));
+    let started = app.cli(&[
+        "import",
+        path.to_str().unwrap(),
+        "--chunk-size",
+        "100",
+        "--detach",
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let workflow_id = String::from_utf8(started.stdout).unwrap().trim().to_owned();
+    assert!(
+        app.worker_exits_within(Duration::from_secs(60)),
+        "the worker should have aborted at the failpoint; log: {}",
+        app.worker_log().display()
+    );
+    let committed: i64 = shard_totals(&app).await.iter().map(|t| t.0).sum();
+    assert_eq!(
+        committed, 800,
+        "the first segment (8 chunks of 100) was committed before the crash"
+    );
+
+    app.start_worker(None);
+    let status = loop {
+        let output = app.cli(&["import-status", &workflow_id, "--json"]);
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if status["done"] == true {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        status["imported"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        3000,
+        "{status}"
+    );
+    assert_eq!(
+        status["already_present"], 0,
+        "the retried segment counts its own rows once: {status}"
+    );
+    assert_eq!(status["rejected"], 0);
+    let totals = shard_totals(&app).await;
+    assert_eq!(
+        totals.iter().map(|t| t.0).sum::<i64>(),
+        3000,
+        "every order exactly once"
+    );
+    assert_eq!(totals.iter().map(|t| t.1).sum::<i64>(), 6000);
+    for (shard, (orders, _, _)) in totals.iter().enumerate() {
+        let expected = (0..3000)
+            .filter(|i| {
+                app.shards
+                    .for_customer(customers[i % customers.len()])
+                    .index
+                    == shard
+            })
+            .count();
+        assert_eq!(*orders, expected as i64, "shard {shard}");
+    }
+}
