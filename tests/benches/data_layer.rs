@@ -15,14 +15,14 @@ use orders_activities::cross_shard;
 use orders_activities::lookup;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::order_cache::{CacheSettings, OrderCache};
-use orders_activities::shards::PoolSettings;
 use orders_activities::store::{listing, orders};
 use orders_activities::{OrderLine, Shards, ValidOrder};
 use orders_entities::{order, order_item};
-use orders_worker::local::{self, PostgresCluster, PostgresOptions};
-use orders_worker::{migrate, synthetic};
+use orders_worker::synthetic;
 use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
+
+mod common;
 
 const SHARDS: usize = 4;
 const ORDERS_PER_SHARD: u32 = 50_000;
@@ -30,34 +30,8 @@ const PAGE: u64 = 50;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let root = std::env::temp_dir().join(format!("orders-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&root)?;
-    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    eprintln!(
-        "starting {SHARDS} PostgreSQL clusters under {}",
-        root.display()
-    );
-    let mut clusters = Vec::new();
-    let mut urls = Vec::new();
-    for i in 0..SHARDS {
-        let cluster = PostgresCluster::start(PostgresOptions {
-            data_dir: root.join(format!("shard-{i}")),
-            port: local::free_port()?,
-            ephemeral: true,
-        })?;
-        cluster.create_database("bench").await?;
-        urls.push(cluster.url("bench"));
-        clusters.push(cluster);
-    }
-    let shards = Shards::connect_lazy(
-        &urls,
-        PoolSettings {
-            max_connections: 8,
-            connect_timeout: Duration::from_secs(5),
-        },
-    )
-    .await?;
-    migrate::run(&shards, migrate::Plan::Up(None)).await?;
+    let clusters = common::Clusters::start("bench", SHARDS)?;
+    let (_, shards) = clusters.deployment("bench", SHARDS).await?;
     eprintln!("filling: {ORDERS_PER_SHARD} orders per shard");
     synthetic::fill(
         &shards,
@@ -76,8 +50,6 @@ async fn main() -> anyhow::Result<()> {
     deep_pages(&shards).await?;
 
     shards.close().await;
-    drop(clusters);
-    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 

@@ -107,6 +107,11 @@ impl ChildService {
     }
 
     /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
+    /// The child's process id (0 once it has been reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;

@@ -1,0 +1,70 @@
+//! What the benchmarks share: throwaway PostgreSQL clusters and migrated deployments on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orders_activities::Shards;
+use orders_activities::shards::PoolSettings;
+use orders_worker::local::{self, PostgresCluster, PostgresOptions};
+use orders_worker::migrate;
+
+/// Clusters under a temporary directory, removed on drop.
+pub(crate) struct Clusters {
+    pub(crate) root: PathBuf,
+    pub(crate) clusters: Vec<PostgresCluster>,
+}
+
+impl Clusters {
+    /// Starts `count` clusters (fsync off, as in the tests).
+    pub(crate) fn start(name: &str, count: usize) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join(format!("orders-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&root)?;
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        eprintln!(
+            "starting {count} PostgreSQL clusters under {}",
+            root.display()
+        );
+        let clusters = (0..count)
+            .map(|i| {
+                PostgresCluster::start(PostgresOptions {
+                    data_dir: root.join(format!("shard-{i}")),
+                    port: local::free_port()?,
+                    ephemeral: true,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { root, clusters })
+    }
+
+    /// A migrated deployment: database `database` on the first `shards` clusters.
+    pub(crate) async fn deployment(
+        &self,
+        database: &str,
+        shards: usize,
+    ) -> anyhow::Result<(Vec<String>, Shards)> {
+        let mut urls = Vec::new();
+        for cluster in &self.clusters[..shards] {
+            cluster.create_database(database).await?;
+            urls.push(cluster.url(database));
+        }
+        let pools = Shards::connect_lazy(
+            &urls,
+            PoolSettings {
+                max_connections: 8,
+                connect_timeout: Duration::from_secs(5),
+            },
+        )
+        .await?;
+        migrate::run(&pools, migrate::Plan::Up(None)).await?;
+        Ok((urls, pools))
+    }
+}
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        for cluster in &mut self.clusters {
+            cluster.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
