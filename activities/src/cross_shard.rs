@@ -19,6 +19,8 @@ use crate::store::listing::{self, OrderSummary, Position};
 
 /// The largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: u64 = 500;
+/// The deepest OFFSET page served: each shard reads `offset + limit` rows for it.
+pub const MAX_OFFSET: u64 = 100_000;
 
 /// One page of orders, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +45,8 @@ pub enum ListError {
     BadCursor(String),
     #[error("page size must be between 1 and {MAX_PAGE_SIZE}, got {0}")]
     BadPageSize(u64),
+    #[error("offset must be at most {MAX_OFFSET}, got {0}; page deeper with the keyset cursor")]
+    BadOffset(u64),
     /// A page needs every shard; a missing one would silently drop its orders.
     #[error(transparent)]
     Shard(#[from] ShardError),
@@ -87,8 +91,9 @@ fn check_page_size(limit: u64) -> Result<(), ListError> {
 }
 
 /// A page of every order on every shard, newest first. All shards are asked concurrently
-/// for their `limit` newest orders after the cursor; the merged page is the `limit` newest of
-/// those, which are exactly the `limit` newest overall.
+/// for their `limit + 1` newest orders after the cursor; the merged page is the `limit`
+/// newest of those, which are exactly the `limit` newest overall, and the extra row says
+/// whether there is a next page.
 pub async fn orders_page(
     shards: &Shards,
     cursor: Option<&str>,
@@ -97,7 +102,7 @@ pub async fn orders_page(
     check_page_size(limit)?;
     let after = cursor.map(decode_cursor).transpose()?;
     let per_shard = on_every_shard(shards, |shard| async move {
-        listing::newest(&shard.conn, after, limit).await
+        listing::newest(&shard.conn, after, limit + 1).await
     })
     .await?;
     Ok(merge_page(per_shard, 0, limit))
@@ -111,6 +116,9 @@ pub async fn orders_page_at_offset(
     limit: u64,
 ) -> Result<Vec<ListedOrder>, ListError> {
     check_page_size(limit)?;
+    if offset > MAX_OFFSET {
+        return Err(ListError::BadOffset(offset));
+    }
     let per_shard = on_every_shard(shards, |shard| async move {
         listing::newest_at_offset(&shard.conn, 0, offset + limit).await
     })
@@ -128,7 +136,7 @@ pub async fn customer_orders_page(
     check_page_size(limit)?;
     let after = cursor.map(decode_cursor).transpose()?;
     let shard = shards.for_customer(customer_id);
-    let orders = listing::customer_newest(&shard.conn, customer_id, after, limit)
+    let orders = listing::customer_newest(&shard.conn, customer_id, after, limit + 1)
         .await
         .map_err(|e| shard.error(e))?;
     Ok(merge_page(vec![(shard.index, orders)], 0, limit))
@@ -166,8 +174,9 @@ fn merge_page(per_shard: Vec<(usize, Vec<OrderSummary>)>, skip: usize, limit: u6
         })
         .collect();
     all.sort_by_key(|listed| std::cmp::Reverse(listed.order.position()));
+    let more = all.len() > skip + limit as usize;
     let orders: Vec<ListedOrder> = all.into_iter().skip(skip).take(limit as usize).collect();
-    let next_cursor = (orders.len() as u64 == limit)
+    let next_cursor = more
         .then(|| orders.last().map(|o| encode_cursor(o.order.position())))
         .flatten();
     OrderPage {

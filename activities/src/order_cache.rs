@@ -44,8 +44,9 @@ pub struct CacheStats {
 /// Orders by id, read through from the shards.
 pub struct OrderCache {
     entries: Cache<i64, Arc<FoundOrder>>,
-    /// Bumped by every invalidation; a load that overlapped one is returned but not cached,
-    /// so a read that raced a write cannot put the old row back after the write dropped it.
+    /// Bumped by every invalidation. A load that overlapped one drops its own entry again, so
+    /// a read that raced a write cannot leave the old row cached after the write. It is one
+    /// counter for all orders: simple, at the price of a few extra misses under heavy writes.
     generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -85,8 +86,12 @@ impl OrderCache {
             return Ok(None);
         };
         let found = Arc::new(FoundOrder { shard, order });
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.entries.insert(order_id, found.clone()).await;
+        self.entries.insert(order_id, found.clone()).await;
+        // A write that committed after our read bumped the generation: its invalidation may
+        // have run before our insert, so drop what we just cached. (A write that bumps it
+        // after this check also invalidates after our insert, so it removes the entry itself.)
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.entries.invalidate(&order_id).await;
         }
         Ok(Some(found))
     }

@@ -36,6 +36,15 @@ pub enum InvalidShardMap {
 }
 
 impl ShardMap {
+    /// Version 0 for `shard_count` shards: [`Self::initial`] before it is stored anywhere. A
+    /// worker routes by it until it reads a stored version, which always supersedes it.
+    pub fn unstored(shard_count: usize) -> Self {
+        Self {
+            version: 0,
+            ..Self::initial(shard_count)
+        }
+    }
+
     /// Version 1 for `shard_count` shards: bucket `b` on shard `b % shard_count`, which keeps
     /// the article's modulo layout for the ids a fresh deployment hands out.
     pub fn initial(shard_count: usize) -> Self {

@@ -120,7 +120,7 @@ impl Shards {
                 })?;
             shards.push(Shard { index, url, conn });
         }
-        let map = Arc::new(RwLock::new(Arc::new(ShardMap::initial(urls.len()))));
+        let map = Arc::new(RwLock::new(Arc::new(ShardMap::unstored(urls.len()))));
         Ok(Self { shards, map })
     }
 
@@ -145,7 +145,7 @@ impl Shards {
     }
 
     /// The shard map in use. Until [`Self::refresh_map`] reads a stored one, this is
-    /// [`ShardMap::initial`], which is also what `orders migrate up` stores first.
+    /// [`ShardMap::unstored`]: the layout `orders migrate up` stores as version 1.
     pub fn map(&self) -> Arc<ShardMap> {
         self.map.read().expect("shard map lock").clone()
     }
@@ -189,15 +189,20 @@ impl Shards {
         if !answered {
             return Err(MapError::NoShardReachable(unreachable));
         }
-        let current = self.map();
         let changed = match newest {
-            Some((version, owners)) if version > current.version() => {
-                let map = ShardMap::from_stored(version, owners, self.len())?;
-                tracing::info!(from = current.version(), to = version, "shard map updated");
-                *self.map.write().expect("shard map lock") = Arc::new(map);
-                true
+            Some((version, owners)) => {
+                let stored = ShardMap::from_stored(version, owners, self.len())?;
+                let mut current = self.map.write().expect("shard map lock");
+                // Under the lock, so two refreshes cannot move the version backwards.
+                if stored.version() > current.version() {
+                    tracing::info!(from = current.version(), to = version, "shard map updated");
+                    *current = Arc::new(stored);
+                    true
+                } else {
+                    false
+                }
             }
-            _ => false,
+            None => false,
         };
         Ok(MapRefresh {
             version: self.map().version(),
@@ -206,10 +211,17 @@ impl Shards {
         })
     }
 
-    /// Stores the map in use on every shard that lacks it (the initial map on a fresh
-    /// deployment). Run after migrating; safe to repeat.
+    /// Stores the map in use on every shard that lacks it: version 1 on a fresh deployment,
+    /// else the newest version read by [`Self::refresh_map`] (run that first). Run after
+    /// migrating; safe to repeat, as a stored version is never overwritten.
     pub async fn publish_map(&self) -> Result<i32, ShardError> {
-        let map = self.map();
+        let map = {
+            let mut current = self.map.write().expect("shard map lock");
+            if current.version() == 0 {
+                *current = Arc::new(ShardMap::initial(self.len()));
+            }
+            current.clone()
+        };
         for result in join_all(self.shards.iter().map(|shard| {
             let map = map.clone();
             async move {

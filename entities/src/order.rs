@@ -18,10 +18,11 @@ pub struct Model {
     /// join; kept current when the customer changes.
     pub customer_name: Option<String>,
     pub customer_email: Option<String>,
-    /// The client's reference of an imported order; unique per shard.
+    /// The client's reference of an imported order; unique per customer.
     pub order_ref: Option<String>,
-    /// The import (workflow id) that wrote this order.
+    /// The import (workflow id) and line that wrote this order.
     pub import_id: Option<String>,
+    pub import_line: Option<i64>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

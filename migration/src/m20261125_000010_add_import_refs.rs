@@ -1,7 +1,8 @@
 //! What makes bulk imports idempotent: `order_ref`, the client's reference for an imported
-//! order (unique on its shard, so importing the same line twice adds nothing), and
-//! `import_id`, the import that wrote it (so a retried chunk recognises its own rows).
-//! Orders placed through PlaceOrder leave both null.
+//! order (unique per customer, so importing the same line twice adds nothing), and
+//! `import_id` + `import_line`, the import and line that wrote it (so a retried segment
+//! recognises its own rows). Orders placed through PlaceOrder leave all three null.
+//! A customer's orders share a shard, so the unique index enforces this globally.
 
 use sea_orm_migration::prelude::*;
 
@@ -15,11 +16,14 @@ impl MigrationTrait for Migration {
         db.execute_unprepared(
             "ALTER TABLE orders ADD COLUMN order_ref text
                  CHECK (length(order_ref) BETWEEN 1 AND 200),
-             ADD COLUMN import_id text",
+             ADD COLUMN import_id text,
+             ADD COLUMN import_line bigint",
         )
         .await?;
-        db.execute_unprepared("CREATE UNIQUE INDEX idx_orders_order_ref ON orders (order_ref)")
-            .await?;
+        db.execute_unprepared(
+            "CREATE UNIQUE INDEX idx_orders_customer_order_ref ON orders (customer_id, order_ref)",
+        )
+        .await?;
         Ok(())
     }
 

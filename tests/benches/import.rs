@@ -239,7 +239,7 @@ async fn import_path(
         writeln!(
             out,
             r#"{{"order_ref":"B-{i}","customer_id":{customer},"items":[{{"product_id":{},"quantity":2,"unit_price":"9.95"}}]}}"#,
-            i % 500
+            1 + i % 500
         )?;
     }
     out.flush()?;
@@ -299,7 +299,7 @@ async fn import_path(
                 orders_out,
                 "{id}\t{customer}\tconfirmed\t19.90\t\\N\t{name}\t{email}\tB-{i}\tpsql"
             )?;
-            writeln!(items_out, "{id}\t{}\t2\t9.95", i % 500)?;
+            writeln!(items_out, "{id}\t{}\t2\t9.95", 1 + i % 500)?;
         }
         orders_out.flush()?;
         items_out.flush()?;

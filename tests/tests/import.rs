@@ -27,7 +27,7 @@ fn good_line(order_ref: &str, customer: i64, quantity: u32) -> String {
     .to_string()
 }
 
-fn import(app: &TestApp, path: &PathBuf, chunk: &str) -> (bool, Value) {
+fn import(app: &TestApp, path: &std::path::Path, chunk: &str) -> (bool, Value) {
     let output = app.cli(&[
         "import",
         path.to_str().unwrap(),

@@ -110,9 +110,9 @@ async fn cache_stats(State(api): State<Api>) -> Response {
 fn page_response(page: Result<cross_shard::OrderPage, ListError>) -> Response {
     match page {
         Ok(page) => Json(page).into_response(),
-        Err(e @ (ListError::BadCursor(_) | ListError::BadPageSize(_))) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        Err(
+            e @ (ListError::BadCursor(_) | ListError::BadPageSize(_) | ListError::BadOffset(_)),
+        ) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ ListError::Shard(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -21,7 +21,7 @@ pub struct QueryPlan {
     /// Whether a missing index would hurt it (aggregates over the whole table are expected
     /// to scan it).
     pub lookup: bool,
-    /// EXPLAIN (ANALYZE, BUFFERS) as Postgres prints it.
+    /// EXPLAIN (ANALYZE, BUFFERS) as Postgres prints it; the lists below are read from it.
     pub plan: String,
     /// Tables the plan reads with a sequential scan.
     pub seq_scans: Vec<String>,
@@ -111,16 +111,12 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
     ];
     let mut plans = Vec::with_capacity(queries.len());
     for (query, lookup, sql, values) in queries {
-        let json = explain(&shard.conn, "FORMAT JSON", sql, values.clone()).await?;
-        let json: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| DbErr::Type(format!("EXPLAIN JSON did not parse: {e}")))?;
-        let mut seq_scans = Vec::new();
-        let mut indexes = Vec::new();
-        walk_plan(&json[0]["Plan"], &mut seq_scans, &mut indexes);
+        let plan = explain(&shard.conn, sql, values).await?;
+        let (seq_scans, indexes) = scans_in(&plan);
         plans.push(QueryPlan {
             query,
             lookup,
-            plan: explain(&shard.conn, "FORMAT TEXT", sql, values).await?,
+            plan,
             seq_scans,
             indexes,
         });
@@ -128,45 +124,46 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
     Ok(plans)
 }
 
-/// Runs EXPLAIN (ANALYZE, BUFFERS, `format`) of `sql` with its parameters bound.
+/// Runs EXPLAIN (ANALYZE, BUFFERS) of `sql` with its parameters bound.
 async fn explain(
     conn: &impl ConnectionTrait,
-    format: &str,
     sql: &str,
     values: Vec<Value>,
 ) -> Result<String, DbErr> {
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            format!("EXPLAIN (ANALYZE, BUFFERS, {format}) {sql}"),
+            format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"),
             values,
         ))
         .await?;
-    let mut lines = Vec::with_capacity(rows.len());
-    for row in rows {
-        lines.push(match row.try_get::<String>("", "QUERY PLAN") {
-            Ok(line) => line,
-            Err(_) => row
-                .try_get::<serde_json::Value>("", "QUERY PLAN")?
-                .to_string(),
-        });
-    }
+    let lines = rows
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN"))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(lines.join("\n"))
 }
 
-/// Collects the tables read by sequential scan and the indexes used, over the plan tree.
-fn walk_plan(node: &serde_json::Value, seq_scans: &mut Vec<String>, indexes: &mut Vec<String>) {
-    if node["Node Type"] == "Seq Scan"
-        && let Some(table) = node["Relation Name"].as_str()
-    {
-        seq_scans.push(table.to_owned());
+/// The tables a text plan reads by sequential scan, and the indexes it uses.
+fn scans_in(plan: &str) -> (Vec<String>, Vec<String>) {
+    let word_after = |line: &str, marker: &str| {
+        line.split_once(marker)
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let mut seq_scans = Vec::new();
+    let mut indexes = Vec::new();
+    for line in plan.lines() {
+        if let Some(table) = word_after(line, "Seq Scan on ") {
+            seq_scans.push(table);
+        }
+        if let Some(index) =
+            word_after(line, "Bitmap Index Scan on ").or_else(|| word_after(line, " using "))
+        {
+            indexes.push(index);
+        }
     }
-    if let Some(index) = node["Index Name"].as_str() {
-        indexes.push(index.to_owned());
-    }
-    for child in node["Plans"].as_array().into_iter().flatten() {
-        walk_plan(child, seq_scans, indexes);
-    }
+    (seq_scans, indexes)
 }
 
 /// Parameters taken from the shard's data: an order some way down the newest-first order,
@@ -216,5 +213,26 @@ pub fn print(all: &[ShardPlans]) {
                 println!("   {line}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scans_in;
+
+    #[test]
+    fn a_text_plan_names_its_sequential_scans_and_indexes() {
+        let plan = "Limit  (cost=0.42..3.1 rows=50 width=80)
+  ->  Nested Loop
+        ->  Index Scan Backward using idx_orders_created_at_id on orders  (cost=0.42..8.44)
+        ->  Bitmap Heap Scan on order_items
+              ->  Bitmap Index Scan on idx_order_items_order_id
+        ->  Seq Scan on customers c  (cost=0.00..1.04)";
+        let (seq, indexes) = scans_in(plan);
+        assert_eq!(seq, ["customers"]);
+        assert_eq!(
+            indexes,
+            ["idx_orders_created_at_id", "idx_order_items_order_id"]
+        );
     }
 }

@@ -60,18 +60,24 @@ pub async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<Import
         .with_context(|| format!("import {workflow_id} did not complete"))
 }
 
-/// Redraws a progress line on stderr every half second until the import is done.
-pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<()> {
+/// Redraws a progress line on stderr every half second until the import ends, and returns
+/// its report (or why it failed).
+pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
     let started = Instant::now();
+    let outcome = report(client, workflow_id);
+    tokio::pin!(outcome);
     loop {
-        let p = progress(client, workflow_id).await?;
-        eprint!("\r{}", progress_line(&p, started.elapsed()));
-        std::io::stderr().flush().ok();
-        if p.done {
-            eprintln!();
-            return Ok(());
+        if let Ok(p) = progress(client, workflow_id).await {
+            eprint!("\r{}", progress_line(&p, started.elapsed()));
+            std::io::stderr().flush().ok();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            ended = &mut outcome => {
+                eprintln!();
+                return ended;
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 

@@ -515,7 +515,11 @@ async fn main() -> anyhow::Result<()> {
             json,
             temporal,
         } => {
-            anyhow::ensure!(chunk_size > 0, "--chunk-size must be at least 1");
+            let max = orders_workflows::import_orders::MAX_CHUNK_SIZE;
+            anyhow::ensure!(
+                (1..=max).contains(&chunk_size),
+                "--chunk-size must be between 1 and {max}"
+            );
             let client = client::connect(&temporal).await?;
             let workflow_id =
                 workflow_id.unwrap_or_else(|| format!("import-{}", uuid::Uuid::new_v4()));
@@ -533,10 +537,11 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             eprintln!("importing {} as {workflow_id}", file.display());
-            if !json {
-                import::watch(&client, &workflow_id).await?;
-            }
-            let report = import::report(&client, &workflow_id).await?;
+            let report = if json {
+                import::report(&client, &workflow_id).await?
+            } else {
+                import::watch(&client, &workflow_id).await?
+            };
             finish_import(&report, json)
         }
         Command::ImportStatus {

@@ -105,6 +105,11 @@ pub struct GrowthPlan {
 }
 
 pub fn growth_plan(current: &ShardMap, shard_count: usize) -> anyhow::Result<GrowthPlan> {
+    let most = usize::from(orders_activities::routing::BUCKETS);
+    anyhow::ensure!(
+        shard_count <= most,
+        "at most {most} shards are possible (one bucket each), not {shard_count}"
+    );
     anyhow::ensure!(
         shard_count >= current.shard_count(),
         "the map can only grow: it has {} shards, asked for {shard_count}",

@@ -5,6 +5,7 @@
 
 use futures::future::try_join_all;
 use orders_activities::Shards;
+use orders_activities::routing::ID_STRIDE;
 use orders_activities::shards::{Shard, ShardError};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
@@ -50,13 +51,14 @@ async fn fill_shard(shard: &Shard, buckets: &[i32], volume: Volume) -> Result<()
             DbBackend::Postgres,
             "INSERT INTO customers (id, first_name, last_name, email, credit_limit)
              SELECT id, 'Customer', id::text, 'customer' || id || '@example.com', 100000
-             FROM (SELECT nextval('customer_id_seq') * 1024
+             FROM (SELECT nextval('customer_id_seq') * $3
                           + ($1::int[])[g % cardinality($1::int[]) + 1] AS id
                    FROM generate_series(1, $2::int) g) new
              RETURNING id",
             [
                 Value::from(buckets.to_vec()),
                 volume.customers_per_shard.into(),
+                ID_STRIDE.into(),
             ],
         ))
         .await?
@@ -78,7 +80,7 @@ async fn fill_shard(shard: &Shard, buckets: &[i32], volume: Volume) -> Result<()
          ), new_orders AS (
              INSERT INTO orders (id, customer_id, status, total_amount, created_at, updated_at,
                                  customer_name, customer_email)
-             SELECT nextval('order_id_seq') * 1024 + customer.id % 1024, customer.id,
+             SELECT nextval('order_id_seq') * $3 + customer.id % $3, customer.id,
                     (ARRAY['pending','confirmed','shipped','delivered','cancelled'])[g % 5 + 1],
                     30.00, now() - g * interval '1 second', now() - g * interval '1 second',
                     customer.name, customer.email
@@ -88,7 +90,11 @@ async fn fill_shard(shard: &Shard, buckets: &[i32], volume: Volume) -> Result<()
          )
          INSERT INTO order_items (order_id, product_id, quantity, price)
          SELECT id, product, 1, 15.00 FROM new_orders, generate_series(1, 2) product",
-        vec![Value::from(customer_ids), volume.orders_per_shard.into()],
+        vec![
+            Value::from(customer_ids),
+            volume.orders_per_shard.into(),
+            ID_STRIDE.into(),
+        ],
     )
     .await?;
     run("ANALYZE customers, orders, order_items", vec![]).await?;

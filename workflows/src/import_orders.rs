@@ -25,9 +25,12 @@ use crate::failures::workflow_failure;
 pub const DEFAULT_CHUNK_SIZE: u32 = 500;
 /// Chunks' worth of lines read per segment (spread over the shards).
 const CHUNKS_PER_SEGMENT: u64 = 8;
-/// Rejected lines listed in the result; beyond this they are counted only, to keep the
-/// result well under Temporal's payload limit.
-pub const MAX_LISTED_REJECTIONS: usize = 10_000;
+/// The largest chunk accepted: bounds a segment's memory and its activity's run time.
+pub const MAX_CHUNK_SIZE: u32 = 10_000;
+/// Rejected lines listed in the result; beyond this they are counted only. Reasons are cut
+/// to 300 bytes and refs to 200, so the list stays well under Temporal's 2 MB payload limit,
+/// and segments stop listing once it is full, so the history stays small too.
+pub const MAX_LISTED_REJECTIONS: usize = 1_000;
 
 /// How long a segment may go without a heartbeat before Temporal retries it.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -96,13 +99,17 @@ impl ImportOrdersWorkflow {
             s.report.progress.path = file.path.clone();
             s.report.progress.total_bytes = file.bytes;
         });
-        let chunk_size = input.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE).max(1);
+        let chunk_size = input
+            .chunk_size
+            .unwrap_or(DEFAULT_CHUNK_SIZE)
+            .clamp(1, MAX_CHUNK_SIZE);
         let import_id = ctx.workflow_id().to_owned();
         loop {
-            let (offset, first_line) = ctx.state(|s| {
+            let (offset, first_line, room) = ctx.state(|s| {
                 (
                     s.report.progress.bytes_done,
                     s.report.progress.lines_done + 1,
+                    MAX_LISTED_REJECTIONS.saturating_sub(s.report.rejected_lines.len()),
                 )
             });
             let segment = ctx
@@ -110,11 +117,12 @@ impl ImportOrdersWorkflow {
                     ImportActivities::import_segment,
                     SegmentInput {
                         import_id: import_id.clone(),
-                        path: file.path.clone(),
+                        file: file.clone(),
                         offset,
                         first_line,
                         max_lines: u64::from(chunk_size) * CHUNKS_PER_SEGMENT,
                         chunk_size,
+                        list_rejections: room as u32,
                     },
                     options(Duration::from_secs(300)),
                 )
@@ -128,11 +136,10 @@ impl ImportOrdersWorkflow {
                     *p.imported.entry(shard.clone()).or_default() += n;
                 }
                 p.already_present += segment.already_present;
-                p.rejected += segment.rejected.len() as u64;
-                let room = MAX_LISTED_REJECTIONS.saturating_sub(s.report.rejected_lines.len());
+                p.rejected += segment.rejected;
                 s.report
                     .rejected_lines
-                    .extend(segment.rejected.iter().take(room).cloned());
+                    .extend(segment.rejected_lines.iter().cloned());
             });
             if segment.eof {
                 break;

@@ -14,6 +14,15 @@ use super::file::{self, ImportLine};
 use super::write::{self, ShardImport};
 use crate::failpoints;
 use crate::failure::Rejection;
+
+/// The import cannot go on with this file: not there, unreadable, or changed.
+fn unreadable(path: &str, e: &std::io::Error) -> ActivityError {
+    Rejection::ImportFileUnreadable {
+        path: path.to_owned(),
+        error: e.to_string(),
+    }
+    .into_activity_error()
+}
 use crate::shards::Shards;
 
 /// The activities' shared state.
@@ -32,6 +41,8 @@ impl ImportActivities {
 pub struct ImportFile {
     pub path: String,
     pub bytes: u64,
+    /// SHA-256, hex: names the references of lines without an `order_ref`.
+    pub sha256: String,
 }
 
 /// One segment to import: up to `max_lines` lines from byte `offset` (line `first_line`).
@@ -39,12 +50,15 @@ pub struct ImportFile {
 pub struct SegmentInput {
     /// The import's id (its workflow id), stored on every order it writes.
     pub import_id: String,
-    pub path: String,
+    pub file: ImportFile,
     pub offset: u64,
     pub first_line: u64,
     pub max_lines: u64,
     /// Orders per COPY chunk (and savepoint).
     pub chunk_size: u32,
+    /// Rejected lines to list in the outcome at most; the rest are only counted, so results
+    /// and history stay small whatever the file holds.
+    pub list_rejections: u32,
 }
 
 /// What a segment did.
@@ -56,30 +70,32 @@ pub struct SegmentOutcome {
     /// Orders imported, by shard index (a string: JSON object keys are strings).
     pub imported: BTreeMap<String, u64>,
     pub already_present: u64,
-    pub rejected: Vec<RejectedLine>,
+    pub rejected: u64,
+    /// The first `list_rejections` rejected lines, in line order.
+    pub rejected_lines: Vec<RejectedLine>,
 }
 
 #[activities]
 impl ImportActivities {
-    /// Checks that the worker can read the file and returns its size.
+    /// Checks that the worker can read the file and returns its size and digest.
     #[activity(name = "InspectImportFile")]
     pub async fn inspect_import_file(
         self: Arc<Self>,
         _ctx: ActivityContext,
         path: String,
     ) -> Result<ImportFile, ActivityError> {
-        let unreadable = |e: std::io::Error| {
-            Rejection::ImportFileUnreadable {
-                path: path.clone(),
-                error: e.to_string(),
-            }
-            .into_activity_error()
-        };
-        let metadata = tokio::fs::metadata(&path).await.map_err(unreadable)?;
-        tokio::fs::File::open(&path).await.map_err(unreadable)?;
+        let file = PathBuf::from(&path);
+        let inspected = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::metadata(&file)?.len();
+            Ok::<_, std::io::Error>((bytes, file::file_digest(&file)?))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("file reader panicked: {e}")))?;
+        let (bytes, sha256) = inspected.map_err(|e| unreadable(&path, &e))?;
         Ok(ImportFile {
-            bytes: metadata.len(),
             path,
+            bytes,
+            sha256,
         })
     }
 
@@ -92,13 +108,22 @@ impl ImportActivities {
         ctx: ActivityContext,
         input: SegmentInput,
     ) -> Result<SegmentOutcome, ActivityError> {
-        let path = PathBuf::from(&input.path);
+        let expected = input.file.clone();
         let (offset, first_line, max_lines) = (input.offset, input.first_line, input.max_lines);
         let segment = tokio::task::spawn_blocking(move || {
-            file::read_segment(&path, offset, first_line, max_lines)
+            let path = PathBuf::from(&expected.path);
+            let bytes = std::fs::metadata(&path)?.len();
+            if bytes != expected.bytes {
+                return Err(std::io::Error::other(format!(
+                    "it changed during the import ({} bytes, now {bytes}); import the new file as a new import",
+                    expected.bytes
+                )));
+            }
+            file::read_segment(&path, &expected.sha256, offset, first_line, max_lines)
         })
         .await
-        .map_err(|e| std::io::Error::other(format!("segment reader panicked: {e}")))??;
+        .map_err(|e| std::io::Error::other(format!("segment reader panicked: {e}")))?
+        .map_err(|e| unreadable(&input.file.path, &e))?;
         ctx.record_heartbeat(segment.next_offset).await.ok();
 
         let mut by_shard: BTreeMap<usize, Vec<ImportLine>> = BTreeMap::new();
@@ -113,7 +138,7 @@ impl ImportActivities {
             let import_id = input.import_id.as_str();
             async move {
                 let pool = shard.conn.get_postgres_connection_pool();
-                let done = write::write_shard(pool, import_id, lines, chunk)
+                let done = write::write_shard(pool, import_id, input.offset, lines, chunk)
                     .await
                     .map_err(|e| shard.error(sea_orm::DbErr::Custom(e.to_string())))?;
                 ctx.record_heartbeat(segment.next_offset).await.ok();
@@ -124,16 +149,19 @@ impl ImportActivities {
             next_offset: segment.next_offset,
             lines: segment.lines,
             eof: segment.eof,
-            rejected: segment.rejected,
             ..SegmentOutcome::default()
         };
+        let mut rejected = segment.rejected;
         for written in join_all(writes).await {
             let (index, done): (usize, ShardImport) = written?;
             *outcome.imported.entry(index.to_string()).or_default() += done.imported;
             outcome.already_present += done.already_present;
-            outcome.rejected.extend(done.rejected);
+            rejected.extend(done.rejected);
         }
-        outcome.rejected.sort_by_key(|r| r.line);
+        rejected.sort_by_key(|r| r.line);
+        outcome.rejected = rejected.len() as u64;
+        rejected.truncate(input.list_rejections as usize);
+        outcome.rejected_lines = rejected.into_iter().map(RejectedLine::shortened).collect();
         failpoints::hit("import_segment.after_write").await?;
         Ok(outcome)
     }

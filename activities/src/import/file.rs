@@ -34,9 +34,11 @@ pub struct Segment {
     pub eof: bool,
 }
 
-/// Reads up to `max_lines` lines starting at byte `offset`, which is line `first_line`.
+/// Reads up to `max_lines` lines starting at byte `offset`, which is line `first_line`, of
+/// the file whose SHA-256 is `file_digest` (hex; it names the derived references).
 pub fn read_segment(
     path: &Path,
+    file_digest: &str,
     offset: u64,
     first_line: u64,
     max_lines: u64,
@@ -70,7 +72,7 @@ pub fn read_segment(
             });
             continue;
         }
-        match parse_line(line, &buffer) {
+        match parse_line(line, &buffer, file_digest) {
             Ok(Some(valid)) => segment.valid.push(valid),
             Ok(None) => {}
             Err(rejected) => segment.rejected.push(rejected),
@@ -105,11 +107,19 @@ fn skip_rest_of_line(reader: &mut impl BufRead) -> std::io::Result<u64> {
 
 /// Parses line `line` of the file: `Ok(None)` for a blank line, the order if valid, the
 /// reason otherwise. The rules are PlaceOrder's, plus an optional `order_ref` string.
-pub fn parse_line(line: u64, bytes: &[u8]) -> Result<Option<ImportLine>, RejectedLine> {
+pub fn parse_line(
+    line: u64,
+    bytes: &[u8],
+    file_digest: &str,
+) -> Result<Option<ImportLine>, RejectedLine> {
     let reject = |order_ref: Option<String>, reason: String| RejectedLine {
         line,
         order_ref,
         reason,
+    };
+    let bytes = match line {
+        1 => bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes),
+        _ => bytes,
     };
     let text = std::str::from_utf8(bytes)
         .map_err(|_| reject(None, "InvalidOrder: line is not UTF-8".into()))?
@@ -120,7 +130,7 @@ pub fn parse_line(line: u64, bytes: &[u8]) -> Result<Option<ImportLine>, Rejecte
     let mut value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| reject(None, format!("InvalidOrder: malformed JSON: {e}")))?;
     let order_ref = match value.as_object_mut().and_then(|o| o.remove("order_ref")) {
-        None => derived_ref(line, text),
+        None => derived_ref(file_digest, line),
         Some(serde_json::Value::String(r)) if !r.is_empty() && r.len() <= MAX_ORDER_REF => r,
         Some(other) => {
             return Err(reject(
@@ -144,12 +154,34 @@ pub fn parse_line(line: u64, bytes: &[u8]) -> Result<Option<ImportLine>, Rejecte
     }
 }
 
-/// The reference of a line without one: its number and a hash of its text, so importing the
-/// same file again finds the same references (and editing a line makes it a new order).
-fn derived_ref(line: u64, text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("line-{line}-{hex}")
+/// The reference of a line without one: the file's digest and the line number, so importing
+/// the same file again finds the same references, while another file (or an edited one) is
+/// new data, whatever its lines look like.
+fn derived_ref(file_digest: &str, line: u64) -> String {
+    format!(
+        "file-{}-line-{line}",
+        &file_digest[..file_digest.len().min(16)]
+    )
+}
+
+/// SHA-256 of the file, hex, read in a stream.
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut hasher = Sha256::new();
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(chunk);
+        let n = chunk.len();
+        reader.consume(n);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -157,24 +189,23 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    const DIGEST: &str = "0123456789abcdef0123";
     const GOOD: &str =
         r#"{"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}]}"#;
 
     #[test]
-    fn a_line_keeps_its_order_ref_or_gets_a_stable_derived_one() {
+    fn a_line_keeps_its_order_ref_or_gets_one_named_by_file_and_line() {
         let with_ref = format!(r#"{{"order_ref": "A-1", {}"#, &GOOD[1..]);
-        assert_eq!(
-            parse_line(3, with_ref.as_bytes())
-                .unwrap()
-                .unwrap()
-                .order_ref,
-            "A-1"
-        );
-        let derived = parse_line(4, GOOD.as_bytes()).unwrap().unwrap().order_ref;
-        assert!(derived.starts_with("line-4-"), "{derived}");
-        assert_eq!(
-            parse_line(4, GOOD.as_bytes()).unwrap().unwrap().order_ref,
-            derived
+        let parsed = parse_line(3, with_ref.as_bytes(), DIGEST).unwrap().unwrap();
+        assert_eq!(parsed.order_ref, "A-1");
+        let derived = parse_line(4, GOOD.as_bytes(), DIGEST).unwrap().unwrap();
+        assert_eq!(derived.order_ref, "file-0123456789abcdef-line-4");
+        let elsewhere = parse_line(4, GOOD.as_bytes(), "fedcba9876543210ff")
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            elsewhere.order_ref, derived.order_ref,
+            "another file, another order"
         );
     }
 
@@ -196,7 +227,7 @@ mod tests {
                 "order_ref must be a string",
             ),
         ] {
-            let rejected = parse_line(9, text.as_bytes()).unwrap_err();
+            let rejected = parse_line(9, text.as_bytes(), DIGEST).unwrap_err();
             assert_eq!(rejected.line, 9);
             assert!(
                 rejected.reason.contains(reason),
@@ -205,9 +236,14 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_line(2, b"   \n").unwrap(),
+            parse_line(2, b"   \n", DIGEST).unwrap(),
             None,
             "blank lines are skipped"
+        );
+        let with_bom = [b"\xEF\xBB\xBF".as_slice(), GOOD.as_bytes()].concat();
+        assert!(
+            parse_line(1, &with_bom, DIGEST).unwrap().is_some(),
+            "a UTF-8 BOM is skipped"
         );
     }
 
@@ -223,9 +259,9 @@ mod tests {
         write!(file, "{{broken").unwrap();
         drop(file);
 
-        let first = read_segment(&path, 0, 1, 4).unwrap();
+        let first = read_segment(&path, DIGEST, 0, 1, 4).unwrap();
         assert_eq!((first.valid.len(), first.lines, first.eof), (4, 4, false));
-        let rest = read_segment(&path, first.next_offset, 1 + first.lines, 4).unwrap();
+        let rest = read_segment(&path, DIGEST, first.next_offset, 1 + first.lines, 4).unwrap();
         assert_eq!(
             rest.valid.iter().map(|l| l.line).collect::<Vec<_>>(),
             vec![5]

@@ -23,3 +23,22 @@ pub struct RejectedLine {
     pub order_ref: Option<String>,
     pub reason: String,
 }
+
+impl RejectedLine {
+    /// Longest reason kept in reports.
+    pub const MAX_REASON: usize = 300;
+
+    /// This line with its reason cut to [`Self::MAX_REASON`] bytes (database messages can
+    /// quote whole rows).
+    pub fn shortened(mut self) -> Self {
+        if self.reason.len() > Self::MAX_REASON {
+            let mut end = Self::MAX_REASON;
+            while !self.reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.reason.truncate(end);
+            self.reason.push('…');
+        }
+        self
+    }
+}

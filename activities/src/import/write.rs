@@ -1,5 +1,9 @@
 //! Writing one shard's share of a segment: one transaction, unknown customers and
 //! already-imported references filtered out first, then COPY in savepoint-guarded chunks.
+//!
+//! The transaction first takes an advisory lock on (import, segment): if Temporal retries a
+//! segment whose earlier attempt is still writing (a missed heartbeat, not a dead worker), the
+//! retry waits for that attempt's commit or rollback and then sees exactly what it wrote.
 
 use std::collections::HashMap;
 
@@ -21,11 +25,13 @@ pub struct ShardImport {
     pub rejected: Vec<RejectedLine>,
 }
 
-/// Imports `lines` (all owned by this shard) in one transaction, COPYing `chunk` orders at a
-/// time, each chunk in a savepoint (see [`batch::isolate_failures`]).
+/// Imports `lines` (all owned by this shard) of the segment starting at byte `segment` in one
+/// transaction, COPYing `chunk` orders at a time, each chunk in a savepoint (see
+/// [`batch::isolate_failures`]).
 pub async fn write_shard(
     pool: &PgPool,
     import_id: &str,
+    segment: u64,
     lines: Vec<ImportLine>,
     chunk: usize,
 ) -> Result<ShardImport, sqlx::Error> {
@@ -34,12 +40,31 @@ pub async fn write_shard(
         return Ok(outcome);
     }
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
+        .bind(import_id)
+        .bind(segment as i64)
+        .execute(&mut *tx)
+        .await?;
     let customers = customers_of(&mut tx, &lines).await?;
     let present = present_refs(&mut tx, &lines).await?;
     let mut to_write = Vec::with_capacity(lines.len());
     for line in lines {
-        match present.get(&line.order_ref) {
-            Some(Some(by)) if by == import_id => outcome.imported += 1,
+        let key = (line.order.customer_id, line.order_ref.clone());
+        match present.get(&key) {
+            // Written by an earlier attempt of this very segment.
+            Some((Some(by), Some(at))) if by == import_id && *at == line.line as i64 => {
+                outcome.imported += 1
+            }
+            Some((Some(by), Some(at))) if by == import_id => {
+                outcome.rejected.push(RejectedLine {
+                    line: line.line,
+                    reason: format!(
+                        "InvalidOrder: order_ref {:?} is used again for customer {} (first on line {at})",
+                        line.order_ref, line.order.customer_id
+                    ),
+                    order_ref: Some(line.order_ref),
+                });
+            }
             Some(_) => outcome.already_present += 1,
             None if !customers.contains_key(&line.order.customer_id) => {
                 outcome.rejected.push(RejectedLine {
@@ -91,18 +116,31 @@ async fn customers_of(
         .collect()
 }
 
-/// The lines' references already on this shard, with the import that wrote each.
+/// The lines' (customer, reference) pairs already on this shard, with the import and line
+/// that wrote each.
 async fn present_refs(
     conn: &mut PgConnection,
     lines: &[ImportLine],
-) -> Result<HashMap<String, Option<String>>, sqlx::Error> {
+) -> Result<HashMap<(i64, String), (Option<String>, Option<i64>)>, sqlx::Error> {
+    let customers: Vec<i64> = lines.iter().map(|l| l.order.customer_id).collect();
     let refs: Vec<&str> = lines.iter().map(|l| l.order_ref.as_str()).collect();
-    let rows = sqlx::query("SELECT order_ref, import_id FROM orders WHERE order_ref = ANY($1)")
-        .bind(refs)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT o.customer_id, o.order_ref, o.import_id, o.import_line
+         FROM orders o
+         JOIN unnest($1::bigint[], $2::text[]) AS wanted(customer_id, order_ref)
+           ON o.customer_id = wanted.customer_id AND o.order_ref = wanted.order_ref",
+    )
+    .bind(customers)
+    .bind(refs)
+    .fetch_all(&mut *conn)
+    .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("order_ref")?, r.try_get("import_id")?)))
+        .map(|r| {
+            Ok((
+                (r.try_get("customer_id")?, r.try_get("order_ref")?),
+                (r.try_get("import_id")?, r.try_get("import_line")?),
+            ))
+        })
         .collect()
 }
 
@@ -143,6 +181,7 @@ async fn copy_orders(
             .text(Some(email))
             .text(Some(&line.order_ref))
             .text(Some(import_id))
+            .plain(line.line)
             .end_row();
         for item in &order.items {
             items
@@ -156,7 +195,7 @@ async fn copy_orders(
     copy_in(
         conn,
         "COPY orders (id, customer_id, status, total_amount, notes, customer_name,
-                      customer_email, order_ref, import_id) FROM STDIN",
+                      customer_email, order_ref, import_id, import_line) FROM STDIN",
         orders,
     )
     .await?;

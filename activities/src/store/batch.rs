@@ -141,10 +141,11 @@ pub struct FailedRow {
 }
 
 /// Writes `rows` in chunks of `chunk`, each inside a savepoint of the caller's transaction.
-/// A chunk the database refuses is rolled back to its savepoint and split in halves, again
+/// A chunk the database refuses for its data (SQLSTATE classes 22, data exception, and 23,
+/// integrity constraint violation) is rolled back to its savepoint and split in halves, again
 /// and again, until each bad row is alone: every good row is written, every bad row is
-/// returned with the database's reason. Errors that are not about the data (a lost
-/// connection) abort the whole call.
+/// returned with the database's reason. Any other error (a lost connection, a deadlock, a
+/// timeout) says nothing about the rows and aborts the whole call, for the caller to retry.
 pub async fn isolate_failures<T, W>(
     conn: &mut PgConnection,
     rows: &[T],
@@ -170,7 +171,7 @@ where
                     .execute(&mut *conn)
                     .await?;
             }
-            Err(sqlx::Error::Database(e)) => {
+            Err(sqlx::Error::Database(e)) if is_about_the_data(e.as_ref()) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT chunk")
                     .execute(&mut *conn)
                     .await?;
@@ -193,6 +194,12 @@ where
     }
     failed.sort_by_key(|f| f.index);
     Ok(failed)
+}
+
+/// Whether the error is the rows' fault (bad value, broken constraint), not the moment's.
+fn is_about_the_data(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
 }
 
 /// The database's message, with its detail when it has one (e.g. which key is duplicated).
