@@ -12,10 +12,12 @@ pub(crate) struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        db.execute_unprepared("CREATE INDEX idx_orders_created_at_id ON orders (created_at, id)")
-            .await?;
         db.execute_unprepared(
-            "CREATE INDEX idx_orders_customer_created_at_id
+            "CREATE INDEX IF NOT EXISTS idx_orders_created_at_id ON orders (created_at, id)",
+        )
+        .await?;
+        db.execute_unprepared(
+            "CREATE INDEX IF NOT EXISTS idx_orders_customer_created_at_id
              ON orders (customer_id, created_at, id)",
         )
         .await?;

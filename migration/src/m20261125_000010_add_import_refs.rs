@@ -21,7 +21,7 @@ impl MigrationTrait for Migration {
         )
         .await?;
         db.execute_unprepared(
-            "CREATE UNIQUE INDEX idx_orders_customer_order_ref ON orders (customer_id, order_ref)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS idx_orders_customer_order_ref ON orders (customer_id, order_ref)",
         )
         .await?;
         Ok(())
@@ -30,7 +30,10 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .get_connection()
-            .execute_unprepared("ALTER TABLE orders DROP COLUMN order_ref, DROP COLUMN import_id")
+            .execute_unprepared(
+                "ALTER TABLE orders DROP COLUMN order_ref, DROP COLUMN import_id,
+                 DROP COLUMN import_line",
+            )
             .await?;
         Ok(())
     }
