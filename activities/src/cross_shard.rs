@@ -101,7 +101,7 @@ pub async fn orders_page(
 ) -> Result<OrderPage, ListError> {
     check_page_size(limit)?;
     let after = cursor.map(decode_cursor).transpose()?;
-    let per_shard = on_every_shard(shards, |shard| async move {
+    let per_shard = on_every_shard(shards, move |shard| async move {
         listing::newest(&shard.conn, after, limit + 1).await
     })
     .await?;
@@ -119,7 +119,7 @@ pub async fn orders_page_at_offset(
     if offset > MAX_OFFSET {
         return Err(ListError::BadOffset(offset));
     }
-    let per_shard = on_every_shard(shards, |shard| async move {
+    let per_shard = on_every_shard(shards, move |shard| async move {
         listing::newest_at_offset(&shard.conn, 0, offset + limit).await
     })
     .await?;
@@ -142,26 +142,29 @@ pub async fn customer_orders_page(
     Ok(merge_page(vec![(shard.index, orders)], 0, limit))
 }
 
-/// Runs `query` on every shard at once; fails with the first failing shard's error.
-async fn on_every_shard<'a, F, Fut>(
-    shards: &'a Shards,
+/// Runs `query` on every shard at once, each on its own task so that decoding the rows
+/// also runs in parallel; fails with the first failing shard's error.
+async fn on_every_shard<F, Fut>(
+    shards: &Shards,
     query: F,
 ) -> Result<Vec<(usize, Vec<OrderSummary>)>, ShardError>
 where
-    F: Fn(&'a Shard) -> Fut,
-    Fut: Future<Output = Result<Vec<OrderSummary>, sea_orm::DbErr>>,
+    F: Fn(Shard) -> Fut,
+    Fut: Future<Output = Result<Vec<OrderSummary>, sea_orm::DbErr>> + Send + 'static,
 {
-    join_all(shards.iter().map(|shard| {
-        let rows = query(shard);
-        async move {
-            rows.await
-                .map(|rows| (shard.index, rows))
-                .map_err(|e| shard.error(e))
-        }
-    }))
-    .await
-    .into_iter()
-    .collect()
+    let tasks: Vec<_> = shards
+        .iter()
+        .map(|shard| (shard.clone(), tokio::spawn(query(shard.clone()))))
+        .collect();
+    let mut pages = Vec::with_capacity(tasks.len());
+    for (shard, task) in tasks {
+        let rows = task
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .map_err(|e| shard.error(e))?;
+        pages.push((shard.index, rows));
+    }
+    Ok(pages)
 }
 
 fn merge_page(per_shard: Vec<(usize, Vec<OrderSummary>)>, skip: usize, limit: u64) -> OrderPage {

@@ -108,6 +108,7 @@ impl ImportActivities {
         ctx: ActivityContext,
         input: SegmentInput,
     ) -> Result<SegmentOutcome, ActivityError> {
+        let started = std::time::Instant::now();
         let expected = input.file.clone();
         let (offset, first_line, max_lines) = (input.offset, input.first_line, input.max_lines);
         let segment = tokio::task::spawn_blocking(move || {
@@ -125,6 +126,7 @@ impl ImportActivities {
         .map_err(|e| std::io::Error::other(format!("segment reader panicked: {e}")))?
         .map_err(|e| unreadable(&input.file.path, &e))?;
         ctx.record_heartbeat(segment.next_offset).await.ok();
+        let read = started.elapsed();
 
         let mut by_shard: BTreeMap<usize, Vec<ImportLine>> = BTreeMap::new();
         for line in segment.valid {
@@ -159,6 +161,15 @@ impl ImportActivities {
             rejected.extend(done.rejected);
         }
         rejected.sort_by_key(|r| r.line);
+        tracing::info!(
+            import_id = %input.import_id,
+            first_line = input.first_line,
+            lines = outcome.lines,
+            rejected = rejected.len(),
+            read_ms = read.as_millis() as u64,
+            write_ms = (started.elapsed() - read).as_millis() as u64,
+            "segment imported"
+        );
         outcome.rejected = rejected.len() as u64;
         rejected.truncate(input.list_rejections as usize);
         outcome.rejected_lines = rejected.into_iter().map(RejectedLine::shortened).collect();
