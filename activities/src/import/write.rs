@@ -1,11 +1,15 @@
-//! Writing one shard's share of a segment: one transaction, unknown customers and
-//! already-imported references filtered out first, then COPY in savepoint-guarded chunks.
+//! Writing one shard's share of a segment: a transaction per chunk, a few side by side; in
+//! each, unknown customers and already-imported references are filtered out first, then the
+//! chunk goes in with COPY inside a savepoint.
 //!
-//! The transaction first takes an advisory lock on (import, segment): if Temporal retries a
-//! segment whose earlier attempt is still writing (a missed heartbeat, not a dead worker), the
-//! retry waits for that attempt's commit or rollback and then sees exactly what it wrote.
+//! Each chunk's transaction first takes an advisory lock on (import, segment, chunk): if
+//! Temporal retries a segment whose earlier attempt is still writing (a missed heartbeat, not
+//! a dead worker), the retry waits for that attempt's commit or rollback and then sees exactly
+//! what it wrote.
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 
 use sea_orm::sqlx::{self, PgConnection, PgPool, Row};
 
@@ -25,15 +29,50 @@ pub struct ShardImport {
     pub rejected: Vec<RejectedLine>,
 }
 
-/// Imports `lines` (all owned by this shard) of the segment starting at byte `segment` in one
-/// transaction, COPYing `chunk` orders at a time, each chunk in a savepoint (see
-/// [`batch::isolate_failures`]).
+/// Transactions one shard's share of a segment is written in at once. Each COPY ends with a
+/// wait on the server's delayed ACK (sqlx leaves Nagle's algorithm on), so chunks written side
+/// by side keep the shard busy while one of them waits.
+pub const WRITERS_PER_SHARD: usize = 4;
+
+/// Imports `lines` (all owned by this shard) of the segment starting at byte `segment`:
+/// `chunk` orders per transaction, up to [`WRITERS_PER_SHARD`] transactions at once.
 pub async fn write_shard(
     pool: &PgPool,
     import_id: &str,
     segment: u64,
     lines: Vec<ImportLine>,
     chunk: usize,
+) -> Result<ShardImport, sqlx::Error> {
+    let mut chunks = Vec::new();
+    let mut lines = lines.into_iter().peekable();
+    while lines.peek().is_some() {
+        chunks.push(lines.by_ref().take(chunk).collect::<Vec<_>>());
+    }
+    let writes = chunks.into_iter().enumerate().map(|(index, lines)| {
+        let lock = (segment as i64)
+            .wrapping_mul(1024)
+            .wrapping_add(index as i64);
+        write_chunk(pool, import_id, lock, lines)
+    });
+    let mut outcome = ShardImport::default();
+    let mut done = futures::stream::iter(writes).buffer_unordered(WRITERS_PER_SHARD);
+    while let Some(written) = done.next().await {
+        let written = written?;
+        outcome.imported += written.imported;
+        outcome.already_present += written.already_present;
+        outcome.rejected.extend(written.rejected);
+    }
+    Ok(outcome)
+}
+
+/// Imports one chunk in one transaction: one COPY of its orders and one of their items,
+/// inside a savepoint; if the database refuses the data, the savepoint is rolled back and
+/// the chunk split until the bad rows are isolated (see [`batch::isolate_failures`]).
+async fn write_chunk(
+    pool: &PgPool,
+    import_id: &str,
+    lock: i64,
+    lines: Vec<ImportLine>,
 ) -> Result<ShardImport, sqlx::Error> {
     let mut outcome = ShardImport::default();
     if lines.is_empty() {
@@ -42,7 +81,7 @@ pub async fn write_shard(
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
         .bind(import_id)
-        .bind(segment as i64)
+        .bind(lock)
         .execute(&mut *tx)
         .await?;
     let customers = customers_of(&mut tx, &lines).await?;
@@ -81,7 +120,7 @@ pub async fn write_shard(
     }
     let ids = order_ids(&mut tx, &to_write).await?;
     let rows: Vec<(i64, &ImportLine)> = ids.into_iter().zip(&to_write).collect();
-    let failed = batch::isolate_failures(&mut tx, &rows, chunk, |conn, rows| {
+    let failed = batch::isolate_failures(&mut tx, &rows, rows.len().max(1), |conn, rows| {
         Box::pin(copy_orders(conn, rows, &customers, import_id))
     })
     .await?;
