@@ -32,6 +32,7 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "cancelled_compensated.json",
         "invalid_order.json",
         "unknown_customer.json",
+        "three_imported_one_rejected.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -84,7 +84,8 @@ pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<ImportR
 /// `[#########-----------]  45%  450000 lines  12000 lines/s  ETA 40s  imported 449000  rejected 3`
 pub fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
     let fraction = if p.total_bytes == 0 {
-        1.0
+        // Not inspected yet, or an empty file.
+        if p.done { 1.0 } else { 0.0 }
     } else {
         p.bytes_done as f64 / p.total_bytes as f64
     };
