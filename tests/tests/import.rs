@@ -97,8 +97,7 @@ async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_
         (12, json!({"customer_id": customers[1], "items": [{"product_id": 1, "quantity": 1, "unit_price": "1.999"}]}).to_string(), "decimals"),
         (17, json!({"customer_id": customers[2], "items": []}).to_string(), "at least one item"),
         (21, json!({"order_ref": "NOBODY", "customer_id": 987_654_321, "items": [{"product_id": 1, "quantity": 1, "unit_price": "1.00"}]}).to_string(), "UnknownCustomer"),
-        // The same reference as line 1, for the same customer (same shard): the database's
-        // unique index refuses it, and the savepoints isolate it from its chunk.
+        // The same reference as line 1, for the same customer: refused before writing.
         (26, good_line("R-0", customers[0], 1), "order_ref"),
     ];
     for (line, text, _) in &bad {
@@ -189,9 +188,10 @@ async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(imported_again, 0, "a re-run imports nothing: {again}");
+    assert_eq!(again["already_present"], 30, "every good line: {again}");
     assert_eq!(
-        again["already_present"], 31,
-        "30 good lines, and line 26's reference"
+        again["rejected"], 6,
+        "the same lines are refused again: {again}"
     );
     assert_eq!(
         shard_totals(&app).await,
@@ -210,7 +210,7 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
                 .await,
         );
     }
-    let lines: Vec<String> = (0..3000)
+    let lines: Vec<String> = (0..6000)
         .map(|i| good_line(&format!("K-{i}"), customers[i % customers.len()], 1))
         .collect();
     let path = write_file(&app, "big", &lines);
@@ -238,8 +238,8 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
     );
     let committed: i64 = shard_totals(&app).await.iter().map(|t| t.0).sum();
     assert_eq!(
-        committed, 400,
-        "the first segment (4 chunks of 100) was committed before the crash"
+        committed, 2000,
+        "the first segment (2000 lines, the least a segment reads) was committed before the crash"
     );
 
     app.start_worker(None);
@@ -258,7 +258,7 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
             .values()
             .map(|v| v.as_u64().unwrap())
             .sum::<u64>(),
-        3000,
+        6000,
         "{status}"
     );
     assert_eq!(
@@ -269,12 +269,12 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
     let totals = shard_totals(&app).await;
     assert_eq!(
         totals.iter().map(|t| t.0).sum::<i64>(),
-        3000,
+        6000,
         "every order exactly once"
     );
-    assert_eq!(totals.iter().map(|t| t.1).sum::<i64>(), 6000);
+    assert_eq!(totals.iter().map(|t| t.1).sum::<i64>(), 12000);
     for (shard, (orders, _, _)) in totals.iter().enumerate() {
-        let expected = (0..3000)
+        let expected = (0..6000)
             .filter(|i| {
                 app.shards
                     .for_customer(customers[i % customers.len()])
@@ -284,4 +284,53 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
             .count();
         assert_eq!(*orders, expected as i64, "shard {shard}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_in_savepoint_chunks_keeps_every_good_row_and_names_each_bad_one() {
+    use orders_activities::store::batch::{self, NewItem};
+
+    let app = TestApp::spawn_without_worker().await;
+    let customer = app.add_customer("Niklaus Wirth", "100.00").await;
+    let order = app.insert_order(customer, &[(1, 1, "1.00")]).await;
+    let shard = app.shards.for_customer(customer);
+    let item = |order_id: i64, quantity: i32| NewItem {
+        order_id,
+        product_id: 42,
+        quantity,
+        price: rust_decimal::Decimal::new(250, 2),
+    };
+    // 40 rows; row 7 breaks the quantity CHECK, row 23 the foreign key to orders.
+    let rows: Vec<NewItem> = (0..40)
+        .map(|i| match i {
+            7 => item(order, 0),
+            23 => item(order + 1024 * 1000, 1),
+            _ => item(order, 1),
+        })
+        .collect();
+    let mut tx = shard
+        .conn
+        .get_postgres_connection_pool()
+        .begin()
+        .await
+        .unwrap();
+    let failed = batch::isolate_failures(&mut tx, &rows, 16, |conn, rows| {
+        Box::pin(async move { batch::copy_items(conn, rows).await.map(|_| ()) })
+    })
+    .await
+    .expect("data errors are isolated, not raised");
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        failed.iter().map(|f| f.index).collect::<Vec<_>>(),
+        vec![7, 23]
+    );
+    assert!(
+        failed[0].error.contains("check constraint"),
+        "{:?}",
+        failed[0]
+    );
+    assert!(failed[1].error.contains("foreign key"), "{:?}", failed[1]);
+    let written = app.rows_on_shard(shard.index).await.items;
+    assert_eq!(written, 1 + 38, "the order's own item and every good row");
 }

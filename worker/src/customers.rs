@@ -8,7 +8,7 @@ use orders_activities::store::customers::{self, NewCustomer};
 use orders_entities::customer;
 
 /// Creates `new` and returns it. Without an explicit id, the customer goes to the shard with
-/// the fewest customers and gets an id tagged with that shard.
+/// the fewest customers and gets an id in one of that shard's buckets.
 pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::Model> {
     ensure!(!new.first_name.is_empty(), "a customer needs a name");
     ensure!(

@@ -28,6 +28,9 @@ use crate::failures::workflow_failure;
 pub const DEFAULT_CHUNK_SIZE: u32 = 5_000;
 /// Chunks' worth of lines read per segment (spread over the shards).
 const CHUNKS_PER_SEGMENT: u64 = 4;
+/// The fewest lines a segment reads, whatever the chunk size: each segment adds about six
+/// events to the history, so this keeps files of millions of lines far from its limits.
+const MIN_SEGMENT_LINES: u64 = 2_000;
 /// The largest chunk accepted: bounds a segment's memory and its activity's run time.
 pub const MAX_CHUNK_SIZE: u32 = 10_000;
 /// Rejected lines listed in the result; beyond this they are counted only. Reasons are cut
@@ -106,7 +109,13 @@ impl ImportOrdersWorkflow {
             .chunk_size
             .unwrap_or(DEFAULT_CHUNK_SIZE)
             .clamp(1, MAX_CHUNK_SIZE);
-        let import_id = ctx.workflow_id().to_owned();
+        // The first run id makes a later import under the same workflow id a new import; a
+        // reset keeps it, so a reset import still recognises what it wrote.
+        let import_id = format!(
+            "{}/{}",
+            ctx.workflow_id(),
+            ctx.info().first_execution_run_id()
+        );
         loop {
             let (offset, first_line, room) = ctx.state(|s| {
                 (
@@ -123,7 +132,8 @@ impl ImportOrdersWorkflow {
                         file: file.clone(),
                         offset,
                         first_line,
-                        max_lines: u64::from(chunk_size) * CHUNKS_PER_SEGMENT,
+                        max_lines: (u64::from(chunk_size) * CHUNKS_PER_SEGMENT)
+                            .max(MIN_SEGMENT_LINES),
                         chunk_size,
                         list_rejections: room as u32,
                     },

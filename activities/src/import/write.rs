@@ -43,8 +43,23 @@ pub async fn write_shard(
     lines: Vec<ImportLine>,
     chunk: usize,
 ) -> Result<ShardImport, sqlx::Error> {
+    let mut outcome = ShardImport::default();
+    // One line per (customer, ref): chunks written side by side must never share a key, or
+    // they would wait on each other's unique-index entries (and could deadlock).
+    let mut first_line: HashMap<(i64, String), u64> = HashMap::new();
+    let mut unique = Vec::with_capacity(lines.len());
+    for line in lines {
+        let key = (line.order.customer_id, line.order_ref.clone());
+        match first_line.get(&key) {
+            Some(&first) => outcome.rejected.push(used_again(&line, first)),
+            None => {
+                first_line.insert(key, line.line);
+                unique.push(line);
+            }
+        }
+    }
     let mut chunks = Vec::new();
-    let mut lines = lines.into_iter().peekable();
+    let mut lines = unique.into_iter().peekable();
     while lines.peek().is_some() {
         chunks.push(lines.by_ref().take(chunk).collect::<Vec<_>>());
     }
@@ -54,7 +69,6 @@ pub async fn write_shard(
             .wrapping_add(index as i64);
         write_chunk(pool, import_id, lock, lines)
     });
-    let mut outcome = ShardImport::default();
     let mut done = futures::stream::iter(writes).buffer_unordered(WRITERS_PER_SHARD);
     while let Some(written) = done.next().await {
         let written = written?;
@@ -95,14 +109,7 @@ async fn write_chunk(
                 outcome.imported += 1
             }
             Some((Some(by), Some(at))) if by == import_id => {
-                outcome.rejected.push(RejectedLine {
-                    line: line.line,
-                    reason: format!(
-                        "InvalidOrder: order_ref {:?} is used again for customer {} (first on line {at})",
-                        line.order_ref, line.order.customer_id
-                    ),
-                    order_ref: Some(line.order_ref),
-                });
+                outcome.rejected.push(used_again(&line, *at as u64));
             }
             Some(_) => outcome.already_present += 1,
             None if !customers.contains_key(&line.order.customer_id) => {
@@ -135,6 +142,18 @@ async fn write_chunk(
         });
     }
     Ok(outcome)
+}
+
+/// The rejection of a line whose (customer, ref) an earlier line of the same import took.
+fn used_again(line: &ImportLine, first: u64) -> RejectedLine {
+    RejectedLine {
+        line: line.line,
+        order_ref: Some(line.order_ref.clone()),
+        reason: format!(
+            "InvalidOrder: order_ref {:?} is used again for customer {} (first on line {first})",
+            line.order_ref, line.order.customer_id
+        ),
+    }
 }
 
 /// The customer's "first last" name and email, for the lines' customers found on this shard.
