@@ -286,6 +286,42 @@ impl TestApp {
             .expect("orders CLI runs")
     }
 
+    /// Runs the `orders` CLI and fails the test, with its stderr, unless it succeeds.
+    #[track_caller]
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> Output {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "orders {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// This test's shard URLs with shard `down` replaced by a port nothing listens on.
+    pub(crate) fn urls_with_shard_down(&self, down: usize) -> Vec<String> {
+        let mut urls = self.shard_urls.clone();
+        let dead_port = local::free_port().expect("a free port");
+        urls[down] = local::shard_url(dead_port, "nowhere");
+        urls
+    }
+
+    /// Pools for this test's shards with shard `down` unreachable (2 s connect timeout).
+    pub(crate) async fn shards_with_shard_down(&self, down: usize) -> (Vec<String>, Shards) {
+        let urls = self.urls_with_shard_down(down);
+        let shards = Shards::connect_lazy(
+            &urls,
+            PoolSettings {
+                max_connections: 2,
+                connect_timeout: Duration::from_secs(2),
+            },
+        )
+        .await
+        .expect("lazy pools open");
+        (urls, shards)
+    }
+
     /// Creates a customer through the store and returns its id.
     pub(crate) async fn add_customer(&self, name: &str, credit_limit: &str) -> i64 {
         let (first_name, last_name) = NewCustomer::split_name(name);

@@ -44,6 +44,16 @@ fn import(app: &TestApp, path: &std::path::Path, chunk: &str) -> (bool, Value) {
     (output.status.success(), report)
 }
 
+/// Orders imported over all shards, from a report's or progress's `imported` map.
+fn imported_total(report: &Value) -> u64 {
+    report["imported"]
+        .as_object()
+        .expect("imported is a map of shard to count")
+        .values()
+        .map(|n| n.as_u64().expect("a count"))
+        .sum()
+}
+
 /// Orders and items on each shard, and their total, straight from the databases.
 async fn shard_totals(app: &TestApp) -> Vec<(i64, i64, String)> {
     let mut totals = Vec::new();
@@ -134,15 +144,7 @@ async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_
             "{reason:?} should mention {expected:?}"
         );
     }
-    assert_eq!(
-        report["imported"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum::<u64>(),
-        30
-    );
+    assert_eq!(imported_total(&report), 30);
     assert_eq!(report["rejected"], 6);
     assert_eq!(report["done"], true);
 
@@ -181,13 +183,11 @@ async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_
     }
 
     let (_, again) = import(&app, &path, "4");
-    let imported_again: u64 = again["imported"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(imported_again, 0, "a re-run imports nothing: {again}");
+    assert_eq!(
+        imported_total(&again),
+        0,
+        "a re-run imports nothing: {again}"
+    );
     assert_eq!(again["already_present"], 30, "every good line: {again}");
     assert_eq!(
         again["rejected"], 6,
@@ -218,18 +218,13 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
     // The first worker commits the first segment on every shard, then dies before Temporal
     // hears of it.
     app.start_worker(Some("import_segment.after_write"));
-    let started = app.cli(&[
+    let started = app.cli_ok(&[
         "import",
         path.to_str().unwrap(),
         "--chunk-size",
         "100",
         "--detach",
     ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
     let workflow_id = String::from_utf8(started.stdout).unwrap().trim().to_owned();
     assert!(
         app.worker_exits_within(Duration::from_secs(60)),
@@ -251,16 +246,7 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(
-        status["imported"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum::<u64>(),
-        6000,
-        "{status}"
-    );
+    assert_eq!(imported_total(&status), 6000, "{status}");
     assert_eq!(
         status["already_present"], 0,
         "the retried segment counts its own rows once: {status}"

@@ -1,11 +1,8 @@
 //! Migrations on every shard: up → down → up keeps data; failures name the shard.
 
-use orders_activities::Shards;
-use orders_activities::shards::PoolSettings;
 use orders_worker::migrate::{self, Plan};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::json;
-use std::time::Duration;
 
 use crate::helpers::TestApp;
 
@@ -146,18 +143,7 @@ async fn every_migration_goes_down_to_an_empty_schema_and_back_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_that_cannot_migrate_is_named_and_the_others_complete() {
     let app = TestApp::with_empty_databases().await;
-    let mut urls = app.shard_urls.clone();
-    let dead_port = orders_worker::local::free_port().unwrap();
-    urls[2] = orders_worker::local::shard_url(dead_port, "nowhere");
-    let shards = Shards::connect_lazy(
-        &urls,
-        PoolSettings {
-            max_connections: 2,
-            connect_timeout: Duration::from_secs(2),
-        },
-    )
-    .await
-    .unwrap();
+    let (_, shards) = app.shards_with_shard_down(2).await;
 
     let error = migrate::run(&shards, Plan::Up(None))
         .await

@@ -39,12 +39,7 @@ async fn reads_hit_the_cache_and_the_workers_own_status_change_is_seen_at_once()
     );
 
     // The worker ships the order: its activity drops the cached entry.
-    let output = app.cli(&["set-status", &placed.order_id.to_string(), "shipped"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    app.cli_ok(&["set-status", &placed.order_id.to_string(), "shipped"]);
     let (_, shipped) = get_json(app.api_port, &path);
     assert_eq!(
         shipped["order"]["status"], "shipped",

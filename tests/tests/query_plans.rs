@@ -6,28 +6,18 @@ use crate::helpers::TestApp;
 #[tokio::test(flavor = "multi_thread")]
 async fn at_100k_orders_per_shard_every_hot_lookup_uses_its_index() {
     let app = TestApp::spawn_without_worker().await;
-    let fill = app.cli(&[
+    app.cli_ok(&[
         "fill",
         "--customers-per-shard",
         "2000",
         "--orders-per-shard",
         "100000",
     ]);
-    assert!(
-        fill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fill.stderr)
-    );
     let counts = app.cli(&["counts", "--json"]);
     let counts: serde_json::Value = serde_json::from_slice(&counts.stdout).unwrap();
     assert_eq!(counts["total"], 400_000, "{counts}");
 
-    let output = app.cli(&["explain", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = app.cli_ok(&["explain", "--json"]);
     let shards: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let expected_indexes = [
         (

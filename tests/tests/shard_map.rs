@@ -72,12 +72,7 @@ async fn orders_shards_reports_every_shard_and_marks_one_that_is_down() {
     app.insert_order(customer, &[(1, 1, "1.00")]).await;
     let home = app.shards.for_customer(customer).index;
 
-    let output = app.cli(&["shards", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = app.cli_ok(&["shards", "--json"]);
     let reports: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let reports = reports.as_array().unwrap();
     assert_eq!(reports.len(), 4);
@@ -97,9 +92,7 @@ async fn orders_shards_reports_every_shard_and_marks_one_that_is_down() {
         assert!(!r["url"].as_str().unwrap().contains(":secret"), "{r}");
     }
 
-    let mut urls = app.shard_urls.clone();
-    urls[1] =
-        orders_worker::local::shard_url(orders_worker::local::free_port().unwrap(), "nowhere");
+    let urls = app.urls_with_shard_down(1);
     let output = app
         .orders_command()
         .env("ORDERS_SHARDS", urls.join(","))

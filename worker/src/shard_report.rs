@@ -4,7 +4,7 @@ use futures::future::join_all;
 use orders_activities::Shards;
 use orders_activities::shard_map::ShardMap;
 use orders_activities::shards::Shard;
-use orders_activities::store::customers;
+use orders_activities::store::{customers, orders};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use serde::Serialize;
 
@@ -23,7 +23,7 @@ pub struct ShardReport {
     pub migration: Option<String>,
     /// Buckets the current map gives this shard.
     pub buckets: usize,
-    pub orders: Option<i64>,
+    pub orders: Option<u64>,
     pub customers: Option<u64>,
     /// This command's pool bound per shard (each worker has its own pool).
     pub pool_size: u32,
@@ -79,15 +79,7 @@ async fn fill(shard: &Shard, report: &mut ShardReport) -> Result<(), DbErr> {
         return Ok(());
     }
     report.customers = Some(customers::count(&shard.conn).await?);
-    let orders = shard
-        .conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT count(*) AS n FROM orders",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("count returned no row".into()))?;
-    report.orders = Some(orders.try_get("", "n")?);
+    report.orders = Some(orders::count(&shard.conn).await?);
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 use chrono::{DateTime, FixedOffset};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
-use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use sea_orm::{
+    ActiveEnum, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, Statement, Value,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::order_input::ValidOrder;
@@ -121,6 +123,11 @@ pub async fn transition(
         )?)),
         None => Ok(None),
     }
+}
+
+/// How many orders this shard holds.
+pub async fn count(conn: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    orders_entities::order::Entity::find().count(conn).await
 }
 
 /// An order with its items, as `orders get` shows it.
