@@ -23,7 +23,7 @@ use crate::failpoints;
 use crate::failure::Rejection;
 use crate::metrics::OrderMetrics;
 use crate::order_cache::OrderCache;
-use crate::order_input::ValidOrder;
+use crate::order_input::{Consistency, ValidOrder};
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::{credit, idempotency, orders};
 
@@ -67,6 +67,9 @@ pub struct PlacedOrder {
     pub shard: usize,
     pub status: OrderStatus,
     pub total_amount: Decimal,
+    /// How it was placed; absent (saga) in results recorded before two-phase commit existed.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 /// Input of [`OrderActivities::set_order_status`].
@@ -313,6 +316,7 @@ impl OrderActivities {
                 shard: created.shard,
                 status: OrderStatus::Confirmed,
                 total_amount: created.total_amount,
+                consistency: Consistency::Saga,
             }),
             found => Err(Rejection::OrderNotPending {
                 order_id: created.order_id,

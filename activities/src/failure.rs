@@ -22,6 +22,12 @@ pub const ORDER_NOT_PENDING: &str = "OrderNotPending";
 pub const INVALID_TRANSITION: &str = "InvalidTransition";
 /// Failure type of an import whose file the worker cannot read.
 pub const IMPORT_FILE_UNREADABLE: &str = "ImportFileUnreadable";
+/// Failure type of an order for more of a product than is available.
+pub const OUT_OF_STOCK: &str = "OutOfStock";
+/// Failure type of an order for a product no shard stocks.
+pub const UNKNOWN_PRODUCT: &str = "UnknownProduct";
+/// Failure type of a two-phase part that is neither prepared nor committed at commit time.
+pub const PREPARED_PART_MISSING: &str = "PreparedPartMissing";
 /// Failure type of a saga whose compensation could not complete.
 pub const COMPENSATION_FAILED: &str = "CompensationFailed";
 
@@ -59,6 +65,26 @@ pub enum Rejection {
         found: Option<OrderStatus>,
         allowed: Vec<OrderStatus>,
     },
+    /// A product's available stock cannot cover the quantity ordered.
+    #[error(
+        "out of stock: product {product_id} has {available} available, the order needs {requested}"
+    )]
+    OutOfStock {
+        product_id: i64,
+        requested: i32,
+        available: i32,
+    },
+    /// No product with this id is stocked on the shard that owns it.
+    #[error(
+        "product {product_id} does not exist (add it with `orders product add --id {product_id} --stock N`)"
+    )]
+    UnknownProduct { product_id: i64 },
+    /// A commit was decided, but this shard's prepared part is gone without having committed:
+    /// someone rolled it back by hand. Retrying cannot bring it back.
+    #[error(
+        "prepared transaction {gid} on shard {shard} is neither prepared nor committed; it was rolled back outside the workflow, so this order is only partly committed and needs manual repair"
+    )]
+    PreparedPartMissing { gid: String, shard: usize },
     /// The worker cannot read the file an import names.
     #[error("the worker cannot read {path}: {error} (the path must exist on the worker's machine)")]
     ImportFileUnreadable { path: String, error: String },
@@ -74,6 +100,9 @@ impl Rejection {
             Rejection::AlreadyCompensated { .. } => ALREADY_COMPENSATED,
             Rejection::OrderNotPending { .. } => ORDER_NOT_PENDING,
             Rejection::InvalidTransition { .. } => INVALID_TRANSITION,
+            Rejection::OutOfStock { .. } => OUT_OF_STOCK,
+            Rejection::UnknownProduct { .. } => UNKNOWN_PRODUCT,
+            Rejection::PreparedPartMissing { .. } => PREPARED_PART_MISSING,
             Rejection::ImportFileUnreadable { .. } => IMPORT_FILE_UNREADABLE,
         }
     }

@@ -15,15 +15,18 @@ pub mod lookup;
 pub mod metrics;
 pub mod order_cache;
 pub mod order_input;
+pub mod recovery;
 pub mod routing;
 pub mod shard_map;
 pub mod shards;
+pub mod stock;
 pub mod store;
+pub mod two_phase;
 
 pub use activities::{
     CreateOrderInput, CreatedOrder, CreditInput, OrderActivities, OrderRef, PlacedOrder,
     StatusChange,
 };
 pub use failure::Rejection;
-pub use order_input::{InvalidOrder, OrderLine, ValidOrder};
+pub use order_input::{Consistency, InvalidOrder, OrderLine, ValidOrder};
 pub use shards::{ShardError, Shards};

@@ -39,6 +39,27 @@ impl OrderLine {
     }
 }
 
+/// How an order's writes across shards are kept consistent (see README, "Consistency").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// One local transaction per step; a failure runs compensations in reverse.
+    #[default]
+    Saga,
+    /// Every shard's part is prepared (`PREPARE TRANSACTION`), then all commit or none.
+    TwoPhase,
+}
+
+impl Consistency {
+    /// The wire name: `saga` or `two_phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Saga => "saga",
+            Consistency::TwoPhase => "two_phase",
+        }
+    }
+}
+
 /// An order that passed every rule: at least one item, positive quantities, prices with at
 /// most two decimals, totals that fit the schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +67,9 @@ pub struct ValidOrder {
     pub customer_id: i64,
     pub items: Vec<OrderLine>,
     pub notes: Option<String>,
+    /// Absent in orders recorded before two-phase commit existed: those were sagas.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 impl ValidOrder {
@@ -71,6 +95,8 @@ struct RawOrder {
     items: Vec<RawLine>,
     #[serde(default)]
     notes: Option<String>,
+    #[serde(default)]
+    consistency: Consistency,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +142,7 @@ impl RawOrder {
             customer_id: self.customer_id,
             items,
             notes: self.notes,
+            consistency: self.consistency,
         };
         if order.total() > MAX_TOTAL {
             return Err(InvalidOrder(format!(

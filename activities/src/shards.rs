@@ -155,6 +155,11 @@ impl Shards {
         self.get(self.map().shard_for(customer_id))
     }
 
+    /// The shard that owns `product_id`'s stock: products use the customers' buckets and map.
+    pub fn for_product(&self, product_id: i64) -> &Shard {
+        self.for_customer(product_id)
+    }
+
     /// The shard that holds `order_id`: its customer's, named by the bucket the id carries.
     pub fn for_order(&self, order_id: i64) -> &Shard {
         self.for_customer(order_id)

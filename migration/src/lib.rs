@@ -19,6 +19,7 @@ mod m20261125_000007_create_shard_map;
 mod m20261125_000008_denormalise_customer_onto_orders;
 mod m20261125_000009_add_keyset_indexes;
 mod m20261125_000010_add_import_refs;
+mod m20261129_000011_create_inventory;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000008_denormalise_customer_onto_orders::Migration),
             Box::new(m20261125_000009_add_keyset_indexes::Migration),
             Box::new(m20261125_000010_add_import_refs::Migration),
+            Box::new(m20261129_000011_create_inventory::Migration),
         ]
     }
 }

@@ -137,6 +137,7 @@ fn sample_order(customer_id: i64) -> ValidOrder {
             })
             .collect(),
         notes: None,
+        consistency: Default::default(),
     }
 }
 

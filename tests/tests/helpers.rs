@@ -163,13 +163,31 @@ impl TestApp {
         app
     }
 
-    /// A migrated set of shards and no worker yet.
+    /// A migrated set of shards with [`STOCKED_PRODUCTS`] in stock, and no worker yet.
     pub(crate) async fn spawn_without_worker() -> Self {
         let app = Self::with_empty_databases().await;
         migrate::run(&app.shards, migrate::Plan::Up(None))
             .await
             .expect("migrations apply on every shard");
+        for id in STOCKED_PRODUCTS {
+            app.add_product(id, AMPLE_STOCK).await;
+        }
         app
+    }
+
+    /// Sets product `id`'s stock on hand, on its shard.
+    pub(crate) async fn add_product(&self, id: i64, stock: i32) {
+        orders_worker::products::add(&self.shards, id, None, stock)
+            .await
+            .expect("product is stocked");
+    }
+
+    /// Product `id`'s stock as its shard has it.
+    pub(crate) async fn stock(&self, id: i64) -> orders_activities::store::inventory::Stock {
+        orders_worker::products::get(&self.shards, id)
+            .await
+            .expect("stock can be read")
+            .unwrap_or_else(|| panic!("product {id} exists"))
     }
 
     /// Fresh, empty databases on every shard, not migrated.
@@ -430,6 +448,7 @@ impl TestApp {
                 })
                 .collect(),
             notes: None,
+            consistency: Default::default(),
         };
         let shard = self.shards.for_customer(customer_id);
         orders_activities::store::orders::create_with_items(&shard.conn, &order)
@@ -487,6 +506,11 @@ pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("no status in {head}"));
     (status, body.to_owned())
 }
+
+/// Products every [`TestApp::spawn`] stocks, so tests can order them.
+pub(crate) const STOCKED_PRODUCTS: std::ops::RangeInclusive<i64> = 1..=20;
+/// Their stock: more than any test orders.
+pub(crate) const AMPLE_STOCK: i32 = 1_000_000;
 
 /// What one shard holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

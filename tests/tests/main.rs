@@ -6,6 +6,7 @@
 mod helpers;
 
 mod compose;
+mod consistency;
 mod crash_recovery;
 mod import;
 mod lifecycle;

@@ -133,3 +133,81 @@ pub async fn set_order_status(
             )),
         })
 }
+
+/// How `orders cancel` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// PlaceOrder was still running; it stopped and undid what it wrote (compensations, or
+    /// the rollback of every prepared part).
+    CancelledWhilePending { workflow_id: String },
+    /// The order was confirmed; its lifecycle cancelled it and returned credit and stock.
+    CancelledAfterConfirmation(PlacedOrder),
+}
+
+/// The running PlaceOrder that is placing `order_id`, found by its `OrderId` search attribute.
+pub async fn running_placement(client: &Client, order_id: i64) -> anyhow::Result<Option<String>> {
+    use futures::StreamExt;
+    let query = format!(
+        "WorkflowType = 'PlaceOrder' AND OrderId = {order_id} AND ExecutionStatus = 'Running'"
+    );
+    let mut found = client.list_workflows(
+        query,
+        temporalio_client::WorkflowListOptions::builder()
+            .limit(1)
+            .build(),
+    );
+    match found.next().await {
+        Some(execution) => Ok(Some(
+            execution
+                .context("cannot list PlaceOrder workflows")?
+                .id()
+                .to_owned(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Cancels order `order_id` wherever it stands: a pending order through its PlaceOrder
+/// workflow (Temporal cancellation), a confirmed one through its lifecycle (`SetStatus`).
+pub async fn cancel_order(client: &Client, order_id: i64) -> anyhow::Result<CancelOutcome> {
+    let mut just_confirmed = false;
+    if let Some(workflow_id) = running_placement(client, order_id).await? {
+        client
+            .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
+            .cancel(
+                temporalio_client::WorkflowCancelOptions::builder()
+                    .reason(format!("orders cancel {order_id}"))
+                    .build(),
+            )
+            .await
+            .with_context(|| format!("cannot cancel PlaceOrder {workflow_id}"))?;
+        match order_outcome(client, &workflow_id).await? {
+            OrderOutcome::Cancelled => {
+                return Ok(CancelOutcome::CancelledWhilePending { workflow_id });
+            }
+            // The commit (or confirmation) was already under way: cancel the confirmed order.
+            OrderOutcome::Placed(_) => just_confirmed = true,
+            other => anyhow::bail!(
+                "order {order_id} was not placed ({workflow_id} ended {other:?}); there is nothing to cancel"
+            ),
+        }
+    }
+    let mut attempts = if just_confirmed { 20 } else { 1 };
+    loop {
+        attempts -= 1;
+        match set_order_status(
+            client,
+            order_id,
+            orders_entities::order::OrderStatus::Cancelled,
+        )
+        .await
+        {
+            Ok(order) => return Ok(CancelOutcome::CancelledAfterConfirmation(order)),
+            // The lifecycle workflow starts right after confirmation.
+            Err(_) if attempts > 0 => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

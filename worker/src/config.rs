@@ -6,6 +6,7 @@ use std::time::Duration;
 use orders_activities::Shards;
 use orders_activities::order_cache::CacheSettings;
 use orders_activities::shards::PoolSettings;
+use orders_workflows::in_doubt_recovery::RecoverySchedule;
 
 /// Where Temporal is and which task queue the order workflows use.
 #[derive(Debug, Clone, clap::Args)]
@@ -134,6 +135,34 @@ impl ReadApiSettings {
         CacheSettings {
             capacity: self.cache_capacity,
             ttl: Duration::from_secs(self.cache_ttl_secs),
+        }
+    }
+}
+
+/// The in-doubt recovery every worker keeps running (see `orders recover`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecoverySettings {
+    /// Seconds between two recovery passes.
+    #[arg(
+        long = "recovery-every",
+        env = "ORDERS_RECOVERY_EVERY_SECS",
+        default_value_t = 60
+    )]
+    pub every_secs: u64,
+    /// Seconds a prepared transaction of an unknown workflow run is left alone.
+    #[arg(
+        long = "recovery-grace",
+        env = "ORDERS_RECOVERY_GRACE_SECS",
+        default_value_t = 300
+    )]
+    pub grace_secs: u64,
+}
+
+impl RecoverySettings {
+    pub fn schedule(&self) -> RecoverySchedule {
+        RecoverySchedule {
+            every_secs: self.every_secs.max(1),
+            grace_secs: self.grace_secs,
         }
     }
 }

@@ -108,6 +108,7 @@ pub async fn run(
         );
     }
     seed_customers(&shards).await?;
+    seed_products(&shards).await?;
     let client = client::connect(&settings).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = crate::worker::run(
@@ -169,6 +170,29 @@ async fn seed_customers(shards: &Shards) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's products: (id, name, stock on hand).
+const DEMO_PRODUCTS: [(i64, &str, i32); 4] = [
+    (7, "The Art of Computer Programming", 100),
+    (11, "Mechanical keyboard", 5),
+    (12, "USB-C cable", 500),
+    (21, "Desk lamp", 20),
+];
+
+/// Stocks the demo's products, leaving any that already exist as they are.
+async fn seed_products(shards: &Shards) -> anyhow::Result<()> {
+    for (id, name, stock) in DEMO_PRODUCTS {
+        if crate::products::get(shards, id).await?.is_some() {
+            continue;
+        }
+        crate::products::add(shards, id, Some(name), stock).await?;
+        eprintln!(
+            "  seeded product {id} ({name}, {stock} in stock) on shard {}",
+            shards.for_product(id).index
+        );
+    }
+    Ok(())
+}
+
 async fn place_sample_orders(
     client: &temporalio_client::Client,
     task_queue: &str,
@@ -185,6 +209,14 @@ async fn place_sample_orders(
         (
             "Alan exceeds his 50.00 credit",
             json!({"customer_id": 3, "items": [{"product_id": 21, "quantity": 1, "unit_price": "80.00"}]}),
+        ),
+        (
+            "Grace buys a book and a lamp with two-phase commit",
+            json!({"customer_id": 2, "items": [{"product_id": 7, "quantity": 1, "unit_price": "19.99"}, {"product_id": 21, "quantity": 1, "unit_price": "24.00"}], "consistency": "two_phase"}),
+        ),
+        (
+            "Katherine wants 10 keyboards, 5 are in stock (two-phase: nothing is written)",
+            json!({"customer_id": 4, "items": [{"product_id": 11, "quantity": 10, "unit_price": "129.00"}], "consistency": "two_phase"}),
         ),
     ];
     eprintln!("▶ placing sample orders");

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::progress_bar::{bar, eta};
 use orders_workflows::ImportOrdersWorkflow;
 use orders_workflows::import_orders::{ImportInput, ImportProgress, ImportReport};
 use temporalio_client::{
@@ -89,24 +91,13 @@ pub fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
     } else {
         p.bytes_done as f64 / p.total_bytes as f64
     };
-    let width = 24;
-    let filled = (fraction * width as f64).round() as usize;
     let rate = p.lines_done as f64 / elapsed.as_secs_f64().max(0.001);
-    let eta = if fraction > 0.0 && fraction < 1.0 {
-        format!(
-            "ETA {:.0}s",
-            elapsed.as_secs_f64() * (1.0 - fraction) / fraction
-        )
-    } else {
-        "ETA -".to_owned()
-    };
     format!(
-        "[{}{}] {:>3.0}%  {} lines  {:.0} lines/s  {eta}  imported {}  rejected {}   ",
-        "#".repeat(filled),
-        "-".repeat(width - filled),
-        fraction * 100.0,
+        "{}  {} lines  {:.0} lines/s  {}  imported {}  rejected {}   ",
+        bar(fraction),
         p.lines_done,
         rate,
+        eta(fraction, elapsed),
         p.imported_total(),
         p.rejected
     )

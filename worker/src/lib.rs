@@ -3,6 +3,7 @@
 //! and calls into here; the integration tests use the same functions.
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod customers;
@@ -10,8 +11,11 @@ pub mod dev;
 pub mod explain;
 pub mod history_json;
 pub mod import;
+pub mod load;
 pub mod local;
 pub mod migrate;
+pub mod products;
+pub mod progress_bar;
 pub mod replay;
 pub mod shard_report;
 pub mod synthetic;

@@ -9,8 +9,13 @@ use std::path::PathBuf;
 use orders_activities::cross_shard;
 use orders_activities::store::customers::NewCustomer;
 use orders_worker::client::{self, OrderOutcome};
-use orders_worker::config::{MetricsSettings, ReadApiSettings, ShardSettings, TemporalSettings};
-use orders_worker::{customers, dev, explain, import, migrate, shard_report, synthetic, worker};
+use orders_worker::config::{
+    MetricsSettings, ReadApiSettings, RecoverySettings, ShardSettings, TemporalSettings,
+};
+use orders_worker::{
+    audit, customers, dev, explain, import, load, migrate, products, shard_report, synthetic,
+    worker,
+};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +67,8 @@ enum Command {
         metrics: MetricsSettings,
         #[command(flatten)]
         api: ReadApiSettings,
+        #[command(flatten)]
+        recovery: RecoverySettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {
@@ -88,6 +95,10 @@ enum Command {
         items: Vec<String>,
         #[arg(long)]
         notes: Option<String>,
+        /// How the order's shards are kept consistent: saga (compensations) or two_phase
+        /// (PREPARE TRANSACTION on every shard, then COMMIT PREPARED).
+        #[arg(long, default_value = "saga", value_parser = ["saga", "two_phase"])]
+        consistency: String,
         /// Workflow id (default: place-order-<uuid>).
         #[arg(long)]
         workflow_id: Option<String>,
@@ -201,6 +212,95 @@ enum Command {
         #[command(flatten)]
         shards: ShardSettings,
     },
+    /// Manage products and their stock (kept on the shard that owns each product id).
+    Product {
+        #[command(subcommand)]
+        command: ProductCommand,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Cancel an order: a pending one through its PlaceOrder workflow (compensations or
+    /// two-phase rollback run), a confirmed one through its lifecycle (credit and stock
+    /// are returned).
+    Cancel {
+        order_id: i64,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
+    /// Resolve our prepared transactions left in doubt on every shard, from each one's
+    /// workflow: commit if it decided commit, roll back if it ended without committing.
+    /// Exits 1 if something could not be resolved.
+    Recover {
+        /// Seconds a prepared transaction of a workflow Temporal does not know is left alone.
+        #[arg(long = "grace", default_value_t = 300)]
+        grace_secs: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Check the invariants across every shard (items, totals, credit, stock, prepared
+    /// transactions); exits 1 with a list of every violation. Run it when no order is in flight.
+    Audit {
+        /// Prepared transactions older than this many seconds count as violations.
+        #[arg(long = "grace", default_value_t = 300)]
+        grace_secs: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Place many orders at once (from a pool of customers and products it creates) and
+    /// report orders/s, p50/p95/p99 latency and failures by reason.
+    Load {
+        #[arg(long, default_value_t = 200)]
+        orders: u64,
+        /// Orders in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value = "saga", value_parser = ["saga", "two_phase"])]
+        consistency: String,
+        /// Customers in the pool.
+        #[arg(long, default_value_t = 50)]
+        customers: usize,
+        /// Products in the pool; fewer products mean more contention on their stock rows.
+        #[arg(long, default_value_t = 20)]
+        products: usize,
+        /// Stock each pool product starts with.
+        #[arg(long, default_value_t = 1_000_000)]
+        stock: i32,
+        /// Seed of the pseudo-random orders (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the report, with every order's outcome, as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProductCommand {
+    /// Create a product or set its stock on hand.
+    Add {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        stock: i32,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show a product's stock: on hand, reserved, available.
+    Get {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -270,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
                 api_addr: api.socket_addr()?,
                 cache: api.cache(),
                 map_refresh: std::time::Duration::from_secs(30),
+                recovery: Default::default(),
             };
             dev::run(state_dir, temporal, serving).await
         }
@@ -278,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
             shards,
             metrics,
             api,
+            recovery,
         } => {
             let client = client::connect(&temporal).await?;
             let serving = worker::Serving {
@@ -285,6 +387,7 @@ async fn main() -> anyhow::Result<()> {
                 api_addr: api.socket_addr()?,
                 cache: api.cache(),
                 map_refresh: shards.map_refresh(),
+                recovery: recovery.schedule(),
             };
             let shards = shards.connect().await?;
             worker::run(
@@ -569,12 +672,14 @@ async fn main() -> anyhow::Result<()> {
             customer,
             items,
             notes,
+            consistency,
             workflow_id,
             wait,
             json,
             temporal,
         } => {
-            let input = order_input(customer, &items, notes)?;
+            let mut input = order_input(customer, &items, notes)?;
+            input["consistency"] = consistency.into();
             let client = client::connect(&temporal).await?;
             let workflow_id =
                 workflow_id.unwrap_or_else(|| format!("place-order-{}", uuid::Uuid::new_v4()));
@@ -655,6 +760,133 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("{} histories replay cleanly", results.len());
+            Ok(())
+        }
+        Command::Product { command, shards } => {
+            let shards = shards.connect().await?;
+            match command {
+                ProductCommand::Add { id, stock, name } => {
+                    let stock = products::add(&shards, id, name.as_deref(), stock).await?;
+                    println!(
+                        "product {} has {} on hand, {} reserved (shard {})",
+                        stock.product_id,
+                        stock.on_hand,
+                        stock.reserved,
+                        shards.for_product(id).index
+                    );
+                }
+                ProductCommand::Get { id, json } => {
+                    let Some(stock) = products::get(&shards, id).await? else {
+                        anyhow::bail!(
+                            "product {id} does not exist (add it with `orders product add --id {id} --stock N`)"
+                        );
+                    };
+                    if json {
+                        let mut value = serde_json::to_value(&stock)?;
+                        value["available"] = stock.available().into();
+                        value["shard"] = shards.for_product(id).index.into();
+                        println!("{}", serde_json::to_string_pretty(&value)?);
+                    } else {
+                        println!(
+                            "product {} ({}): {} on hand, {} reserved, {} available (shard {})",
+                            stock.product_id,
+                            stock.name.as_deref().unwrap_or("unnamed"),
+                            stock.on_hand,
+                            stock.reserved,
+                            stock.available(),
+                            shards.for_product(id).index
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Cancel { order_id, temporal } => {
+            let client = client::connect(&temporal).await?;
+            match client::cancel_order(&client, order_id).await? {
+                client::CancelOutcome::CancelledWhilePending { workflow_id } => println!(
+                    "order {order_id} cancelled while pending ({workflow_id}); what it wrote was undone"
+                ),
+                client::CancelOutcome::CancelledAfterConfirmation(order) => println!(
+                    "order {} cancelled; credit and stock returned",
+                    order.order_id
+                ),
+            }
+            Ok(())
+        }
+        Command::Recover {
+            grace_secs,
+            json,
+            temporal,
+            shards,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let shards = shards.connect().await?;
+            let grace = std::time::Duration::from_secs(grace_secs);
+            let report = orders_activities::recovery::recover(&shards, &client, grace).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_recovery(&report);
+            }
+            if !report.errors.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            grace_secs,
+            json,
+            shards,
+        } => {
+            let shards = shards.connect().await?;
+            let report = audit::run(&shards, std::time::Duration::from_secs(grace_secs)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                audit::print(&report);
+            }
+            if !report.violations.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Load {
+            orders,
+            concurrency,
+            consistency,
+            customers,
+            products,
+            stock,
+            seed,
+            json,
+            temporal,
+            shards,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let shards = shards.connect().await?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+            let plan = load::LoadPlan {
+                orders,
+                concurrency,
+                consistency,
+                customers,
+                products,
+                stock,
+                seed,
+                run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            };
+            let report = load::run(&client, &temporal.task_queue, &shards, &plan, !json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                load::print(&report);
+            }
             Ok(())
         }
         Command::Get {
@@ -744,6 +976,26 @@ fn order_input(
         input["notes"] = notes.into();
     }
     Ok(input)
+}
+
+fn print_recovery(report: &orders_activities::recovery::RecoveryReport) {
+    use orders_activities::recovery::Action;
+    println!(
+        "in-doubt recovery: {} committed, {} rolled back, {} left, {} foreign left alone",
+        report.count(Action::Committed),
+        report.count(Action::RolledBack),
+        report.count(Action::Left),
+        report.foreign
+    );
+    for r in &report.resolutions {
+        println!(
+            "  shard {} {:?} {} ({} s old): {}",
+            r.shard, r.action, r.gid, r.age_secs, r.reason
+        );
+    }
+    for e in &report.errors {
+        eprintln!("  error: {e}");
+    }
 }
 
 fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyhow::Result<()> {

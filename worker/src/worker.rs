@@ -9,9 +9,15 @@ use anyhow::Context;
 use orders_activities::import::ImportActivities;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::order_cache::{CacheSettings, OrderCache};
+use orders_activities::recovery::RecoveryActivities;
+use orders_activities::stock::StockActivities;
+use orders_activities::two_phase::TwoPhaseActivities;
 use orders_activities::{OrderActivities, Shards};
-use orders_workflows::{ImportOrdersWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow};
-use temporalio_client::Client;
+use orders_workflows::in_doubt_recovery::{self, RecoverySchedule};
+use orders_workflows::{
+    ImportOrdersWorkflow, InDoubtRecoveryWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow,
+};
+use temporalio_client::{Client, WorkflowIdConflictPolicy, WorkflowStartOptions};
 use temporalio_common::telemetry::metrics::CoreMeter;
 use temporalio_common::telemetry::{
     PrometheusExporterOptions, TelemetryOptions, start_prometheus_metric_exporter,
@@ -29,6 +35,8 @@ pub struct Serving {
     pub cache: CacheSettings,
     /// How often to re-read the shard map.
     pub map_refresh: Duration,
+    /// The in-doubt recovery loop this worker makes sure is running.
+    pub recovery: RecoverySchedule,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains in-flight tasks and returns.
@@ -86,12 +94,17 @@ pub async fn run(
         ))
     });
 
+    ensure_recovery_running(&client, task_queue, serving.recovery).await;
     let options = WorkerOptions::new(task_queue)
-        .register_activities(OrderActivities::new(shards.clone(), metrics, cache))
+        .register_activities(OrderActivities::new(shards.clone(), metrics, cache.clone()))
+        .register_activities(StockActivities::new(shards.clone(), cache.clone()))
+        .register_activities(TwoPhaseActivities::new(shards.clone(), cache))
+        .register_activities(RecoveryActivities::new(shards.clone(), client.clone()))
         .register_activities(ImportActivities::new(shards))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
+        .register_workflow::<InDoubtRecoveryWorkflow>()?
         .build();
     let mut worker =
         Worker::new(&runtime, client, options).context("failed to create the worker")?;
@@ -114,6 +127,27 @@ pub async fn run(
         api.await.context("read API panicked")??;
     }
     result.context("worker stopped with an error")
+}
+
+/// Starts the namespace's in-doubt recovery loop unless it already runs. Failing to start
+/// it is logged, not fatal: orders still work, and `orders recover` does the same by hand.
+async fn ensure_recovery_running(client: &Client, task_queue: &str, schedule: RecoverySchedule) {
+    let options = WorkflowStartOptions::new(task_queue, in_doubt_recovery::WORKFLOW_ID)
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .build();
+    match client
+        .start_workflow(InDoubtRecoveryWorkflow::run, schedule, options)
+        .await
+    {
+        Ok(_) => tracing::info!(
+            workflow_id = in_doubt_recovery::WORKFLOW_ID,
+            every_secs = schedule.every_secs,
+            "in-doubt recovery running"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the in-doubt recovery workflow; run `orders recover` by hand")
+        }
+    }
 }
 
 /// Adopts newer shard map versions as they are stored.

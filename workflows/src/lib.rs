@@ -5,13 +5,16 @@
 
 pub mod failures;
 pub mod import_orders;
+pub mod in_doubt_recovery;
 pub mod order_lifecycle;
 pub mod outcomes;
 pub mod place_order;
 pub mod progress;
 pub mod saga;
 pub mod search_attributes;
+pub mod two_phase;
 
 pub use import_orders::ImportOrdersWorkflow;
+pub use in_doubt_recovery::InDoubtRecoveryWorkflow;
 pub use order_lifecycle::OrderLifecycleWorkflow;
 pub use place_order::PlaceOrderWorkflow;

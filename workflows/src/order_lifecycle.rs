@@ -8,9 +8,10 @@
 //!
 //! ```text
 //! confirmed ──► shipped ──► delivered
-//!     └───────► cancelled (credit returned)
+//!     └───────► cancelled (credit and stock returned)
 //! ```
 
+use orders_activities::stock::{OrderStockRef, StockActivities};
 use orders_activities::{CreditInput, OrderActivities, PlacedOrder, StatusChange};
 use orders_entities::order::OrderStatus;
 use temporalio_macros::{workflow, workflow_methods};
@@ -18,6 +19,9 @@ use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 
 use crate::saga::forward_options;
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
+
+/// Patch guarding the release of stock when an order is cancelled.
+pub const RELEASE_STOCK_PATCH: &str = "release-stock";
 
 /// The lifecycle workflow's id for an order.
 pub fn workflow_id(order_id: i64) -> String {
@@ -58,7 +62,7 @@ impl OrderLifecycleWorkflow {
         ctx.upsert_search_attributes([
             CUSTOMER_ID.value_set(order.customer_id),
             SHARD.value_set(order.shard as i64),
-            CONSISTENCY.value_set("saga".to_owned()),
+            CONSISTENCY.value_set(order.consistency.as_str().to_owned()),
             ORDER_STATUS.value_set(status_name(order.status)),
         ]);
         ctx.wait_condition(|s| {
@@ -143,6 +147,19 @@ impl OrderLifecycleWorkflow {
             };
             ctx.execute_activity(OrderActivities::release_credit, credit, forward_options())
                 .await?;
+            // Stock exists since this patch; lifecycles recorded before it replay without.
+            if ctx.patched(RELEASE_STOCK_PATCH) {
+                let stock = OrderStockRef {
+                    order_id: order.order_id,
+                    customer_id: order.customer_id,
+                };
+                ctx.execute_activity(
+                    StockActivities::release_order_stock,
+                    stock,
+                    forward_options(),
+                )
+                .await?;
+            }
         }
         ctx.upsert_search_attributes([ORDER_STATUS.value_set(status_name(to))]);
         Ok(ctx.state_mut(|s| {

@@ -1,4 +1,9 @@
-//! `PlaceOrder`: validate → create the order (pending) → reserve credit → confirm.
+//! `PlaceOrder`: validate, then place the order across its shards in one of two modes, chosen
+//! by the input's `consistency`:
+//! - `saga` (default): plan → create the order (pending, customer's shard) → reserve stock
+//!   (each product's shard) → reserve credit → confirm; a failure compensates in reverse.
+//! - `two_phase`: every shard's part is prepared, then all commit or all roll back
+//!   (see [`crate::two_phase`]).
 //!
 //! Input and result are plain JSON (see README, "Public contract"), so any Temporal client
 //! can start it. The input is taken as raw JSON and validated here, so malformed input fails
@@ -14,8 +19,9 @@
 
 use orders_activities::failure::{COMPENSATION_FAILED, INVALID_ORDER, non_retryable};
 use orders_activities::metrics::OrderMetrics;
+use orders_activities::stock::{PlanInput, StockActivities, StockInput};
 use orders_activities::{
-    CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder, ValidOrder,
+    Consistency, CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder, ValidOrder,
 };
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
@@ -28,8 +34,9 @@ use crate::failures::{self, workflow_failure};
 use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
-use crate::saga::Saga;
-use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
+use crate::saga::{Saga, forward_options};
+use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_ID, ORDER_STATUS, SHARD};
+use crate::two_phase;
 
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
@@ -38,10 +45,14 @@ pub const ORDER_MEMO_PATCH: &str = "order-memo";
 /// Patch guarding the start of the order's [`OrderLifecycleWorkflow`].
 pub const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
 
+/// Patch guarding stock (the `PlanOrder` and `ReserveStock` steps, the `OrderId` search
+/// attribute) and two-phase commit. Histories recorded before it replay as they ran.
+pub const INVENTORY_PATCH: &str = "inventory";
+
 #[workflow]
 #[derive(Default)]
 pub struct PlaceOrderWorkflow {
-    progress: Progress,
+    pub(crate) progress: Progress,
 }
 
 #[workflow_methods]
@@ -91,29 +102,47 @@ impl PlaceOrderWorkflow {
                 return Err(fail(ctx, Stage::Failed, failure).into());
             }
         };
+        let with_stock = ctx.patched(INVENTORY_PATCH);
+        let consistency = if with_stock {
+            order.consistency
+        } else {
+            Consistency::Saga
+        };
         ctx.upsert_search_attributes([
             CUSTOMER_ID.value_set(order.customer_id),
-            CONSISTENCY.value_set("saga".to_owned()),
+            CONSISTENCY.value_set(consistency.as_str().to_owned()),
         ]);
         let key = format!(
             "{}/{}",
             ctx.workflow_id(),
             ctx.info().first_execution_run_id()
         );
+        let placed = match consistency {
+            Consistency::Saga => Self::place_with_saga(ctx, order, &key, with_stock).await?,
+            Consistency::TwoPhase => two_phase::place(ctx, order, &key).await?,
+        };
+        set_stage(ctx, Stage::Confirmed);
+        outcomes::record(ctx, OrderMetrics::order_placed);
+        // Added after the first histories were recorded: guarded so those replay.
+        if ctx.patched(ORDER_MEMO_PATCH) {
+            ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
+        }
+        if ctx.patched(ORDER_LIFECYCLE_PATCH) {
+            start_lifecycle(ctx, &placed).await;
+        }
+        Ok(placed)
+    }
+
+    /// The saga: forward steps, and compensations in reverse if one of them fails.
+    async fn place_with_saga(
+        ctx: &mut WorkflowContext<Self>,
+        order: ValidOrder,
+        key: &str,
+        with_stock: bool,
+    ) -> WorkflowResult<PlacedOrder> {
         let mut saga = Saga::new(ctx);
-        let err = match place(ctx, &mut saga, order, &key).await {
-            Ok(placed) => {
-                set_stage(ctx, Stage::Confirmed);
-                outcomes::record(ctx, OrderMetrics::order_placed);
-                // Added after the first histories were recorded: guarded so those replay.
-                if ctx.patched(ORDER_MEMO_PATCH) {
-                    ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
-                }
-                if ctx.patched(ORDER_LIFECYCLE_PATCH) {
-                    start_lifecycle(ctx, &placed).await;
-                }
-                return Ok(placed);
-            }
+        let err = match place(ctx, &mut saga, order, key, with_stock).await {
+            Ok(placed) => return Ok(placed),
             Err(err) => err,
         };
         let cancelled = ctx.cancellation_token().is_cancelled();
@@ -157,9 +186,22 @@ async fn place(
     saga: &mut Saga<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
+    with_stock: bool,
 ) -> Result<PlacedOrder, ActivityExecutionError> {
     let create_key = format!("{key}/create-order");
     let customer_id = order.customer_id;
+    let plan = if with_stock {
+        set_step(ctx, "PlanOrder");
+        let input = PlanInput {
+            customer_id,
+            items: order.items.clone(),
+            allocate_order_id: false,
+        };
+        let plan = ctx.execute_activity(StockActivities::plan_order, input, forward_options());
+        Some(plan.await?)
+    } else {
+        None
+    };
     set_step(ctx, "CreateOrder");
     let created = saga
         .step(
@@ -181,6 +223,24 @@ async fn place(
     });
     ctx.upsert_search_attributes([SHARD.value_set(created.shard as i64)]);
     set_stage(ctx, Stage::Pending);
+    if let Some(plan) = plan {
+        ctx.upsert_search_attributes([ORDER_ID.value_set(created.order_id)]);
+        for part in plan.stock {
+            set_step(ctx, "ReserveStock");
+            let input = StockInput {
+                idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
+                order_id: created.order_id,
+                part,
+            };
+            saga.step(
+                StockActivities::reserve_stock,
+                input.clone(),
+                StockActivities::release_stock,
+                input,
+            )
+            .await?;
+        }
+    }
     let credit = CreditInput {
         order_id: created.order_id,
         customer_id,
@@ -218,18 +278,18 @@ async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &Pla
     }
 }
 
-fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
+pub(crate) fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
     ctx.state_mut(|s| s.progress.step = Some(step.to_owned()));
 }
 
 /// Records `stage` in the query state and the `OrderStatus` search attribute.
-fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage) {
+pub(crate) fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage) {
     ctx.state_mut(|s| s.progress.stage = stage);
     ctx.upsert_search_attributes([ORDER_STATUS.value_set(stage.as_str().to_owned())]);
 }
 
 /// Records the failure and returns it, for the workflow to end with.
-fn fail(
+pub(crate) fn fail(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     stage: Stage,
     failure: ApplicationFailure,

@@ -14,13 +14,16 @@ pub const CUSTOMER_ID: SearchAttributeKey<i64> = SearchAttributeKey::int("Custom
 pub const ORDER_STATUS: SearchAttributeKey<String> = SearchAttributeKey::keyword("OrderStatus");
 /// The shard holding the order.
 pub const SHARD: SearchAttributeKey<i64> = SearchAttributeKey::int("Shard");
-/// The consistency mode (`saga`).
+/// The consistency mode (`saga` or `two_phase`).
 pub const CONSISTENCY: SearchAttributeKey<String> = SearchAttributeKey::keyword("Consistency");
+/// The order's id, once taken: how `orders cancel ORDER_ID` finds a pending order's workflow.
+pub const ORDER_ID: SearchAttributeKey<i64> = SearchAttributeKey::int("OrderId");
 
 /// Name and Temporal type of every attribute, as `temporal` CLI flags want them.
-pub const REGISTRATION: [(&str, &str); 4] = [
+pub const REGISTRATION: [(&str, &str); 5] = [
     ("CustomerId", "Int"),
     ("OrderStatus", "Keyword"),
     ("Shard", "Int"),
     ("Consistency", "Keyword"),
+    ("OrderId", "Int"),
 ];

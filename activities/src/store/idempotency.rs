@@ -85,3 +85,21 @@ pub async fn mark_compensated(
         .ok_or_else(|| DbErr::Custom("INSERT … RETURNING returned no row".into()))?;
     row.try_get("", "result")
 }
+
+/// Reads `key` without claiming it: `None` if no committed row exists.
+pub async fn lookup(conn: &impl ConnectionTrait, key: &str) -> Result<Option<Claim>, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT result, compensated FROM idempotency_keys WHERE key = $1",
+            [key.into()],
+        ))
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.try_get::<bool>("", "compensated")? {
+        return Ok(Some(Claim::Compensated));
+    }
+    Ok(row
+        .try_get::<Option<serde_json::Value>>("", "result")?
+        .map(Claim::Done))
+}

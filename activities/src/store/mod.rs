@@ -2,10 +2,13 @@
 //! connection or transaction first, and returns `Result<_, DbErr>`. Routing and retries
 //! happen above this layer.
 
+pub mod audit;
 pub mod batch;
 pub mod credit;
 pub mod customers;
 pub mod idempotency;
+pub mod inventory;
 pub mod listing;
 pub mod orders;
 pub mod shard_map;
+pub mod two_phase;

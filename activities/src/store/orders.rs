@@ -21,6 +21,40 @@ pub async fn create_with_items(
     txn: &impl ConnectionTrait,
     order: &ValidOrder,
 ) -> Result<i64, DbErr> {
+    insert_with_items(txn, order, None, OrderStatus::Pending).await
+}
+
+/// Creates the order as `confirmed` under an id taken earlier with [`next_id`]: the
+/// two-phase path, where the order becomes visible only when its prepared transaction
+/// commits, so nobody ever sees it pending.
+#[tracing::instrument(skip_all, fields(customer_id = order.customer_id, order_id))]
+pub async fn create_confirmed_with_id(
+    txn: &impl ConnectionTrait,
+    order: &ValidOrder,
+    order_id: i64,
+) -> Result<i64, DbErr> {
+    insert_with_items(txn, order, Some(order_id), OrderStatus::Confirmed).await
+}
+
+/// Takes a fresh order id for `customer_id` on its shard. A retry takes another one; the
+/// first is simply never used.
+pub async fn next_id(conn: &impl ConnectionTrait, customer_id: i64) -> Result<i64, DbErr> {
+    conn.query_one_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT nextval('order_id_seq') * $1 + $2 AS id",
+        [ID_STRIDE.into(), i64::from(bucket_of(customer_id)).into()],
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("nextval returned no row".into()))?
+    .try_get("", "id")
+}
+
+async fn insert_with_items(
+    txn: &impl ConnectionTrait,
+    order: &ValidOrder,
+    order_id: Option<i64>,
+    status: OrderStatus,
+) -> Result<i64, DbErr> {
     let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
     let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
     let prices: Vec<Decimal> = order.items.iter().map(|i| i.unit_price).collect();
@@ -30,7 +64,7 @@ pub async fn create_with_items(
             "WITH new_order AS (
                  INSERT INTO orders (id, customer_id, status, total_amount, notes,
                                      customer_name, customer_email)
-                 SELECT nextval('order_id_seq') * $1 + $2, c.id, 'pending', $4, $5,
+                 SELECT COALESCE($9, nextval('order_id_seq') * $1 + $2), c.id, $10, $4, $5,
                         btrim(c.first_name || ' ' || c.last_name), c.email
                  FROM customers c
                  WHERE c.id = $3
@@ -52,6 +86,8 @@ pub async fn create_with_items(
                 Value::from(product_ids),
                 Value::from(quantities),
                 Value::from(prices),
+                order_id.into(),
+                status.to_value().into(),
             ],
         ))
         .await?

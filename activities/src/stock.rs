@@ -1,0 +1,286 @@
+//! Stock across shards: which shard each product of an order lives on, and the saga's steps
+//! that reserve and release it there.
+//!
+//! An order touches its customer's shard and the shard of every product it names. The
+//! routing happens in an activity ([`StockActivities::plan_order`]), never in workflow code:
+//! the shard map can change while a workflow runs, and the plan recorded in history is what
+//! every later step (and every replay) follows.
+//!
+//! `ReserveStock` claims the step's idempotency key in the transaction that writes the holds,
+//! so a retry after a crash returns the stored result; `ReleaseStock` tombstones that key
+//! first, so a late reserve cannot hold stock for an order already undone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sea_orm::TransactionTrait;
+use serde::{Deserialize, Serialize};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use crate::failpoints;
+use crate::failure::Rejection;
+use crate::order_cache::OrderCache;
+use crate::order_input::OrderLine;
+use crate::shards::Shards;
+use crate::store::inventory::{self, Wanted};
+use crate::store::{idempotency, orders};
+
+/// A quantity of one product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLine {
+    pub product_id: i64,
+    pub quantity: i32,
+}
+
+/// The products of an order that one shard stocks, each once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockPart {
+    pub shard: usize,
+    pub lines: Vec<StockLine>,
+}
+
+/// Input of [`StockActivities::plan_order`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanInput {
+    pub customer_id: i64,
+    pub items: Vec<OrderLine>,
+    /// Take an order id now (two-phase: every shard's part needs it before any commits).
+    pub allocate_order_id: bool,
+}
+
+/// Where an order's writes go, fixed once and recorded in the workflow's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlan {
+    pub customer_shard: usize,
+    pub order_id: Option<i64>,
+    /// One part per shard stocking some of the order's products, in shard order.
+    pub stock: Vec<StockPart>,
+}
+
+/// Input of the saga's stock steps: one order's products on one shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StockInput {
+    /// `<workflow key>/reserve-stock/shard-<n>`: shared by the reserve and its release.
+    pub idempotency_key: String,
+    pub order_id: i64,
+    pub part: StockPart,
+}
+
+/// Input of [`StockActivities::release_order_stock`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderStockRef {
+    pub order_id: i64,
+    pub customer_id: i64,
+}
+
+/// Sums the quantities of each product (an order may name one product on several lines).
+pub fn wanted(lines: &[StockLine]) -> Wanted {
+    let mut wanted = BTreeMap::new();
+    for line in lines {
+        *wanted.entry(line.product_id).or_insert(0) += line.quantity;
+    }
+    wanted
+}
+
+/// Groups `items` by the shard stocking each product, summing per product.
+fn parts(shards: &Shards, items: impl IntoIterator<Item = StockLine>) -> Vec<StockPart> {
+    let mut by_shard: BTreeMap<usize, Vec<StockLine>> = BTreeMap::new();
+    for line in items {
+        by_shard
+            .entry(shards.for_product(line.product_id).index)
+            .or_default()
+            .push(line);
+    }
+    by_shard
+        .into_iter()
+        .map(|(shard, lines)| StockPart {
+            shard,
+            lines: wanted(&lines)
+                .into_iter()
+                .map(|(product_id, quantity)| StockLine {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The rejection for an [`inventory::reserve`] that did not reserve.
+pub(crate) fn stock_rejection(outcome: inventory::Reserve) -> Option<Rejection> {
+    match outcome {
+        inventory::Reserve::Reserved => None,
+        inventory::Reserve::OutOfStock {
+            product_id,
+            requested,
+            available,
+        } => Some(Rejection::OutOfStock {
+            product_id,
+            requested,
+            available,
+        }),
+        inventory::Reserve::UnknownProduct { product_id } => {
+            Some(Rejection::UnknownProduct { product_id })
+        }
+    }
+}
+
+/// The stock activities' shared state.
+pub struct StockActivities {
+    shards: Shards,
+    cache: Arc<OrderCache>,
+}
+
+impl StockActivities {
+    pub fn new(shards: Shards, cache: Arc<OrderCache>) -> Self {
+        Self { shards, cache }
+    }
+}
+
+#[activities]
+impl StockActivities {
+    /// Routes the order: its customer's shard, and its products grouped by the shard that
+    /// stocks them. Takes an order id too when asked; a retry takes another, harmlessly.
+    #[activity(name = "PlanOrder")]
+    pub async fn plan_order(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: PlanInput,
+    ) -> Result<OrderPlan, ActivityError> {
+        let customer_shard = self.shards.for_customer(input.customer_id);
+        let order_id = if input.allocate_order_id {
+            Some(
+                orders::next_id(&customer_shard.conn, input.customer_id)
+                    .await
+                    .map_err(|e| customer_shard.error(e))?,
+            )
+        } else {
+            None
+        };
+        let lines = input.items.iter().map(|item| StockLine {
+            product_id: item.product_id,
+            quantity: item.quantity,
+        });
+        Ok(OrderPlan {
+            customer_shard: customer_shard.index,
+            order_id,
+            stock: parts(&self.shards, lines),
+        })
+    }
+
+    /// Holds the part's products for the order on their shard; declined with `OutOfStock`
+    /// or `UnknownProduct` (nothing written) when it cannot.
+    #[activity(name = "ReserveStock")]
+    pub async fn reserve_stock(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: StockInput,
+    ) -> Result<(), ActivityError> {
+        let shard = self.shards.get(input.part.shard);
+        let on = |e| shard.error(e);
+        let txn = shard.conn.begin().await.map_err(on)?;
+        match idempotency::claim(&txn, &input.idempotency_key)
+            .await
+            .map_err(on)?
+        {
+            idempotency::Claim::Done(_) => {
+                tracing::info!(key = %input.idempotency_key, "reserve_stock already ran");
+                return Ok(());
+            }
+            idempotency::Claim::Compensated => {
+                return Err(Rejection::AlreadyCompensated {
+                    step: "ReserveStock",
+                    what: input.idempotency_key.clone(),
+                }
+                .into_activity_error());
+            }
+            idempotency::Claim::New => {}
+        }
+        let outcome = inventory::reserve(&txn, input.order_id, &wanted(&input.part.lines))
+            .await
+            .map_err(on)?;
+        if let Some(rejection) = stock_rejection(outcome) {
+            txn.rollback().await.map_err(on)?;
+            return Err(rejection.into_activity_error());
+        }
+        idempotency::record_result(&txn, &input.idempotency_key, &serde_json::Value::Null)
+            .await
+            .map_err(on)?;
+        txn.commit().await.map_err(on)?;
+        failpoints::hit("reserve_stock.after_commit").await?;
+        tracing::info!(
+            order_id = input.order_id,
+            shard = shard.index,
+            products = input.part.lines.len(),
+            "stock reserved"
+        );
+        Ok(())
+    }
+
+    /// Compensation of `ReserveStock`: tombstones its key, then gives back what the order
+    /// holds on that shard.
+    #[activity(name = "ReleaseStock")]
+    pub async fn release_stock(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: StockInput,
+    ) -> Result<(), ActivityError> {
+        let shard = self.shards.get(input.part.shard);
+        let on = |e| shard.error(e);
+        let txn = shard.conn.begin().await.map_err(on)?;
+        idempotency::mark_compensated(&txn, &input.idempotency_key)
+            .await
+            .map_err(on)?;
+        let released = inventory::release(&txn, input.order_id).await.map_err(on)?;
+        txn.commit().await.map_err(on)?;
+        tracing::info!(
+            order_id = input.order_id,
+            shard = shard.index,
+            ?released,
+            "stock released (compensation)"
+        );
+        Ok(())
+    }
+
+    /// Gives back the stock a placed order holds, on every shard stocking its products:
+    /// cancelling a confirmed order. Reads the products from the order itself, and each
+    /// shard's release happens once however often this runs.
+    #[activity(name = "ReleaseOrderStock")]
+    pub async fn release_order_stock(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        order: OrderStockRef,
+    ) -> Result<(), ActivityError> {
+        let home = self.shards.for_customer(order.customer_id);
+        let found = orders::find_with_items(&home.conn, order.order_id)
+            .await
+            .map_err(|e| home.error(e))?;
+        let Some(found) = found else {
+            tracing::warn!(
+                order_id = order.order_id,
+                "order to release stock for is gone"
+            );
+            return Ok(());
+        };
+        let lines = found.items.iter().map(|item| StockLine {
+            product_id: item.product_id,
+            quantity: item.quantity,
+        });
+        for part in parts(&self.shards, lines) {
+            let shard = self.shards.get(part.shard);
+            let on = |e| shard.error(e);
+            let txn = shard.conn.begin().await.map_err(on)?;
+            let released = inventory::release(&txn, order.order_id).await.map_err(on)?;
+            txn.commit().await.map_err(on)?;
+            tracing::info!(
+                order_id = order.order_id,
+                shard = shard.index,
+                ?released,
+                "stock released (order cancelled)"
+            );
+        }
+        self.cache.invalidate(order.order_id).await;
+        Ok(())
+    }
+}

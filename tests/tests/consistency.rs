@@ -1,0 +1,246 @@
+//! One order across several shards, in both consistency modes: stock on the products'
+//! shards, credit and the order on the customer's, all or nothing.
+
+use std::time::Duration;
+
+use orders_activities::store::two_phase;
+use orders_activities::{Consistency, PlacedOrder};
+use orders_worker::client::OrderOutcome;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use crate::helpers::{STOCKED_PRODUCTS, TestApp, expect_failure};
+
+/// A stocked product on shard `shard`, other than those in `not`.
+pub(crate) fn product_on(app: &TestApp, shard: usize, not: &[i64]) -> i64 {
+    STOCKED_PRODUCTS
+        .clone()
+        .find(|id| app.shards.for_product(*id).index == shard && !not.contains(id))
+        .unwrap_or_else(|| panic!("a stocked product on shard {shard}"))
+}
+
+/// An order of `customer` for one unit of a product on two shards other than the customer's:
+/// three shards in one order. Returns the input and the two products.
+pub(crate) fn three_shard_order(
+    app: &TestApp,
+    customer: i64,
+    consistency: &str,
+) -> (serde_json::Value, [i64; 2]) {
+    let home = app.shards.for_customer(customer).index;
+    let others: Vec<usize> = (0..app.shards.len()).filter(|s| *s != home).collect();
+    let products = [
+        product_on(app, others[0], &[]),
+        product_on(app, others[1], &[]),
+    ];
+    let input = json!({
+        "customer_id": customer,
+        "consistency": consistency,
+        "items": [
+            {"product_id": products[0], "quantity": 2, "unit_price": "10.00"},
+            {"product_id": products[1], "quantity": 1, "unit_price": "5.50"},
+        ],
+    });
+    (input, products)
+}
+
+/// Our prepared transactions on every shard.
+pub(crate) async fn prepared_everywhere(app: &TestApp) -> Vec<String> {
+    let mut all = Vec::new();
+    for shard in app.shards.iter() {
+        for prepared in two_phase::in_doubt(&shard.conn)
+            .await
+            .expect("pg_prepared_xacts reads")
+        {
+            all.push(prepared.gid);
+        }
+    }
+    all
+}
+
+/// `orders audit` with a zero grace period must find nothing.
+pub(crate) fn assert_audit_clean(app: &TestApp) {
+    let audit = app.cli(&["audit", "--grace", "0"]);
+    assert!(
+        audit.status.success(),
+        "orders audit found violations:\n{}{}",
+        String::from_utf8_lossy(&audit.stdout),
+        String::from_utf8_lossy(&audit.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_modes_place_one_order_across_three_shards_and_echo_their_mode() {
+    let app = TestApp::spawn().await;
+    for consistency in ["saga", "two_phase"] {
+        let customer = app.add_customer("Edsger Dijkstra", "100.00").await;
+        let (input, products) = three_shard_order(&app, customer, consistency);
+        let before = [app.stock(products[0]).await, app.stock(products[1]).await];
+
+        let (_, placed) = app.place_confirmed_order(input).await;
+
+        let expected_mode = if consistency == "saga" {
+            Consistency::Saga
+        } else {
+            Consistency::TwoPhase
+        };
+        assert_eq!(placed.consistency, expected_mode, "{placed:?}");
+        assert_eq!(placed.total_amount, Decimal::new(2550, 2));
+        assert_eq!(
+            app.stock(products[0]).await.reserved - before[0].reserved,
+            2,
+            "{consistency}: stock held on the first product's shard"
+        );
+        assert_eq!(
+            app.stock(products[1]).await.reserved - before[1].reserved,
+            1,
+            "{consistency}: stock held on the second product's shard"
+        );
+        assert_eq!(app.credit_used(customer).await, Decimal::new(2550, 2));
+        let shown = app.cli_ok(&["get", &placed.order_id.to_string(), "--json"]);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(shown["status"], "confirmed", "{consistency}: {shown}");
+    }
+    assert!(
+        prepared_everywhere(&app).await.is_empty(),
+        "no prepared transaction outlives its order"
+    );
+    assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_stock_fails_either_mode_naming_the_product_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    for consistency in ["saga", "two_phase"] {
+        let customer = app.add_customer("Frances Allen", "1000.00").await;
+        let (mut input, products) = three_shard_order(&app, customer, consistency);
+        let scarce = 900 + products[1];
+        app.add_product(scarce, 2).await;
+        input["items"][1] = json!({"product_id": scarce, "quantity": 3, "unit_price": "1.00"});
+        let before = app.stock(products[0]).await;
+
+        let outcome = app.place_order(input).await;
+
+        let message = expect_failure(&outcome, "OutOfStock");
+        assert!(
+            message.contains(&format!("product {scarce}")) && message.contains("has 2 available"),
+            "{consistency}: the product and what is left are named: {message}"
+        );
+        assert_eq!(app.stock(scarce).await.reserved, 0, "{consistency}");
+        assert_eq!(
+            app.stock(products[0]).await.reserved,
+            before.reserved,
+            "{consistency}: the other product's hold was undone"
+        );
+        assert_eq!(
+            app.credit_used(customer).await,
+            Decimal::ZERO,
+            "{consistency}"
+        );
+        let home = app.shards.for_customer(customer).index;
+        assert_eq!(
+            app.rows_on_shard(home).await.orders,
+            0,
+            "{consistency}: no order row"
+        );
+    }
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_product_and_a_declined_payment_roll_a_two_phase_order_back() {
+    let app = TestApp::spawn().await;
+    let customer = app.add_customer("Barbara Liskov", "10.00").await;
+    let outcome = app
+        .place_order(json!({"customer_id": customer, "consistency": "two_phase",
+            "items": [{"product_id": 987_654, "quantity": 1, "unit_price": "1.00"}]}))
+        .await;
+    let message = expect_failure(&outcome, "UnknownProduct");
+    assert!(message.contains("987654"), "{message}");
+
+    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let outcome = app.place_order(input).await;
+    expect_failure(&outcome, "PaymentDeclined");
+    assert_eq!(app.stock(products[0]).await.reserved, 0);
+    assert_eq!(app.stock(products[1]).await.reserved, 0);
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn product_add_and_get_work_from_the_cli_on_the_owning_shard() {
+    let app = TestApp::spawn().await;
+    app.cli_ok(&[
+        "product", "add", "--id", "4242", "--stock", "7", "--name", "Teapot",
+    ]);
+    let shown = app.cli_ok(&["product", "get", "4242", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["on_hand"], 7);
+    assert_eq!(shown["available"], 7);
+    assert_eq!(shown["name"], "Teapot");
+    assert_eq!(shown["shard"], app.shards.for_product(4242).index);
+    let missing = app.cli(&["product", "get", "4243"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("orders product add --id 4243"),
+        "the error says what to do"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stock_and_credit() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.start_worker(Some("reserve_credit.before=sleep:4000"));
+    let customer = app.add_customer("Ken Thompson", "500.00").await;
+    let (input, products) = three_shard_order(&app, customer, "saga");
+    let workflow_id = app.start_order(input).await;
+    let order_id = wait_for_order_id(&app, &workflow_id).await;
+
+    app.cli_ok(&["cancel", &order_id.to_string()]);
+
+    assert_eq!(app.outcome(&workflow_id).await, OrderOutcome::Cancelled);
+    assert_eq!(app.stock(products[0]).await.reserved, 0, "stock released");
+    assert_eq!(app.credit_used(customer).await, Decimal::ZERO);
+
+    // A confirmed two-phase order: cancelled through its lifecycle.
+    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (_, placed): (String, PlacedOrder) = app.place_confirmed_order(input).await;
+    assert_eq!(app.stock(products[0]).await.reserved, 2);
+    let cancelled = app.cli_ok(&["cancel", &placed.order_id.to_string()]);
+    assert!(String::from_utf8_lossy(&cancelled.stdout).contains("credit and stock returned"));
+    assert_eq!(app.stock(products[0]).await.reserved, 0);
+    assert_eq!(app.stock(products[1]).await.reserved, 0);
+    assert_eq!(app.credit_used(customer).await, Decimal::ZERO);
+    assert_audit_clean(&app);
+}
+
+/// Waits until PlaceOrder has published its order id (search attribute `OrderId`).
+async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let progress = app
+            .client
+            .get_workflow_handle::<orders_workflows::PlaceOrderWorkflow>(workflow_id)
+            .query(
+                orders_workflows::PlaceOrderWorkflow::progress,
+                (),
+                temporalio_client::WorkflowQueryOptions::default(),
+            )
+            .await;
+        if let Ok(progress) = progress
+            && let Some(order_id) = progress.order_id
+            && orders_worker::client::running_placement(&app.client, order_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            return order_id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{workflow_id} never published its order id"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

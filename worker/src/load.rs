@@ -1,0 +1,294 @@
+//! `orders load`: places many orders at once through PlaceOrder and measures them.
+//!
+//! It makes its own pool (customers with room on their credit, products with stock) so it
+//! never disturbs existing data, then keeps `concurrency` orders in flight until `orders`
+//! have finished, drawing a progress bar. The summary gives orders/s, latency percentiles
+//! (start of the workflow to its result) and failures by reason. Orders are pseudo-random
+//! from `seed`, so a run can be repeated exactly.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use orders_activities::Shards;
+use orders_activities::store::customers::NewCustomer;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use temporalio_client::Client;
+
+use crate::client::{self, OrderOutcome};
+use crate::progress_bar::{bar, eta};
+use crate::{customers, products};
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub orders: u64,
+    pub concurrency: usize,
+    /// `saga` or `two_phase`.
+    pub consistency: String,
+    pub customers: usize,
+    pub products: usize,
+    /// Stock each pool product starts with.
+    pub stock: i32,
+    pub seed: u64,
+    /// Prefix of the workflow ids.
+    pub run_id: String,
+}
+
+/// How one order of the load ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedOrder {
+    pub workflow_id: String,
+    /// `placed`, `failed`, `cancelled` or `other`.
+    pub outcome: &'static str,
+    pub order_id: Option<i64>,
+    pub failure_type: Option<String>,
+    pub latency_ms: f64,
+}
+
+/// The summary `orders load` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub consistency: String,
+    pub orders: u64,
+    pub placed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub elapsed_secs: f64,
+    pub orders_per_sec: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub customers: Vec<i64>,
+    pub products: Vec<i64>,
+    pub results: Vec<LoadedOrder>,
+}
+
+/// xorshift64*: reproducible pseudo-random orders without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Creates the load's customers and products.
+async fn make_pool(shards: &Shards, plan: &LoadPlan) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+    let mut customer_ids = Vec::with_capacity(plan.customers);
+    for n in 0..plan.customers {
+        let customer = customers::add(
+            shards,
+            NewCustomer {
+                id: None,
+                first_name: "Load".to_owned(),
+                last_name: format!("{} {n}", plan.run_id),
+                email: format!("load-{}-{n}@example.com", plan.run_id),
+                credit_limit: Decimal::new(1_000_000_000, 2),
+            },
+        )
+        .await?;
+        customer_ids.push(customer.id);
+    }
+    let first = products::next_free_id(shards).await?;
+    let mut product_ids = Vec::with_capacity(plan.products);
+    for id in first..first + plan.products as i64 {
+        products::add(
+            shards,
+            id,
+            Some(&format!("load {}", plan.run_id)),
+            plan.stock,
+        )
+        .await?;
+        product_ids.push(id);
+    }
+    Ok((customer_ids, product_ids))
+}
+
+/// PlaceOrder's input for the `n`th order: 1–3 lines of 1–3 units at 1.00–99.99.
+fn order_input(
+    rng: &mut Rng,
+    plan: &LoadPlan,
+    customers: &[i64],
+    products: &[i64],
+) -> serde_json::Value {
+    let customer = customers[rng.below(customers.len() as u64) as usize];
+    let lines = 1 + rng.below(3);
+    let items: Vec<serde_json::Value> = (0..lines)
+        .map(|_| {
+            let product = products[rng.below(products.len() as u64) as usize];
+            let cents = 100 + rng.below(9_900) as i64;
+            serde_json::json!({
+                "product_id": product,
+                "quantity": 1 + rng.below(3),
+                "unit_price": Decimal::new(cents, 2).to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({"customer_id": customer, "items": items, "consistency": plan.consistency})
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_ms.len() as f64).ceil() as usize;
+    sorted_ms[rank.clamp(1, sorted_ms.len()) - 1]
+}
+
+/// Runs the load and returns its report; the bar goes to stderr when `progress` is set.
+pub async fn run(
+    client: &Client,
+    task_queue: &str,
+    shards: &Shards,
+    plan: &LoadPlan,
+    progress: bool,
+) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(plan.orders > 0, "--orders must be at least 1");
+    anyhow::ensure!(plan.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        plan.customers > 0 && plan.products > 0,
+        "the pool needs at least one customer and one product"
+    );
+    let (customer_ids, product_ids) = make_pool(shards, plan)
+        .await
+        .context("cannot create the load's customers and products")?;
+    let mut rng = Rng(plan.seed | 1);
+    let inputs: Vec<(String, serde_json::Value)> = (0..plan.orders)
+        .map(|n| {
+            (
+                format!("load-{}-{n}", plan.run_id),
+                order_input(&mut rng, plan, &customer_ids, &product_ids),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut results = futures::stream::iter(inputs)
+        .map(|(workflow_id, input)| async move {
+            let begun = Instant::now();
+            client::start_order(client, task_queue, &workflow_id, input).await?;
+            let outcome = client::order_outcome(client, &workflow_id).await?;
+            Ok::<_, anyhow::Error>(loaded(workflow_id, &outcome, begun.elapsed()))
+        })
+        .buffer_unordered(plan.concurrency);
+    let mut done = Vec::with_capacity(plan.orders as usize);
+    let mut last_draw = Instant::now();
+    while let Some(result) = results.next().await {
+        done.push(result?);
+        if progress
+            && (last_draw.elapsed() >= Duration::from_millis(200)
+                || done.len() as u64 == plan.orders)
+        {
+            last_draw = Instant::now();
+            let fraction = done.len() as f64 / plan.orders as f64;
+            let elapsed = started.elapsed();
+            let failed = done.iter().filter(|o| o.outcome != "placed").count();
+            eprint!(
+                "\r{}  {}/{} orders  {:.1} orders/s  {}  failed {failed}   ",
+                bar(fraction),
+                done.len(),
+                plan.orders,
+                done.len() as f64 / elapsed.as_secs_f64().max(0.001),
+                eta(fraction, elapsed)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let elapsed = started.elapsed();
+    Ok(summarise(plan, done, elapsed, customer_ids, product_ids))
+}
+
+fn loaded(workflow_id: String, outcome: &OrderOutcome, latency: Duration) -> LoadedOrder {
+    let (outcome, order_id, failure_type) = match outcome {
+        OrderOutcome::Placed(placed) => ("placed", Some(placed.order_id), None),
+        OrderOutcome::Failed { failure_type, .. } => ("failed", None, Some(failure_type.clone())),
+        OrderOutcome::Cancelled => ("cancelled", None, None),
+        OrderOutcome::Other(what) => ("other", None, Some(what.clone())),
+    };
+    LoadedOrder {
+        workflow_id,
+        outcome,
+        order_id,
+        failure_type,
+        latency_ms: latency.as_secs_f64() * 1000.0,
+    }
+}
+
+fn summarise(
+    plan: &LoadPlan,
+    results: Vec<LoadedOrder>,
+    elapsed: Duration,
+    customers: Vec<i64>,
+    products: Vec<i64>,
+) -> LoadReport {
+    let mut failures = BTreeMap::new();
+    for order in results.iter().filter(|o| o.outcome != "placed") {
+        let reason = order
+            .failure_type
+            .clone()
+            .unwrap_or_else(|| order.outcome.to_owned());
+        *failures.entry(reason).or_insert(0) += 1;
+    }
+    let mut latencies: Vec<f64> = results.iter().map(|o| o.latency_ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    LoadReport {
+        consistency: plan.consistency.clone(),
+        orders: results.len() as u64,
+        placed: results.iter().filter(|o| o.outcome == "placed").count() as u64,
+        failures,
+        elapsed_secs: elapsed.as_secs_f64(),
+        orders_per_sec: results.len() as f64 / elapsed.as_secs_f64().max(0.001),
+        p50_ms: percentile(&latencies, 50.0),
+        p95_ms: percentile(&latencies, 95.0),
+        p99_ms: percentile(&latencies, 99.0),
+        customers,
+        products,
+        results,
+    }
+}
+
+/// Prints the summary for people.
+pub fn print(report: &LoadReport) {
+    println!(
+        "{} orders ({}): {} placed in {:.1} s = {:.1} orders/s",
+        report.orders,
+        report.consistency,
+        report.placed,
+        report.elapsed_secs,
+        report.orders_per_sec
+    );
+    println!(
+        "latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
+        report.p50_ms, report.p95_ms, report.p99_ms
+    );
+    if report.failures.is_empty() {
+        println!("no failures");
+    } else {
+        println!("failures by reason:");
+        for (reason, count) in &report.failures {
+            println!("  {reason}: {count}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 50.0), 50.0);
+        assert_eq!(percentile(&sorted, 95.0), 95.0);
+        assert_eq!(percentile(&sorted, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+}

@@ -1,0 +1,81 @@
+//! `InDoubtRecovery`: `orders recover`, every minute, for as long as workers run.
+//!
+//! Each worker makes sure one instance runs (workflow id [`WORKFLOW_ID`], started if absent),
+//! so prepared transactions left behind by terminated or crashed two-phase orders are
+//! resolved without anyone watching (see `orders_activities::recovery`). The loop continues
+//! as new every [`PASSES_PER_RUN`] passes, so its history stays short.
+
+use std::time::Duration;
+
+use orders_activities::recovery::{Action, RecoveryActivities};
+use serde::{Deserialize, Serialize};
+use temporalio_common::RetryPolicy;
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::{ActivityOptions, ContinueAsNewOptions, WorkflowContext, WorkflowResult};
+
+/// The one recovery workflow of a namespace.
+pub const WORKFLOW_ID: &str = "orders-in-doubt-recovery";
+/// Passes before the loop continues as new.
+pub const PASSES_PER_RUN: u32 = 100;
+
+/// How often to look, and how old an orphan must be before it is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverySchedule {
+    pub every_secs: u64,
+    pub grace_secs: u64,
+}
+
+impl Default for RecoverySchedule {
+    fn default() -> Self {
+        Self {
+            every_secs: 60,
+            grace_secs: 300,
+        }
+    }
+}
+
+#[workflow]
+#[derive(Default)]
+pub struct InDoubtRecoveryWorkflow;
+
+#[workflow_methods]
+impl InDoubtRecoveryWorkflow {
+    #[run(name = "InDoubtRecovery")]
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        schedule: RecoverySchedule,
+    ) -> WorkflowResult<()> {
+        let options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(60))
+            .retry_policy(RetryPolicy::builder().maximum_attempts(3).build())
+            .build();
+        for _ in 0..PASSES_PER_RUN {
+            let pass = ctx
+                .execute_activity(
+                    RecoveryActivities::recover_in_doubt,
+                    schedule.grace_secs,
+                    options.clone(),
+                )
+                .await;
+            if !ctx.is_replaying() {
+                match &pass {
+                    Ok(report) if !report.resolutions.is_empty() || !report.errors.is_empty() => {
+                        tracing::info!(
+                            committed = report.count(Action::Committed),
+                            rolled_back = report.count(Action::RolledBack),
+                            left = report.count(Action::Left),
+                            errors = ?report.errors,
+                            "in-doubt recovery pass"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "in-doubt recovery pass failed; next pass soon")
+                    }
+                }
+            }
+            ctx.timer(Duration::from_secs(schedule.every_secs)).await;
+        }
+        ctx.continue_as_new(schedule, ContinueAsNewOptions::default())?;
+        Ok(())
+    }
+}

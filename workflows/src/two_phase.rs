@@ -1,0 +1,223 @@
+//! PlaceOrder's two-phase path: the workflow is the coordinator, its history the log.
+//!
+//! 1. `PlanOrder` takes the order id and groups the products by shard (recorded, so replays
+//!    and retries follow the same plan whatever the shard map does meanwhile).
+//! 2. Every shard's part is prepared at once (`PreparePart`): the customer's shard writes the
+//!    order (`confirmed`, invisible until commit) and holds the credit; each product shard
+//!    holds the stock. Any refusal (`OutOfStock`, `PaymentDeclined`, …) or a cancellation
+//!    means rollback.
+//! 3. The decision goes into the memo ([`DECISION_MEMO`]) in the same workflow task that
+//!    schedules phase two, so it is in the history before any part commits; `orders recover`
+//!    reads it from there.
+//! 4. Every part is committed (or rolled back) concurrently, retried until done, immune to
+//!    cancellation: once decided, the decision is carried out.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use orders_activities::recovery::{DECISION_MEMO, Decision};
+use orders_activities::stock::{PlanInput, StockActivities, StockLine};
+use orders_activities::store::two_phase::gid;
+use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
+use orders_activities::{Consistency, PlacedOrder, ValidOrder};
+use orders_entities::order::OrderStatus;
+use temporalio_common::RetryPolicy;
+use temporalio_sdk::{
+    ActivityExecutionError, ActivityOptions, ApplicationFailure, MemoValue,
+    WorkflowCancellationToken, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
+
+use crate::failures::{self, workflow_failure};
+use crate::outcomes;
+use crate::place_order::{PlaceOrderWorkflow, fail, set_stage, set_step};
+use crate::progress::Stage;
+use crate::saga::forward_options;
+use crate::search_attributes::{ORDER_ID, SHARD};
+use orders_activities::failure::{INVALID_ORDER, non_retryable};
+use orders_activities::metrics::OrderMetrics;
+
+/// Failure type of a two-phase order whose phase two could not be carried out.
+pub const TWO_PHASE_INCOMPLETE: &str = "TwoPhaseIncomplete";
+
+/// Phase two's options: retried until done (a shard that is down comes back, and its
+/// prepared transaction with it), and never cancelled.
+fn resolve_options() -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_millis(200))
+                .maximum_interval(Duration::from_secs(10))
+                .build(),
+        )
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build()
+}
+
+/// Places `order` with two-phase commit; `key` prefixes the parts' idempotency keys.
+pub(crate) async fn place(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    order: ValidOrder,
+    key: &str,
+) -> WorkflowResult<PlacedOrder> {
+    set_step(ctx, "PlanOrder");
+    let plan = ctx
+        .execute_activity(
+            StockActivities::plan_order,
+            PlanInput {
+                customer_id: order.customer_id,
+                items: order.items.clone(),
+                allocate_order_id: true,
+            },
+            forward_options(),
+        )
+        .await;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(err) => return Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
+    };
+    let order_id = plan.order_id.expect("PlanOrder allocates when asked");
+    let parts = match parts(ctx, &order, key, order_id, plan.customer_shard, plan.stock) {
+        Ok(parts) => parts,
+        Err(failure) => return Err(fail(ctx, Stage::Failed, failure).into()),
+    };
+    ctx.upsert_search_attributes([
+        ORDER_ID.value_set(order_id),
+        SHARD.value_set(plan.customer_shard as i64),
+    ]);
+
+    set_step(ctx, "PreparePart");
+    let prepared = join_all(parts.iter().map(|part| {
+        ctx.execute_activity(
+            TwoPhaseActivities::prepare_part,
+            part.clone(),
+            forward_options(),
+        )
+    }))
+    .await;
+    let refusal = prepared.into_iter().find_map(Result::err);
+    let cancelled = ctx.cancellation_token().is_cancelled();
+    let decision = if refusal.is_none() && !cancelled {
+        Decision::Commit
+    } else {
+        Decision::Rollback
+    };
+    ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(decision)))])?;
+
+    if decision == Decision::Commit {
+        ctx.state_mut(|s| {
+            s.progress.order_id = Some(order_id);
+            s.progress.shard = Some(plan.customer_shard);
+        });
+        set_stage(ctx, Stage::Pending);
+        set_step(ctx, "CommitPart");
+        let problems = resolve(ctx, &parts, || TwoPhaseActivities::commit_part).await;
+        if let Some(problems) = problems {
+            let failure = non_retryable(
+                TWO_PHASE_INCOMPLETE,
+                format!("order {order_id}: commit was decided but not carried out: {problems}"),
+            );
+            return Err(fail(ctx, Stage::Failed, failure).into());
+        }
+        return Ok(PlacedOrder {
+            order_id,
+            customer_id: order.customer_id,
+            shard: plan.customer_shard,
+            status: OrderStatus::Confirmed,
+            total_amount: order.total(),
+            consistency: Consistency::TwoPhase,
+        });
+    }
+
+    set_step(ctx, "RollbackPart");
+    if let Some(problems) = resolve(ctx, &parts, || TwoPhaseActivities::rollback_part).await {
+        outcomes::record(ctx, OrderMetrics::compensation_failed);
+        let failure = non_retryable(
+            TWO_PHASE_INCOMPLETE,
+            format!("order {order_id}: rollback was decided but not carried out: {problems}"),
+        );
+        return Err(fail(ctx, Stage::Failed, failure).into());
+    }
+    ctx.state_mut(|s| s.progress.compensations_run = vec!["RollbackPart".to_owned()]);
+    match refusal {
+        Some(err) if !cancelled => Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
+        _ => {
+            set_stage(ctx, Stage::Cancelled);
+            outcomes::record(ctx, OrderMetrics::order_cancelled);
+            Err(WorkflowTermination::cancelled())
+        }
+    }
+}
+
+/// The order's parts: the customer's shard (order, credit and any stock it holds) first,
+/// then every other shard stocking some of its products.
+fn parts(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    order: &ValidOrder,
+    key: &str,
+    order_id: i64,
+    customer_shard: usize,
+    stock: Vec<orders_activities::stock::StockPart>,
+) -> Result<Vec<TwoPhasePart>, ApplicationFailure> {
+    let part = |shard: usize, order: Option<ValidOrder>, stock: Vec<StockLine>| {
+        let gid = gid(ctx.workflow_id(), ctx.run_id(), shard)
+            .map_err(|e| non_retryable(INVALID_ORDER, e.to_string()))?;
+        Ok::<_, ApplicationFailure>(TwoPhasePart {
+            gid,
+            idempotency_key: format!("{key}/two-phase/shard-{shard}"),
+            shard,
+            order_id,
+            order,
+            stock,
+        })
+    };
+    let mut home_stock = Vec::new();
+    let mut others = Vec::new();
+    for stock_part in stock {
+        if stock_part.shard == customer_shard {
+            home_stock = stock_part.lines;
+        } else {
+            others.push(part(stock_part.shard, None, stock_part.lines)?);
+        }
+    }
+    let mut parts = vec![part(customer_shard, Some(order.clone()), home_stock)?];
+    parts.extend(others);
+    Ok(parts)
+}
+
+/// Runs phase two (`activity` on every part, concurrently). Returns what could not be done.
+async fn resolve<A>(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    parts: &[TwoPhasePart],
+    activity: impl Fn() -> A,
+) -> Option<String>
+where
+    A: temporalio_common::ActivityDefinition<Input = TwoPhasePart, Output = ()>,
+{
+    let results: Vec<Result<(), ActivityExecutionError>> = join_all(
+        parts
+            .iter()
+            .map(|part| ctx.execute_activity(activity(), part.clone(), resolve_options())),
+    )
+    .await;
+    let problems: Vec<String> = parts
+        .iter()
+        .zip(results)
+        .filter_map(|(part, result)| {
+            result
+                .err()
+                .map(|err| format!("shard {}: {}", part.shard, failures::describe(&err)))
+        })
+        .collect();
+    if problems.is_empty() {
+        None
+    } else {
+        if !ctx.is_replaying() {
+            tracing::error!(
+                workflow_id = ctx.workflow_id(),
+                ?problems,
+                "two-phase order left incomplete; run `orders recover` once the cause is fixed"
+            );
+        }
+        Some(problems.join("; "))
+    }
+}
