@@ -26,11 +26,22 @@ pub(crate) fn three_shard_order(
     customer: i64,
     consistency: &str,
 ) -> (serde_json::Value, [i64; 2]) {
+    three_shard_order_avoiding(app, customer, consistency, &[])
+}
+
+/// [`three_shard_order`] with products other than `avoid` (whose rows a prepared
+/// transaction may hold locked).
+pub(crate) fn three_shard_order_avoiding(
+    app: &TestApp,
+    customer: i64,
+    consistency: &str,
+    avoid: &[i64],
+) -> (serde_json::Value, [i64; 2]) {
     let home = app.shards.for_customer(customer).index;
     let others: Vec<usize> = (0..app.shards.len()).filter(|s| *s != home).collect();
     let products = [
-        product_on(app, others[0], &[]),
-        product_on(app, others[1], &[]),
+        product_on(app, others[0], avoid),
+        product_on(app, others[1], avoid),
     ];
     let input = json!({
         "customer_id": customer,

@@ -153,6 +153,8 @@ pub(crate) struct TestApp {
     pub(crate) metrics_port: u16,
     /// Where the current worker serves its read API.
     pub(crate) api_port: u16,
+    /// Extra environment for the workers this test starts.
+    pub(crate) worker_env: Vec<(&'static str, String)>,
 }
 
 impl TestApp {
@@ -234,6 +236,7 @@ impl TestApp {
             worker_log,
             metrics_port: 0,
             api_port: 0,
+            worker_env: Vec::new(),
         }
     }
 
@@ -262,7 +265,10 @@ impl TestApp {
             )
             .env("ORDERS_API_ADDR", format!("127.0.0.1:{}", self.api_port))
             // Long enough that only invalidation can explain a fresh read.
-            .env("ORDERS_CACHE_TTL_SECS", "3600");
+            .env("ORDERS_CACHE_TTL_SECS", "3600")
+            // Tests resolve in-doubt transactions themselves, unless they ask otherwise.
+            .env("ORDERS_RECOVERY_EVERY_SECS", "3600")
+            .envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
         if let Some(points) = failpoints {
             command.env("ORDERS_FAILPOINTS", points);
         }
@@ -281,6 +287,13 @@ impl TestApp {
             ChildService::spawn("orders worker", command, Signal::SIGTERM)
                 .expect("orders worker starts"),
         );
+    }
+
+    /// SIGKILLs the worker: no draining, no goodbye, as a crash would.
+    pub(crate) fn kill_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill();
+        }
     }
 
     /// Waits up to `timeout` for the worker to exit by itself (e.g. at a failpoint).

@@ -9,6 +9,7 @@ mod compose;
 mod consistency;
 mod crash_recovery;
 mod import;
+mod in_doubt;
 mod lifecycle;
 mod listing;
 mod metrics;

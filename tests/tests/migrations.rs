@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::TestApp;
 
-const MIGRATION_COUNT: usize = 10;
+const MIGRATION_COUNT: usize = 11;
 /// Migrations from the customer-name split (the 5th) on.
 const SINCE_NAME_SPLIT: usize = MIGRATION_COUNT - 4;
 

@@ -25,7 +25,7 @@ async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_re
     };
     assert_eq!(
         serde_json::to_value(&placed).unwrap(),
-        json!({"order_id": placed.order_id, "customer_id": customer, "shard": home, "status": "confirmed", "total_amount": "39.98"}),
+        json!({"order_id": placed.order_id, "customer_id": customer, "shard": home, "status": "confirmed", "total_amount": "39.98", "consistency": "saga"}),
         "the result is the documented JSON"
     );
     for shard in 0..SHARD_COUNT {

@@ -109,7 +109,7 @@ async fn a_declined_order_reports_failure_and_the_compensations_that_ran() {
     );
     assert_eq!(
         progress.compensations_run,
-        ["DeleteOrder"],
-        "the declined credit step needs no release"
+        ["ReleaseStock", "DeleteOrder"],
+        "newest first; the declined credit step needs no release"
     );
 }
