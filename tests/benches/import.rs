@@ -29,7 +29,7 @@ const IMPORT_LINES: usize = 100_000;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let clusters = common::Clusters::start("import-bench", 4)?;
-    let orders_bin = build_release_orders()?;
+    let orders_bin = common::build_release_orders()?;
     let temporal = TemporalDevServer::start(TemporalOptions {
         port: local::free_port()?,
         ui_port: None,
@@ -55,25 +55,6 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(temporal);
     Ok(())
-}
-
-/// The `orders` binary in release mode (what users deploy).
-fn build_release_orders() -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "orders-worker",
-            "--bin",
-            "orders",
-        ])
-        .status()?;
-    anyhow::ensure!(status.success(), "cargo build --release of orders failed");
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orders");
-    anyhow::ensure!(bin.is_file(), "no binary at {}", bin.display());
-    Ok(bin)
 }
 
 fn rate(label: &str, rows: usize, elapsed: Duration) -> f64 {

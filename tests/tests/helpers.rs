@@ -167,7 +167,33 @@ impl TestApp {
 
     /// A migrated set of shards with [`STOCKED_PRODUCTS`] in stock, and no worker yet.
     pub(crate) async fn spawn_without_worker() -> Self {
-        let app = Self::with_empty_databases().await;
+        Self::migrated_and_stocked(Self::with_empty_databases().await).await
+    }
+
+    /// Like [`Self::spawn_without_worker`], but shard `shard` lives on a cluster of its own,
+    /// which the test may stop and start (the shared clusters serve every other test).
+    pub(crate) async fn spawn_with_own_cluster_for(shard: usize) -> (Self, OwnCluster) {
+        let services = services();
+        let options = PostgresOptions {
+            data_dir: services.root.join(format!(
+                "own-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )),
+            port: local::free_port().expect("a free port"),
+            ephemeral: true,
+        };
+        let own = OwnCluster::start(options).await;
+        let clusters: Vec<&PostgresCluster> = services
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == shard { &own.cluster } else { c })
+            .collect();
+        let app = Self::migrated_and_stocked(Self::on_clusters(&clusters).await).await;
+        (app, own)
+    }
+
+    async fn migrated_and_stocked(app: Self) -> Self {
         migrate::run(&app.shards, migrate::Plan::Up(None))
             .await
             .expect("migrations apply on every shard");
@@ -194,11 +220,17 @@ impl TestApp {
 
     /// Fresh, empty databases on every shard, not migrated.
     pub(crate) async fn with_empty_databases() -> Self {
+        let clusters: Vec<&PostgresCluster> = services().clusters.iter().collect();
+        Self::on_clusters(&clusters).await
+    }
+
+    /// Fresh, empty databases on `clusters` (one per shard), not migrated.
+    async fn on_clusters(clusters: &[&PostgresCluster]) -> Self {
         let services = services();
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let database = format!("t_{id}");
         let mut shard_urls = Vec::new();
-        for cluster in &services.clusters {
+        for cluster in clusters {
             cluster
                 .create_database(&database)
                 .await
@@ -518,6 +550,39 @@ pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head}"));
     (status, body.to_owned())
+}
+
+/// A PostgreSQL cluster one test owns, so it can stop and start it.
+pub(crate) struct OwnCluster {
+    cluster: PostgresCluster,
+    options: PostgresOptions,
+}
+
+impl OwnCluster {
+    async fn start(options: PostgresOptions) -> Self {
+        let started = options.clone();
+        let cluster = tokio::task::spawn_blocking(move || PostgresCluster::start(started))
+            .await
+            .expect("start task")
+            .expect("the test's own cluster starts");
+        Self { cluster, options }
+    }
+
+    /// Fast shutdown: sessions end, open transactions roll back, prepared ones survive.
+    pub(crate) async fn stop(&mut self) {
+        let mut cluster = std::mem::replace(
+            &mut self.cluster,
+            PostgresCluster::detached(self.options.clone()),
+        );
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .expect("stop task");
+    }
+
+    /// Starts the postmaster again on the same data directory and port.
+    pub(crate) async fn restart(&mut self) {
+        *self = Self::start(self.options.clone()).await;
+    }
 }
 
 /// Products every [`TestApp::spawn`] stocks, so tests can order them.

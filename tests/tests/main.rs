@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod chaos;
 mod compose;
 mod consistency;
 mod crash_recovery;

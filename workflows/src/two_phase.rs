@@ -2,10 +2,16 @@
 //!
 //! 1. `PlanOrder` takes the order id and groups the products by shard (recorded, so replays
 //!    and retries follow the same plan whatever the shard map does meanwhile).
-//! 2. Every shard's part is prepared at once (`PreparePart`): the customer's shard writes the
-//!    order (`confirmed`, invisible until commit) and holds the credit; each product shard
-//!    holds the stock. Any refusal (`OutOfStock`, `PaymentDeclined`, …) or a cancellation
-//!    means rollback.
+//! 2. Every shard's part is prepared (`PreparePart`), one shard after another in shard order:
+//!    the customer's shard writes the order (`confirmed`, invisible until commit) and holds
+//!    the credit; each product shard holds the stock. Any refusal (`OutOfStock`,
+//!    `PaymentDeclined`, …) or a cancellation stops the phase and means rollback.
+//!
+//!    Why in order: a prepared part keeps its row locks until phase two. Two orders preparing
+//!    their parts at once could each hold, prepared, a row the other waits for on another
+//!    shard, a deadlock no single PostgreSQL can see. Taking shards in one global order (and
+//!    rows in id order within a shard) makes such a cycle impossible, at the price of
+//!    preparing parts one after another instead of side by side.
 //! 3. The decision goes into the memo ([`DECISION_MEMO`]) in the same workflow task that
 //!    schedules phase two, so it is in the history before any part commits; `orders recover`
 //!    reads it from there.
@@ -86,15 +92,20 @@ pub(crate) async fn place(
     ]);
 
     set_step(ctx, "PreparePart");
-    let prepared = join_all(parts.iter().map(|part| {
-        ctx.execute_activity(
-            TwoPhaseActivities::prepare_part,
-            part.clone(),
-            forward_options(),
-        )
-    }))
-    .await;
-    let refusal = prepared.into_iter().find_map(Result::err);
+    let mut refusal = None;
+    for part in &parts {
+        let prepared = ctx
+            .execute_activity(
+                TwoPhaseActivities::prepare_part,
+                part.clone(),
+                forward_options(),
+            )
+            .await;
+        if let Err(err) = prepared {
+            refusal = Some(err);
+            break;
+        }
+    }
     let cancelled = ctx.cancellation_token().is_cancelled();
     let decision = if refusal.is_none() && !cancelled {
         Decision::Commit
@@ -148,8 +159,8 @@ pub(crate) async fn place(
     }
 }
 
-/// The order's parts: the customer's shard (order, credit and any stock it holds) first,
-/// then every other shard stocking some of its products.
+/// The order's parts, in shard order: the customer's shard (order, credit and any stock it
+/// holds), and every other shard stocking some of its products.
 fn parts(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: &ValidOrder,
@@ -181,6 +192,7 @@ fn parts(
     }
     let mut parts = vec![part(customer_shard, Some(order.clone()), home_stock)?];
     parts.extend(others);
+    parts.sort_by_key(|part| part.shard);
     Ok(parts)
 }
 

@@ -17,6 +17,11 @@ pub(crate) struct Clusters {
 impl Clusters {
     /// Starts `count` clusters (fsync off, as in the tests).
     pub(crate) fn start(name: &str, count: usize) -> anyhow::Result<Self> {
+        Self::start_with(name, count, true)
+    }
+
+    /// Starts `count` clusters; `ephemeral` turns fsync off.
+    pub(crate) fn start_with(name: &str, count: usize, ephemeral: bool) -> anyhow::Result<Self> {
         let root = std::env::temp_dir().join(format!("orders-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&root)?;
         std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -29,7 +34,7 @@ impl Clusters {
                 PostgresCluster::start(PostgresOptions {
                     data_dir: root.join(format!("shard-{i}")),
                     port: local::free_port()?,
-                    ephemeral: true,
+                    ephemeral,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -58,6 +63,26 @@ impl Clusters {
         migrate::run(&pools, migrate::Plan::Up(None)).await?;
         Ok((urls, pools))
     }
+}
+
+/// The `orders` binary in release mode (what users deploy).
+#[allow(dead_code)] // Not every benchmark runs a worker.
+pub(crate) fn build_release_orders() -> anyhow::Result<PathBuf> {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "orders-worker",
+            "--bin",
+            "orders",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build --release of orders failed");
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orders");
+    anyhow::ensure!(bin.is_file(), "no binary at {}", bin.display());
+    Ok(bin)
 }
 
 impl Drop for Clusters {

@@ -140,6 +140,14 @@ impl PostgresCluster {
         })
     }
 
+    /// A handle on `options`'s cluster that does not own a process: stopping it does nothing.
+    pub fn detached(options: PostgresOptions) -> Self {
+        Self {
+            options,
+            process: None,
+        }
+    }
+
     /// URL of `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
         shard_url(self.options.port, database)

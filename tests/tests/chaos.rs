@@ -1,0 +1,152 @@
+//! Chaos: a load of orders while the worker is SIGKILLed and restarted at random moments and
+//! one shard's postmaster is stopped and started again. Afterwards every order reached a
+//! terminal state that agrees with the databases, nothing is left prepared, and
+//! `orders audit` is clean. Bounded: the load must finish within four minutes.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use orders_activities::lookup::find_order;
+use orders_entities::order::OrderStatus;
+
+use crate::consistency::{assert_audit_clean, prepared_everywhere};
+use crate::helpers::TestApp;
+
+const ORDERS: u64 = 40;
+/// The shard whose postmaster is stopped mid-load.
+const BOUNCED_SHARD: usize = 1;
+
+/// A pause of 0.5–2.5 s drawn from `seed` (printed, so a failing run can be understood).
+fn pause(seed: &mut u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    Duration::from_millis(500 + *seed % 2000)
+}
+
+async fn chaos_load(consistency: &str) {
+    let (mut app, mut cluster) = TestApp::spawn_with_own_cluster_for(BOUNCED_SHARD).await;
+    app.start_worker(None);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("chaos seed {seed} ({consistency})");
+    let report_file = app.worker_log().with_extension("load.json");
+    let mut load = LoadProcess(
+        app.orders_command()
+            .args([
+                "load",
+                "--orders",
+                &ORDERS.to_string(),
+                "--concurrency",
+                "8",
+            ])
+            .args([
+                "--consistency",
+                consistency,
+                "--customers",
+                "8",
+                "--products",
+                "6",
+            ])
+            .args(["--stock", "25", "--json"])
+            .stdout(std::fs::File::create(&report_file).expect("report file"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("orders load starts"),
+    );
+
+    for round in 0..3 {
+        tokio::time::sleep(pause(&mut seed)).await;
+        app.kill_worker();
+        tokio::time::sleep(pause(&mut seed) / 2).await;
+        app.start_worker(None);
+        if round == 0 {
+            tokio::time::sleep(pause(&mut seed)).await;
+            cluster.stop().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.restart().await;
+        }
+    }
+
+    let status = load.wait(Duration::from_secs(240)).await;
+    assert!(status.success(), "orders load failed ({status})");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_file).expect("the report was written"))
+            .expect("orders load --json prints JSON");
+    assert_eq!(report["orders"], ORDERS, "{report:#}");
+    let results = report["results"].as_array().expect("results");
+    let mut placed = 0;
+    for result in results {
+        match result["outcome"].as_str() {
+            Some("placed") => {
+                placed += 1;
+                let order_id = result["order_id"].as_i64().expect("placed orders have ids");
+                let (_, order) = find_order(&app.shards, order_id)
+                    .await
+                    .expect("shards answer")
+                    .unwrap_or_else(|| panic!("placed order {order_id} is in its shard"));
+                assert_eq!(order.status, OrderStatus::Confirmed, "{result}");
+            }
+            Some("failed") => assert_eq!(
+                result["failure_type"], "OutOfStock",
+                "only stock may run out: {result}"
+            ),
+            _ => panic!("every order ends placed or refused: {result}"),
+        }
+    }
+    let in_db: i64 = app.rows_everywhere().await.iter().map(|r| r.orders).sum();
+    assert_eq!(
+        in_db, placed,
+        "one row per placed order, none for refused ones"
+    );
+    assert!(placed > 0, "the load placed orders: {report:#}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !prepared_everywhere(&app).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "prepared transactions left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_audit_clean(&app);
+}
+
+/// `orders load`, killed if the test ends before it does (a panic must not leave it waiting
+/// forever for a worker that is gone).
+struct LoadProcess(std::process::Child);
+
+impl LoadProcess {
+    async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("orders load can be waited for") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the load did not finish within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LoadProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sagas_survive_worker_kills_and_a_shard_restart_and_the_audit_stays_clean() {
+    chaos_load("saga").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_phase_orders_survive_worker_kills_and_a_shard_restart_and_the_audit_stays_clean() {
+    chaos_load("two_phase").await;
+}
