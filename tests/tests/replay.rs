@@ -33,6 +33,11 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "invalid_order.json",
         "unknown_customer.json",
         "three_imported_one_rejected.json",
+        "confirmed_with_stock.json",
+        "declined_stock_released.json",
+        "two_phase_confirmed.json",
+        "two_phase_out_of_stock_rolled_back.json",
+        "cancelled_stock_returned.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -8,7 +8,9 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-use orders_workflows::{ImportOrdersWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow};
+use orders_workflows::{
+    ImportOrdersWorkflow, InDoubtRecoveryWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow,
+};
 use temporalio_common::protos::temporal::api::enums::v1::EventType;
 use temporalio_common::protos::temporal::api::history::v1::History;
 use temporalio_sdk::workflow_replayer::{
@@ -76,6 +78,7 @@ pub fn worker_workflows() -> anyhow::Result<WorkflowReplayerOptions> {
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
+        .register_workflow::<InDoubtRecoveryWorkflow>()?
         .build())
 }
 

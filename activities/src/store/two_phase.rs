@@ -108,10 +108,11 @@ fn literal(gid: &str) -> Result<String, DbErr> {
 /// Ends `txn` with `PREPARE TRANSACTION`: its work is now durable but invisible, and its
 /// locks are held until [`commit_prepared`] or [`rollback_prepared`].
 pub async fn prepare(txn: DatabaseTransaction, gid: &str) -> Result<(), DbErr> {
-    txn.execute_unprepared(&format!("PREPARE TRANSACTION {}", literal(gid)?))
+    // PREPARE ends the transaction block, but sea-orm still ends `txn` with a COMMIT. An
+    // empty transaction opened right behind the PREPARE (same round trip) gives that COMMIT
+    // something to end, instead of a "there is no transaction in progress" warning.
+    txn.execute_unprepared(&format!("PREPARE TRANSACTION {}; BEGIN", literal(gid)?))
         .await?;
-    // The session has left the transaction block; sea-orm's COMMIT now only draws a
-    // "no transaction in progress" warning, and returns the connection to the pool.
     txn.commit().await
 }
 
