@@ -80,9 +80,10 @@ pub enum Rejection {
     )]
     UnknownProduct { product_id: i64 },
     /// A commit was decided, but this shard's prepared part is gone without having committed:
-    /// someone rolled it back by hand. Retrying cannot bring it back.
+    /// it was rolled back outside the workflow (by hand, or by `orders recover` while the
+    /// workflow could not be asked). Retrying cannot bring it back.
     #[error(
-        "prepared transaction {gid} on shard {shard} is neither prepared nor committed; it was rolled back outside the workflow, so this order is only partly committed and needs manual repair"
+        "prepared transaction {gid} on shard {shard} is neither prepared nor committed: it was rolled back outside the workflow"
     )]
     PreparedPartMissing { gid: String, shard: usize },
     /// The worker cannot read the file an import names.

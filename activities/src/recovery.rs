@@ -4,27 +4,30 @@
 //! takes to commit or roll it back. If the workflow was terminated, or a worker crashed at
 //! the wrong moment and the workflow then ended, the transaction stays prepared, holding its
 //! locks. As Citus does, recovery lists the prepared transactions of every shard and
-//! resolves each of ours from the coordinator's durable log, here the workflow itself:
-//! - its decision memo says `commit`: commit (the decision was made; it must be honoured);
-//! - it says `rollback`, or the run is closed without a decision: roll back;
-//! - the run is unknown to Temporal (never started, or past retention) and the transaction
-//!   is older than the grace period: roll back, since nothing can decide it any more;
-//! - the run is still running without a decision: leave it; the workflow resolves it itself.
+//! resolves each of ours from the coordinator's durable log:
+//! - the workflow's decision memo says `commit` (or `rollback`): do that;
+//! - the workflow is still running and has not decided: leave it, the workflow resolves it;
+//! - the workflow ended without deciding, or Temporal no longer knows it (past retention,
+//!   and older than the grace period): read the order's commit record, the key of its home
+//!   part. The home part commits before any other, so if its key is committed the decision
+//!   was commit; if not, no part committed and rolling back is safe.
 //!
-//! Transactions whose gid is not ours are never touched.
+//! A part rolled back here gets its key tombstoned, so an attempt of `PreparePart` still in
+//! flight cannot prepare it again. Transactions whose gid is not ours are never touched.
 
 use std::time::Duration;
 
+use sea_orm::{DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{
-    Client, NamespacedClient, UntypedWorkflow, WorkflowDescribeOptions, WorkflowExecutionInfo,
-    WorkflowExecutionStatus, WorkflowHandle,
+    Client, UntypedWorkflow, WorkflowDescribeOptions, WorkflowExecutionStatus,
 };
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::shards::Shards;
+use crate::shards::{Shard, Shards};
+use crate::store::idempotency::{self, Claim};
 use crate::store::two_phase::{self, GidParts};
 
 /// The memo key under which PlaceOrder records its two-phase decision.
@@ -78,56 +81,98 @@ impl RecoveryReport {
     }
 }
 
-/// What the workflow behind a gid says should happen to it.
+/// What should happen to one prepared transaction, and why.
 enum Verdict {
     Commit(String),
     Rollback(String),
     Leave(String),
 }
 
-/// Reads the decision of the run that prepared `parts` from Temporal.
+/// Reads the decision of the workflow that prepared `parts` from Temporal, falling back on
+/// the order's commit record when the workflow cannot tell.
 async fn verdict(
     client: &Client,
+    shards: &Shards,
     parts: &GidParts,
     age: Duration,
     grace: Duration,
-) -> Result<Verdict, WorkflowInteractionError> {
-    let info = WorkflowExecutionInfo::builder()
-        .namespace(client.namespace())
-        .workflow_id(parts.workflow_id.clone())
-        .run_id(parts.run_id.clone())
-        .build();
-    let handle = WorkflowHandle::<Client, UntypedWorkflow>::new(client.clone(), info);
+) -> Result<Verdict, String> {
+    let handle = client.get_workflow_handle::<UntypedWorkflow>(parts.workflow_id.clone());
     let described = match handle.describe(WorkflowDescribeOptions::default()).await {
         Ok(described) => described,
-        Err(WorkflowInteractionError::NotFound(_)) if age >= grace => {
-            return Ok(Verdict::Rollback(
-                "its workflow run is unknown to Temporal and it is older than the grace period"
-                    .into(),
+        Err(WorkflowInteractionError::NotFound(_)) if age < grace => {
+            return Ok(Verdict::Leave(
+                "its workflow is not visible yet; within the grace period".into(),
             ));
         }
         Err(WorkflowInteractionError::NotFound(_)) => {
-            return Ok(Verdict::Leave(
-                "its workflow run is not visible yet; within the grace period".into(),
+            return from_commit_record(shards, parts, "its workflow is unknown to Temporal").await;
+        }
+        Err(other) => {
+            return Err(format!(
+                "cannot describe workflow {}: {other}",
+                parts.workflow_id
             ));
         }
-        Err(other) => return Err(other),
     };
+    let first_run = described
+        .raw()
+        .workflow_execution_info
+        .as_ref()
+        .map(|info| info.first_run_id.as_str());
+    if first_run != Some(parts.run_id.as_str()) {
+        return from_commit_record(shards, parts, "its workflow run chain has ended").await;
+    }
     let decision: Option<Decision> = described
         .memo()
         .get(DECISION_MEMO)
-        .map_err(|e| WorkflowInteractionError::Other(Box::new(e)))?;
-    let status = described.status();
-    Ok(match (decision, status) {
-        (Some(Decision::Commit), _) => Verdict::Commit("the workflow decided commit".into()),
-        (Some(Decision::Rollback), _) => Verdict::Rollback("the workflow decided rollback".into()),
-        (None, WorkflowExecutionStatus::Running) => {
-            Verdict::Leave("the workflow is running and has not decided yet".into())
+        .map_err(|e| format!("unreadable decision memo: {e}"))?;
+    match (decision, described.status()) {
+        (Some(Decision::Commit), _) => Ok(Verdict::Commit("the workflow decided commit".into())),
+        (Some(Decision::Rollback), _) => {
+            Ok(Verdict::Rollback("the workflow decided rollback".into()))
         }
+        (None, WorkflowExecutionStatus::Running) => Ok(Verdict::Leave(
+            "the workflow is running and has not decided yet".into(),
+        )),
         (None, status) => {
-            Verdict::Rollback(format!("the workflow ended ({status:?}) without deciding"))
+            let why = format!("the workflow ended ({status:?}) without deciding");
+            from_commit_record(shards, parts, &why).await
         }
+    }
+}
+
+/// The order's outcome from its home part's key: committed means commit was decided.
+async fn from_commit_record(
+    shards: &Shards,
+    parts: &GidParts,
+    why: &str,
+) -> Result<Verdict, String> {
+    if parts.home_shard >= shards.len() {
+        return Err(format!("home shard {} is not configured", parts.home_shard));
+    }
+    let home = shards.get(parts.home_shard);
+    let record = idempotency::lookup(&home.conn, &parts.home_key())
+        .await
+        .map_err(|e| home.error(e).to_string())?;
+    Ok(match record {
+        Some(Claim::Done(_)) => Verdict::Commit(format!(
+            "{why}; its home part on shard {} committed, so the decision was commit",
+            parts.home_shard
+        )),
+        _ => Verdict::Rollback(format!(
+            "{why}; its home part on shard {} never committed, so no part did",
+            parts.home_shard
+        )),
     })
+}
+
+/// Rolls `gid` back and tombstones its part's key, so no late attempt prepares it again.
+async fn roll_back(shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), DbErr> {
+    two_phase::rollback_prepared(&shard.conn, gid).await?;
+    let txn = shard.conn.begin().await?;
+    idempotency::mark_compensated(&txn, &parts.part_key()).await?;
+    txn.commit().await
 }
 
 /// One recovery pass over every shard.
@@ -147,13 +192,10 @@ pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> Recov
                 continue;
             };
             let age = Duration::from_secs(in_doubt.age_secs.max(0) as u64);
-            let verdict = match verdict(client, &parts, age, grace).await {
+            let verdict = match verdict(client, shards, &parts, age, grace).await {
                 Ok(verdict) => verdict,
                 Err(e) => {
-                    report.errors.push(format!(
-                        "{}: cannot read workflow {}: {e}",
-                        in_doubt.gid, parts.workflow_id
-                    ));
+                    report.errors.push(format!("{}: {e}", in_doubt.gid));
                     continue;
                 }
             };
@@ -166,15 +208,20 @@ pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> Recov
                 Verdict::Rollback(reason) => (
                     Action::RolledBack,
                     reason,
-                    two_phase::rollback_prepared(&shard.conn, &in_doubt.gid).await,
+                    roll_back(shard, &in_doubt.gid, &parts).await,
                 ),
                 Verdict::Leave(reason) => (Action::Left, reason, Ok(())),
             };
             if let Err(e) = outcome {
-                // The workflow may have resolved it meanwhile; the next pass will tell.
-                report
-                    .errors
-                    .push(format!("{}: {}", in_doubt.gid, shard.error(e)));
+                // The workflow may have resolved it meanwhile: then there is nothing to report.
+                if two_phase::is_prepared(&shard.conn, &in_doubt.gid)
+                    .await
+                    .unwrap_or(true)
+                {
+                    report
+                        .errors
+                        .push(format!("{}: {}", in_doubt.gid, shard.error(e)));
+                }
                 continue;
             }
             tracing::info!(gid = %in_doubt.gid, ?action, %reason, "in-doubt transaction resolved");

@@ -27,6 +27,12 @@ impl Default for PoolSettings {
     }
 }
 
+/// The longest any statement of ours waits for a row lock before failing (and its activity
+/// being retried). Prepared two-phase transactions keep their locks until they are resolved;
+/// without a bound, work queued behind one would hold pool connections the resolution itself
+/// needs.
+pub const LOCK_TIMEOUT: &str = "5s";
+
 /// A database error, tagged with the shard that produced it.
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard} ({url}): {source}")]
@@ -109,7 +115,8 @@ impl Shards {
                 .connect_timeout(pool.connect_timeout)
                 .acquire_timeout(pool.connect_timeout)
                 .connect_lazy(true)
-                .sqlx_logging(false);
+                .sqlx_logging(false)
+                .map_sqlx_postgres_opts(|opts| opts.options([("lock_timeout", LOCK_TIMEOUT)]));
             let url = redact_password(url);
             let conn = Database::connect(options)
                 .await

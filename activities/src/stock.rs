@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sea_orm::TransactionTrait;
+use sea_orm::{DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -22,7 +22,7 @@ use crate::failpoints;
 use crate::failure::Rejection;
 use crate::order_cache::OrderCache;
 use crate::order_input::OrderLine;
-use crate::shards::Shards;
+use crate::shards::{Shard, Shards};
 use crate::store::inventory::{self, Wanted};
 use crate::store::{idempotency, orders};
 
@@ -47,6 +47,9 @@ pub struct PlanInput {
     pub items: Vec<OrderLine>,
     /// Take an order id now (two-phase: every shard's part needs it before any commits).
     pub allocate_order_id: bool,
+    /// `<workflow key>/plan`: a run that repeats the plan (a retry, a reset) gets the same id.
+    #[serde(default)]
+    pub idempotency_key: String,
 }
 
 /// Where an order's writes go, fixed once and recorded in the workflow's history.
@@ -71,6 +74,7 @@ pub struct StockInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderStockRef {
     pub order_id: i64,
+    /// For the history's reader; holds are found by order id alone.
     pub customer_id: i64,
 }
 
@@ -126,6 +130,20 @@ pub(crate) fn stock_rejection(outcome: inventory::Reserve) -> Option<Rejection> 
     }
 }
 
+/// Takes an order id for `input`'s key, or returns the one taken before under it.
+async fn allocate_once(shard: &Shard, input: &PlanInput) -> Result<i64, DbErr> {
+    let txn = shard.conn.begin().await?;
+    if let idempotency::Claim::Done(taken) =
+        idempotency::claim(&txn, &input.idempotency_key).await?
+    {
+        return serde_json::from_value(taken).map_err(|e| DbErr::Json(e.to_string()));
+    }
+    let order_id = orders::next_id(&txn, input.customer_id).await?;
+    idempotency::record_result(&txn, &input.idempotency_key, &order_id.into()).await?;
+    txn.commit().await?;
+    Ok(order_id)
+}
+
 /// The stock activities' shared state.
 pub struct StockActivities {
     shards: Shards,
@@ -141,7 +159,7 @@ impl StockActivities {
 #[activities]
 impl StockActivities {
     /// Routes the order: its customer's shard, and its products grouped by the shard that
-    /// stocks them. Takes an order id too when asked; a retry takes another, harmlessly.
+    /// stocks them. Takes an order id too when asked, once per idempotency key.
     #[activity(name = "PlanOrder")]
     pub async fn plan_order(
         self: Arc<Self>,
@@ -151,7 +169,7 @@ impl StockActivities {
         let customer_shard = self.shards.for_customer(input.customer_id);
         let order_id = if input.allocate_order_id {
             Some(
-                orders::next_id(&customer_shard.conn, input.customer_id)
+                allocate_once(customer_shard, &input)
                     .await
                     .map_err(|e| customer_shard.error(e))?,
             )
@@ -243,42 +261,28 @@ impl StockActivities {
         Ok(())
     }
 
-    /// Gives back the stock a placed order holds, on every shard stocking its products:
-    /// cancelling a confirmed order. Reads the products from the order itself, and each
-    /// shard's release happens once however often this runs.
+    /// Gives back the stock a placed order holds, on every shard: cancelling a confirmed
+    /// order. Holds are found by order id, so this needs no routing (and stays right after
+    /// the shard map changes), and each shard's release happens once however often this runs.
     #[activity(name = "ReleaseOrderStock")]
     pub async fn release_order_stock(
         self: Arc<Self>,
         _ctx: ActivityContext,
         order: OrderStockRef,
     ) -> Result<(), ActivityError> {
-        let home = self.shards.for_customer(order.customer_id);
-        let found = orders::find_with_items(&home.conn, order.order_id)
-            .await
-            .map_err(|e| home.error(e))?;
-        let Some(found) = found else {
-            tracing::warn!(
-                order_id = order.order_id,
-                "order to release stock for is gone"
-            );
-            return Ok(());
-        };
-        let lines = found.items.iter().map(|item| StockLine {
-            product_id: item.product_id,
-            quantity: item.quantity,
-        });
-        for part in parts(&self.shards, lines) {
-            let shard = self.shards.get(part.shard);
+        for shard in self.shards.iter() {
             let on = |e| shard.error(e);
             let txn = shard.conn.begin().await.map_err(on)?;
             let released = inventory::release(&txn, order.order_id).await.map_err(on)?;
             txn.commit().await.map_err(on)?;
-            tracing::info!(
-                order_id = order.order_id,
-                shard = shard.index,
-                ?released,
-                "stock released (order cancelled)"
-            );
+            if !released.is_empty() {
+                tracing::info!(
+                    order_id = order.order_id,
+                    shard = shard.index,
+                    ?released,
+                    "stock released (order cancelled)"
+                );
+            }
         }
         self.cache.invalidate(order.order_id).await;
         Ok(())

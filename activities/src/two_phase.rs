@@ -4,8 +4,9 @@
 //! it prepares every shard's part, records its decision, then commits (or rolls back) every
 //! part, retrying until each is done. Each activity is safe to run again at any point:
 //! - `PreparePart` returns at once if its gid is already prepared; otherwise it claims the
-//!   part's idempotency key inside the transaction it prepares, so a duplicate attempt waits
-//!   on that key (bounded by `lock_timeout`) and then finds the part prepared or committed.
+//!   part's idempotency key inside the transaction it prepares. A duplicate attempt running
+//!   meanwhile waits on that key until the shard's `lock_timeout` (5 s, see
+//!   [`crate::shards`]) fails it; its retry then finds the part prepared or committed.
 //! - `CommitPart` commits the prepared gid, or finds the part's key committed: already done.
 //! - `RollbackPart` rolls the gid back if prepared, then tombstones the key, so an attempt
 //!   of `PreparePart` still in flight cannot prepare the part afterwards.
@@ -25,10 +26,6 @@ use crate::shards::{Shard, Shards};
 use crate::stock::{StockLine, stock_rejection, wanted};
 use crate::store::idempotency::{self, Claim};
 use crate::store::{credit, customers, inventory, orders, two_phase};
-
-/// How long a participant waits for a row lock before giving up and retrying: a prepared
-/// transaction holds its locks until it is resolved, and a part must not wait on one forever.
-const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 
 /// Failure type of a rollback that found its part already committed.
 pub const PART_ALREADY_COMMITTED: &str = "PartAlreadyCommitted";
@@ -85,10 +82,16 @@ async fn write_part(
                     available,
                 }));
             }
-            credit::Reserve::UnknownCustomer | credit::Reserve::AlreadyReleased => {
+            credit::Reserve::UnknownCustomer => {
                 return Ok(Some(Rejection::UnknownCustomer {
                     customer_id: order.customer_id,
                     shard: shard.index,
+                }));
+            }
+            credit::Reserve::AlreadyReleased => {
+                return Ok(Some(Rejection::AlreadyCompensated {
+                    step: "PreparePart",
+                    what: format!("the credit hold of order {}", part.order_id),
                 }));
             }
         }
@@ -119,7 +122,6 @@ impl TwoPhaseActivities {
             return Ok(());
         }
         let txn = shard.conn.begin().await.map_err(on)?;
-        txn.execute_unprepared(LOCK_TIMEOUT).await.map_err(on)?;
         match idempotency::claim(&txn, &part.idempotency_key)
             .await
             .map_err(on)?
@@ -211,7 +213,6 @@ impl TwoPhaseActivities {
             tracing::info!(gid = %part.gid, "part rolled back");
         }
         let txn = shard.conn.begin().await.map_err(on)?;
-        txn.execute_unprepared(LOCK_TIMEOUT).await.map_err(on)?;
         let stored = idempotency::mark_compensated(&txn, &part.idempotency_key)
             .await
             .map_err(on)?;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use orders_activities::store::{credit, idempotency, orders, two_phase};
 use orders_activities::{Consistency, OrderLine, Shards, ValidOrder};
-use orders_worker::local::process::ChildService;
 use orders_worker::local::{self, TemporalDevServer, TemporalOptions};
 use rust_decimal::Decimal;
 use sea_orm::TransactionTrait;
@@ -29,7 +28,7 @@ const LOAD_CONCURRENCY: &str = "16";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     println!("\nconsistency benchmark (release worker for the load; 2 cores shared by all)");
-    let fast = common::Clusters::start_with("consistency-fast", 4, true)?;
+    let fast = common::Clusters::start("consistency-fast", 4)?;
     let durable = common::Clusters::start_with("consistency-durable", 1, false)?;
     for (label, clusters) in [("fsync off", &fast), ("fsync on", &durable)] {
         let (_, shards) = clusters.deployment("commit_cost", 1).await?;
@@ -124,7 +123,7 @@ async fn commit_cost(shards: &Shards, prepare: bool) -> anyhow::Result<f64> {
         credit::reserve(&txn, order_id, customer, order.total()).await?;
         idempotency::record_result(&txn, &key, &serde_json::Value::Null).await?;
         if prepare {
-            let gid = two_phase::gid(&format!("bench-{i}"), "run", 0)?;
+            let gid = two_phase::gid(&format!("bench-{i}"), "run", 0, 0)?;
             two_phase::prepare(txn, &gid).await?;
             two_phase::commit_prepared(&shard.conn, &gid).await?;
         } else {
@@ -148,26 +147,7 @@ async fn load(
     let database = format!("load_{consistency}");
     let (urls, _) = clusters.deployment(&database, 4).await?;
     let task_queue = format!("bench-{database}");
-    let env = |command: &mut Command| {
-        command
-            .env("TEMPORAL_ADDRESS", temporal.address())
-            .env("ORDERS_TASK_QUEUE", &task_queue)
-            .env("ORDERS_SHARDS", urls.join(","))
-            .env("ORDERS_METRICS_ADDR", "off")
-            .env("ORDERS_API_ADDR", "off")
-            .env("ORDERS_LOG", "warn");
-    };
-    let mut worker_command = Command::new(orders_bin);
-    worker_command
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    env(&mut worker_command);
-    let mut worker = ChildService::spawn(
-        "orders worker",
-        worker_command,
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
+    let mut worker = common::start_worker(orders_bin, &temporal.address(), &task_queue, &urls)?;
     let mut load = Command::new(orders_bin);
     load.args(["load", "--orders", &LOAD_ORDERS.to_string()])
         .args([
@@ -186,7 +166,7 @@ async fn load(
             "--json",
         ])
         .stderr(Stdio::null());
-    env(&mut load);
+    common::deployment_env(&mut load, &temporal.address(), &task_queue, &urls);
     let output = load.output()?;
     worker.stop(Duration::from_secs(10));
     anyhow::ensure!(

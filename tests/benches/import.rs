@@ -9,13 +9,12 @@
 //! - the worker's peak memory importing 100k and 1M lines.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orders_activities::store::batch::{self, NewItem};
 use orders_activities::store::listing;
-use orders_worker::local::process::ChildService;
 use orders_worker::local::{self, TemporalDevServer, TemporalOptions};
 use orders_worker::synthetic;
 use rust_decimal::Decimal;
@@ -227,32 +226,13 @@ async fn import_path(
     drop(out);
 
     let task_queue = format!("bench-{database}");
-    let env = |command: &mut Command| {
-        command
-            .env("TEMPORAL_ADDRESS", temporal.address())
-            .env("ORDERS_TASK_QUEUE", &task_queue)
-            .env("ORDERS_SHARDS", urls.join(","))
-            .env("ORDERS_METRICS_ADDR", "off")
-            .env("ORDERS_API_ADDR", "off")
-            .env("ORDERS_LOG", "warn");
-    };
-    let mut worker_command = Command::new(orders_bin);
-    worker_command
-        .arg("worker")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    env(&mut worker_command);
-    let mut worker = ChildService::spawn(
-        "orders worker",
-        worker_command,
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
+    let mut worker = common::start_worker(orders_bin, &temporal.address(), &task_queue, &urls)?;
     let worker_pid = worker.pid();
     let mut import = Command::new(orders_bin);
     import
         .args(["import", file.to_str().unwrap(), "--json"])
         .stdout(Stdio::null());
-    env(&mut import);
+    common::deployment_env(&mut import, &temporal.address(), &task_queue, &urls);
     let started = Instant::now();
     let status = import.status()?;
     let elapsed = started.elapsed();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use orders_activities::store::two_phase;
+use orders_activities::store::{idempotency, two_phase};
 use orders_worker::client::OrderOutcome;
 use orders_workflows::PlaceOrderWorkflow;
 use rust_decimal::Decimal;
@@ -35,9 +35,9 @@ async fn terminate(app: &TestApp, workflow_id: &str) {
         .expect("the workflow can be terminated");
 }
 
-/// Leaves an empty prepared transaction under `gid` on shard 0.
-async fn prepare_stray(app: &TestApp, gid: &str) {
-    let shard = app.shards.get(0);
+/// Leaves an empty prepared transaction under `gid` on `shard`.
+async fn prepare_stray(app: &TestApp, shard: usize, gid: &str) {
+    let shard = app.shards.get(shard);
     let txn = shard.conn.begin().await.expect("a transaction starts");
     two_phase::prepare(txn, gid).await.expect("it prepares");
 }
@@ -182,11 +182,29 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     assert!(!prepared_of(&app, &undecided).await.is_empty());
 
     // Ours but of a run Temporal never heard of, and someone else's.
-    let orphan = two_phase::gid("no-such-order", "00000000-0000-0000-0000-000000000000", 0)
-        .expect("short enough");
-    prepare_stray(&app, &orphan).await;
+    let orphan = two_phase::gid(
+        "no-such-order",
+        "00000000-0000-0000-0000-000000000000",
+        0,
+        0,
+    )
+    .expect("short enough");
+    prepare_stray(&app, 0, &orphan).await;
     let foreign = format!("foreign-{}", uuid::Uuid::new_v4().simple());
-    prepare_stray(&app, &foreign).await;
+    // One Temporal no longer knows, whose home part (shard 0) committed: the decision was
+    // commit, so its part on shard 1 must commit too.
+    let ghost_run = "00000000-0000-0000-0000-00000000000a";
+    let ghost = two_phase::gid("ghost-order", ghost_run, 1, 0).expect("short enough");
+    prepare_stray(&app, 1, &ghost).await;
+    let home = app.shards.get(0);
+    let txn = home.conn.begin().await.unwrap();
+    let home_key = two_phase::part_key("ghost-order", ghost_run, 0);
+    idempotency::claim(&txn, &home_key).await.unwrap();
+    idempotency::record_result(&txn, &home_key, &serde_json::json!({}))
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    prepare_stray(&app, 0, &foreign).await;
 
     // While the undecided workflow runs, its parts are its own business.
     let report = recover(&app, "300");
@@ -218,6 +236,11 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
         "{report:#}"
     );
     assert_eq!(actions_for(&report, "no-such-order"), ["rolled_back"]);
+    assert_eq!(
+        actions_for(&report, "ghost-order"),
+        ["committed"],
+        "the home part's commit record decides: {report:#}"
+    );
 
     assert_eq!(
         app.stock(committed_products[0]).await.reserved,
@@ -255,9 +278,9 @@ async fn the_periodic_recovery_workflow_resolves_an_orphan_without_anyone_runnin
         ("ORDERS_RECOVERY_GRACE_SECS", "0".to_owned()),
     ];
     app.start_worker(None);
-    let orphan = two_phase::gid("gone-order", "00000000-0000-0000-0000-000000000001", 0)
+    let orphan = two_phase::gid("gone-order", "00000000-0000-0000-0000-000000000001", 0, 0)
         .expect("short enough");
-    prepare_stray(&app, &orphan).await;
+    prepare_stray(&app, 0, &orphan).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while two_phase::is_prepared(&app.shards.get(0).conn, &orphan)
         .await

@@ -134,7 +134,18 @@ pub async fn run(shards: &Shards, grace: Duration) -> anyhow::Result<AuditReport
             }
         }
     }
-    report.products = stocked.len();
+    let mut stocked_on: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (shard, product, _, _) in &stocked {
+        stocked_on.entry(*product).or_default().push(*shard);
+    }
+    for (product, shards) in stocked_on.iter().filter(|(_, s)| s.len() > 1) {
+        report.add(
+            "each product on one shard",
+            None,
+            format!("product {product} is stocked on shards {shards:?}"),
+        );
+    }
+    report.products = stocked_on.len();
     for (shard, product, reserved, held) in stocked {
         let live = expected.remove(&product).unwrap_or(0);
         if reserved != live {

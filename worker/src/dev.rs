@@ -223,17 +223,25 @@ async fn place_sample_orders(
     let run = uuid::Uuid::new_v4().simple().to_string();
     for (i, (label, input)) in samples.into_iter().enumerate() {
         let workflow_id = format!("demo-{}-{i}", &run[..8]);
+        let undone = if input["consistency"] == "two_phase" {
+            "rolled back"
+        } else {
+            "compensated"
+        };
         client::start_order(client, task_queue, &workflow_id, input).await?;
         let outcome = client::order_outcome(client, &workflow_id).await?;
         let summary = match outcome {
             OrderOutcome::Placed(p) => format!(
-                "confirmed: order {} on shard {}, total {}",
-                p.order_id, p.shard, p.total_amount
+                "confirmed ({}): order {} on shard {}, total {}",
+                p.consistency.as_str(),
+                p.order_id,
+                p.shard,
+                p.total_amount
             ),
             OrderOutcome::Failed {
                 failure_type,
                 message,
-            } => format!("{failure_type} (compensated): {message}"),
+            } => format!("{failure_type} ({undone}): {message}"),
             other => format!("{other:?}"),
         };
         eprintln!("  {workflow_id}  {label}: {summary}");

@@ -129,11 +129,12 @@ pub async fn run(
     result.context("worker stopped with an error")
 }
 
-/// Starts the namespace's in-doubt recovery loop unless it already runs. Failing to start
+/// (Re)starts the namespace's in-doubt recovery loop with this worker's schedule: the worker
+/// started last sets it, so changed settings take effect on the next deploy. Failing to start
 /// it is logged, not fatal: orders still work, and `orders recover` does the same by hand.
 async fn ensure_recovery_running(client: &Client, task_queue: &str, schedule: RecoverySchedule) {
     let options = WorkflowStartOptions::new(task_queue, in_doubt_recovery::WORKFLOW_ID)
-        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .id_conflict_policy(WorkflowIdConflictPolicy::TerminateExisting)
         .build();
     match client
         .start_workflow(InDoubtRecoveryWorkflow::run, schedule, options)

@@ -49,6 +49,9 @@ impl InDoubtRecoveryWorkflow {
             .retry_policy(RetryPolicy::builder().maximum_attempts(3).build())
             .build();
         for _ in 0..PASSES_PER_RUN {
+            // Wait first: a worker (re)starting the loop must not race the workflows it
+            // would resolve for, which are typically resuming at that very moment.
+            ctx.timer(Duration::from_secs(schedule.every_secs)).await;
             let pass = ctx
                 .execute_activity(
                     RecoveryActivities::recover_in_doubt,
@@ -73,7 +76,6 @@ impl InDoubtRecoveryWorkflow {
                     }
                 }
             }
-            ctx.timer(Duration::from_secs(schedule.every_secs)).await;
         }
         ctx.continue_as_new(schedule, ContinueAsNewOptions::default())?;
         Ok(())

@@ -196,6 +196,7 @@ async fn place(
             customer_id,
             items: order.items.clone(),
             allocate_order_id: false,
+            idempotency_key: format!("{key}/plan"),
         };
         let plan = ctx.execute_activity(StockActivities::plan_order, input, forward_options());
         Some(plan.await?)

@@ -15,15 +15,18 @@
 //! 3. The decision goes into the memo ([`DECISION_MEMO`]) in the same workflow task that
 //!    schedules phase two, so it is in the history before any part commits; `orders recover`
 //!    reads it from there.
-//! 4. Every part is committed (or rolled back) concurrently, retried until done, immune to
-//!    cancellation: once decided, the decision is carried out.
+//! 4. Every part is committed (or rolled back), retried until done, immune to cancellation:
+//!    once decided, the decision is carried out. The home part (the customer's shard) commits
+//!    first and the others after it, so its committed key is the order's durable commit
+//!    record: if it is committed, the decision was commit; if it is not, no part committed.
+//!    `orders recover` relies on that when the workflow itself can no longer be asked.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 use orders_activities::recovery::{DECISION_MEMO, Decision};
 use orders_activities::stock::{PlanInput, StockActivities, StockLine};
-use orders_activities::store::two_phase::gid;
+use orders_activities::store::two_phase::{gid, part_key};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
 use orders_activities::{Consistency, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
@@ -73,6 +76,7 @@ pub(crate) async fn place(
                 customer_id: order.customer_id,
                 items: order.items.clone(),
                 allocate_order_id: true,
+                idempotency_key: format!("{key}/plan"),
             },
             forward_options(),
         )
@@ -82,7 +86,7 @@ pub(crate) async fn place(
         Err(err) => return Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
     };
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
-    let parts = match parts(ctx, &order, key, order_id, plan.customer_shard, plan.stock) {
+    let parts = match parts(ctx, &order, order_id, plan.customer_shard, plan.stock) {
         Ok(parts) => parts,
         Err(failure) => return Err(fail(ctx, Stage::Failed, failure).into()),
     };
@@ -93,7 +97,9 @@ pub(crate) async fn place(
 
     set_step(ctx, "PreparePart");
     let mut refusal = None;
-    for part in &parts {
+    let mut in_shard_order: Vec<&TwoPhasePart> = parts.iter().collect();
+    in_shard_order.sort_by_key(|part| part.shard);
+    for part in in_shard_order {
         let prepared = ctx
             .execute_activity(
                 TwoPhaseActivities::prepare_part,
@@ -121,7 +127,19 @@ pub(crate) async fn place(
         });
         set_stage(ctx, Stage::Pending);
         set_step(ctx, "CommitPart");
-        let problems = resolve(ctx, &parts, || TwoPhaseActivities::commit_part).await;
+        let (home, others) = parts.split_at(1);
+        if let Some(problems) = resolve(ctx, home, || TwoPhaseActivities::commit_part).await {
+            // Nothing committed anywhere: the others can still be rolled back.
+            resolve(ctx, others, || TwoPhaseActivities::rollback_part).await;
+            let failure = non_retryable(
+                TWO_PHASE_INCOMPLETE,
+                format!(
+                    "order {order_id}: its home part could not commit, so no part did: {problems}"
+                ),
+            );
+            return Err(fail(ctx, Stage::Failed, failure).into());
+        }
+        let problems = resolve(ctx, others, || TwoPhaseActivities::commit_part).await;
         if let Some(problems) = problems {
             let failure = non_retryable(
                 TWO_PHASE_INCOMPLETE,
@@ -159,22 +177,23 @@ pub(crate) async fn place(
     }
 }
 
-/// The order's parts, in shard order: the customer's shard (order, credit and any stock it
-/// holds), and every other shard stocking some of its products.
+/// The order's parts: the home part first (the customer's shard: order, credit and any stock
+/// it holds), then every other shard stocking some of its products, in shard order. They are
+/// prepared in shard order (see the module docs) and committed home first.
 fn parts(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: &ValidOrder,
-    key: &str,
     order_id: i64,
     customer_shard: usize,
     stock: Vec<orders_activities::stock::StockPart>,
 ) -> Result<Vec<TwoPhasePart>, ApplicationFailure> {
     let part = |shard: usize, order: Option<ValidOrder>, stock: Vec<StockLine>| {
-        let gid = gid(ctx.workflow_id(), ctx.run_id(), shard)
+        let first_run_id = ctx.info().first_execution_run_id().to_owned();
+        let gid = gid(ctx.workflow_id(), &first_run_id, shard, customer_shard)
             .map_err(|e| non_retryable(INVALID_ORDER, e.to_string()))?;
         Ok::<_, ApplicationFailure>(TwoPhasePart {
             gid,
-            idempotency_key: format!("{key}/two-phase/shard-{shard}"),
+            idempotency_key: part_key(ctx.workflow_id(), &first_run_id, shard),
             shard,
             order_id,
             order,
@@ -192,7 +211,6 @@ fn parts(
     }
     let mut parts = vec![part(customer_shard, Some(order.clone()), home_stock)?];
     parts.extend(others);
-    parts.sort_by_key(|part| part.shard);
     Ok(parts)
 }
 

@@ -134,7 +134,8 @@ pub async fn reserve(
             Some(_) => {}
         }
     }
-    // A hold that already exists (an earlier attempt of this reservation) is not counted again.
+    // The step's idempotency key already rules out a repeat; ON CONFLICT keeps a hold from
+    // ever being counted twice even so.
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "WITH held AS (

@@ -5,11 +5,12 @@
 //! of both the worker and the server, holds its locks, and is invisible to readers until
 //! `COMMIT PREPARED` (or `ROLLBACK PREPARED`), which any session may run later.
 //!
-//! The global id names the workflow run and the shard, so whoever finds a prepared
-//! transaction (`orders recover`, see [`crate::recovery`]) can ask that workflow what was
-//! decided. Utility statements take no parameters, so the gid is spliced into the SQL: it is
-//! built only from `[A-Za-z0-9._%:-]` (the workflow id is percent-encoded), and every
-//! statement here checks that before running.
+//! The global id names the workflow (its id and first run id, which a reset keeps), the
+//! shard, and the order's home shard (the customer's, which commits first), so whoever finds
+//! a prepared transaction (`orders recover`, see [`crate::recovery`]) can ask that workflow
+//! what was decided, or read the outcome on the home shard. Utility statements take no
+//! parameters, so the gid is spliced into the SQL: it is built only from `[A-Za-z0-9._%:-]`
+//! (the workflow id is percent-encoded), and every statement here checks that before running.
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
 
@@ -18,12 +19,33 @@ pub const GID_PREFIX: &str = "orders2pc:";
 /// PostgreSQL keeps at most 199 bytes of a gid.
 const MAX_GID_LEN: usize = 199;
 
-/// What a gid says: which workflow run prepared it, for which shard.
+/// What a gid says: which workflow prepared it, for which shard, and where the order's
+/// commit record (its home part's key) lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GidParts {
     pub workflow_id: String,
+    /// The first run id of the workflow's execution chain.
     pub run_id: String,
     pub shard: usize,
+    pub home_shard: usize,
+}
+
+impl GidParts {
+    /// The idempotency key of this part.
+    pub fn part_key(&self) -> String {
+        part_key(&self.workflow_id, &self.run_id, self.shard)
+    }
+
+    /// The idempotency key of the order's home part: committed exactly when the decision
+    /// was commit and phase two has begun (the home part commits first).
+    pub fn home_key(&self) -> String {
+        part_key(&self.workflow_id, &self.run_id, self.home_shard)
+    }
+}
+
+/// The idempotency key of a two-phase part: `<workflow id>/<first run id>/two-phase/shard-<n>`.
+pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize) -> String {
+    format!("{workflow_id}/{first_run_id}/two-phase/shard-{shard}")
 }
 
 /// Why a workflow id cannot name a prepared transaction.
@@ -33,11 +55,16 @@ pub struct GidParts {
 )]
 pub struct GidTooLong(pub String);
 
-/// `orders2pc:<run id>:<shard>:<percent-encoded workflow id>`.
-pub fn gid(workflow_id: &str, run_id: &str, shard: usize) -> Result<String, GidTooLong> {
+/// `orders2pc:<first run id>:<shard>:<home shard>:<percent-encoded workflow id>`.
+pub fn gid(
+    workflow_id: &str,
+    first_run_id: &str,
+    shard: usize,
+    home_shard: usize,
+) -> Result<String, GidTooLong> {
     let gid = format!(
-        "{GID_PREFIX}{}:{shard}:{}",
-        encode(run_id),
+        "{GID_PREFIX}{}:{shard}:{home_shard}:{}",
+        encode(first_run_id),
         encode(workflow_id)
     );
     if gid.len() > MAX_GID_LEN {
@@ -49,14 +76,16 @@ pub fn gid(workflow_id: &str, run_id: &str, shard: usize) -> Result<String, GidT
 /// The parts of one of our gids; `None` for a gid someone else created.
 pub fn parse_gid(gid: &str) -> Option<GidParts> {
     let rest = gid.strip_prefix(GID_PREFIX)?;
-    let mut fields = rest.splitn(3, ':');
+    let mut fields = rest.splitn(4, ':');
     let run_id = decode(fields.next()?)?;
     let shard = fields.next()?.parse().ok()?;
+    let home_shard = fields.next()?.parse().ok()?;
     let workflow_id = decode(fields.next()?)?;
     Some(GidParts {
         workflow_id,
         run_id,
         shard,
+        home_shard,
     })
 }
 
@@ -194,15 +223,21 @@ mod tests {
     #[test]
     fn a_gid_names_its_workflow_run_and_shard_and_round_trips_any_workflow_id() {
         for workflow_id in ["order-7f3a", "odd id: 'quoted' / ü", "a%b:c"] {
-            let gid = gid(workflow_id, "0198-abc", 3).expect("short enough");
+            let gid = gid(workflow_id, "0198-abc", 3, 1).expect("short enough");
             assert!(literal(&gid).is_ok(), "{gid} is safe to splice");
+            let parts = parse_gid(&gid).expect("ours");
             assert_eq!(
-                parse_gid(&gid),
-                Some(GidParts {
+                parts,
+                GidParts {
                     workflow_id: workflow_id.to_owned(),
                     run_id: "0198-abc".to_owned(),
-                    shard: 3
-                })
+                    shard: 3,
+                    home_shard: 1,
+                }
+            );
+            assert_eq!(
+                parts.home_key(),
+                format!("{workflow_id}/0198-abc/two-phase/shard-1")
             );
         }
     }
@@ -210,7 +245,7 @@ mod tests {
     #[test]
     fn foreign_long_and_unsafe_gids_are_refused() {
         assert_eq!(parse_gid("citus_0_123_4_5"), None);
-        assert!(gid(&"w".repeat(200), "run", 0).is_err());
+        assert!(gid(&"w".repeat(200), "run", 0, 0).is_err());
         assert!(literal("orders2pc:x'; DROP TABLE orders; --").is_err());
     }
 }

@@ -85,6 +85,44 @@ pub(crate) fn build_release_orders() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Points an `orders` command at a benchmark deployment, quietly.
+#[allow(dead_code)] // Not every benchmark runs a worker.
+pub(crate) fn deployment_env(
+    command: &mut std::process::Command,
+    temporal_address: &str,
+    task_queue: &str,
+    urls: &[String],
+) {
+    command
+        .env("TEMPORAL_ADDRESS", temporal_address)
+        .env("ORDERS_TASK_QUEUE", task_queue)
+        .env("ORDERS_SHARDS", urls.join(","))
+        .env("ORDERS_METRICS_ADDR", "off")
+        .env("ORDERS_API_ADDR", "off")
+        .env("ORDERS_LOG", "warn");
+}
+
+/// Starts a release `orders worker` for a benchmark deployment.
+#[allow(dead_code)] // Not every benchmark runs a worker.
+pub(crate) fn start_worker(
+    orders_bin: &std::path::Path,
+    temporal_address: &str,
+    task_queue: &str,
+    urls: &[String],
+) -> anyhow::Result<orders_worker::local::process::ChildService> {
+    let mut command = std::process::Command::new(orders_bin);
+    command
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    deployment_env(&mut command, temporal_address, task_queue, urls);
+    orders_worker::local::process::ChildService::spawn(
+        "orders worker",
+        command,
+        nix::sys::signal::Signal::SIGTERM,
+    )
+}
+
 impl Drop for Clusters {
     fn drop(&mut self) {
         for cluster in &mut self.clusters {
