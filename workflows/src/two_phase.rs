@@ -26,14 +26,14 @@ use std::time::Duration;
 use futures::future::join_all;
 use orders_activities::recovery::{DECISION_MEMO, Decision};
 use orders_activities::stock::{PlanInput, StockActivities, StockLine};
-use orders_activities::store::two_phase::{gid, part_key};
+use orders_activities::store::two_phase::{GidTooLong, gid, part_key};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
 use orders_activities::{Consistency, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, ApplicationFailure, MemoValue,
-    WorkflowCancellationToken, WorkflowContext, WorkflowResult, WorkflowTermination,
+    ActivityExecutionError, ActivityOptions, MemoValue, WorkflowCancellationToken, WorkflowContext,
+    WorkflowResult, WorkflowTermination,
 };
 
 use crate::failures::{self, workflow_failure};
@@ -88,7 +88,10 @@ pub(crate) async fn place(
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
     let parts = match parts(ctx, &order, order_id, plan.customer_shard, plan.stock) {
         Ok(parts) => parts,
-        Err(failure) => return Err(fail(ctx, Stage::Failed, failure).into()),
+        Err(too_long) => {
+            let failure = non_retryable(INVALID_ORDER, too_long.to_string());
+            return Err(fail(ctx, Stage::Failed, failure).into());
+        }
     };
     ctx.upsert_search_attributes([
         ORDER_ID.value_set(order_id),
@@ -186,12 +189,11 @@ fn parts(
     order_id: i64,
     customer_shard: usize,
     stock: Vec<orders_activities::stock::StockPart>,
-) -> Result<Vec<TwoPhasePart>, ApplicationFailure> {
+) -> Result<Vec<TwoPhasePart>, GidTooLong> {
     let part = |shard: usize, order: Option<ValidOrder>, stock: Vec<StockLine>| {
         let first_run_id = ctx.info().first_execution_run_id().to_owned();
-        let gid = gid(ctx.workflow_id(), &first_run_id, shard, customer_shard)
-            .map_err(|e| non_retryable(INVALID_ORDER, e.to_string()))?;
-        Ok::<_, ApplicationFailure>(TwoPhasePart {
+        let gid = gid(ctx.workflow_id(), &first_run_id, shard, customer_shard)?;
+        Ok::<_, GidTooLong>(TwoPhasePart {
             gid,
             idempotency_key: part_key(ctx.workflow_id(), &first_run_id, shard),
             shard,
