@@ -824,15 +824,7 @@ async fn main() -> anyhow::Result<()> {
             let shards = shards.connect().await?;
             let grace = std::time::Duration::from_secs(grace_secs);
             let report = orders_activities::recovery::recover(&shards, &client, grace).await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_recovery(&report);
-            }
-            if !report.errors.is_empty() {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish_report(&report, json, print_recovery, !report.errors.is_empty())
         }
         Command::Audit {
             grace_secs,
@@ -841,15 +833,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let shards = shards.connect().await?;
             let report = audit::run(&shards, std::time::Duration::from_secs(grace_secs)).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                audit::print(&report);
-            }
-            if !report.violations.is_empty() {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish_report(&report, json, audit::print, !report.violations.is_empty())
         }
         Command::Load {
             orders,
@@ -978,6 +962,24 @@ fn order_input(
     Ok(input)
 }
 
+/// Prints `report` as JSON or for people, then exits 1 if it `failed`.
+fn finish_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    print: impl Fn(&T),
+    failed: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print(report);
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn print_recovery(report: &orders_activities::recovery::RecoveryReport) {
     use orders_activities::recovery::Action;
     println!(
@@ -1020,8 +1022,12 @@ fn print_outcome(workflow_id: &str, outcome: &OrderOutcome, json: bool) -> anyho
     }
     match outcome {
         OrderOutcome::Placed(p) => println!(
-            "order {} confirmed on shard {} for customer {}, total {} ({workflow_id})",
-            p.order_id, p.shard, p.customer_id, p.total_amount
+            "order {} confirmed ({}) on shard {} for customer {}, total {} ({workflow_id})",
+            p.order_id,
+            p.consistency.as_str(),
+            p.shard,
+            p.customer_id,
+            p.total_amount
         ),
         OrderOutcome::Failed {
             failure_type,
