@@ -119,8 +119,14 @@ async fn verdict(
         .raw()
         .workflow_execution_info
         .as_ref()
-        .map(|info| info.first_run_id.as_str());
-    if first_run != Some(parts.run_id.as_str()) {
+        .map(|info| info.first_run_id.as_str())
+        .unwrap_or_default();
+    if first_run.is_empty() {
+        return Ok(Verdict::Leave(
+            "the Temporal server does not report first run ids; resolve it by hand".into(),
+        ));
+    }
+    if first_run != parts.run_id {
         return from_commit_record(shards, parts, "its workflow run chain has ended").await;
     }
     let decision: Option<Decision> = described
@@ -152,19 +158,56 @@ async fn from_commit_record(
         return Err(format!("home shard {} is not configured", parts.home_shard));
     }
     let home = shards.get(parts.home_shard);
+    let committed = Verdict::Commit(format!(
+        "{why}; its home part on shard {} committed, so the decision was commit",
+        parts.home_shard
+    ));
+    if home_committed(home, parts).await? {
+        return Ok(committed);
+    }
+    // Settle the home part first: once it is rolled back it can never commit, so the
+    // outcome is fixed before any other part is touched.
+    if parts.shard != parts.home_shard {
+        let home_parts = parts.home();
+        let home_gid = home_parts.gid().map_err(|e| e.to_string())?;
+        let prepared = two_phase::is_prepared(&home.conn, &home_gid)
+            .await
+            .map_err(|e| home.error(e).to_string())?;
+        if prepared && let Err(e) = roll_back(home, &home_gid, &home_parts).await {
+            // Someone committed it meanwhile (a late CommitPart attempt): then commit.
+            if home_committed(home, parts).await? {
+                return Ok(committed);
+            }
+            return Err(home.error(e).to_string());
+        }
+    }
+    Ok(Verdict::Rollback(format!(
+        "{why}; its home part on shard {} never committed, so no part did",
+        parts.home_shard
+    )))
+}
+
+async fn home_committed(home: &Shard, parts: &GidParts) -> Result<bool, String> {
     let record = idempotency::lookup(&home.conn, &parts.home_key())
         .await
         .map_err(|e| home.error(e).to_string())?;
-    Ok(match record {
-        Some(Claim::Done(_)) => Verdict::Commit(format!(
-            "{why}; its home part on shard {} committed, so the decision was commit",
-            parts.home_shard
-        )),
-        _ => Verdict::Rollback(format!(
-            "{why}; its home part on shard {} never committed, so no part did",
-            parts.home_shard
-        )),
-    })
+    Ok(matches!(record, Some(Claim::Done(_))))
+}
+
+/// Commits `gid`, committing its order's home part first if that is still prepared, so the
+/// home part's key stays the order's commit record.
+async fn commit(shards: &Shards, shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), DbErr> {
+    if parts.shard != parts.home_shard && parts.home_shard < shards.len() {
+        let home = shards.get(parts.home_shard);
+        let home_gid = parts
+            .home()
+            .gid()
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+        if two_phase::is_prepared(&home.conn, &home_gid).await? {
+            two_phase::commit_prepared(&home.conn, &home_gid).await?;
+        }
+    }
+    two_phase::commit_prepared(&shard.conn, gid).await
 }
 
 /// Rolls `gid` back and tombstones its part's key, so no late attempt prepares it again.
@@ -178,62 +221,63 @@ async fn roll_back(shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), DbE
 /// One recovery pass over every shard.
 pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> RecoveryReport {
     let mut report = RecoveryReport::default();
+    let mut found = Vec::new();
     for shard in shards.iter() {
-        let prepared = match two_phase::in_doubt(&shard.conn).await {
-            Ok(prepared) => prepared,
+        match two_phase::in_doubt(&shard.conn).await {
+            Ok(prepared) => found.extend(prepared.into_iter().filter_map(|in_doubt| {
+                let parts = two_phase::parse_gid(&in_doubt.gid)?;
+                Some((shard, in_doubt, parts))
+            })),
+            Err(e) => report.errors.push(shard.error(e).to_string()),
+        }
+        report.foreign += two_phase::foreign_count(&shard.conn).await.unwrap_or(0);
+    }
+    // Home parts first, as in the workflow: an order's home part is resolved before its
+    // other parts, so its key stays the order's commit record.
+    found.sort_by_key(|(_, _, parts)| parts.shard != parts.home_shard);
+    for (shard, in_doubt, parts) in found {
+        let age = Duration::from_secs(in_doubt.age_secs.max(0) as u64);
+        let verdict = match verdict(client, shards, &parts, age, grace).await {
+            Ok(verdict) => verdict,
             Err(e) => {
-                report.errors.push(shard.error(e).to_string());
+                report.errors.push(format!("{}: {e}", in_doubt.gid));
                 continue;
             }
         };
-        report.foreign += two_phase::foreign_count(&shard.conn).await.unwrap_or(0);
-        for in_doubt in prepared {
-            let Some(parts) = two_phase::parse_gid(&in_doubt.gid) else {
-                continue;
-            };
-            let age = Duration::from_secs(in_doubt.age_secs.max(0) as u64);
-            let verdict = match verdict(client, shards, &parts, age, grace).await {
-                Ok(verdict) => verdict,
-                Err(e) => {
-                    report.errors.push(format!("{}: {e}", in_doubt.gid));
-                    continue;
-                }
-            };
-            let (action, reason, outcome) = match verdict {
-                Verdict::Commit(reason) => (
-                    Action::Committed,
-                    reason,
-                    two_phase::commit_prepared(&shard.conn, &in_doubt.gid).await,
-                ),
-                Verdict::Rollback(reason) => (
-                    Action::RolledBack,
-                    reason,
-                    roll_back(shard, &in_doubt.gid, &parts).await,
-                ),
-                Verdict::Leave(reason) => (Action::Left, reason, Ok(())),
-            };
-            if let Err(e) = outcome {
-                // The workflow may have resolved it meanwhile: then there is nothing to report.
-                if two_phase::is_prepared(&shard.conn, &in_doubt.gid)
-                    .await
-                    .unwrap_or(true)
-                {
-                    report
-                        .errors
-                        .push(format!("{}: {}", in_doubt.gid, shard.error(e)));
-                }
-                continue;
-            }
-            tracing::info!(gid = %in_doubt.gid, ?action, %reason, "in-doubt transaction resolved");
-            report.resolutions.push(Resolution {
-                shard: shard.index,
-                gid: in_doubt.gid,
-                workflow_id: parts.workflow_id,
-                age_secs: in_doubt.age_secs,
-                action,
+        let (action, reason, outcome) = match verdict {
+            Verdict::Commit(reason) => (
+                Action::Committed,
                 reason,
-            });
+                commit(shards, shard, &in_doubt.gid, &parts).await,
+            ),
+            Verdict::Rollback(reason) => (
+                Action::RolledBack,
+                reason,
+                roll_back(shard, &in_doubt.gid, &parts).await,
+            ),
+            Verdict::Leave(reason) => (Action::Left, reason, Ok(())),
+        };
+        if let Err(e) = outcome {
+            // The workflow may have resolved it meanwhile: then there is nothing to report.
+            if two_phase::is_prepared(&shard.conn, &in_doubt.gid)
+                .await
+                .unwrap_or(true)
+            {
+                report
+                    .errors
+                    .push(format!("{}: {}", in_doubt.gid, shard.error(e)));
+            }
+            continue;
         }
+        tracing::info!(gid = %in_doubt.gid, ?action, %reason, "in-doubt transaction resolved");
+        report.resolutions.push(Resolution {
+            shard: shard.index,
+            gid: in_doubt.gid,
+            workflow_id: parts.workflow_id,
+            age_secs: in_doubt.age_secs,
+            action,
+            reason,
+        });
     }
     report
 }

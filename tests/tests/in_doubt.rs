@@ -196,6 +196,12 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     let ghost_run = "00000000-0000-0000-0000-00000000000a";
     let ghost = two_phase::gid("ghost-order", ghost_run, 1, 0).expect("short enough");
     prepare_stray(&app, 1, &ghost).await;
+    // And one whose home part (shard 1) never committed: everything of it rolls back.
+    let stray_run = "00000000-0000-0000-0000-00000000000b";
+    for shard in [0, 1] {
+        let stray = two_phase::gid("stray-order", stray_run, shard, 1).expect("short enough");
+        prepare_stray(&app, shard, &stray).await;
+    }
     let home = app.shards.get(0);
     let txn = home.conn.begin().await.unwrap();
     let home_key = two_phase::part_key("ghost-order", ghost_run, 0);
@@ -240,6 +246,11 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
         actions_for(&report, "ghost-order"),
         ["committed"],
         "the home part's commit record decides: {report:#}"
+    );
+    assert_eq!(
+        actions_for(&report, "stray-order"),
+        ["rolled_back", "rolled_back"],
+        "home part first, then the rest: {report:#}"
     );
 
     assert_eq!(

@@ -129,12 +129,12 @@ pub async fn run(
     result.context("worker stopped with an error")
 }
 
-/// (Re)starts the namespace's in-doubt recovery loop with this worker's schedule: the worker
-/// started last sets it, so changed settings take effect on the next deploy. Failing to start
-/// it is logged, not fatal: orders still work, and `orders recover` does the same by hand.
+/// Starts the namespace's in-doubt recovery loop unless it already runs (restarting it on
+/// every worker start would let a crash-looping or scaling fleet starve it). Failing to
+/// start it is logged, not fatal: orders still work, and `orders recover` does the same.
 async fn ensure_recovery_running(client: &Client, task_queue: &str, schedule: RecoverySchedule) {
     let options = WorkflowStartOptions::new(task_queue, in_doubt_recovery::WORKFLOW_ID)
-        .id_conflict_policy(WorkflowIdConflictPolicy::TerminateExisting)
+        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
         .build();
     match client
         .start_workflow(InDoubtRecoveryWorkflow::run, schedule, options)

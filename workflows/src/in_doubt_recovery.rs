@@ -1,6 +1,8 @@
 //! `InDoubtRecovery`: `orders recover`, every minute, for as long as workers run.
 //!
-//! Each worker makes sure one instance runs (workflow id [`WORKFLOW_ID`], started if absent),
+//! Each worker makes sure one instance runs (workflow id [`WORKFLOW_ID`], started if absent,
+//! with the schedule of the worker that started it; to change it, terminate the workflow and
+//! the next worker to start begins a new one),
 //! so prepared transactions left behind by terminated or crashed two-phase orders are
 //! resolved without anyone watching (see `orders_activities::recovery`). The loop continues
 //! as new every [`PASSES_PER_RUN`] passes, so its history stays short.
@@ -18,7 +20,8 @@ pub const WORKFLOW_ID: &str = "orders-in-doubt-recovery";
 /// Passes before the loop continues as new.
 pub const PASSES_PER_RUN: u32 = 100;
 
-/// How often to look, and how old an orphan must be before it is rolled back.
+/// How often to look, and how long a prepared transaction of a workflow Temporal does not
+/// know (yet) is left alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoverySchedule {
     pub every_secs: u64,

@@ -83,6 +83,11 @@ pub(crate) async fn place(
         .await;
     let plan = match plan {
         Ok(plan) => plan,
+        Err(_) if ctx.cancellation_token().is_cancelled() => {
+            set_stage(ctx, Stage::Cancelled);
+            outcomes::record(ctx, OrderMetrics::order_cancelled);
+            return Err(WorkflowTermination::cancelled());
+        }
         Err(err) => return Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
     };
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
@@ -132,12 +137,17 @@ pub(crate) async fn place(
         set_step(ctx, "CommitPart");
         let (home, others) = parts.split_at(1);
         if let Some(problems) = resolve(ctx, home, || TwoPhaseActivities::commit_part).await {
-            // Nothing committed anywhere: the others can still be rolled back.
-            resolve(ctx, others, || TwoPhaseActivities::rollback_part).await;
+            // The home part is gone, so no part committed: the decision becomes rollback,
+            // recorded before any part is rolled back (recovery reads it).
+            ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(Decision::Rollback)))])?;
+            let rollback = resolve(ctx, others, || TwoPhaseActivities::rollback_part).await;
             let failure = non_retryable(
                 TWO_PHASE_INCOMPLETE,
                 format!(
-                    "order {order_id}: its home part could not commit, so no part did: {problems}"
+                    "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
+                    rollback
+                        .map(|p| format!("; the rollback failed too: {p}"))
+                        .unwrap_or_default()
                 ),
             );
             return Err(fail(ctx, Stage::Failed, failure).into());

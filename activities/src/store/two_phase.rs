@@ -37,9 +37,23 @@ impl GidParts {
     }
 
     /// The idempotency key of the order's home part: committed exactly when the decision
-    /// was commit and phase two has begun (the home part commits first).
+    /// was commit and phase two has begun (the home part commits first, in the workflow and
+    /// in recovery alike).
     pub fn home_key(&self) -> String {
         part_key(&self.workflow_id, &self.run_id, self.home_shard)
+    }
+
+    /// The same order's home part.
+    pub fn home(&self) -> GidParts {
+        GidParts {
+            shard: self.home_shard,
+            ..self.clone()
+        }
+    }
+
+    /// This part's gid, as [`gid`] builds it.
+    pub fn gid(&self) -> Result<String, GidTooLong> {
+        gid(&self.workflow_id, &self.run_id, self.shard, self.home_shard)
     }
 }
 
