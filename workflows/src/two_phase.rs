@@ -24,6 +24,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use orders_activities::failure::{INVALID_ORDER, non_retryable};
+use orders_activities::metrics::OrderMetrics;
 use orders_activities::recovery::{DECISION_MEMO, Decision};
 use orders_activities::stock::{PlanInput, StockActivities, StockLine};
 use orders_activities::store::two_phase::{GidTooLong, gid, part_key};
@@ -42,8 +44,6 @@ use crate::place_order::{PlaceOrderWorkflow, fail, set_stage, set_step};
 use crate::progress::Stage;
 use crate::saga::forward_options;
 use crate::search_attributes::{ORDER_ID, SHARD};
-use orders_activities::failure::{INVALID_ORDER, non_retryable};
-use orders_activities::metrics::OrderMetrics;
 
 /// Failure type of a two-phase order whose phase two could not be carried out.
 pub const TWO_PHASE_INCOMPLETE: &str = "TwoPhaseIncomplete";
@@ -62,7 +62,8 @@ fn resolve_options() -> ActivityOptions {
         .build()
 }
 
-/// Places `order` with two-phase commit; `key` prefixes the parts' idempotency keys.
+/// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
+/// plan's idempotency key; each part's key is [`part_key`], which recovery rebuilds from a gid.
 pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
