@@ -20,7 +20,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::Rejection;
+use crate::failure::{Rejection, already_done};
 use crate::metrics::OrderMetrics;
 use crate::order_cache::OrderCache;
 use crate::order_input::{Consistency, ValidOrder};
@@ -144,22 +144,12 @@ impl OrderActivities {
         let shard = self.shards.for_customer(order.customer_id);
         let _timer = self.time(shard, "CreateOrder");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
-        match idempotency::claim(&txn, &input.idempotency_key)
+        let claim = idempotency::claim(&txn, &input.idempotency_key)
             .await
-            .map_err(on(shard))?
-        {
-            idempotency::Claim::Done(result) => {
-                tracing::info!(key = %input.idempotency_key, "create_order already ran; returning its result");
-                return Ok(serde_json::from_value(result)?);
-            }
-            idempotency::Claim::Compensated => {
-                return Err(Rejection::AlreadyCompensated {
-                    step: "CreateOrder",
-                    what: input.idempotency_key.clone(),
-                }
-                .into_activity_error());
-            }
-            idempotency::Claim::New => {}
+            .map_err(on(shard))?;
+        if let Some(result) = already_done(claim, "CreateOrder", &input.idempotency_key)? {
+            tracing::info!(key = %input.idempotency_key, "create_order already ran; returning its result");
+            return Ok(serde_json::from_value(result)?);
         }
         if crate::store::customers::find(&txn, order.customer_id)
             .await

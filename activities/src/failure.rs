@@ -8,6 +8,8 @@ use orders_entities::order::OrderStatus;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::ActivityError;
 
+use crate::store::idempotency::Claim;
+
 /// Failure type of an order whose input breaks the rules in [`crate::order_input`].
 pub const INVALID_ORDER: &str = "InvalidOrder";
 /// Failure type of an order for a customer id no shard knows.
@@ -116,6 +118,25 @@ impl Rejection {
     /// The activity error that reports this rejection to the workflow without retries.
     pub fn into_activity_error(self) -> ActivityError {
         ActivityError::application(self.into_application_failure())
+    }
+}
+
+/// What a forward step does with the idempotency key it claimed: `Some(result)` if it
+/// already ran (return that), `None` to do the work, and `AlreadyCompensated` if a
+/// compensation undid it first (doing it now would resurrect what was undone).
+pub fn already_done(
+    claim: Claim,
+    step: &'static str,
+    what: &str,
+) -> Result<Option<serde_json::Value>, ActivityError> {
+    match claim {
+        Claim::Done(result) => Ok(Some(result)),
+        Claim::New => Ok(None),
+        Claim::Compensated => Err(Rejection::AlreadyCompensated {
+            step,
+            what: what.to_owned(),
+        }
+        .into_activity_error()),
     }
 }
 

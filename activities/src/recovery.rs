@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use sea_orm::{DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use temporalio_client::errors::WorkflowInteractionError;
 use temporalio_client::{
@@ -27,8 +26,8 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::shards::{Shard, Shards};
-use crate::store::idempotency::{self, Claim};
 use crate::store::two_phase::{self, GidParts};
+use crate::two_phase::{commit_on, roll_back_on};
 
 /// The memo key under which PlaceOrder records its two-phase decision.
 pub const DECISION_MEMO: &str = "two_phase_decision";
@@ -158,64 +157,65 @@ async fn from_commit_record(
         return Err(format!("home shard {} is not configured", parts.home_shard));
     }
     let home = shards.get(parts.home_shard);
-    let committed = Verdict::Commit(format!(
-        "{why}; its home part on shard {} committed, so the decision was commit",
-        parts.home_shard
-    ));
-    if home_committed(home, parts).await? {
-        return Ok(committed);
-    }
-    // Settle the home part first: once it is rolled back it can never commit, so the
-    // outcome is fixed before any other part is touched.
-    if parts.shard != parts.home_shard {
-        let home_parts = parts.home();
-        let home_gid = home_parts.gid().map_err(|e| e.to_string())?;
-        let prepared = two_phase::is_prepared(&home.conn, &home_gid)
-            .await
-            .map_err(|e| home.error(e).to_string())?;
-        if prepared && let Err(e) = roll_back(home, &home_gid, &home_parts).await {
-            // Someone committed it meanwhile (a late CommitPart attempt): then commit.
-            if home_committed(home, parts).await? {
-                return Ok(committed);
-            }
-            return Err(home.error(e).to_string());
-        }
-    }
-    Ok(Verdict::Rollback(format!(
-        "{why}; its home part on shard {} never committed, so no part did",
-        parts.home_shard
-    )))
-}
-
-async fn home_committed(home: &Shard, parts: &GidParts) -> Result<bool, String> {
-    let record = idempotency::lookup(&home.conn, &parts.home_key())
+    let home_parts = parts.home();
+    let home_gid = home_parts.gid().map_err(|e| e.to_string())?;
+    // Settle the home part first: once it is rolled back (and tombstoned) it can never
+    // commit, so the outcome is fixed before any other part is touched. A home part that
+    // turns out committed means the decision was commit.
+    let home_rolled_back = roll_back_on(home, &home_gid, &home_parts.part_key())
         .await
         .map_err(|e| home.error(e).to_string())?;
-    Ok(matches!(record, Some(Claim::Done(_))))
+    Ok(if home_rolled_back {
+        Verdict::Rollback(format!(
+            "{why}; its home part on shard {} never committed, so no part did",
+            parts.home_shard
+        ))
+    } else {
+        Verdict::Commit(format!(
+            "{why}; its home part on shard {} committed, so the decision was commit",
+            parts.home_shard
+        ))
+    })
 }
 
 /// Commits `gid`, committing its order's home part first if that is still prepared, so the
 /// home part's key stays the order's commit record.
-async fn commit(shards: &Shards, shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), DbErr> {
+async fn commit(shards: &Shards, shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), String> {
+    let missing = |on: &Shard, gid: &str| {
+        format!(
+            "{gid} on shard {} is neither prepared nor committed: rolled back outside its workflow",
+            on.index
+        )
+    };
     if parts.shard != parts.home_shard && parts.home_shard < shards.len() {
         let home = shards.get(parts.home_shard);
-        let home_gid = parts
-            .home()
-            .gid()
-            .map_err(|e| DbErr::Custom(e.to_string()))?;
-        if two_phase::is_prepared(&home.conn, &home_gid).await? {
-            two_phase::commit_prepared(&home.conn, &home_gid).await?;
+        let home_gid = parts.home().gid().map_err(|e| e.to_string())?;
+        if !commit_on(home, &home_gid, &parts.home_key())
+            .await
+            .map_err(|e| home.error(e).to_string())?
+        {
+            return Err(missing(home, &home_gid));
         }
     }
-    two_phase::commit_prepared(&shard.conn, gid).await
+    if !commit_on(shard, gid, &parts.part_key())
+        .await
+        .map_err(|e| shard.error(e).to_string())?
+    {
+        return Err(missing(shard, gid));
+    }
+    Ok(())
 }
 
-/// Rolls `gid` back and tombstones its part's key, so no late attempt prepares it again.
-async fn roll_back(shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), DbErr> {
-    two_phase::rollback_prepared(&shard.conn, gid).await?;
-    let txn = shard.conn.begin().await?;
-    idempotency::mark_compensated(&txn, &parts.part_key()).await?;
-    txn.commit().await
+/// Rolls `gid` back and tombstones its part's key.
+async fn roll_back(shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), String> {
+    if roll_back_on(shard, gid, &parts.part_key())
+        .await
+        .map_err(|e| shard.error(e).to_string())?
+    {
+        Ok(())
+    } else {
+        Err(format!("{gid} on shard {} already committed", shard.index))
+    }
 }
 
 /// One recovery pass over every shard.
@@ -258,15 +258,7 @@ pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> Recov
             Verdict::Leave(reason) => (Action::Left, reason, Ok(())),
         };
         if let Err(e) = outcome {
-            // The workflow may have resolved it meanwhile: then there is nothing to report.
-            if two_phase::is_prepared(&shard.conn, &in_doubt.gid)
-                .await
-                .unwrap_or(true)
-            {
-                report
-                    .errors
-                    .push(format!("{}: {}", in_doubt.gid, shard.error(e)));
-            }
+            report.errors.push(format!("{}: {e}", in_doubt.gid));
             continue;
         }
         tracing::info!(gid = %in_doubt.gid, ?action, %reason, "in-doubt transaction resolved");

@@ -19,7 +19,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::Rejection;
+use crate::failure::{Rejection, already_done};
 use crate::order_cache::OrderCache;
 use crate::order_input::OrderLine;
 use crate::shards::{Shard, Shards};
@@ -74,8 +74,6 @@ pub struct StockInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderStockRef {
     pub order_id: i64,
-    /// For the history's reader; holds are found by order id alone.
-    pub customer_id: i64,
 }
 
 /// Sums the quantities of each product (an order may name one product on several lines).
@@ -198,22 +196,12 @@ impl StockActivities {
         let shard = self.shards.get(input.part.shard);
         let on = |e| shard.error(e);
         let txn = shard.conn.begin().await.map_err(on)?;
-        match idempotency::claim(&txn, &input.idempotency_key)
+        let claim = idempotency::claim(&txn, &input.idempotency_key)
             .await
-            .map_err(on)?
-        {
-            idempotency::Claim::Done(_) => {
-                tracing::info!(key = %input.idempotency_key, "reserve_stock already ran");
-                return Ok(());
-            }
-            idempotency::Claim::Compensated => {
-                return Err(Rejection::AlreadyCompensated {
-                    step: "ReserveStock",
-                    what: input.idempotency_key.clone(),
-                }
-                .into_activity_error());
-            }
-            idempotency::Claim::New => {}
+            .map_err(on)?;
+        if already_done(claim, "ReserveStock", &input.idempotency_key)?.is_some() {
+            tracing::info!(key = %input.idempotency_key, "reserve_stock already ran");
+            return Ok(());
         }
         let outcome = inventory::reserve(&txn, input.order_id, &wanted(&input.part.lines))
             .await

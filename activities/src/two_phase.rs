@@ -19,7 +19,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::{Rejection, non_retryable};
+use crate::failure::{Rejection, already_done, non_retryable};
 use crate::order_cache::OrderCache;
 use crate::order_input::ValidOrder;
 use crate::shards::{Shard, Shards};
@@ -122,22 +122,12 @@ impl TwoPhaseActivities {
             return Ok(());
         }
         let txn = shard.conn.begin().await.map_err(on)?;
-        match idempotency::claim(&txn, &part.idempotency_key)
+        let claim = idempotency::claim(&txn, &part.idempotency_key)
             .await
-            .map_err(on)?
-        {
-            Claim::Done(_) => {
-                tracing::info!(gid = %part.gid, "part already committed");
-                return Ok(());
-            }
-            Claim::Compensated => {
-                return Err(Rejection::AlreadyCompensated {
-                    step: "PreparePart",
-                    what: part.gid.clone(),
-                }
-                .into_activity_error());
-            }
-            Claim::New => {}
+            .map_err(on)?;
+        if already_done(claim, "PreparePart", &part.gid)?.is_some() {
+            tracing::info!(gid = %part.gid, "part already committed");
+            return Ok(());
         }
         if let Some(rejection) = write_part(&txn, shard, &part).await.map_err(on)? {
             txn.rollback().await.map_err(on)?;
@@ -165,25 +155,17 @@ impl TwoPhaseActivities {
     ) -> Result<(), ActivityError> {
         failpoints::hit("commit_part.before").await?;
         let shard = self.shards.get(part.shard);
-        let on = |e| shard.error(e);
-        if two_phase::is_prepared(&shard.conn, &part.gid)
+        if !commit_on(shard, &part.gid, &part.idempotency_key)
             .await
-            .map_err(on)?
+            .map_err(|e| shard.error(e))?
         {
-            if let Err(e) = two_phase::commit_prepared(&shard.conn, &part.gid).await {
-                // Someone else (a duplicate attempt, `orders recover`) may have just done it.
-                if !committed(shard, &part).await? {
-                    return Err(on(e).into());
-                }
-            }
-            tracing::info!(gid = %part.gid, order_id = part.order_id, "part committed");
-        } else if !committed(shard, &part).await? {
             return Err(Rejection::PreparedPartMissing {
                 gid: part.gid.clone(),
                 shard: shard.index,
             }
             .into_activity_error());
         }
+        tracing::info!(gid = %part.gid, order_id = part.order_id, "part committed");
         if part.order.is_some() {
             self.cache.invalidate(part.order_id).await;
         }
@@ -198,27 +180,10 @@ impl TwoPhaseActivities {
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(part.shard);
-        let on = |e| shard.error(e);
-        if two_phase::is_prepared(&shard.conn, &part.gid)
+        if !roll_back_on(shard, &part.gid, &part.idempotency_key)
             .await
-            .map_err(on)?
+            .map_err(|e| shard.error(e))?
         {
-            if let Err(e) = two_phase::rollback_prepared(&shard.conn, &part.gid).await
-                && two_phase::is_prepared(&shard.conn, &part.gid)
-                    .await
-                    .map_err(on)?
-            {
-                return Err(on(e).into());
-            }
-            tracing::info!(gid = %part.gid, "part rolled back");
-        }
-        let txn = shard.conn.begin().await.map_err(on)?;
-        let stored = idempotency::mark_compensated(&txn, &part.idempotency_key)
-            .await
-            .map_err(on)?;
-        if stored.is_some() {
-            // Only a committed part leaves its result visible: it cannot be rolled back.
-            txn.rollback().await.map_err(on)?;
             let message = format!(
                 "part {} on shard {} was already committed; it cannot be rolled back",
                 part.gid, shard.index
@@ -229,15 +194,49 @@ impl TwoPhaseActivities {
                 message,
             )));
         }
-        txn.commit().await.map_err(on)?;
+        tracing::info!(gid = %part.gid, "part rolled back");
         Ok(())
     }
 }
 
-/// Whether the part's transaction committed: its key is there with a result.
-async fn committed(shard: &Shard, part: &TwoPhasePart) -> Result<bool, ActivityError> {
-    let found = idempotency::lookup(&shard.conn, &part.idempotency_key)
-        .await
-        .map_err(|e| shard.error(e))?;
+/// Phase two's commit of one part (`gid`, whose idempotency key is `key`), for the workflow
+/// and for `orders recover` alike: COMMIT PREPARED if it is prepared. Returns whether the part
+/// is committed now; `false` means it is neither prepared nor committed (it was rolled back
+/// outside its coordinator). Safe to run twice, and alongside another resolver.
+pub(crate) async fn commit_on(shard: &Shard, gid: &str, key: &str) -> Result<bool, DbErr> {
+    if !two_phase::is_prepared(&shard.conn, gid).await? {
+        return key_committed(shard, key).await;
+    }
+    match two_phase::commit_prepared(&shard.conn, gid).await {
+        Ok(()) => Ok(true),
+        // Someone else (a duplicate attempt, `orders recover`) may have just done it.
+        Err(e) if !key_committed(shard, key).await? => Err(e),
+        Err(_) => Ok(true),
+    }
+}
+
+/// Phase two's rollback of one part: ROLLBACK PREPARED if it is prepared, then a tombstone on
+/// its key, so an attempt of `PreparePart` still in flight cannot prepare it again. Returns
+/// `false`, changing nothing, if the part had committed.
+pub(crate) async fn roll_back_on(shard: &Shard, gid: &str, key: &str) -> Result<bool, DbErr> {
+    if two_phase::is_prepared(&shard.conn, gid).await?
+        && let Err(e) = two_phase::rollback_prepared(&shard.conn, gid).await
+        && two_phase::is_prepared(&shard.conn, gid).await?
+    {
+        return Err(e);
+    }
+    let txn = shard.conn.begin().await?;
+    if idempotency::mark_compensated(&txn, key).await?.is_some() {
+        // Only a committed part leaves its result visible.
+        txn.rollback().await?;
+        return Ok(false);
+    }
+    txn.commit().await?;
+    Ok(true)
+}
+
+/// Whether the part whose key is `key` committed: the key is there with a result.
+async fn key_committed(shard: &Shard, key: &str) -> Result<bool, DbErr> {
+    let found = idempotency::lookup(&shard.conn, key).await?;
     Ok(matches!(found, Some(Claim::Done(_))))
 }

@@ -866,12 +866,7 @@ async fn main() -> anyhow::Result<()> {
                 run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             };
             let report = load::run(&client, &temporal.task_queue, &shards, &plan, !json).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                load::print(&report);
-            }
-            Ok(())
+            finish_report(&report, json, load::print, false)
         }
         Command::Get {
             order_id,

@@ -151,7 +151,6 @@ impl OrderLifecycleWorkflow {
             if ctx.patched(RELEASE_STOCK_PATCH) {
                 let stock = OrderStockRef {
                     order_id: order.order_id,
-                    customer_id: order.customer_id,
                 };
                 ctx.execute_activity(
                     StockActivities::release_order_stock,

@@ -172,9 +172,7 @@ impl PlaceOrderWorkflow {
             outcomes::record(ctx, OrderMetrics::order_compensated);
         }
         if cancelled {
-            set_stage(ctx, Stage::Cancelled);
-            outcomes::record(ctx, OrderMetrics::order_cancelled);
-            return Err(WorkflowTermination::cancelled());
+            return Err(cancelled_order(ctx));
         }
         Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
     }
@@ -287,6 +285,13 @@ pub(crate) fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
 pub(crate) fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage) {
     ctx.state_mut(|s| s.progress.stage = stage);
     ctx.upsert_search_attributes([ORDER_STATUS.value_set(stage.as_str().to_owned())]);
+}
+
+/// Records the cancellation and returns it, for the workflow to end with.
+pub(crate) fn cancelled_order(ctx: &WorkflowContext<PlaceOrderWorkflow>) -> WorkflowTermination {
+    set_stage(ctx, Stage::Cancelled);
+    outcomes::record(ctx, OrderMetrics::order_cancelled);
+    WorkflowTermination::cancelled()
 }
 
 /// Records the failure and returns it, for the workflow to end with.

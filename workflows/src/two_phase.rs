@@ -35,12 +35,12 @@ use orders_entities::order::OrderStatus;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{
     ActivityExecutionError, ActivityOptions, MemoValue, WorkflowCancellationToken, WorkflowContext,
-    WorkflowResult, WorkflowTermination,
+    WorkflowResult,
 };
 
 use crate::failures::{self, workflow_failure};
 use crate::outcomes;
-use crate::place_order::{PlaceOrderWorkflow, fail, set_stage, set_step};
+use crate::place_order::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
 use crate::progress::Stage;
 use crate::saga::forward_options;
 use crate::search_attributes::{ORDER_ID, SHARD};
@@ -84,11 +84,7 @@ pub(crate) async fn place(
         .await;
     let plan = match plan {
         Ok(plan) => plan,
-        Err(_) if ctx.cancellation_token().is_cancelled() => {
-            set_stage(ctx, Stage::Cancelled);
-            outcomes::record(ctx, OrderMetrics::order_cancelled);
-            return Err(WorkflowTermination::cancelled());
-        }
+        Err(_) if ctx.cancellation_token().is_cancelled() => return Err(cancelled_order(ctx)),
         Err(err) => return Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
     };
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
@@ -183,11 +179,7 @@ pub(crate) async fn place(
     ctx.state_mut(|s| s.progress.compensations_run = vec!["RollbackPart".to_owned()]);
     match refusal {
         Some(err) if !cancelled => Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
-        _ => {
-            set_stage(ctx, Stage::Cancelled);
-            outcomes::record(ctx, OrderMetrics::order_cancelled);
-            Err(WorkflowTermination::cancelled())
-        }
+        _ => Err(cancelled_order(ctx)),
     }
 }
 
