@@ -225,21 +225,20 @@ async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stoc
     assert_audit_clean(&app);
 }
 
-/// Waits until PlaceOrder has published its order id (search attribute `OrderId`).
+/// Waits until PlaceOrder has published its order id (search attribute `OrderId`, where
+/// `orders cancel` finds it), and returns it.
 async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let progress = app
+        let described = app
             .client
             .get_workflow_handle::<orders_workflows::PlaceOrderWorkflow>(workflow_id)
-            .query(
-                orders_workflows::PlaceOrderWorkflow::progress,
-                (),
-                temporalio_client::WorkflowQueryOptions::default(),
-            )
+            .describe(temporalio_client::WorkflowDescribeOptions::default())
             .await;
-        if let Ok(progress) = progress
-            && let Some(order_id) = progress.order_id
+        if let Ok(described) = described
+            && let Some(order_id) = described
+                .search_attributes()
+                .get(&orders_workflows::search_attributes::ORDER_ID)
             && orders_worker::client::running_placement(&app.client, order_id)
                 .await
                 .ok()
@@ -254,4 +253,68 @@ async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_it_back() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // Each PREPARE is followed by a pause, so the order is caught between its parts.
+    app.start_worker(Some("prepare_part.after_prepare=sleep:2000"));
+    let customer = app.add_customer("Jim Gray", "500.00").await;
+    let (input, products) = three_shard_order(&app, customer, "two_phase");
+
+    let item = |i: usize| {
+        let line = &input["items"][i];
+        format!(
+            "{}:{}:{}",
+            line["product_id"],
+            line["quantity"],
+            line["unit_price"].as_str().unwrap()
+        )
+    };
+    let submitted = app.cli_ok(&[
+        "submit",
+        "--customer",
+        &customer.to_string(),
+        "--item",
+        &item(0),
+        "--item",
+        &item(1),
+        "--consistency",
+        "two_phase",
+        "--wait",
+        "--json",
+    ]);
+    let placed: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(placed["consistency"], "two_phase", "{placed}");
+    assert_eq!(placed["status"], "confirmed", "{placed}");
+    let held = app.stock(products[0]).await.reserved;
+
+    let workflow_id = app.start_order(input).await;
+    let order_id = wait_for_order_id(&app, &workflow_id).await;
+    app.cli_ok(&["cancel", &order_id.to_string()]);
+
+    assert_eq!(app.outcome(&workflow_id).await, OrderOutcome::Cancelled);
+    assert_eq!(
+        app.stock(products[0]).await.reserved,
+        held,
+        "its stock hold was rolled back"
+    );
+    assert_eq!(
+        app.credit_used(customer).await,
+        Decimal::new(2550, 2),
+        "only the first order's credit"
+    );
+    assert!(
+        prepared_everywhere(&app).await.is_empty(),
+        "nothing left prepared"
+    );
+    assert!(
+        orders_activities::lookup::find_order(&app.shards, order_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "the cancelled order was never visible"
+    );
+    assert_audit_clean(&app);
 }
