@@ -3,8 +3,8 @@
 //! Crash semantics: a worker can die after a step's transaction commits and before Temporal
 //! records the completion; Temporal then runs the step again. Every step is written so the
 //! second run changes nothing and returns what the first run returned:
-//! - `CreateOrder` claims the idempotency key `<workflow id>/<run id>/create-order` in the
-//!   transaction that inserts the order and stores the result with it;
+//! - `CreateOrder` runs once per idempotency key `<workflow id>/<run id>/create-order`
+//!   ([`idempotency::run_once`]): the key, the order and the result commit together;
 //! - `ReserveCredit` / `ReleaseCredit` go through the order's credit hold row;
 //! - `ConfirmOrder` is a conditional status change that reports the status either way;
 //! - `DeleteOrder` (the compensation) tombstones the create key, then deletes by order id.
@@ -20,12 +20,13 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::{Rejection, already_done};
+use crate::failure::{Rejection, StepError};
 use crate::metrics::OrderMetrics;
-use crate::order_cache::OrderCache;
 use crate::order_input::{Consistency, ValidOrder};
+use crate::read::OrderCache;
 use crate::shards::{Shard, ShardError, Shards};
-use crate::store::{credit, idempotency, orders};
+use crate::store::idempotency::{self, Finish, Once};
+use crate::store::{credit, customers, orders};
 
 /// Input of [`OrderActivities::create_order`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +60,17 @@ pub struct CreditInput {
     pub amount: Decimal,
 }
 
+/// What `ConfirmOrder` found: the order, confirmed on its shard. (Results recorded before
+/// this type existed also carry a `consistency`, which is ignored: the workflow knows.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmedOrder {
+    pub order_id: i64,
+    pub customer_id: i64,
+    pub shard: usize,
+    pub status: OrderStatus,
+    pub total_amount: Decimal,
+}
+
 /// PlaceOrder's result, as documented in the README.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedOrder {
@@ -70,6 +82,20 @@ pub struct PlacedOrder {
     /// How it was placed; absent (saga) in results recorded before two-phase commit existed.
     #[serde(default)]
     pub consistency: Consistency,
+}
+
+impl ConfirmedOrder {
+    /// The workflow's result for this order, placed in `consistency` mode.
+    pub fn placed(self, consistency: Consistency) -> PlacedOrder {
+        PlacedOrder {
+            order_id: self.order_id,
+            customer_id: self.customer_id,
+            shard: self.shard,
+            status: self.status,
+            total_amount: self.total_amount,
+            consistency,
+        }
+    }
 }
 
 /// Input of [`OrderActivities::set_order_status`].
@@ -143,44 +169,36 @@ impl OrderActivities {
         let order = &input.order;
         let shard = self.shards.for_customer(order.customer_id);
         let _timer = self.time(shard, "CreateOrder");
-        let txn = shard.conn.begin().await.map_err(on(shard))?;
-        let claim = idempotency::claim(&txn, &input.idempotency_key)
-            .await
-            .map_err(on(shard))?;
-        if let Some(result) = already_done(claim, "CreateOrder", &input.idempotency_key)? {
-            tracing::info!(key = %input.idempotency_key, "create_order already ran; returning its result");
-            return Ok(serde_json::from_value(result)?);
-        }
-        if crate::store::customers::find(&txn, order.customer_id)
-            .await
-            .map_err(on(shard))?
-            .is_none()
-        {
-            return Err(Rejection::UnknownCustomer {
+        let key = &input.idempotency_key;
+        let created = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
+            if customers::find(txn, order.customer_id).await?.is_none() {
+                return Err(StepError::from(Rejection::UnknownCustomer {
+                    customer_id: order.customer_id,
+                    shard: shard.index,
+                }));
+            }
+            Ok(CreatedOrder {
+                order_id: orders::create_with_items(txn, order).await?,
                 customer_id: order.customer_id,
                 shard: shard.index,
-            }
-            .into_activity_error());
-        }
-        let order_id = orders::create_with_items(&txn, order)
-            .await
-            .map_err(on(shard))?;
-        let created = CreatedOrder {
-            order_id,
-            customer_id: order.customer_id,
-            shard: shard.index,
-            total_amount: order.total(),
-        };
-        idempotency::record_result(
-            &txn,
-            &input.idempotency_key,
-            &serde_json::to_value(&created)?,
-        )
+                total_amount: order.total(),
+            })
+        })
         .await
-        .map_err(on(shard))?;
-        txn.commit().await.map_err(on(shard))?;
+        .map_err(|e| e.on(shard))?;
+        let created = match created {
+            Once::AlreadyRan(created) => {
+                tracing::info!(%key, "create_order already ran; returning its result");
+                return Ok(created);
+            }
+            Once::Ran(created) => created,
+        };
         failpoints::hit("create_order.after_commit").await?;
-        tracing::info!(order_id, shard = shard.index, "order created (pending)");
+        tracing::info!(
+            order_id = created.order_id,
+            shard = shard.index,
+            "order created (pending)"
+        );
         Ok(created)
     }
 
@@ -246,8 +264,7 @@ impl OrderActivities {
                 shard: shard.index,
             }),
             credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
-                step: "ReserveCredit",
-                what: format!("order {}", input.order_id),
+                step: format!("ReserveCredit of order {}", input.order_id),
             }),
         };
         if let Some(rejection) = rejection {
@@ -287,7 +304,7 @@ impl OrderActivities {
         self: Arc<Self>,
         _ctx: ActivityContext,
         created: CreatedOrder,
-    ) -> Result<PlacedOrder, ActivityError> {
+    ) -> Result<ConfirmedOrder, ActivityError> {
         let shard = self.shards.for_customer(created.customer_id);
         let _timer = self.time(shard, "ConfirmOrder");
         let status = orders::transition(
@@ -300,13 +317,12 @@ impl OrderActivities {
         .map_err(on(shard))?;
         self.cache.invalidate(created.order_id).await;
         match status {
-            Some(OrderStatus::Confirmed) => Ok(PlacedOrder {
+            Some(OrderStatus::Confirmed) => Ok(ConfirmedOrder {
                 order_id: created.order_id,
                 customer_id: created.customer_id,
                 shard: created.shard,
                 status: OrderStatus::Confirmed,
                 total_amount: created.total_amount,
-                consistency: Consistency::Saga,
             }),
             found => Err(Rejection::OrderNotPending {
                 order_id: created.order_id,

@@ -1,44 +1,119 @@
-//! Business rejections: the reasons an order fails that retrying cannot fix.
+//! How failures reach clients: the one list of failure types ([`FailureType`]), the business
+//! rejections that retrying cannot fix ([`Rejection`]), and the error a retry-safe step's
+//! body returns ([`StepError`]).
 //!
-//! Each becomes a non-retryable Temporal application failure whose *type* is the variant's
-//! name, which is what clients in any language match on. Everything else (a shard that is
-//! down, a dropped connection) stays a retryable error, and Temporal keeps trying.
+//! A rejection becomes a non-retryable Temporal application failure whose *type* is a
+//! [`FailureType`], which is what clients in any language match on. Everything else (a shard
+//! that is down, a dropped connection) stays a retryable error, and Temporal keeps trying.
 
 use orders_entities::order::OrderStatus;
+use sea_orm::DbErr;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::ActivityError;
 
-use crate::store::idempotency::Claim;
+use crate::order_input::InvalidOrder;
+use crate::shards::Shard;
+use crate::store::idempotency::Compensated;
 
-/// Failure type of an order whose input breaks the rules in [`crate::order_input`].
-pub const INVALID_ORDER: &str = "InvalidOrder";
-/// Failure type of an order for a customer id no shard knows.
-pub const UNKNOWN_CUSTOMER: &str = "UnknownCustomer";
-/// Failure type of an order its customer's remaining credit cannot cover.
-pub const PAYMENT_DECLINED: &str = "PaymentDeclined";
-/// Failure type of a step that found its order already compensated.
-pub const ALREADY_COMPENSATED: &str = "AlreadyCompensated";
-/// Failure type of a confirmation that found the order no longer pending.
-pub const ORDER_NOT_PENDING: &str = "OrderNotPending";
-/// Failure type of a status change the order's current status does not allow.
-pub const INVALID_TRANSITION: &str = "InvalidTransition";
-/// Failure type of an import whose file the worker cannot read.
-pub const IMPORT_FILE_UNREADABLE: &str = "ImportFileUnreadable";
-/// Failure type of an order for more of a product than is available.
-pub const OUT_OF_STOCK: &str = "OutOfStock";
-/// Failure type of an order for a product no shard stocks.
-pub const UNKNOWN_PRODUCT: &str = "UnknownProduct";
-/// Failure type of a two-phase part that is neither prepared nor committed at commit time.
-pub const PREPARED_PART_MISSING: &str = "PreparedPartMissing";
-/// Failure type of a saga whose compensation could not complete.
-pub const COMPENSATION_FAILED: &str = "CompensationFailed";
+/// Every failure type a client can see, and nothing else: the wire name of each is its
+/// [`as_str`](FailureType::as_str), what clients in any language match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureType {
+    /// The order's input breaks the rules in [`crate::order_input`].
+    InvalidOrder,
+    /// The order is for a customer id no shard knows.
+    UnknownCustomer,
+    /// The customer's remaining credit cannot cover the order.
+    PaymentDeclined,
+    /// A step found its order already compensated.
+    AlreadyCompensated,
+    /// A confirmation found the order no longer pending.
+    OrderNotPending,
+    /// A status change the order's current status does not allow.
+    InvalidTransition,
+    /// The worker cannot read the file an import names.
+    ImportFileUnreadable,
+    /// The order asks for more of a product than is available.
+    OutOfStock,
+    /// The order names a product no shard stocks.
+    UnknownProduct,
+    /// A two-phase part is neither prepared nor committed at commit time.
+    PreparedPartMissing,
+    /// A two-phase rollback found its part already committed.
+    PartAlreadyCommitted,
+    /// A saga's compensation could not complete: the order needs repair by hand.
+    CompensationFailed,
+    /// A two-phase order's phase two could not be carried out.
+    TwoPhaseIncomplete,
+    /// A step failed for a reason that is not a business rejection (it ran out of retries).
+    StepFailed,
+}
+
+impl FailureType {
+    /// Every failure type, for documentation and tests.
+    pub const ALL: [FailureType; 14] = [
+        FailureType::InvalidOrder,
+        FailureType::UnknownCustomer,
+        FailureType::PaymentDeclined,
+        FailureType::AlreadyCompensated,
+        FailureType::OrderNotPending,
+        FailureType::InvalidTransition,
+        FailureType::ImportFileUnreadable,
+        FailureType::OutOfStock,
+        FailureType::UnknownProduct,
+        FailureType::PreparedPartMissing,
+        FailureType::PartAlreadyCommitted,
+        FailureType::CompensationFailed,
+        FailureType::TwoPhaseIncomplete,
+        FailureType::StepFailed,
+    ];
+
+    /// The wire name: the Temporal application failure's type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureType::InvalidOrder => "InvalidOrder",
+            FailureType::UnknownCustomer => "UnknownCustomer",
+            FailureType::PaymentDeclined => "PaymentDeclined",
+            FailureType::AlreadyCompensated => "AlreadyCompensated",
+            FailureType::OrderNotPending => "OrderNotPending",
+            FailureType::InvalidTransition => "InvalidTransition",
+            FailureType::ImportFileUnreadable => "ImportFileUnreadable",
+            FailureType::OutOfStock => "OutOfStock",
+            FailureType::UnknownProduct => "UnknownProduct",
+            FailureType::PreparedPartMissing => "PreparedPartMissing",
+            FailureType::PartAlreadyCommitted => "PartAlreadyCommitted",
+            FailureType::CompensationFailed => "CompensationFailed",
+            FailureType::TwoPhaseIncomplete => "TwoPhaseIncomplete",
+            FailureType::StepFailed => "StepFailed",
+        }
+    }
+
+    /// The type with this wire name, if it is one of ours.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// A non-retryable application failure of this type.
+    pub fn failure(self, message: impl Into<String>) -> ApplicationFailure {
+        ApplicationFailure::builder(message.into())
+            .type_name(self.as_str().to_owned())
+            .non_retryable(true)
+            .build()
+    }
+}
+
+impl std::fmt::Display for FailureType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A reason to stop the order for good.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// The input breaks a validation rule.
-    #[error("{0}")]
-    InvalidOrder(String),
+    #[error(transparent)]
+    InvalidOrder(#[from] InvalidOrder),
     /// No customer with this id exists on the shard that owns it.
     #[error("customer {customer_id} does not exist (shard {shard})")]
     UnknownCustomer { customer_id: i64, shard: usize },
@@ -52,8 +127,8 @@ pub enum Rejection {
         available: rust_decimal::Decimal,
     },
     /// The saga already undid this step, so doing it now would resurrect a cancelled order.
-    #[error("{step} for {what} was already compensated")]
-    AlreadyCompensated { step: &'static str, what: String },
+    #[error("{step} was already compensated")]
+    AlreadyCompensated { step: String },
     /// ConfirmOrder found the order gone or past `pending`.
     #[error("order {order_id} cannot be confirmed from status {found:?}")]
     OrderNotPending {
@@ -88,6 +163,9 @@ pub enum Rejection {
         "prepared transaction {gid} on shard {shard} is neither prepared nor committed: it was rolled back outside the workflow"
     )]
     PreparedPartMissing { gid: String, shard: usize },
+    /// A rollback was decided, but this shard's part had already committed.
+    #[error("part {gid} on shard {shard} was already committed; it cannot be rolled back")]
+    PartAlreadyCommitted { gid: String, shard: usize },
     /// The worker cannot read the file an import names.
     #[error("the worker cannot read {path}: {error} (the path must exist on the worker's machine)")]
     ImportFileUnreadable { path: String, error: String },
@@ -95,24 +173,25 @@ pub enum Rejection {
 
 impl Rejection {
     /// The Temporal failure type clients match on.
-    pub fn failure_type(&self) -> &'static str {
+    pub fn failure_type(&self) -> FailureType {
         match self {
-            Rejection::InvalidOrder(_) => INVALID_ORDER,
-            Rejection::UnknownCustomer { .. } => UNKNOWN_CUSTOMER,
-            Rejection::PaymentDeclined { .. } => PAYMENT_DECLINED,
-            Rejection::AlreadyCompensated { .. } => ALREADY_COMPENSATED,
-            Rejection::OrderNotPending { .. } => ORDER_NOT_PENDING,
-            Rejection::InvalidTransition { .. } => INVALID_TRANSITION,
-            Rejection::OutOfStock { .. } => OUT_OF_STOCK,
-            Rejection::UnknownProduct { .. } => UNKNOWN_PRODUCT,
-            Rejection::PreparedPartMissing { .. } => PREPARED_PART_MISSING,
-            Rejection::ImportFileUnreadable { .. } => IMPORT_FILE_UNREADABLE,
+            Rejection::InvalidOrder(_) => FailureType::InvalidOrder,
+            Rejection::UnknownCustomer { .. } => FailureType::UnknownCustomer,
+            Rejection::PaymentDeclined { .. } => FailureType::PaymentDeclined,
+            Rejection::AlreadyCompensated { .. } => FailureType::AlreadyCompensated,
+            Rejection::OrderNotPending { .. } => FailureType::OrderNotPending,
+            Rejection::InvalidTransition { .. } => FailureType::InvalidTransition,
+            Rejection::OutOfStock { .. } => FailureType::OutOfStock,
+            Rejection::UnknownProduct { .. } => FailureType::UnknownProduct,
+            Rejection::PreparedPartMissing { .. } => FailureType::PreparedPartMissing,
+            Rejection::PartAlreadyCommitted { .. } => FailureType::PartAlreadyCommitted,
+            Rejection::ImportFileUnreadable { .. } => FailureType::ImportFileUnreadable,
         }
     }
 
     /// The non-retryable application failure carrying this rejection.
     pub fn into_application_failure(self) -> ApplicationFailure {
-        non_retryable(self.failure_type(), self.to_string())
+        self.failure_type().failure(self.to_string())
     }
 
     /// The activity error that reports this rejection to the workflow without retries.
@@ -121,29 +200,38 @@ impl Rejection {
     }
 }
 
-/// What a forward step does with the idempotency key it claimed: `Some(result)` if it
-/// already ran (return that), `None` to do the work, and `AlreadyCompensated` if a
-/// compensation undid it first (doing it now would resurrect what was undone).
-pub fn already_done(
-    claim: Claim,
-    step: &'static str,
-    what: &str,
-) -> Result<Option<serde_json::Value>, ActivityError> {
-    match claim {
-        Claim::Done(result) => Ok(Some(result)),
-        Claim::New => Ok(None),
-        Claim::Compensated => Err(Rejection::AlreadyCompensated {
-            step,
-            what: what.to_owned(),
+impl From<Compensated> for Rejection {
+    fn from(compensated: Compensated) -> Self {
+        Rejection::AlreadyCompensated {
+            step: compensated.key,
         }
-        .into_activity_error()),
     }
 }
 
-/// A non-retryable application failure of type `failure_type`.
-pub fn non_retryable(failure_type: &str, message: String) -> ApplicationFailure {
-    ApplicationFailure::builder(message)
-        .type_name(failure_type.to_owned())
-        .non_retryable(true)
-        .build()
+/// Why the body of a retry-safe step stopped (see [`crate::store::idempotency::run_once`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A business rule refused the step; nothing was written. Not retried.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The shard failed; the step's transaction rolled back. Retried.
+    #[error(transparent)]
+    Database(#[from] DbErr),
+}
+
+impl From<Compensated> for StepError {
+    fn from(compensated: Compensated) -> Self {
+        StepError::Rejected(compensated.into())
+    }
+}
+
+impl StepError {
+    /// The activity error reporting this: a rejection as a non-retryable failure, a
+    /// database error as a retryable one naming `shard`.
+    pub fn on(self, shard: &Shard) -> ActivityError {
+        match self {
+            StepError::Rejected(rejection) => rejection.into_activity_error(),
+            StepError::Database(e) => shard.error(e).into(),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! PlaceOrder's input, parsed and validated in one place.
 //!
-//! The workflow receives raw JSON (so a malformed payload fails the order with
-//! `InvalidOrder` instead of wedging the workflow task) and turns it into a [`ValidOrder`]
+//! Clients build an [`OrderRequest`] (the documented JSON as a type). The workflow receives
+//! raw JSON (so a malformed payload fails the order with `InvalidOrder` instead of wedging
+//! the workflow task), reads it as an `OrderRequest` and validates it into a [`ValidOrder`]
 //! here. This code is pure and deterministic, so it can run inside workflow code.
 
 use rust_decimal::Decimal;
@@ -21,8 +22,177 @@ pub const MAX_NOTES_CHARS: usize = 2_000;
 
 /// Why an order's input was refused. The message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid order: {0}")]
-pub struct InvalidOrder(pub String);
+pub enum InvalidOrder {
+    /// The JSON does not have the documented shape.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    #[error("customer_id must be positive, got {0}")]
+    CustomerIdNotPositive(i64),
+    #[error("an order needs at least one item")]
+    NoItems,
+    #[error(
+        "an order may have at most {MAX_ITEMS} items, got {0} (use `orders import` for bulk data)"
+    )]
+    TooManyItems(usize),
+    #[error("notes may be at most {MAX_NOTES_CHARS} characters")]
+    NotesTooLong,
+    /// One item breaks a rule; `index` counts from 0.
+    #[error("item {index}: {problem}")]
+    Item { index: usize, problem: InvalidItem },
+    #[error("order total {0} exceeds the maximum {MAX_TOTAL}")]
+    TotalTooLarge(Decimal),
+}
+
+/// Why one item of an order was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidItem {
+    #[error("product_id must be positive, got {0}")]
+    ProductIdNotPositive(i64),
+    #[error("quantity must be between 1 and {MAX_QUANTITY}, got {0}")]
+    QuantityOutOfRange(i64),
+    #[error(transparent)]
+    Price(#[from] InvalidMoney),
+}
+
+/// Why an amount of money was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMoney {
+    #[error("{what} {text:?} is not a decimal number")]
+    NotANumber { what: &'static str, text: String },
+    #[error("{what} must not be negative, got {amount}")]
+    Negative { what: &'static str, amount: Decimal },
+    #[error("{what} may have at most 2 decimals, got {amount}")]
+    TooManyDecimals { what: &'static str, amount: Decimal },
+    #[error("{what} must be at most {max}, got {amount}")]
+    TooLarge {
+        what: &'static str,
+        amount: Decimal,
+        max: Decimal,
+    },
+}
+
+/// How an order's writes across shards are kept consistent (see README, "Consistency").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// One local transaction per step; a failure runs compensations in reverse.
+    #[default]
+    Saga,
+    /// Every shard's part is prepared (`PREPARE TRANSACTION`), then all commit or none.
+    #[cfg_attr(feature = "cli", value(name = "two_phase"))]
+    TwoPhase,
+}
+
+impl Consistency {
+    /// The wire name: `saga` or `two_phase`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Saga => "saga",
+            Consistency::TwoPhase => "two_phase",
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// PlaceOrder's input, the documented JSON (README, "Public contract") as a type: what
+/// `orders submit`, `orders load` and `orders dev` send, and what the workflow parses.
+/// Clients in other languages send the same JSON. Unknown fields are refused, so a typo such
+/// as `"qty"` is reported instead of silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub customer_id: i64,
+    pub items: Vec<RequestedItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    /// Absent in orders recorded before two-phase commit existed: those were sagas.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// One line of an [`OrderRequest`], before any rule is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedItem {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: WrittenPrice,
+}
+
+/// A price as the client wrote it: a decimal string such as `"19.99"`, or a JSON number read
+/// as written. Sent as a string, so no float ever carries money.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct WrittenPrice(String);
+
+impl From<Decimal> for WrittenPrice {
+    fn from(price: Decimal) -> Self {
+        WrittenPrice(price.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for WrittenPrice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WrittenPrice;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decimal string like \"19.99\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<WrittenPrice, E> {
+                Ok(WrittenPrice(text.trim().to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<WrittenPrice, E> {
+                Ok(WrittenPrice(n.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<WrittenPrice, E> {
+                Ok(WrittenPrice(n.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<WrittenPrice, E> {
+                Ok(WrittenPrice(n.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Why an `--item` argument could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemSyntaxError {
+    #[error("{0:?} must look like PRODUCT:QUANTITY:UNIT_PRICE, e.g. 7:2:19.99")]
+    Shape(String),
+    #[error("the product id in {0:?} is not a whole number")]
+    ProductId(String),
+    #[error("the quantity in {0:?} is not a whole number")]
+    Quantity(String),
+}
+
+/// `PRODUCT:QUANTITY:UNIT_PRICE`, e.g. `7:2:19.99`, as `orders submit --item` takes it. Only
+/// the syntax is checked here; the rules are the workflow's, so every client gets the same.
+impl FromStr for RequestedItem {
+    type Err = ItemSyntaxError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let [product, quantity, price] = text.split(':').collect::<Vec<_>>()[..] else {
+            return Err(ItemSyntaxError::Shape(text.to_owned()));
+        };
+        Ok(RequestedItem {
+            product_id: product
+                .parse()
+                .map_err(|_| ItemSyntaxError::ProductId(text.to_owned()))?,
+            quantity: quantity
+                .parse()
+                .map_err(|_| ItemSyntaxError::Quantity(text.to_owned()))?,
+            unit_price: WrittenPrice(price.trim().to_owned()),
+        })
+    }
+}
 
 /// One validated line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,27 +206,6 @@ impl OrderLine {
     /// quantity × unit price.
     pub fn line_total(&self) -> Decimal {
         Decimal::from(self.quantity) * self.unit_price
-    }
-}
-
-/// How an order's writes across shards are kept consistent (see README, "Consistency").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// One local transaction per step; a failure runs compensations in reverse.
-    #[default]
-    Saga,
-    /// Every shard's part is prepared (`PREPARE TRANSACTION`), then all commit or none.
-    TwoPhase,
-}
-
-impl Consistency {
-    /// The wire name: `saga` or `two_phase`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Saga => "saga",
-            Consistency::TwoPhase => "two_phase",
-        }
     }
 }
 
@@ -80,63 +229,37 @@ impl ValidOrder {
 
     /// Parses and validates PlaceOrder's JSON argument.
     pub fn from_json(input: &serde_json::Value) -> Result<Self, InvalidOrder> {
-        let raw: RawOrder = serde_json::from_value(input.clone())
-            .map_err(|e| InvalidOrder(format!("malformed input: {e}")))?;
-        raw.validate()
+        OrderRequest::deserialize(input)
+            .map_err(|e| InvalidOrder::Malformed(e.to_string()))?
+            .validate()
     }
 }
 
-/// The wire shape, before any rule is checked. Unknown fields are refused so a typo such as
-/// `"qty"` is reported instead of silently ignored.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOrder {
-    customer_id: i64,
-    items: Vec<RawLine>,
-    #[serde(default)]
-    notes: Option<String>,
-    #[serde(default)]
-    consistency: Consistency,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLine {
-    product_id: i64,
-    quantity: i64,
-    /// A decimal string such as `"19.99"`; a JSON number is accepted as written.
-    unit_price: serde_json::Value,
-}
-
-impl RawOrder {
-    fn validate(self) -> Result<ValidOrder, InvalidOrder> {
+impl OrderRequest {
+    /// Checks every rule and returns the order they let through.
+    pub fn validate(self) -> Result<ValidOrder, InvalidOrder> {
         if self.customer_id <= 0 {
-            return Err(InvalidOrder(format!(
-                "customer_id must be positive, got {}",
-                self.customer_id
-            )));
+            return Err(InvalidOrder::CustomerIdNotPositive(self.customer_id));
         }
         if self.items.is_empty() {
-            return Err(InvalidOrder("an order needs at least one item".into()));
+            return Err(InvalidOrder::NoItems);
         }
         if self.items.len() > MAX_ITEMS {
-            return Err(InvalidOrder(format!(
-                "an order may have at most {MAX_ITEMS} items, got {} (use `orders import` for bulk data)",
-                self.items.len()
-            )));
+            return Err(InvalidOrder::TooManyItems(self.items.len()));
         }
         if let Some(notes) = &self.notes
             && notes.chars().count() > MAX_NOTES_CHARS
         {
-            return Err(InvalidOrder(format!(
-                "notes may be at most {MAX_NOTES_CHARS} characters"
-            )));
+            return Err(InvalidOrder::NotesTooLong);
         }
         let items = self
             .items
             .into_iter()
             .enumerate()
-            .map(|(index, line)| line.validate(index))
+            .map(|(index, line)| {
+                line.validate()
+                    .map_err(|problem| InvalidOrder::Item { index, problem })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let order = ValidOrder {
             customer_id: self.customer_id,
@@ -145,66 +268,52 @@ impl RawOrder {
             consistency: self.consistency,
         };
         if order.total() > MAX_TOTAL {
-            return Err(InvalidOrder(format!(
-                "order total {} exceeds the maximum {MAX_TOTAL}",
-                order.total()
-            )));
+            return Err(InvalidOrder::TotalTooLarge(order.total()));
         }
         Ok(order)
     }
 }
 
-impl RawLine {
-    fn validate(self, index: usize) -> Result<OrderLine, InvalidOrder> {
-        let at = |msg: String| InvalidOrder(format!("item {index}: {msg}"));
+impl RequestedItem {
+    fn validate(self) -> Result<OrderLine, InvalidItem> {
         if self.product_id <= 0 {
-            return Err(at(format!(
-                "product_id must be positive, got {}",
-                self.product_id
-            )));
+            return Err(InvalidItem::ProductIdNotPositive(self.product_id));
         }
         if !(1..=MAX_QUANTITY).contains(&self.quantity) {
-            return Err(at(format!(
-                "quantity must be between 1 and {MAX_QUANTITY}, got {}",
-                self.quantity
-            )));
+            return Err(InvalidItem::QuantityOutOfRange(self.quantity));
         }
-        let unit_price = parse_price(&self.unit_price).map_err(at)?;
         Ok(OrderLine {
             product_id: self.product_id,
             quantity: self.quantity as i32,
-            unit_price,
+            unit_price: parse_price(&self.unit_price.0)?,
         })
     }
 }
 
-/// Parses a money amount: non-negative, at most two decimals, within NUMERIC(10,2).
-pub fn parse_price(value: &serde_json::Value) -> Result<Decimal, String> {
-    let text = match value {
-        serde_json::Value::String(s) => s.trim().to_owned(),
-        serde_json::Value::Number(n) => n.to_string(),
-        other => {
-            return Err(format!(
-                "unit_price must be a decimal string like \"19.99\", got {other}"
-            ));
-        }
-    };
-    let price = Decimal::from_str(&text)
-        .map_err(|_| format!("unit_price {text:?} is not a decimal number"))?;
+/// Parses a unit price: non-negative, at most two decimals, within NUMERIC(10,2).
+pub fn parse_price(text: &str) -> Result<Decimal, InvalidMoney> {
+    let price = Decimal::from_str(text).map_err(|_| InvalidMoney::NotANumber {
+        what: "unit_price",
+        text: text.to_owned(),
+    })?;
     check_money("unit_price", price, MAX_UNIT_PRICE)
 }
 
 /// The rule every amount of money follows: not negative, at most two decimals (cents), at
 /// most `max` (what its column holds). Returns the amount with exactly two decimals.
-pub fn check_money(what: &str, amount: Decimal, max: Decimal) -> Result<Decimal, String> {
+pub fn check_money(
+    what: &'static str,
+    amount: Decimal,
+    max: Decimal,
+) -> Result<Decimal, InvalidMoney> {
     if amount.is_sign_negative() && !amount.is_zero() {
-        return Err(format!("{what} must not be negative, got {amount}"));
+        return Err(InvalidMoney::Negative { what, amount });
     }
     if amount.normalize().scale() > 2 {
-        return Err(format!("{what} may have at most 2 decimals, got {amount}"));
+        return Err(InvalidMoney::TooManyDecimals { what, amount });
     }
     if amount > max {
-        return Err(format!("{what} must be at most {max}, got {amount}"));
+        return Err(InvalidMoney::TooLarge { what, amount, max });
     }
     Ok(amount.round_dp(2))
 }
@@ -219,7 +328,7 @@ mod tests {
     }
 
     fn rejection(input: serde_json::Value) -> String {
-        ValidOrder::from_json(&input).unwrap_err().0
+        ValidOrder::from_json(&input).unwrap_err().to_string()
     }
 
     #[test]
@@ -326,5 +435,44 @@ mod tests {
     fn the_largest_allowed_order_fits_numeric_12_2() {
         assert_eq!(MAX_TOTAL.to_string(), "9999999999.99");
         assert_eq!(MAX_UNIT_PRICE.to_string(), "99999999.99");
+    }
+
+    #[test]
+    fn a_price_that_is_neither_text_nor_number_is_refused_as_malformed() {
+        let msg = rejection(order_with(
+            json!({"product_id": 7, "quantity": 1, "unit_price": true}),
+        ));
+        assert!(msg.contains("a decimal string like"), "{msg}");
+    }
+
+    #[test]
+    fn a_request_built_by_a_client_is_the_documented_json() {
+        let request = OrderRequest {
+            customer_id: 42,
+            items: vec!["7:2:19.99".parse().unwrap()],
+            notes: None,
+            consistency: Consistency::TwoPhase,
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            json!({"customer_id": 42, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}], "consistency": "two_phase"})
+        );
+        assert_eq!(
+            ValidOrder::from_json(&json).unwrap().total().to_string(),
+            "39.98"
+        );
+    }
+
+    #[test]
+    fn an_item_argument_that_is_not_product_quantity_price_is_refused() {
+        assert!(matches!(
+            "7:2".parse::<RequestedItem>(),
+            Err(ItemSyntaxError::Shape(_))
+        ));
+        assert!(matches!(
+            "x:2:1.00".parse::<RequestedItem>(),
+            Err(ItemSyntaxError::ProductId(_))
+        ));
     }
 }

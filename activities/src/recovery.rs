@@ -25,8 +25,8 @@ use temporalio_client::{
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::shards::{Shard, Shards};
-use crate::store::two_phase::{self, GidParts};
+use crate::shards::{Shard, ShardError, Shards};
+use crate::store::two_phase::{self, Gid, GidParts, GidTooLong};
 use crate::two_phase::{commit_on, roll_back_on};
 
 /// The memo key under which PlaceOrder records its two-phase decision.
@@ -67,11 +67,123 @@ pub struct RecoveryReport {
     pub resolutions: Vec<Resolution>,
     /// Prepared transactions that are not ours, left alone.
     pub foreign: usize,
-    /// Shards that could not be scanned or resolved, with the error.
-    pub errors: Vec<String>,
+    /// What could not be scanned or resolved; the next pass tries again.
+    pub errors: Vec<RecoveryProblem>,
+}
+
+/// For people: the totals, one line per transaction, one per problem.
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "in-doubt recovery: {} committed, {} rolled back, {} left, {} foreign left alone",
+            self.count(Action::Committed),
+            self.count(Action::RolledBack),
+            self.count(Action::Left),
+            self.foreign
+        )?;
+        for r in &self.resolutions {
+            write!(
+                f,
+                "\n  shard {} {:?} {} ({} s old): {}",
+                r.shard, r.action, r.gid, r.age_secs, r.reason
+            )?;
+        }
+        for problem in &self.errors {
+            write!(f, "\n  could not resolve: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One shard that could not be scanned, or one prepared transaction that could not be
+/// resolved, with the whole chain of causes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryProblem {
+    pub shard: usize,
+    /// The prepared transaction, when the problem is one transaction's.
+    pub gid: Option<String>,
+    /// What went wrong, each cause after a colon.
+    pub error: String,
+}
+
+impl std::fmt::Display for RecoveryProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.gid {
+            Some(gid) => write!(f, "shard {} {gid}: {}", self.shard, self.error),
+            None => write!(f, "shard {}: {}", self.shard, self.error),
+        }
+    }
+}
+
+/// Why recovery could not resolve a prepared transaction (or scan a shard).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// A shard did not answer.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// Temporal could not say what became of the workflow.
+    #[error("cannot describe workflow {workflow_id}")]
+    Describe {
+        workflow_id: String,
+        #[source]
+        source: WorkflowInteractionError,
+    },
+    /// The workflow's decision memo does not hold a decision.
+    #[error("unreadable decision memo of workflow {workflow_id}")]
+    Memo {
+        workflow_id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The gid names a home shard this deployment does not have.
+    #[error("home shard {0} is not configured")]
+    HomeShardMissing(usize),
+    #[error(transparent)]
+    GidTooLong(#[from] GidTooLong),
+    /// Commit was decided, but the part is gone without having committed.
+    #[error(
+        "{gid} on shard {shard} is neither prepared nor committed: rolled back outside its workflow"
+    )]
+    PartMissing { gid: Gid, shard: usize },
+    /// Rollback was decided, but the part had committed.
+    #[error("{gid} on shard {shard} already committed")]
+    AlreadyCommitted { gid: Gid, shard: usize },
+}
+
+impl RecoveryProblem {
+    fn new(shard: usize, gid: Option<&Gid>, error: &RecoveryError) -> Self {
+        Self {
+            shard,
+            gid: gid.map(Gid::to_string),
+            error: with_causes(error),
+        }
+    }
+}
+
+/// `error`'s message followed by each cause's, skipping causes whose text the message
+/// already carries (a `ShardError` prints its source itself).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 impl RecoveryReport {
+    /// Logs `error` (once, here) and lists it.
+    fn problem(&mut self, shard: usize, gid: Option<&Gid>, error: RecoveryError) {
+        let problem = RecoveryProblem::new(shard, gid, &error);
+        tracing::warn!(%problem, "in-doubt recovery could not finish this");
+        self.errors.push(problem);
+    }
+
     pub fn count(&self, action: Action) -> usize {
         self.resolutions
             .iter()
@@ -95,7 +207,7 @@ async fn verdict(
     parts: &GidParts,
     age: Duration,
     grace: Duration,
-) -> Result<Verdict, String> {
+) -> Result<Verdict, RecoveryError> {
     let handle = client.get_workflow_handle::<UntypedWorkflow>(parts.workflow_id.clone());
     let described = match handle.describe(WorkflowDescribeOptions::default()).await {
         Ok(described) => described,
@@ -107,11 +219,11 @@ async fn verdict(
         Err(WorkflowInteractionError::NotFound(_)) => {
             return from_commit_record(shards, parts, "its workflow is unknown to Temporal").await;
         }
-        Err(other) => {
-            return Err(format!(
-                "cannot describe workflow {}: {other}",
-                parts.workflow_id
-            ));
+        Err(source) => {
+            return Err(RecoveryError::Describe {
+                workflow_id: parts.workflow_id.clone(),
+                source,
+            });
         }
     };
     let first_run = described
@@ -128,10 +240,14 @@ async fn verdict(
     if first_run != parts.run_id {
         return from_commit_record(shards, parts, "its workflow run chain has ended").await;
     }
-    let decision: Option<Decision> = described
-        .memo()
-        .get(DECISION_MEMO)
-        .map_err(|e| format!("unreadable decision memo: {e}"))?;
+    let decision: Option<Decision> =
+        described
+            .memo()
+            .get(DECISION_MEMO)
+            .map_err(|e| RecoveryError::Memo {
+                workflow_id: parts.workflow_id.clone(),
+                source: e.into(),
+            })?;
     match (decision, described.status()) {
         (Some(Decision::Commit), _) => Ok(Verdict::Commit("the workflow decided commit".into())),
         (Some(Decision::Rollback), _) => {
@@ -152,19 +268,19 @@ async fn from_commit_record(
     shards: &Shards,
     parts: &GidParts,
     why: &str,
-) -> Result<Verdict, String> {
+) -> Result<Verdict, RecoveryError> {
     if parts.home_shard >= shards.len() {
-        return Err(format!("home shard {} is not configured", parts.home_shard));
+        return Err(RecoveryError::HomeShardMissing(parts.home_shard));
     }
     let home = shards.get(parts.home_shard);
     let home_parts = parts.home();
-    let home_gid = home_parts.gid().map_err(|e| e.to_string())?;
+    let home_gid = home_parts.gid()?;
     // Settle the home part first: once it is rolled back (and tombstoned) it can never
     // commit, so the outcome is fixed before any other part is touched. A home part that
     // turns out committed means the decision was commit.
     let home_rolled_back = roll_back_on(home, &home_gid, &home_parts.part_key())
         .await
-        .map_err(|e| home.error(e).to_string())?;
+        .map_err(|e| home.error(e))?;
     Ok(if home_rolled_back {
         Verdict::Rollback(format!(
             "{why}; its home part on shard {} never committed, so no part did",
@@ -180,92 +296,96 @@ async fn from_commit_record(
 
 /// Commits `gid`, committing its order's home part first if that is still prepared, so the
 /// home part's key stays the order's commit record.
-async fn commit(shards: &Shards, shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), String> {
-    let missing = |on: &Shard, gid: &str| {
-        format!(
-            "{gid} on shard {} is neither prepared nor committed: rolled back outside its workflow",
-            on.index
-        )
-    };
+async fn commit(shards: &Shards, shard: &Shard, gid: &Gid) -> Result<(), RecoveryError> {
+    let parts = gid.parts();
     if parts.shard != parts.home_shard && parts.home_shard < shards.len() {
         let home = shards.get(parts.home_shard);
-        let home_gid = parts.home().gid().map_err(|e| e.to_string())?;
+        let home_gid = parts.home().gid()?;
         if !commit_on(home, &home_gid, &parts.home_key())
             .await
-            .map_err(|e| home.error(e).to_string())?
+            .map_err(|e| home.error(e))?
         {
-            return Err(missing(home, &home_gid));
+            return Err(RecoveryError::PartMissing {
+                gid: home_gid,
+                shard: home.index,
+            });
         }
     }
     if !commit_on(shard, gid, &parts.part_key())
         .await
-        .map_err(|e| shard.error(e).to_string())?
+        .map_err(|e| shard.error(e))?
     {
-        return Err(missing(shard, gid));
+        return Err(RecoveryError::PartMissing {
+            gid: gid.clone(),
+            shard: shard.index,
+        });
     }
     Ok(())
 }
 
 /// Rolls `gid` back and tombstones its part's key.
-async fn roll_back(shard: &Shard, gid: &str, parts: &GidParts) -> Result<(), String> {
-    if roll_back_on(shard, gid, &parts.part_key())
+async fn roll_back(shard: &Shard, gid: &Gid) -> Result<(), RecoveryError> {
+    if roll_back_on(shard, gid, &gid.parts().part_key())
         .await
-        .map_err(|e| shard.error(e).to_string())?
+        .map_err(|e| shard.error(e))?
     {
         Ok(())
     } else {
-        Err(format!("{gid} on shard {} already committed", shard.index))
+        Err(RecoveryError::AlreadyCommitted {
+            gid: gid.clone(),
+            shard: shard.index,
+        })
     }
 }
 
-/// One recovery pass over every shard.
+/// One recovery pass over every shard. Every problem is logged here, once, and listed in the
+/// report; the rest of the pass goes on.
 pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> RecoveryReport {
     let mut report = RecoveryReport::default();
     let mut found = Vec::new();
     for shard in shards.iter() {
         match two_phase::in_doubt(&shard.conn).await {
-            Ok(prepared) => found.extend(prepared.into_iter().filter_map(|in_doubt| {
-                let parts = two_phase::parse_gid(&in_doubt.gid)?;
-                Some((shard, in_doubt, parts))
-            })),
-            Err(e) => report.errors.push(shard.error(e).to_string()),
+            Ok(prepared) => found.extend(prepared.into_iter().map(|in_doubt| (shard, in_doubt))),
+            Err(e) => report.problem(shard.index, None, shard.error(e).into()),
         }
-        report.foreign += two_phase::foreign_count(&shard.conn).await.unwrap_or(0);
+        match two_phase::foreign_count(&shard.conn).await {
+            Ok(foreign) => report.foreign += foreign,
+            Err(e) => report.problem(shard.index, None, shard.error(e).into()),
+        }
     }
     // Home parts first, as in the workflow: an order's home part is resolved before its
     // other parts, so its key stays the order's commit record.
-    found.sort_by_key(|(_, _, parts)| parts.shard != parts.home_shard);
-    for (shard, in_doubt, parts) in found {
+    found.sort_by_key(|(_, in_doubt)| {
+        let parts = in_doubt.gid.parts();
+        parts.shard != parts.home_shard
+    });
+    for (shard, in_doubt) in found {
+        let gid = &in_doubt.gid;
+        let parts = gid.parts();
         let age = Duration::from_secs(in_doubt.age_secs.max(0) as u64);
-        let verdict = match verdict(client, shards, &parts, age, grace).await {
+        let verdict = match verdict(client, shards, parts, age, grace).await {
             Ok(verdict) => verdict,
             Err(e) => {
-                report.errors.push(format!("{}: {e}", in_doubt.gid));
+                report.problem(shard.index, Some(gid), e);
                 continue;
             }
         };
         let (action, reason, outcome) = match verdict {
-            Verdict::Commit(reason) => (
-                Action::Committed,
-                reason,
-                commit(shards, shard, &in_doubt.gid, &parts).await,
-            ),
-            Verdict::Rollback(reason) => (
-                Action::RolledBack,
-                reason,
-                roll_back(shard, &in_doubt.gid, &parts).await,
-            ),
+            Verdict::Commit(reason) => {
+                (Action::Committed, reason, commit(shards, shard, gid).await)
+            }
+            Verdict::Rollback(reason) => (Action::RolledBack, reason, roll_back(shard, gid).await),
             Verdict::Leave(reason) => (Action::Left, reason, Ok(())),
         };
         if let Err(e) = outcome {
-            report.errors.push(format!("{}: {e}", in_doubt.gid));
+            report.problem(shard.index, Some(gid), e);
             continue;
         }
-        tracing::info!(gid = %in_doubt.gid, ?action, %reason, "in-doubt transaction resolved");
+        tracing::info!(%gid, ?action, %reason, "in-doubt transaction resolved");
         report.resolutions.push(Resolution {
             shard: shard.index,
-            gid: in_doubt.gid,
-            workflow_id: parts.workflow_id,
+            gid: gid.to_string(),
+            workflow_id: parts.workflow_id.clone(),
             age_secs: in_doubt.age_secs,
             action,
             reason,

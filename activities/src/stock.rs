@@ -6,25 +6,26 @@
 //! the shard map can change while a workflow runs, and the plan recorded in history is what
 //! every later step (and every replay) follows.
 //!
-//! `ReserveStock` claims the step's idempotency key in the transaction that writes the holds,
-//! so a retry after a crash returns the stored result; `ReleaseStock` tombstones that key
-//! first, so a late reserve cannot hold stock for an order already undone.
+//! `ReserveStock` runs once per idempotency key ([`idempotency::run_once`]): the key commits
+//! with the holds, so a retry after a crash writes nothing again; `ReleaseStock` tombstones
+//! that key first, so a late reserve cannot hold stock for an order already undone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sea_orm::{DbErr, TransactionTrait};
+use sea_orm::TransactionTrait;
 use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::{Rejection, already_done};
-use crate::order_cache::OrderCache;
+use crate::failure::{Rejection, StepError};
 use crate::order_input::OrderLine;
+use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
+use crate::store::idempotency::{self, Finish, Once};
 use crate::store::inventory::{self, Wanted};
-use crate::store::{idempotency, orders};
+use crate::store::orders;
 
 /// A quantity of one product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,17 +130,16 @@ pub(crate) fn stock_rejection(outcome: inventory::Reserve) -> Option<Rejection> 
 }
 
 /// Takes an order id for `input`'s key, or returns the one taken before under it.
-async fn allocate_once(shard: &Shard, input: &PlanInput) -> Result<i64, DbErr> {
-    let txn = shard.conn.begin().await?;
-    if let idempotency::Claim::Done(taken) =
-        idempotency::claim(&txn, &input.idempotency_key).await?
-    {
-        return serde_json::from_value(taken).map_err(|e| DbErr::Json(e.to_string()));
-    }
-    let order_id = orders::next_id(&txn, input.customer_id).await?;
-    idempotency::record_result(&txn, &input.idempotency_key, &order_id.into()).await?;
-    txn.commit().await?;
-    Ok(order_id)
+async fn allocate_once(shard: &Shard, input: &PlanInput) -> Result<i64, ActivityError> {
+    let taken = idempotency::run_once(
+        &shard.conn,
+        &input.idempotency_key,
+        Finish::Commit,
+        async |txn| Ok::<_, StepError>(orders::next_id(txn, input.customer_id).await?),
+    )
+    .await
+    .map_err(|e| e.on(shard))?;
+    Ok(taken.into_result())
 }
 
 /// The stock activities' shared state.
@@ -166,11 +166,7 @@ impl StockActivities {
     ) -> Result<OrderPlan, ActivityError> {
         let customer_shard = self.shards.for_customer(input.customer_id);
         let order_id = if input.allocate_order_id {
-            Some(
-                allocate_once(customer_shard, &input)
-                    .await
-                    .map_err(|e| customer_shard.error(e))?,
-            )
+            Some(allocate_once(customer_shard, &input).await?)
         } else {
             None
         };
@@ -194,26 +190,21 @@ impl StockActivities {
         input: StockInput,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(input.part.shard);
-        let on = |e| shard.error(e);
-        let txn = shard.conn.begin().await.map_err(on)?;
-        let claim = idempotency::claim(&txn, &input.idempotency_key)
-            .await
-            .map_err(on)?;
-        if already_done(claim, "ReserveStock", &input.idempotency_key)?.is_some() {
-            tracing::info!(key = %input.idempotency_key, "reserve_stock already ran");
+        let key = &input.idempotency_key;
+        let wanted = wanted(&input.part.lines);
+        let reserved = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
+            let outcome = inventory::reserve(txn, input.order_id, &wanted).await?;
+            match stock_rejection(outcome) {
+                Some(rejection) => Err(StepError::from(rejection)),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| e.on(shard))?;
+        if let Once::AlreadyRan(()) = reserved {
+            tracing::info!(%key, "reserve_stock already ran");
             return Ok(());
         }
-        let outcome = inventory::reserve(&txn, input.order_id, &wanted(&input.part.lines))
-            .await
-            .map_err(on)?;
-        if let Some(rejection) = stock_rejection(outcome) {
-            txn.rollback().await.map_err(on)?;
-            return Err(rejection.into_activity_error());
-        }
-        idempotency::record_result(&txn, &input.idempotency_key, &serde_json::Value::Null)
-            .await
-            .map_err(on)?;
-        txn.commit().await.map_err(on)?;
         failpoints::hit("reserve_stock.after_commit").await?;
         tracing::info!(
             order_id = input.order_id,

@@ -3,8 +3,8 @@
 //! The PlaceOrder workflow is the coordinator and its history is the coordinator's log:
 //! it prepares every shard's part, records its decision, then commits (or rolls back) every
 //! part, retrying until each is done. Each activity is safe to run again at any point:
-//! - `PreparePart` returns at once if its gid is already prepared; otherwise it claims the
-//!   part's idempotency key inside the transaction it prepares. A duplicate attempt running
+//! - `PreparePart` returns at once if its gid is already prepared; otherwise it runs once per
+//!   part key ([`idempotency::run_once`]), the key inside the transaction it prepares. A duplicate attempt running
 //!   meanwhile waits on that key until the shard's `lock_timeout` (5 s, see
 //!   [`crate::shards`]) fails it; its retry then finds the part prepared or committed.
 //! - `CommitPart` commits the prepared gid, or finds the part's key committed: already done.
@@ -19,22 +19,20 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
-use crate::failure::{Rejection, already_done, non_retryable};
-use crate::order_cache::OrderCache;
+use crate::failure::{Rejection, StepError};
 use crate::order_input::ValidOrder;
+use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
 use crate::stock::{StockLine, stock_rejection, wanted};
-use crate::store::idempotency::{self, Claim};
-use crate::store::{credit, customers, inventory, orders, two_phase};
-
-/// Failure type of a rollback that found its part already committed.
-pub const PART_ALREADY_COMMITTED: &str = "PartAlreadyCommitted";
+use crate::store::idempotency::{self, Claim, Finish, Once};
+use crate::store::two_phase::{self, Gid};
+use crate::store::{credit, customers, inventory, orders};
 
 /// One shard's part of a two-phase order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TwoPhasePart {
-    /// The prepared transaction's id (see [`two_phase::gid`]).
-    pub gid: String,
+    /// The prepared transaction's id.
+    pub gid: Gid,
     /// `<workflow key>/two-phase/shard-<n>`.
     pub idempotency_key: String,
     pub shard: usize,
@@ -58,49 +56,52 @@ impl TwoPhaseActivities {
     }
 }
 
+/// What a prepared part stores under its key: the gid it was prepared as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PreparedPart {
+    gid: Gid,
+}
+
 /// Writes the part's rows inside `txn`; a rejection means nothing may be kept.
 async fn write_part(
     txn: &impl ConnectionTrait,
     shard: &Shard,
     part: &TwoPhasePart,
-) -> Result<Option<Rejection>, DbErr> {
+) -> Result<(), StepError> {
     if let Some(order) = &part.order {
+        let unknown_customer = || Rejection::UnknownCustomer {
+            customer_id: order.customer_id,
+            shard: shard.index,
+        };
         if customers::find(txn, order.customer_id).await?.is_none() {
-            return Ok(Some(Rejection::UnknownCustomer {
-                customer_id: order.customer_id,
-                shard: shard.index,
-            }));
+            return Err(unknown_customer().into());
         }
         orders::create_confirmed_with_id(txn, order, part.order_id).await?;
         let total = order.total();
-        match credit::reserve(txn, part.order_id, order.customer_id, total).await? {
-            credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => {}
-            credit::Reserve::Declined { available } => {
-                return Ok(Some(Rejection::PaymentDeclined {
-                    customer_id: order.customer_id,
-                    total,
-                    available,
-                }));
-            }
-            credit::Reserve::UnknownCustomer => {
-                return Ok(Some(Rejection::UnknownCustomer {
-                    customer_id: order.customer_id,
-                    shard: shard.index,
-                }));
-            }
-            credit::Reserve::AlreadyReleased => {
-                return Ok(Some(Rejection::AlreadyCompensated {
-                    step: "PreparePart",
-                    what: format!("the credit hold of order {}", part.order_id),
-                }));
-            }
+        let rejection = match credit::reserve(txn, part.order_id, order.customer_id, total).await? {
+            credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => None,
+            credit::Reserve::Declined { available } => Some(Rejection::PaymentDeclined {
+                customer_id: order.customer_id,
+                total,
+                available,
+            }),
+            credit::Reserve::UnknownCustomer => Some(unknown_customer()),
+            credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
+                step: format!("the credit hold of order {}", part.order_id),
+            }),
+        };
+        if let Some(rejection) = rejection {
+            return Err(rejection.into());
         }
     }
     if part.stock.is_empty() {
-        return Ok(None);
+        return Ok(());
     }
     let outcome = inventory::reserve(txn, part.order_id, &wanted(&part.stock)).await?;
-    Ok(stock_rejection(outcome))
+    match stock_rejection(outcome) {
+        Some(rejection) => Err(rejection.into()),
+        None => Ok(()),
+    }
 }
 
 #[activities]
@@ -121,26 +122,23 @@ impl TwoPhaseActivities {
             tracing::info!(gid = %part.gid, "part already prepared");
             return Ok(());
         }
-        let txn = shard.conn.begin().await.map_err(on)?;
-        let claim = idempotency::claim(&txn, &part.idempotency_key)
-            .await
-            .map_err(on)?;
-        if already_done(claim, "PreparePart", &part.gid)?.is_some() {
+        let prepared = idempotency::run_once(
+            &shard.conn,
+            &part.idempotency_key,
+            Finish::Prepare(&part.gid),
+            async |txn| {
+                write_part(txn, shard, &part).await?;
+                Ok::<_, StepError>(PreparedPart {
+                    gid: part.gid.clone(),
+                })
+            },
+        )
+        .await
+        .map_err(|e| e.on(shard))?;
+        if let Once::AlreadyRan(_) = prepared {
             tracing::info!(gid = %part.gid, "part already committed");
             return Ok(());
         }
-        if let Some(rejection) = write_part(&txn, shard, &part).await.map_err(on)? {
-            txn.rollback().await.map_err(on)?;
-            return Err(rejection.into_activity_error());
-        }
-        idempotency::record_result(
-            &txn,
-            &part.idempotency_key,
-            &serde_json::json!({ "gid": part.gid }),
-        )
-        .await
-        .map_err(on)?;
-        two_phase::prepare(txn, &part.gid).await.map_err(on)?;
         failpoints::hit("prepare_part.after_prepare").await?;
         tracing::info!(gid = %part.gid, order_id = part.order_id, "part prepared");
         Ok(())
@@ -160,7 +158,7 @@ impl TwoPhaseActivities {
             .map_err(|e| shard.error(e))?
         {
             return Err(Rejection::PreparedPartMissing {
-                gid: part.gid.clone(),
+                gid: part.gid.to_string(),
                 shard: shard.index,
             }
             .into_activity_error());
@@ -184,15 +182,12 @@ impl TwoPhaseActivities {
             .await
             .map_err(|e| shard.error(e))?
         {
-            let message = format!(
-                "part {} on shard {} was already committed; it cannot be rolled back",
-                part.gid, shard.index
-            );
-            tracing::error!(%message);
-            return Err(ActivityError::application(non_retryable(
-                PART_ALREADY_COMMITTED,
-                message,
-            )));
+            let rejection = Rejection::PartAlreadyCommitted {
+                gid: part.gid.to_string(),
+                shard: shard.index,
+            };
+            tracing::error!(%rejection, "rollback refused");
+            return Err(rejection.into_activity_error());
         }
         tracing::info!(gid = %part.gid, "part rolled back");
         Ok(())
@@ -203,7 +198,7 @@ impl TwoPhaseActivities {
 /// and for `orders recover` alike: COMMIT PREPARED if it is prepared. Returns whether the part
 /// is committed now; `false` means it is neither prepared nor committed (it was rolled back
 /// outside its coordinator). Safe to run twice, and alongside another resolver.
-pub(crate) async fn commit_on(shard: &Shard, gid: &str, key: &str) -> Result<bool, DbErr> {
+pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
     if !two_phase::is_prepared(&shard.conn, gid).await? {
         return key_committed(shard, key).await;
     }
@@ -218,7 +213,7 @@ pub(crate) async fn commit_on(shard: &Shard, gid: &str, key: &str) -> Result<boo
 /// Phase two's rollback of one part: ROLLBACK PREPARED if it is prepared, then a tombstone on
 /// its key, so an attempt of `PreparePart` still in flight cannot prepare it again. Returns
 /// `false`, changing nothing, if the part had committed.
-pub(crate) async fn roll_back_on(shard: &Shard, gid: &str, key: &str) -> Result<bool, DbErr> {
+pub(crate) async fn roll_back_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
     if two_phase::is_prepared(&shard.conn, gid).await?
         && let Err(e) = two_phase::rollback_prepared(&shard.conn, gid).await
         && two_phase::is_prepared(&shard.conn, gid).await?

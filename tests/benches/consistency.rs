@@ -123,7 +123,13 @@ async fn commit_cost(shards: &Shards, prepare: bool) -> anyhow::Result<f64> {
         credit::reserve(&txn, order_id, customer, order.total()).await?;
         idempotency::record_result(&txn, &key, &serde_json::Value::Null).await?;
         if prepare {
-            let gid = two_phase::gid(&format!("bench-{i}"), "run", 0, 0)?;
+            let gid = two_phase::GidParts {
+                workflow_id: format!("bench-{i}"),
+                run_id: "run".to_owned(),
+                shard: 0,
+                home_shard: 0,
+            }
+            .gid()?;
             two_phase::prepare(txn, &gid).await?;
             two_phase::commit_prepared(&shard.conn, &gid).await?;
         } else {

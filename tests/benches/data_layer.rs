@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orders_activities::cross_shard;
-use orders_activities::lookup;
 use orders_activities::metrics::OrderMetrics;
-use orders_activities::order_cache::{CacheSettings, OrderCache};
+use orders_activities::read::{CacheSettings, OrderCache};
+use orders_activities::read::{lookup, pages};
 use orders_activities::store::{listing, orders};
 use orders_activities::{OrderLine, Shards, ValidOrder};
 use orders_entities::{order, order_item};
@@ -85,7 +84,7 @@ fn ratio(label: &str, numerator: Duration, denominator: Duration) {
 }
 
 async fn sample_order_ids(shards: &Shards, n: u64) -> anyhow::Result<Vec<i64>> {
-    Ok(cross_shard::orders_page(shards, None, n)
+    Ok(pages::orders_page(shards, None, n)
         .await?
         .orders
         .iter()
@@ -224,7 +223,7 @@ async fn pages(shards: &Shards) -> anyhow::Result<()> {
     })
     .await?;
     let merged = time(n, |_| async {
-        cross_shard::orders_page(shards, None, PAGE).await?;
+        pages::orders_page(shards, None, PAGE).await?;
         Ok(())
     })
     .await?;
@@ -259,7 +258,7 @@ async fn deep_pages(shards: &Shards) -> anyhow::Result<()> {
     let mut cursor = None;
     let mut walked = 0;
     while walked < depth {
-        let page = cross_shard::orders_page(shards, cursor.as_deref(), 500).await?;
+        let page = pages::orders_page(shards, cursor.as_deref(), 500).await?;
         walked += page.orders.len() as u64;
         cursor = page.next_cursor;
     }
@@ -268,13 +267,13 @@ async fn deep_pages(shards: &Shards) -> anyhow::Result<()> {
     let keyset = time(n, |_| {
         let cursor = cursor.clone();
         async move {
-            cross_shard::orders_page(shards, Some(&cursor), PAGE).await?;
+            pages::orders_page(shards, Some(&cursor), PAGE).await?;
             Ok(())
         }
     })
     .await?;
     let offset = time(n, |_| async {
-        cross_shard::orders_page_at_offset(shards, depth, PAGE).await?;
+        pages::orders_page_at_offset(shards, depth, PAGE).await?;
         Ok(())
     })
     .await?;

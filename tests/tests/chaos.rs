@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use orders_activities::lookup::find_order;
+use orders_activities::read::find_order;
 use orders_entities::order::OrderStatus;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere};

@@ -62,7 +62,7 @@ pub(crate) async fn prepared_everywhere(app: &TestApp) -> Vec<String> {
             .await
             .expect("pg_prepared_xacts reads")
         {
-            all.push(prepared.gid);
+            all.push(prepared.gid.to_string());
         }
     }
     all
@@ -310,7 +310,7 @@ async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_
         "nothing left prepared"
     );
     assert!(
-        orders_activities::lookup::find_order(&app.shards, order_id)
+        orders_activities::read::find_order(&app.shards, order_id)
             .await
             .unwrap()
             .is_none(),

@@ -404,7 +404,7 @@ impl TestApp {
     /// Starts PlaceOrder with `input` and returns its workflow id.
     pub(crate) async fn start_order(&self, input: serde_json::Value) -> String {
         let workflow_id = format!("order-{}", uuid::Uuid::new_v4());
-        client::start_order(&self.client, &self.task_queue, &workflow_id, input)
+        client::start_order_raw(&self.client, &self.task_queue, &workflow_id, input)
             .await
             .expect("PlaceOrder starts");
         workflow_id

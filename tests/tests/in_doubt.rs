@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use orders_activities::store::two_phase::{Gid, GidParts};
 use orders_activities::store::{idempotency, two_phase};
 use orders_worker::client::OrderOutcome;
 use orders_workflows::PlaceOrderWorkflow;
 use rust_decimal::Decimal;
-use sea_orm::TransactionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use temporalio_client::WorkflowTerminateOptions;
 
 use crate::consistency::{
@@ -22,9 +23,32 @@ async fn prepared_of(app: &TestApp, workflow_id: &str) -> Vec<String> {
         .await
         .into_iter()
         .filter(|gid| {
-            two_phase::parse_gid(gid).is_some_and(|parts| parts.workflow_id == workflow_id)
+            gid.parse::<Gid>()
+                .is_ok_and(|gid| gid.parts().workflow_id == workflow_id)
         })
         .collect()
+}
+
+/// The gid the workflow `workflow_id` (first run `run_id`) gives its part on `shard`.
+fn gid(workflow_id: &str, run_id: &str, shard: usize, home_shard: usize) -> Gid {
+    GidParts {
+        workflow_id: workflow_id.to_owned(),
+        run_id: run_id.to_owned(),
+        shard,
+        home_shard,
+    }
+    .gid()
+    .expect("short enough")
+}
+
+/// Leaves an empty prepared transaction under someone else's `gid` on `shard`.
+async fn prepare_foreign(app: &TestApp, shard: usize, gid: &str) {
+    app.shards
+        .get(shard)
+        .conn
+        .execute_unprepared(&format!("BEGIN; PREPARE TRANSACTION '{gid}'"))
+        .await
+        .expect("it prepares");
 }
 
 async fn terminate(app: &TestApp, workflow_id: &str) {
@@ -36,7 +60,7 @@ async fn terminate(app: &TestApp, workflow_id: &str) {
 }
 
 /// Leaves an empty prepared transaction under `gid` on `shard`.
-async fn prepare_stray(app: &TestApp, shard: usize, gid: &str) {
+async fn prepare_stray(app: &TestApp, shard: usize, gid: &Gid) {
     let shard = app.shards.get(shard);
     let txn = shard.conn.begin().await.expect("a transaction starts");
     two_phase::prepare(txn, gid).await.expect("it prepares");
@@ -182,24 +206,23 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     assert!(!prepared_of(&app, &undecided).await.is_empty());
 
     // Ours but of a run Temporal never heard of, and someone else's.
-    let orphan = two_phase::gid(
+    let orphan = gid(
         "no-such-order",
         "00000000-0000-0000-0000-000000000000",
         0,
         0,
-    )
-    .expect("short enough");
+    );
     prepare_stray(&app, 0, &orphan).await;
     let foreign = format!("foreign-{}", uuid::Uuid::new_v4().simple());
     // One Temporal no longer knows, whose home part (shard 0) committed: the decision was
     // commit, so its part on shard 1 must commit too.
     let ghost_run = "00000000-0000-0000-0000-00000000000a";
-    let ghost = two_phase::gid("ghost-order", ghost_run, 1, 0).expect("short enough");
+    let ghost = gid("ghost-order", ghost_run, 1, 0);
     prepare_stray(&app, 1, &ghost).await;
     // And one whose home part (shard 1) never committed: everything of it rolls back.
     let stray_run = "00000000-0000-0000-0000-00000000000b";
     for shard in [0, 1] {
-        let stray = two_phase::gid("stray-order", stray_run, shard, 1).expect("short enough");
+        let stray = gid("stray-order", stray_run, shard, 1);
         prepare_stray(&app, shard, &stray).await;
     }
     let home = app.shards.get(0);
@@ -210,7 +233,7 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
         .await
         .unwrap();
     txn.commit().await.unwrap();
-    prepare_stray(&app, 0, &foreign).await;
+    prepare_foreign(&app, 0, &foreign).await;
 
     // While the undecided workflow runs, its parts are its own business.
     let report = recover(&app, "300");
@@ -271,11 +294,14 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
         "only foreign ones are left: {remaining:?}"
     );
     let shard = app.shards.get(0);
-    assert!(
-        two_phase::is_prepared(&shard.conn, &foreign).await.unwrap(),
+    assert_eq!(
+        two_phase::foreign_count(&shard.conn).await.unwrap(),
+        1,
         "foreign gid untouched"
     );
-    two_phase::rollback_prepared(&shard.conn, &foreign)
+    shard
+        .conn
+        .execute_unprepared(&format!("ROLLBACK PREPARED '{foreign}'"))
         .await
         .unwrap();
     assert_audit_clean(&app);
@@ -289,8 +315,7 @@ async fn the_periodic_recovery_workflow_resolves_an_orphan_without_anyone_runnin
         ("ORDERS_RECOVERY_GRACE_SECS", "0".to_owned()),
     ];
     app.start_worker(None);
-    let orphan = two_phase::gid("gone-order", "00000000-0000-0000-0000-000000000001", 0, 0)
-        .expect("short enough");
+    let orphan = gid("gone-order", "00000000-0000-0000-0000-000000000001", 0, 0);
     prepare_stray(&app, 0, &orphan).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while two_phase::is_prepared(&app.shards.get(0).conn, &orphan)

@@ -12,7 +12,7 @@ use temporalio_client::WorkflowGetResultOptions;
 use crate::helpers::TestApp;
 
 async fn status_in_database(app: &TestApp, order_id: i64) -> OrderStatus {
-    orders_activities::lookup::find_order(&app.shards, order_id)
+    orders_activities::read::find_order(&app.shards, order_id)
         .await
         .unwrap()
         .expect("order exists")

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use orders_activities::Shards;
-use orders_activities::cross_shard::{self, ListError};
+use orders_activities::read::pages::{self, ListError};
 
 use crate::helpers::TestApp;
 
@@ -36,7 +36,7 @@ async fn page_through(shards: &Shards, limit: u64, mut between: impl AsyncFnMut(
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = cross_shard::orders_page(shards, cursor.as_deref(), limit)
+        let page = pages::orders_page(shards, cursor.as_deref(), limit)
             .await
             .expect("a page is served");
         seen.extend(page.orders.iter().map(|o| o.order.id));
@@ -109,7 +109,7 @@ async fn keyset_pages_never_skip_or_repeat_an_order_while_orders_keep_arriving()
     // The same walk by OFFSET, with orders landing between pages, shows orders twice.
     let mut offset_seen = Vec::new();
     for page in 0..(before.len() / 7) {
-        let rows = cross_shard::orders_page_at_offset(&app.shards, (page * 7) as u64, 7)
+        let rows = pages::orders_page_at_offset(&app.shards, (page * 7) as u64, 7)
             .await
             .unwrap();
         offset_seen.extend(rows.iter().map(|o| o.order.id));
@@ -127,9 +127,7 @@ async fn keyset_pages_never_skip_or_repeat_an_order_while_orders_keep_arriving()
 async fn a_page_is_newest_first_and_a_bad_cursor_or_size_is_refused() {
     let app = TestApp::spawn_without_worker().await;
     customers_with_orders(&app, 4, 3).await;
-    let page = cross_shard::orders_page(&app.shards, None, 12)
-        .await
-        .unwrap();
+    let page = pages::orders_page(&app.shards, None, 12).await.unwrap();
     let positions: Vec<_> = page.orders.iter().map(|o| o.order.position()).collect();
     let mut sorted = positions.clone();
     sorted.sort_by(|a, b| b.cmp(a));
@@ -142,11 +140,11 @@ async fn a_page_is_newest_first_and_a_bad_cursor_or_size_is_refused() {
     }));
 
     assert!(matches!(
-        cross_shard::orders_page(&app.shards, Some("bm9wZQ"), 10).await,
+        pages::orders_page(&app.shards, Some("bm9wZQ"), 10).await,
         Err(ListError::BadCursor(_))
     ));
     assert!(matches!(
-        cross_shard::orders_page(&app.shards, None, 0).await,
+        pages::orders_page(&app.shards, None, 0).await,
         Err(ListError::BadPageSize(0))
     ));
     let cli = app.cli(&["list", "--limit", "100000"]);
@@ -163,15 +161,15 @@ async fn a_customers_orders_come_from_their_shard_newest_first_by_keyset() {
     for _ in 0..5 {
         mine.push(app.insert_order(customer, ITEM).await);
     }
-    let first = cross_shard::customer_orders_page(&app.shards, customer, None, 3)
+    let first = pages::customer_orders_page(&app.shards, customer, None, 3)
         .await
         .unwrap();
     let second =
-        cross_shard::customer_orders_page(&app.shards, customer, first.next_cursor.as_deref(), 3)
+        pages::customer_orders_page(&app.shards, customer, first.next_cursor.as_deref(), 3)
             .await
             .unwrap();
     let third =
-        cross_shard::customer_orders_page(&app.shards, customer, second.next_cursor.as_deref(), 3)
+        pages::customer_orders_page(&app.shards, customer, second.next_cursor.as_deref(), 3)
             .await
             .unwrap();
     assert_eq!(
@@ -208,7 +206,7 @@ async fn with_a_shard_down_counts_name_it_and_calls_that_do_not_need_it_still_wo
     let (urls, degraded) = app.shards_with_shard_down(2).await;
 
     let started = Instant::now();
-    let counts = cross_shard::count_by_status(&degraded).await;
+    let counts = pages::count_by_status(&degraded).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "a dead shard fails fast: {:?}",
@@ -238,7 +236,7 @@ async fn with_a_shard_down_counts_name_it_and_calls_that_do_not_need_it_still_wo
     );
     assert_eq!(counts.by_status.get("pending"), Some(&on_live_shards));
 
-    let page = cross_shard::orders_page(&degraded, None, 10).await;
+    let page = pages::orders_page(&degraded, None, 10).await;
     assert!(
         matches!(&page, Err(ListError::Shard(e)) if e.shard == 2),
         "a page needs every shard and names the one missing: {page:?}"
@@ -247,7 +245,7 @@ async fn with_a_shard_down_counts_name_it_and_calls_that_do_not_need_it_still_wo
         .iter()
         .find(|&&c| app.shards.for_customer(c).index != 2)
         .unwrap();
-    let theirs = cross_shard::customer_orders_page(&degraded, *elsewhere, None, 10)
+    let theirs = pages::customer_orders_page(&degraded, *elsewhere, None, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -290,7 +288,7 @@ async fn changing_a_customer_changes_the_copies_on_their_orders() {
         "--email",
         "amazing.grace@navy.example",
     ]);
-    let page = cross_shard::customer_orders_page(&app.shards, customer, None, 10)
+    let page = pages::customer_orders_page(&app.shards, customer, None, 10)
         .await
         .unwrap();
     let listed = &page.orders[0].order;

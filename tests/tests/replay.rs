@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orders_activities::failure::{INVALID_ORDER, non_retryable};
+use orders_activities::FailureType;
 use orders_activities::{CreditInput, OrderActivities, PlacedOrder, ValidOrder};
 use orders_worker::replay::{history_files, replay_files, worker_workflows};
 use orders_workflows::saga::forward_options;
@@ -76,7 +76,8 @@ impl CreditFirstPlaceOrder {
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
-        let order = ValidOrder::from_json(&input).map_err(|e| non_retryable(INVALID_ORDER, e.0))?;
+        let order = ValidOrder::from_json(&input)
+            .map_err(|e| FailureType::InvalidOrder.failure(e.to_string()))?;
         let credit = CreditInput {
             order_id: 0,
             customer_id: order.customer_id,
@@ -84,7 +85,9 @@ impl CreditFirstPlaceOrder {
         };
         ctx.execute_activity(OrderActivities::reserve_credit, credit, forward_options())
             .await?;
-        Err(non_retryable("Unreachable", "replay stops before this".into()).into())
+        Err(FailureType::StepFailed
+            .failure("replay stops before this")
+            .into())
     }
 }
 

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use orders_activities::Shards;
-use orders_activities::cross_shard::{self, ListError};
-use orders_activities::order_cache::OrderCache;
+use orders_activities::read::OrderCache;
+use orders_activities::read::pages::{self, ListError};
 use serde::Deserialize;
 
 #[derive(Clone)]
@@ -80,7 +80,7 @@ async fn order(State(api): State<Api>, Path(id): Path<i64>) -> Response {
 }
 
 async fn orders_page(State(api): State<Api>, Query(page): Query<PageQuery>) -> Response {
-    page_response(cross_shard::orders_page(&api.shards, page.cursor.as_deref(), page.limit).await)
+    page_response(pages::orders_page(&api.shards, page.cursor.as_deref(), page.limit).await)
 }
 
 async fn customer_orders(
@@ -89,25 +89,20 @@ async fn customer_orders(
     Query(page): Query<PageQuery>,
 ) -> Response {
     page_response(
-        cross_shard::customer_orders_page(
-            &api.shards,
-            customer_id,
-            page.cursor.as_deref(),
-            page.limit,
-        )
-        .await,
+        pages::customer_orders_page(&api.shards, customer_id, page.cursor.as_deref(), page.limit)
+            .await,
     )
 }
 
 async fn counts(State(api): State<Api>) -> Response {
-    Json(cross_shard::count_by_status(&api.shards).await).into_response()
+    Json(pages::count_by_status(&api.shards).await).into_response()
 }
 
 async fn cache_stats(State(api): State<Api>) -> Response {
     Json(api.cache.stats()).into_response()
 }
 
-fn page_response(page: Result<cross_shard::OrderPage, ListError>) -> Response {
+fn page_response(page: Result<pages::OrderPage, ListError>) -> Response {
     match page {
         Ok(page) => Json(page).into_response(),
         Err(

@@ -173,27 +173,29 @@ pub async fn run(shards: &Shards, grace: Duration) -> anyhow::Result<AuditReport
     Ok(report)
 }
 
-/// Prints the report for people: one line per violation, grouped by check.
-pub fn print(report: &AuditReport) {
-    if report.violations.is_empty() {
-        println!(
-            "audit clean: {} shards, {} products, every invariant holds",
-            report.shards, report.products
-        );
-        return;
-    }
-    println!("audit found {} violation(s):", report.violations.len());
-    let mut by_check: BTreeMap<&str, Vec<&Violation>> = BTreeMap::new();
-    for violation in &report.violations {
-        by_check.entry(violation.check).or_default().push(violation);
-    }
-    for (check, violations) in by_check {
-        println!("  {check}:");
-        for v in violations {
-            match v.shard {
-                Some(shard) => println!("    shard {shard}: {}", v.detail),
-                None => println!("    {}", v.detail),
+impl std::fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.violations.is_empty() {
+            return write!(
+                f,
+                "audit clean: {} shards, {} products, every invariant holds",
+                self.shards, self.products
+            );
+        }
+        write!(f, "audit found {} violation(s):", self.violations.len())?;
+        let mut by_check: BTreeMap<&str, Vec<&Violation>> = BTreeMap::new();
+        for violation in &self.violations {
+            by_check.entry(violation.check).or_default().push(violation);
+        }
+        for (check, violations) in by_check {
+            write!(f, "\n  {check}:")?;
+            for v in violations {
+                match v.shard {
+                    Some(shard) => write!(f, "\n    shard {shard}: {}", v.detail)?,
+                    None => write!(f, "\n    {}", v.detail)?,
+                }
             }
         }
+        Ok(())
     }
 }

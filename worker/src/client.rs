@@ -1,7 +1,7 @@
 //! Client-side operations: connecting to Temporal, submitting PlaceOrder, reading results.
 
 use anyhow::Context;
-use orders_activities::PlacedOrder;
+use orders_activities::{OrderRequest, PlacedOrder};
 use orders_workflows::progress::Acceptance;
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::{
@@ -50,8 +50,19 @@ pub enum OrderOutcome {
     Other(String),
 }
 
-/// Starts PlaceOrder with `input` (the documented JSON) under `workflow_id`.
+/// Starts PlaceOrder for `request` under `workflow_id`.
 pub async fn start_order(
+    client: &Client,
+    task_queue: &str,
+    workflow_id: &str,
+    request: &OrderRequest,
+) -> anyhow::Result<()> {
+    start_order_raw(client, task_queue, workflow_id, input_of(request)?).await
+}
+
+/// Starts PlaceOrder with `input` as it is, valid or not: what a client in another language
+/// may send. The workflow validates it and fails with `InvalidOrder` if it must.
+pub async fn start_order_raw(
     client: &Client,
     task_queue: &str,
     workflow_id: &str,
@@ -75,12 +86,12 @@ pub async fn submit_order(
     client: &Client,
     task_queue: &str,
     workflow_id: &str,
-    input: serde_json::Value,
+    request: &OrderRequest,
 ) -> anyhow::Result<Acceptance> {
     client
         .execute_update_with_start_workflow(
             PlaceOrderWorkflow::run,
-            input,
+            input_of(request)?,
             PlaceOrderWorkflow::accepted,
             (),
             WorkflowUpdateWithStartOptions::new(
@@ -92,6 +103,11 @@ pub async fn submit_order(
         )
         .await
         .with_context(|| format!("failed to submit PlaceOrder {workflow_id}"))
+}
+
+/// PlaceOrder's input: the request's documented JSON.
+fn input_of(request: &OrderRequest) -> anyhow::Result<serde_json::Value> {
+    serde_json::to_value(request).context("an order request is always JSON")
 }
 
 /// Waits for PlaceOrder `workflow_id` to finish.

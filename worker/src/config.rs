@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orders_activities::Shards;
-use orders_activities::order_cache::CacheSettings;
+use orders_activities::read::CacheSettings;
 use orders_activities::shards::PoolSettings;
 use orders_workflows::in_doubt_recovery::RecoverySchedule;
 
@@ -37,8 +37,8 @@ pub struct TemporalSettings {
 /// The PostgreSQL shards and how to pool connections to them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShardSettings {
-    /// Comma-separated PostgreSQL URLs; shard i is the i-th URL. Defaults to the local
-    /// shards `orders dev` runs.
+    /// Comma-separated PostgreSQL URLs; shard i is the i-th URL. Required: `orders dev`
+    /// prints the value for its local shards.
     #[arg(long = "shards", env = "ORDERS_SHARDS", value_delimiter = ',')]
     pub urls: Vec<String>,
     /// Connections per shard pool.
@@ -61,13 +61,15 @@ pub struct ShardSettings {
 }
 
 impl ShardSettings {
-    /// The configured URLs, or the local dev shards.
-    pub fn urls(&self) -> Vec<String> {
-        if self.urls.is_empty() {
-            crate::local::dev_shard_urls()
-        } else {
-            self.urls.clone()
-        }
+    /// The configured URLs. None configured is an error that says how to configure them:
+    /// a deployment must never find itself writing to shards it was not pointed at.
+    pub fn urls(&self) -> anyhow::Result<&[String]> {
+        anyhow::ensure!(
+            !self.urls.is_empty(),
+            "ORDERS_SHARDS is not set: set it (or --shards) to the shards' PostgreSQL URLs, comma-separated, shard i being the i-th URL; for the local shards `orders dev` runs, that is\n  export ORDERS_SHARDS={}",
+            crate::local::dev_shard_urls().join(",")
+        );
+        Ok(&self.urls)
     }
 
     /// Lazily connected pools, one per shard, routing by the newest stored shard map.
@@ -83,7 +85,7 @@ impl ShardSettings {
     /// Lazily connected pools routing by the initial map, for commands that must work before
     /// any map is stored (migrations) or while shards are down (the shard report).
     pub async fn connect_without_map(&self) -> anyhow::Result<Shards> {
-        Ok(Shards::connect_lazy(&self.urls(), self.pool()).await?)
+        Ok(Shards::connect_lazy(self.urls()?, self.pool()).await?)
     }
 
     /// How often the worker re-reads the shard map.

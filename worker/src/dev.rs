@@ -7,13 +7,12 @@
 
 use anyhow::Context;
 use rust_decimal::Decimal;
-use serde_json::json;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use orders_activities::Shards;
 use orders_activities::shards::PoolSettings;
 use orders_activities::store::customers::{self, NewCustomer};
+use orders_activities::{Consistency, OrderRequest, Shards};
 
 use crate::client::{self, OrderOutcome};
 use crate::config::TemporalSettings;
@@ -193,50 +192,62 @@ async fn seed_products(shards: &Shards) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's orders: (what it shows, customer, items as PRODUCT:QUANTITY:PRICE, mode).
+const SAMPLE_ORDERS: [(&str, i64, &[&str], Consistency); 5] = [
+    ("Ada buys two books", 1, &["7:2:19.99"], Consistency::Saga),
+    (
+        "Grace buys a keyboard and cables",
+        2,
+        &["11:1:129.00", "12:3:9.50"],
+        Consistency::Saga,
+    ),
+    (
+        "Alan exceeds his 50.00 credit",
+        3,
+        &["21:1:80.00"],
+        Consistency::Saga,
+    ),
+    (
+        "Grace buys a book and a lamp with two-phase commit",
+        2,
+        &["7:1:19.99", "21:1:24.00"],
+        Consistency::TwoPhase,
+    ),
+    (
+        "Katherine wants 10 keyboards, 5 are in stock (two-phase: nothing is written)",
+        4,
+        &["11:10:129.00"],
+        Consistency::TwoPhase,
+    ),
+];
+
 async fn place_sample_orders(
     client: &temporalio_client::Client,
     task_queue: &str,
 ) -> anyhow::Result<()> {
-    let samples = [
-        (
-            "Ada buys two books",
-            json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}], "notes": "gift wrap"}),
-        ),
-        (
-            "Grace buys a keyboard and cables",
-            json!({"customer_id": 2, "items": [{"product_id": 11, "quantity": 1, "unit_price": "129.00"}, {"product_id": 12, "quantity": 3, "unit_price": "9.50"}]}),
-        ),
-        (
-            "Alan exceeds his 50.00 credit",
-            json!({"customer_id": 3, "items": [{"product_id": 21, "quantity": 1, "unit_price": "80.00"}]}),
-        ),
-        (
-            "Grace buys a book and a lamp with two-phase commit",
-            json!({"customer_id": 2, "items": [{"product_id": 7, "quantity": 1, "unit_price": "19.99"}, {"product_id": 21, "quantity": 1, "unit_price": "24.00"}], "consistency": "two_phase"}),
-        ),
-        (
-            "Katherine wants 10 keyboards, 5 are in stock (two-phase: nothing is written)",
-            json!({"customer_id": 4, "items": [{"product_id": 11, "quantity": 10, "unit_price": "129.00"}], "consistency": "two_phase"}),
-        ),
-    ];
     eprintln!("▶ placing sample orders");
     let run = uuid::Uuid::new_v4().simple().to_string();
-    for (i, (label, input)) in samples.into_iter().enumerate() {
+    for (i, (label, customer_id, items, consistency)) in SAMPLE_ORDERS.into_iter().enumerate() {
         let workflow_id = format!("demo-{}-{i}", &run[..8]);
-        let undone = if input["consistency"] == "two_phase" {
-            "rolled back"
-        } else {
-            "compensated"
+        let request = OrderRequest {
+            customer_id,
+            items: items
+                .iter()
+                .map(|item| item.parse())
+                .collect::<Result<_, _>>()?,
+            notes: (i == 0).then(|| "gift wrap".to_owned()),
+            consistency,
         };
-        client::start_order(client, task_queue, &workflow_id, input).await?;
+        let undone = match consistency {
+            Consistency::Saga => "compensated",
+            Consistency::TwoPhase => "rolled back",
+        };
+        client::start_order(client, task_queue, &workflow_id, &request).await?;
         let outcome = client::order_outcome(client, &workflow_id).await?;
         let summary = match outcome {
             OrderOutcome::Placed(p) => format!(
                 "confirmed ({}): order {} on shard {}, total {}",
-                p.consistency.as_str(),
-                p.order_id,
-                p.shard,
-                p.total_amount
+                p.consistency, p.order_id, p.shard, p.total_amount
             ),
             OrderOutcome::Failed {
                 failure_type,
@@ -271,6 +282,10 @@ fn print_where_to_look(
     for (i, url) in urls.iter().enumerate() {
         eprintln!("  shard {i}         : {url}");
     }
+    eprintln!(
+        "  other terminals : export ORDERS_SHARDS={}",
+        urls.join(",")
+    );
     if let Some(addr) = serving.metrics_addr {
         eprintln!("  metrics         : http://{addr}/metrics");
     }

@@ -6,7 +6,8 @@ use orders_activities::Shards;
 use orders_activities::shards::Shard;
 use orders_activities::store::listing;
 use orders_activities::store::orders::FIND_WITH_ITEMS;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+use orders_activities::store::plans;
+use sea_orm::{DbErr, Value};
 use serde::Serialize;
 
 /// Rows a listing page asks for.
@@ -37,27 +38,41 @@ pub struct ShardPlans {
     pub error: Option<String>,
 }
 
+/// Every shard's plans. As JSON: the list of shards.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct QueryPlans(pub Vec<ShardPlans>);
+
+impl QueryPlans {
+    /// The first shard that could not be explained, and why.
+    pub fn first_error(&self) -> Option<&str> {
+        self.0.iter().find_map(|p| p.error.as_deref())
+    }
+}
+
 /// Explains every hot query on every shard, concurrently.
-pub async fn explain_all(shards: &Shards) -> Vec<ShardPlans> {
-    join_all(shards.iter().map(|shard| async move {
-        match explain_shard(shard).await {
-            Ok(plans) => ShardPlans {
-                shard: shard.index,
-                plans,
-                error: None,
-            },
-            Err(e) => ShardPlans {
-                shard: shard.index,
-                plans: Vec::new(),
-                error: Some(shard.error(e).to_string()),
-            },
-        }
-    }))
-    .await
+pub async fn explain_all(shards: &Shards) -> QueryPlans {
+    QueryPlans(
+        join_all(shards.iter().map(|shard| async move {
+            match explain_shard(shard).await {
+                Ok(plans) => ShardPlans {
+                    shard: shard.index,
+                    plans,
+                    error: None,
+                },
+                Err(e) => ShardPlans {
+                    shard: shard.index,
+                    plans: Vec::new(),
+                    error: Some(shard.error(e).to_string()),
+                },
+            }
+        }))
+        .await,
+    )
 }
 
 async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
-    let Some(sample) = Sample::take(&shard.conn).await? else {
+    let Some(sample) = plans::sample(&shard.conn, SAMPLE_DEPTH).await? else {
         return Err(DbErr::Custom(
             "no orders to sample parameters from; place or load some orders first".into(),
         ));
@@ -111,7 +126,7 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
     ];
     let mut plans = Vec::with_capacity(queries.len());
     for (query, lookup, sql, values) in queries {
-        let plan = explain(&shard.conn, sql, values).await?;
+        let plan = plans::explain_analyze(&shard.conn, sql, values).await?;
         let (seq_scans, indexes) = scans_in(&plan);
         plans.push(QueryPlan {
             query,
@@ -122,26 +137,6 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
         });
     }
     Ok(plans)
-}
-
-/// Runs EXPLAIN (ANALYZE, BUFFERS) of `sql` with its parameters bound.
-async fn explain(
-    conn: &impl ConnectionTrait,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<String, DbErr> {
-    let rows = conn
-        .query_all_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"),
-            values,
-        ))
-        .await?;
-    let lines = rows
-        .iter()
-        .map(|row| row.try_get::<String>("", "QUERY PLAN"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(lines.join("\n"))
 }
 
 /// The tables a text plan reads by sequential scan, and the indexes it uses.
@@ -166,53 +161,26 @@ fn scans_in(plan: &str) -> (Vec<String>, Vec<String>) {
     (seq_scans, indexes)
 }
 
-/// Parameters taken from the shard's data: an order some way down the newest-first order,
-/// and its customer.
-struct Sample {
-    order_id: i64,
-    customer_id: i64,
-    created_at: chrono::DateTime<chrono::FixedOffset>,
-}
-
-impl Sample {
-    async fn take(conn: &impl ConnectionTrait) -> Result<Option<Self>, DbErr> {
-        let row = conn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT id, customer_id, created_at FROM orders
-                 ORDER BY created_at DESC, id DESC
-                 OFFSET LEAST($1, (SELECT count(*) FROM orders) / 2) LIMIT 1",
-                [SAMPLE_DEPTH.into()],
-            ))
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(Self {
-            order_id: row.try_get("", "id")?,
-            customer_id: row.try_get("", "customer_id")?,
-            created_at: row.try_get("", "created_at")?,
-        }))
-    }
-}
-
-/// Prints every plan, shard by shard.
-pub fn print(all: &[ShardPlans]) {
-    for shard in all {
-        println!("══ shard {} ══", shard.shard);
-        if let Some(error) = &shard.error {
-            println!("  cannot explain: {error}");
-            continue;
-        }
-        for plan in &shard.plans {
-            let verdict = match (plan.lookup, plan.seq_scans.is_empty()) {
-                (true, true) => format!("indexes: {}", plan.indexes.join(", ")),
-                (true, false) => format!("SEQUENTIAL SCAN of {}", plan.seq_scans.join(", ")),
-                (false, _) => "aggregate over the table".to_owned(),
-            };
-            println!("── {} ({verdict})", plan.query);
-            for line in plan.plan.lines() {
-                println!("   {line}");
+impl std::fmt::Display for QueryPlans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut lines = Vec::new();
+        for shard in &self.0 {
+            lines.push(format!("══ shard {} ══", shard.shard));
+            if let Some(error) = &shard.error {
+                lines.push(format!("  cannot explain: {error}"));
+                continue;
+            }
+            for plan in &shard.plans {
+                let verdict = match (plan.lookup, plan.seq_scans.is_empty()) {
+                    (true, true) => format!("indexes: {}", plan.indexes.join(", ")),
+                    (true, false) => format!("SEQUENTIAL SCAN of {}", plan.seq_scans.join(", ")),
+                    (false, _) => "aggregate over the table".to_owned(),
+                };
+                lines.push(format!("── {} ({verdict})", plan.query));
+                lines.extend(plan.plan.lines().map(|line| format!("   {line}")));
             }
         }
+        f.write_str(&lines.join("\n"))
     }
 }
 

@@ -102,31 +102,3 @@ pub fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
         p.rejected
     )
 }
-
-/// Prints the final report: totals, per-shard counts, and every rejected line listed.
-pub fn print_report(report: &ImportReport) {
-    let p = &report.progress;
-    println!(
-        "imported {} orders from {} lines of {}; {} already present; {} rejected",
-        p.imported_total(),
-        p.lines_done,
-        p.path,
-        p.already_present,
-        p.rejected
-    );
-    for (shard, n) in &p.imported {
-        println!("  shard {shard}: {n} orders");
-    }
-    for r in &report.rejected_lines {
-        println!("  line {}: {}", r.line, r.reason);
-    }
-    let unlisted = p
-        .rejected
-        .saturating_sub(report.rejected_lines.len() as u64);
-    if unlisted > 0 {
-        println!(
-            "  … and {unlisted} more rejected lines (only the first {} are listed)",
-            report.rejected_lines.len()
-        );
-    }
-}

@@ -1,9 +1,13 @@
 //! The `orders` binary's library: configuration, local services, migrations across shards,
 //! the Temporal worker and the client-side commands. `main.rs` only parses the command line
-//! and calls into here; the integration tests use the same functions.
+//! and calls [`cli::run`]; the integration tests use the same functions.
+//!
+//! Start at [`cli`] (every command and what it returns), [`worker`] (what `orders worker`
+//! runs), [`client`] (how a client starts and follows orders) and [`config`] (every setting).
 
 pub mod api;
 pub mod audit;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod customers;

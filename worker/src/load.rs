@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use orders_activities::Shards;
 use orders_activities::store::customers::NewCustomer;
+use orders_activities::{Consistency, OrderRequest, RequestedItem, Shards};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use temporalio_client::Client;
@@ -27,8 +27,7 @@ use crate::{customers, products};
 pub struct LoadPlan {
     pub orders: u64,
     pub concurrency: usize,
-    /// `saga` or `two_phase`.
-    pub consistency: String,
+    pub consistency: Consistency,
     pub customers: usize,
     pub products: usize,
     /// Stock each pool product starts with.
@@ -52,7 +51,7 @@ pub struct LoadedOrder {
 /// The summary `orders load` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
-    pub consistency: String,
+    pub consistency: Consistency,
     pub orders: u64,
     pub placed: u64,
     pub failures: BTreeMap<String, u64>,
@@ -110,27 +109,32 @@ async fn make_pool(shards: &Shards, plan: &LoadPlan) -> anyhow::Result<(Vec<i64>
     Ok((customer_ids, product_ids))
 }
 
-/// PlaceOrder's input for the `n`th order: 1–3 lines of 1–3 units at 1.00–99.99.
-fn order_input(
+/// The next order: 1–3 lines of 1–3 units at 1.00–99.99.
+fn order_request(
     rng: &mut Rng,
     plan: &LoadPlan,
     customers: &[i64],
     products: &[i64],
-) -> serde_json::Value {
-    let customer = customers[rng.below(customers.len() as u64) as usize];
+) -> OrderRequest {
+    let customer_id = customers[rng.below(customers.len() as u64) as usize];
     let lines = 1 + rng.below(3);
-    let items: Vec<serde_json::Value> = (0..lines)
+    let items = (0..lines)
         .map(|_| {
-            let product = products[rng.below(products.len() as u64) as usize];
+            let product_id = products[rng.below(products.len() as u64) as usize];
             let cents = 100 + rng.below(9_900) as i64;
-            serde_json::json!({
-                "product_id": product,
-                "quantity": 1 + rng.below(3),
-                "unit_price": Decimal::new(cents, 2).to_string(),
-            })
+            RequestedItem {
+                product_id,
+                quantity: 1 + rng.below(3) as i64,
+                unit_price: Decimal::new(cents, 2).into(),
+            }
         })
         .collect();
-    serde_json::json!({"customer_id": customer, "items": items, "consistency": plan.consistency})
+    OrderRequest {
+        customer_id,
+        items,
+        notes: None,
+        consistency: plan.consistency,
+    }
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -159,19 +163,19 @@ pub async fn run(
         .await
         .context("cannot create the load's customers and products")?;
     let mut rng = Rng(plan.seed | 1);
-    let inputs: Vec<(String, serde_json::Value)> = (0..plan.orders)
+    let requests: Vec<(String, OrderRequest)> = (0..plan.orders)
         .map(|n| {
             (
                 format!("load-{}-{n}", plan.run_id),
-                order_input(&mut rng, plan, &customer_ids, &product_ids),
+                order_request(&mut rng, plan, &customer_ids, &product_ids),
             )
         })
         .collect();
     let started = Instant::now();
-    let mut results = futures::stream::iter(inputs)
-        .map(|(workflow_id, input)| async move {
+    let mut results = futures::stream::iter(requests)
+        .map(|(workflow_id, request)| async move {
             let begun = Instant::now();
-            client::start_order(client, task_queue, &workflow_id, input).await?;
+            client::start_order(client, task_queue, &workflow_id, &request).await?;
             let outcome = client::order_outcome(client, &workflow_id).await?;
             Ok::<_, anyhow::Error>(loaded(workflow_id, &outcome, begun.elapsed()))
         })
@@ -240,7 +244,7 @@ fn summarise(
     let mut latencies: Vec<f64> = results.iter().map(|o| o.latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
     LoadReport {
-        consistency: plan.consistency.clone(),
+        consistency: plan.consistency,
         orders: results.len() as u64,
         placed: results.iter().filter(|o| o.outcome == "placed").count() as u64,
         failures,
@@ -255,27 +259,26 @@ fn summarise(
     }
 }
 
-/// Prints the summary for people.
-pub fn print(report: &LoadReport) {
-    println!(
-        "{} orders ({}): {} placed in {:.1} s = {:.1} orders/s",
-        report.orders,
-        report.consistency,
-        report.placed,
-        report.elapsed_secs,
-        report.orders_per_sec
-    );
-    println!(
-        "latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
-        report.p50_ms, report.p95_ms, report.p99_ms
-    );
-    if report.failures.is_empty() {
-        println!("no failures");
-    } else {
-        println!("failures by reason:");
-        for (reason, count) in &report.failures {
-            println!("  {reason}: {count}");
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} orders ({}): {} placed in {:.1} s = {:.1} orders/s",
+            self.orders, self.consistency, self.placed, self.elapsed_secs, self.orders_per_sec
+        )?;
+        writeln!(
+            f,
+            "latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
+            self.p50_ms, self.p95_ms, self.p99_ms
+        )?;
+        if self.failures.is_empty() {
+            return write!(f, "no failures");
         }
+        write!(f, "failures by reason:")?;
+        for (reason, count) in &self.failures {
+            write!(f, "\n  {reason}: {count}")?;
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,6 @@ use anyhow::{Context, ensure};
 use futures::future::try_join_all;
 use orders_activities::Shards;
 use orders_activities::store::inventory::{self, Stock};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// Sets product `id`'s stock on hand (creating the product), on the shard owning `id`.
 pub async fn add(
@@ -38,20 +37,9 @@ pub async fn get(shards: &Shards, id: i64) -> anyhow::Result<Option<Stock>> {
 /// The lowest product id above every stocked one: where new products can start.
 pub async fn next_free_id(shards: &Shards) -> anyhow::Result<i64> {
     let highest = try_join_all(shards.iter().map(|shard| async move {
-        let row = shard
-            .conn
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT COALESCE(max(product_id), 0) AS highest FROM inventory",
-            ))
+        inventory::highest_product_id(&shard.conn)
             .await
-            .map_err(|e| shard.error(e))?;
-        let highest: i64 = row
-            .map(|r| r.try_get("", "highest"))
-            .transpose()
-            .map_err(|e| shard.error(e))?
-            .unwrap_or(0);
-        Ok::<_, orders_activities::ShardError>(highest)
+            .map_err(|e| shard.error(e))
     }))
     .await?;
     Ok(highest.into_iter().max().unwrap_or(0) + 1)

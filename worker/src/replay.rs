@@ -18,7 +18,7 @@ use temporalio_sdk::workflow_replayer::{
 };
 
 /// The result of replaying one history file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Replayed {
     pub path: PathBuf,
     /// `None` when the code is compatible with the history.
@@ -26,7 +26,7 @@ pub struct Replayed {
 }
 
 /// Why a history no longer replays.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplayFailure {
     pub nondeterministic: bool,
     /// The first event the code contradicts: its id and type, when it could be located.

@@ -1,11 +1,13 @@
 //! `orders shards`: the state of every shard at a glance, and what growing would move.
 
+use std::fmt;
+
 use futures::future::join_all;
 use orders_activities::Shards;
 use orders_activities::shard_map::ShardMap;
 use orders_activities::shards::Shard;
-use orders_activities::store::{customers, orders};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use orders_activities::store::{connections, customers, orders};
+use sea_orm::DbErr;
 use serde::Serialize;
 
 use crate::migrate;
@@ -33,10 +35,26 @@ pub struct ShardReport {
     pub connections_active: Option<i64>,
 }
 
+/// Every shard's report, under the shard map in use. As JSON: the list of shards.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct ShardsReport {
+    pub shards: Vec<ShardReport>,
+    #[serde(skip)]
+    pub map_version: i32,
+}
+
+impl ShardsReport {
+    /// Whether some shard could not be read.
+    pub fn unreachable(&self) -> impl Iterator<Item = &ShardReport> {
+        self.shards.iter().filter(|r| !r.reachable)
+    }
+}
+
 /// The report of every shard, read concurrently; a shard that is down is reported as such.
-pub async fn report(shards: &Shards, pool_size: u32) -> Vec<ShardReport> {
+pub async fn report(shards: &Shards, pool_size: u32) -> ShardsReport {
     let map = shards.map();
-    join_all(shards.iter().map(|shard| {
+    let reports = join_all(shards.iter().map(|shard| {
         let buckets = map.buckets_of(shard.index).len();
         async move {
             let mut report = ShardReport {
@@ -58,22 +76,18 @@ pub async fn report(shards: &Shards, pool_size: u32) -> Vec<ShardReport> {
             report
         }
     }))
-    .await
+    .await;
+    ShardsReport {
+        shards: reports,
+        map_version: map.version(),
+    }
 }
 
 async fn fill(shard: &Shard, report: &mut ShardReport) -> Result<(), DbErr> {
-    let row = shard
-        .conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT count(*) AS open, count(*) FILTER (WHERE state = 'active') AS active
-             FROM pg_stat_activity WHERE datname = current_database()",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("pg_stat_activity returned no row".into()))?;
+    let connections = connections::count(&shard.conn).await?;
     report.reachable = true;
-    report.connections_open = Some(row.try_get("", "open")?);
-    report.connections_active = Some(row.try_get("", "active")?);
+    report.connections_open = Some(connections.open);
+    report.connections_active = Some(connections.active);
     report.migration = migrate::newest_applied(&shard.conn).await?;
     if report.migration.is_none() {
         return Ok(());
@@ -124,69 +138,74 @@ pub fn growth_plan(current: &ShardMap, shard_count: usize) -> anyhow::Result<Gro
     })
 }
 
-/// Prints one line per shard.
-pub fn print_reports(map_version: i32, reports: &[ShardReport]) {
-    println!("shard map v{map_version}");
-    println!(
-        "{:<5} {:<44} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
-        "shard", "url", "state", "migration", "buckets", "orders", "customers", "conns"
-    );
-    let or_dash = |n: Option<String>| n.unwrap_or_else(|| "-".into());
-    for r in reports {
-        println!(
+impl fmt::Display for ShardsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "shard map v{}", self.map_version)?;
+        writeln!(
+            f,
             "{:<5} {:<44} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
-            r.shard,
-            r.url,
-            if r.reachable { "up" } else { "UNREACHABLE" },
-            r.migration.as_deref().unwrap_or("-"),
-            r.buckets,
-            or_dash(r.orders.map(|n| n.to_string())),
-            or_dash(r.customers.map(|n| n.to_string())),
-            or_dash(
-                r.connections_open
-                    .zip(r.connections_active)
-                    .map(|(open, active)| format!("{active}/{open}"))
-            ),
-        );
-        if let Some(error) = &r.error {
-            println!("      {error}");
+            "shard", "url", "state", "migration", "buckets", "orders", "customers", "conns"
+        )?;
+        let or_dash = |n: Option<String>| n.unwrap_or_else(|| "-".into());
+        for r in &self.shards {
+            writeln!(
+                f,
+                "{:<5} {:<44} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
+                r.shard,
+                r.url,
+                if r.reachable { "up" } else { "UNREACHABLE" },
+                r.migration.as_deref().unwrap_or("-"),
+                r.buckets,
+                or_dash(r.orders.map(|n| n.to_string())),
+                or_dash(r.customers.map(|n| n.to_string())),
+                or_dash(
+                    r.connections_open
+                        .zip(r.connections_active)
+                        .map(|(open, active)| format!("{active}/{open}"))
+                ),
+            )?;
+            if let Some(error) = &r.error {
+                writeln!(f, "      {error}")?;
+            }
         }
+        write!(
+            f,
+            "conns = active/open connections to the shard's database from every client; this command's pool holds at most {} per shard",
+            self.shards.first().map_or(0, |r| r.pool_size)
+        )
     }
-    println!(
-        "conns = active/open connections to the shard's database from every client; this command's pool holds at most {} per shard",
-        reports.first().map_or(0, |r| r.pool_size)
-    );
 }
 
-/// Prints a growth plan: how much moves, and where.
-pub fn print_plan(plan: &GrowthPlan) {
-    println!(
-        "growing shard map v{} ({} shards) to v{} ({} shards) moves {} of {} buckets ({:.1}%); the modulo scheme would move {:.1}% of customers",
-        plan.from_version,
-        plan.from_shards,
-        plan.to_version,
-        plan.to_shards,
-        plan.buckets_moved,
-        orders_activities::routing::BUCKETS,
-        plan.fraction_moved * 100.0,
-        (1.0 - 1.0 / plan.to_shards as f64) * 100.0,
-    );
-    for (from, to) in plan
-        .moves
-        .iter()
-        .map(|&(_, from, to)| (from, to))
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let buckets: Vec<String> = plan
-            .moves
-            .iter()
-            .filter(|m| m.1 == from && m.2 == to)
-            .map(|m| m.0.to_string())
-            .collect();
-        println!(
-            "  shard {from} → shard {to}: {} buckets ({})",
-            buckets.len(),
-            buckets.join(" ")
-        );
+impl fmt::Display for GrowthPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "growing shard map v{} ({} shards) to v{} ({} shards) moves {} of {} buckets ({:.1}%); the modulo scheme would move {:.1}% of customers",
+            self.from_version,
+            self.from_shards,
+            self.to_version,
+            self.to_shards,
+            self.buckets_moved,
+            orders_activities::routing::BUCKETS,
+            self.fraction_moved * 100.0,
+            (1.0 - 1.0 / self.to_shards as f64) * 100.0,
+        )?;
+        let routes: std::collections::BTreeSet<(usize, usize)> =
+            self.moves.iter().map(|&(_, from, to)| (from, to)).collect();
+        for (from, to) in routes {
+            let buckets: Vec<String> = self
+                .moves
+                .iter()
+                .filter(|m| m.1 == from && m.2 == to)
+                .map(|m| m.0.to_string())
+                .collect();
+            write!(
+                f,
+                "\n  shard {from} → shard {to}: {} buckets ({})",
+                buckets.len(),
+                buckets.join(" ")
+            )?;
+        }
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use orders_activities::import::ImportActivities;
 use orders_activities::metrics::OrderMetrics;
-use orders_activities::order_cache::{CacheSettings, OrderCache};
+use orders_activities::read::{CacheSettings, OrderCache};
 use orders_activities::recovery::RecoveryActivities;
 use orders_activities::stock::StockActivities;
 use orders_activities::two_phase::TwoPhaseActivities;

@@ -4,7 +4,7 @@
 //! Clients should not have to dig through that wrapper, so the workflow fails with a fresh
 //! non-retryable application failure carrying the same type (`PaymentDeclined`, …) and message.
 
-use orders_activities::failure::non_retryable;
+use orders_activities::FailureType;
 use temporalio_common::error::IncomingError;
 use temporalio_sdk::{ActivityExecutionError, ApplicationFailure};
 
@@ -31,11 +31,15 @@ pub fn rejection(err: &ActivityExecutionError) -> Option<Rejected> {
     }
 }
 
-/// The failure PlaceOrder ends with after `err` stopped it (and compensations succeeded).
+/// The failure PlaceOrder ends with after `err` stopped it (and compensations succeeded):
+/// the activity's own failure type, or `StepFailed` when it was not a rejection of ours.
 pub fn workflow_failure(err: &ActivityExecutionError) -> ApplicationFailure {
-    match rejection(err) {
-        Some(r) => non_retryable(&r.failure_type, r.message),
-        None => non_retryable("StepFailed", describe(err)),
+    let Some(r) = rejection(err) else {
+        return FailureType::StepFailed.failure(describe(err));
+    };
+    match FailureType::from_wire(&r.failure_type) {
+        Some(failure_type) => failure_type.failure(r.message),
+        None => FailureType::StepFailed.failure(format!("{}: {}", r.failure_type, r.message)),
     }
 }
 

@@ -80,6 +80,37 @@ pub struct ImportReport {
     pub rejected_lines: Vec<RejectedLine>,
 }
 
+/// For people: totals, per-shard counts, and every rejected line listed.
+impl std::fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.progress;
+        write!(
+            f,
+            "imported {} orders from {} lines of {}; {} already present; {} rejected",
+            p.imported_total(),
+            p.lines_done,
+            p.path,
+            p.already_present,
+            p.rejected
+        )?;
+        for (shard, n) in &p.imported {
+            write!(f, "\n  shard {shard}: {n} orders")?;
+        }
+        for r in &self.rejected_lines {
+            write!(f, "\n  line {}: {}", r.line, r.reason)?;
+        }
+        let unlisted = p.rejected.saturating_sub(self.rejected_lines.len() as u64);
+        if unlisted > 0 {
+            write!(
+                f,
+                "\n  … and {unlisted} more rejected lines (only the first {} are listed)",
+                self.rejected_lines.len()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[workflow]
 #[derive(Default)]
 pub struct ImportOrdersWorkflow {

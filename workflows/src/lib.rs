@@ -12,7 +12,6 @@ pub mod place_order;
 pub mod progress;
 pub mod saga;
 pub mod search_attributes;
-pub mod two_phase;
 
 pub use import_orders::ImportOrdersWorkflow;
 pub use in_doubt_recovery::InDoubtRecoveryWorkflow;

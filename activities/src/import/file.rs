@@ -7,7 +7,11 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::RejectedLine;
+use crate::failure::FailureType;
 use crate::order_input::ValidOrder;
+
+/// The failure type every rejected line of a file carries.
+const INVALID: FailureType = FailureType::InvalidOrder;
 
 /// The longest line accepted; longer lines are rejected without being held in memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -68,7 +72,7 @@ pub fn read_segment(
             segment.rejected.push(RejectedLine {
                 line,
                 order_ref: None,
-                reason: format!("InvalidOrder: line is longer than {MAX_LINE_BYTES} bytes"),
+                reason: format!("{INVALID}: line is longer than {MAX_LINE_BYTES} bytes"),
             });
             continue;
         }
@@ -122,13 +126,13 @@ pub fn parse_line(
         _ => bytes,
     };
     let text = std::str::from_utf8(bytes)
-        .map_err(|_| reject(None, "InvalidOrder: line is not UTF-8".into()))?
+        .map_err(|_| reject(None, format!("{INVALID}: line is not UTF-8")))?
         .trim();
     if text.is_empty() {
         return Ok(None);
     }
     let mut value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| reject(None, format!("InvalidOrder: malformed JSON: {e}")))?;
+        .map_err(|e| reject(None, format!("{INVALID}: malformed JSON: {e}")))?;
     let order_ref = match value.as_object_mut().and_then(|o| o.remove("order_ref")) {
         None => derived_ref(file_digest, line),
         Some(serde_json::Value::String(r)) if !r.is_empty() && r.len() <= MAX_ORDER_REF => r,
@@ -136,7 +140,7 @@ pub fn parse_line(
             return Err(reject(
                 None,
                 format!(
-                    "InvalidOrder: order_ref must be a string of 1 to {MAX_ORDER_REF} bytes, got {other}"
+                    "{INVALID}: order_ref must be a string of 1 to {MAX_ORDER_REF} bytes, got {other}"
                 ),
             ));
         }
@@ -147,10 +151,7 @@ pub fn parse_line(
             order_ref,
             order,
         })),
-        Err(invalid) => Err(reject(
-            Some(order_ref),
-            format!("InvalidOrder: {}", invalid.0),
-        )),
+        Err(invalid) => Err(reject(Some(order_ref), format!("{INVALID}: {invalid}"))),
     }
 }
 

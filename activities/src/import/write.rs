@@ -16,6 +16,7 @@ use sea_orm::sqlx::{self, PgConnection, PgPool, Row};
 use super::RejectedLine;
 use super::file::ImportLine;
 use crate::copy_text::CopyText;
+use crate::failure::FailureType;
 use crate::routing::{bucket_of, tagged_id};
 use crate::store::batch::{self, copy_in};
 
@@ -116,7 +117,8 @@ async fn write_chunk(
                 outcome.rejected.push(RejectedLine {
                     line: line.line,
                     reason: format!(
-                        "UnknownCustomer: no customer {} on the shard that owns it",
+                        "{}: no customer {} on the shard that owns it",
+                        FailureType::UnknownCustomer,
                         line.order.customer_id
                     ),
                     order_ref: Some(line.order_ref),
@@ -150,8 +152,10 @@ fn used_again(line: &ImportLine, first: u64) -> RejectedLine {
         line: line.line,
         order_ref: Some(line.order_ref.clone()),
         reason: format!(
-            "InvalidOrder: order_ref {:?} is used again for customer {} (first on line {first})",
-            line.order_ref, line.order.customer_id
+            "{}: order_ref {:?} is used again for customer {} (first on line {first})",
+            FailureType::InvalidOrder,
+            line.order_ref,
+            line.order.customer_id
         ),
     }
 }

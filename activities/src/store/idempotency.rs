@@ -1,13 +1,103 @@
 //! Idempotency keys: the proof, written with the effect, that a step already ran.
 //!
-//! A forward step first [`claim`]s its key inside its transaction. If the claim is new, the
-//! step does its work and [`record_result`]s before committing; if a committed row exists,
-//! the step returns the stored result and writes nothing. Two concurrent attempts serialise
-//! on the key's primary key: the second waits for the first to commit or roll back.
-//! A compensation [`mark_compensated`]s the key, so a late duplicate of the forward step
-//! sees the tombstone instead of writing again.
+//! Every forward step goes through [`run_once`]: inside its transaction it [`claim`]s its
+//! key. If the claim is new, the step's body does the work and [`record_result`]s it in the
+//! same transaction; if a committed row exists, the stored result is returned and nothing is
+//! written. Two concurrent attempts serialise on the key's primary key: the second waits for
+//! the first to commit or roll back. A compensation [`mark_compensated`]s the key, so a late
+//! duplicate of the forward step sees the tombstone instead of writing again.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::two_phase::{self, Gid};
+
+/// How a step's transaction ends once its body succeeded.
+#[derive(Debug, Clone, Copy)]
+pub enum Finish<'a> {
+    /// `COMMIT`: the effect is visible at once.
+    Commit,
+    /// `PREPARE TRANSACTION` under this gid: durable, invisible until phase two decides.
+    Prepare(&'a Gid),
+}
+
+/// What [`run_once`] found: the step's result, and whether this attempt produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Once<T> {
+    /// The body ran now, and its effect and result are committed (or prepared).
+    Ran(T),
+    /// An earlier attempt ran; this is the result it stored, and nothing was written now.
+    AlreadyRan(T),
+}
+
+impl<T> Once<T> {
+    /// The step's result, whichever attempt produced it.
+    pub fn into_result(self) -> T {
+        match self {
+            Once::Ran(result) | Once::AlreadyRan(result) => result,
+        }
+    }
+}
+
+/// A compensation undid the step before this attempt of it ran: doing it now would bring
+/// back what was undone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} was already compensated")]
+pub struct Compensated {
+    /// The step's idempotency key.
+    pub key: String,
+}
+
+/// Runs a forward step at most once per `key`, in one transaction on `conn`: claims the key;
+/// returns the stored result if an earlier attempt committed, [`Compensated`] if a
+/// compensation tombstoned it; otherwise runs `body`, stores its result under the key and
+/// ends the transaction as `finish` says. If `body` fails (a rejection or a database error)
+/// the transaction rolls back and nothing of the step remains.
+pub async fn run_once<T, E>(
+    conn: &DatabaseConnection,
+    key: &str,
+    finish: Finish<'_>,
+    body: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, E>,
+) -> Result<Once<T>, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<DbErr> + From<Compensated>,
+{
+    let txn = conn.begin().await?;
+    // Returning early drops `txn`, which rolls it back: the claim wrote nothing.
+    match claim(&txn, key).await? {
+        Claim::Done(stored) => return Ok(Once::AlreadyRan(from_json(stored)?)),
+        Claim::Compensated => {
+            return Err(Compensated {
+                key: key.to_owned(),
+            }
+            .into());
+        }
+        Claim::New => {}
+    }
+    let result = match body(&txn).await {
+        Ok(result) => result,
+        Err(e) => {
+            txn.rollback().await?;
+            return Err(e);
+        }
+    };
+    let stored = serde_json::to_value(&result).map_err(|e| DbErr::Json(e.to_string()))?;
+    record_result(&txn, key, &stored).await?;
+    match finish {
+        Finish::Commit => txn.commit().await?,
+        Finish::Prepare(gid) => two_phase::prepare(txn, gid).await?,
+    }
+    Ok(Once::Ran(result))
+}
+
+fn from_json<T: DeserializeOwned>(stored: serde_json::Value) -> Result<T, DbErr> {
+    serde_json::from_value(stored).map_err(|e| DbErr::Json(e.to_string()))
+}
 
 /// What a forward step found when it claimed its key.
 #[derive(Debug, Clone, PartialEq)]

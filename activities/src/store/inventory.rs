@@ -85,6 +85,18 @@ pub async fn find(conn: &impl ConnectionTrait, product_id: i64) -> Result<Option
     .transpose()
 }
 
+/// The highest product id this shard stocks, 0 if none.
+pub async fn highest_product_id(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COALESCE(max(product_id), 0) AS highest FROM inventory",
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("max() returned no row".into()))?;
+    row.try_get("", "highest")
+}
+
 fn stock_of(row: &sea_orm::QueryResult) -> Result<Stock, DbErr> {
     Ok(Stock {
         product_id: row.try_get("", "product_id")?,

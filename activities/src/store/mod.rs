@@ -4,11 +4,14 @@
 
 pub mod audit;
 pub mod batch;
+pub mod connections;
 pub mod credit;
 pub mod customers;
 pub mod idempotency;
 pub mod inventory;
 pub mod listing;
 pub mod orders;
+pub mod plans;
 pub mod shard_map;
+pub mod synthetic;
 pub mod two_phase;

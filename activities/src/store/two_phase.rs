@@ -9,10 +9,14 @@
 //! shard, and the order's home shard (the customer's, which commits first), so whoever finds
 //! a prepared transaction (`orders recover`, see [`crate::recovery`]) can ask that workflow
 //! what was decided, or read the outcome on the home shard. Utility statements take no
-//! parameters, so the gid is spliced into the SQL: it is built only from `[A-Za-z0-9._%:-]`
-//! (the workflow id is percent-encoded), and every statement here checks that before running.
+//! parameters, so the gid is spliced into the SQL: a [`Gid`] holds only `[A-Za-z0-9._%:-]`
+//! (the workflow id is percent-encoded), whether it was built or parsed.
+
+use std::fmt;
+use std::str::FromStr;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
+use serde::{Deserialize, Serialize};
 
 /// Every gid this project creates starts with this; others' are left alone.
 pub const GID_PREFIX: &str = "orders2pc:";
@@ -21,7 +25,7 @@ const MAX_GID_LEN: usize = 199;
 
 /// What a gid says: which workflow prepared it, for which shard, and where the order's
 /// commit record (its home part's key) lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GidParts {
     pub workflow_id: String,
     /// The first run id of the workflow's execution chain.
@@ -51,15 +55,111 @@ impl GidParts {
         }
     }
 
-    /// This part's gid, as [`gid`] builds it.
-    pub fn gid(&self) -> Result<String, GidTooLong> {
-        gid(&self.workflow_id, &self.run_id, self.shard, self.home_shard)
+    /// This part's gid.
+    pub fn gid(&self) -> Result<Gid, GidTooLong> {
+        let text = format!(
+            "{GID_PREFIX}{}:{}:{}:{}",
+            encode(&self.run_id),
+            self.shard,
+            self.home_shard,
+            encode(&self.workflow_id)
+        );
+        if text.len() > MAX_GID_LEN {
+            return Err(GidTooLong(self.workflow_id.clone()));
+        }
+        Ok(Gid {
+            text,
+            parts: self.clone(),
+        })
     }
 }
 
 /// The idempotency key of a two-phase part: `<workflow id>/<first run id>/two-phase/shard-<n>`.
 pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize) -> String {
     format!("{workflow_id}/{first_run_id}/two-phase/shard-{shard}")
+}
+
+/// The global id of one of our prepared transactions:
+/// `orders2pc:<first run id>:<shard>:<home shard>:<percent-encoded workflow id>`.
+///
+/// Prepared but undecided ⇒ roll back; decided ⇒ commit. Whoever finds one asks the workflow
+/// it names for the decision, or reads the order's commit record on the home shard (see
+/// [`crate::recovery`]). A `Gid` holds only `[A-Za-z0-9._%:-]` and at most 199 bytes, so it
+/// is safe to splice into the utility statements, which take no parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Gid {
+    text: String,
+    parts: GidParts,
+}
+
+impl Gid {
+    /// What the gid names.
+    pub fn parts(&self) -> &GidParts {
+        &self.parts
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The gid as a SQL string literal.
+    fn literal(&self) -> String {
+        format!("'{}'", self.text)
+    }
+}
+
+impl fmt::Display for Gid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<Gid> for String {
+    fn from(gid: Gid) -> Self {
+        gid.text
+    }
+}
+
+impl TryFrom<String> for Gid {
+    type Error = GidError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl FromStr for Gid {
+    type Err = GidError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let Some(rest) = text.strip_prefix(GID_PREFIX) else {
+            return Err(GidError::Foreign(text.to_owned()));
+        };
+        let malformed = || GidError::Malformed(text.to_owned());
+        let spliceable = text.len() <= MAX_GID_LEN
+            && text
+                .bytes()
+                .all(|b| is_plain(b) || matches!(b, b':' | b'%'));
+        if !spliceable {
+            return Err(malformed());
+        }
+        let mut fields = rest.splitn(4, ':');
+        let mut next = || fields.next().ok_or_else(malformed);
+        let run_id = decode(next()?).ok_or_else(malformed)?;
+        let shard = next()?.parse().map_err(|_| malformed())?;
+        let home_shard = next()?.parse().map_err(|_| malformed())?;
+        let workflow_id = decode(next()?).ok_or_else(malformed)?;
+        Ok(Gid {
+            text: text.to_owned(),
+            parts: GidParts {
+                workflow_id,
+                run_id,
+                shard,
+                home_shard,
+            },
+        })
+    }
 }
 
 /// Why a workflow id cannot name a prepared transaction.
@@ -69,38 +169,15 @@ pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize) -> String {
 )]
 pub struct GidTooLong(pub String);
 
-/// `orders2pc:<first run id>:<shard>:<home shard>:<percent-encoded workflow id>`.
-pub fn gid(
-    workflow_id: &str,
-    first_run_id: &str,
-    shard: usize,
-    home_shard: usize,
-) -> Result<String, GidTooLong> {
-    let gid = format!(
-        "{GID_PREFIX}{}:{shard}:{home_shard}:{}",
-        encode(first_run_id),
-        encode(workflow_id)
-    );
-    if gid.len() > MAX_GID_LEN {
-        return Err(GidTooLong(workflow_id.to_owned()));
-    }
-    Ok(gid)
-}
-
-/// The parts of one of our gids; `None` for a gid someone else created.
-pub fn parse_gid(gid: &str) -> Option<GidParts> {
-    let rest = gid.strip_prefix(GID_PREFIX)?;
-    let mut fields = rest.splitn(4, ':');
-    let run_id = decode(fields.next()?)?;
-    let shard = fields.next()?.parse().ok()?;
-    let home_shard = fields.next()?.parse().ok()?;
-    let workflow_id = decode(fields.next()?)?;
-    Some(GidParts {
-        workflow_id,
-        run_id,
-        shard,
-        home_shard,
-    })
+/// Why a text is not one of our gids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GidError {
+    /// Someone else's prepared transaction: never touched.
+    #[error("{0:?} is not a gid of this project (it does not start with {GID_PREFIX:?})")]
+    Foreign(String),
+    /// It has our prefix but not our layout, or characters a gid of ours never has.
+    #[error("{0:?} has the prefix {GID_PREFIX:?} but is not a gid this project made")]
+    Malformed(String),
 }
 
 fn is_plain(byte: u8) -> bool {
@@ -136,52 +213,40 @@ fn decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The gid as a SQL literal, refusing anything that could break out of the quotes.
-fn literal(gid: &str) -> Result<String, DbErr> {
-    let safe =
-        gid.len() <= MAX_GID_LEN && gid.bytes().all(|b| is_plain(b) || matches!(b, b':' | b'%'));
-    if !safe {
-        return Err(DbErr::Custom(format!(
-            "refusing unsafe transaction id {gid:?}"
-        )));
-    }
-    Ok(format!("'{gid}'"))
-}
-
 /// Ends `txn` with `PREPARE TRANSACTION`: its work is now durable but invisible, and its
 /// locks are held until [`commit_prepared`] or [`rollback_prepared`].
-pub async fn prepare(txn: DatabaseTransaction, gid: &str) -> Result<(), DbErr> {
+pub async fn prepare(txn: DatabaseTransaction, gid: &Gid) -> Result<(), DbErr> {
     // PREPARE ends the transaction block, but sea-orm still ends `txn` with a COMMIT. An
     // empty transaction opened right behind the PREPARE (same round trip) gives that COMMIT
     // something to end, instead of a "there is no transaction in progress" warning.
-    txn.execute_unprepared(&format!("PREPARE TRANSACTION {}; BEGIN", literal(gid)?))
+    txn.execute_unprepared(&format!("PREPARE TRANSACTION {}; BEGIN", gid.literal()))
         .await?;
     txn.commit().await
 }
 
 /// Whether `gid` is prepared (and so still undecided) in this database.
-pub async fn is_prepared(conn: &impl ConnectionTrait, gid: &str) -> Result<bool, DbErr> {
+pub async fn is_prepared(conn: &impl ConnectionTrait, gid: &Gid) -> Result<bool, DbErr> {
     Ok(conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT 1 AS found FROM pg_prepared_xacts
              WHERE gid = $1 AND database = current_database()",
-            [gid.into()],
+            [gid.as_str().into()],
         ))
         .await?
         .is_some())
 }
 
 /// Makes the prepared transaction's work visible. Must not run inside a transaction.
-pub async fn commit_prepared(conn: &impl ConnectionTrait, gid: &str) -> Result<(), DbErr> {
-    conn.execute_unprepared(&format!("COMMIT PREPARED {}", literal(gid)?))
+pub async fn commit_prepared(conn: &impl ConnectionTrait, gid: &Gid) -> Result<(), DbErr> {
+    conn.execute_unprepared(&format!("COMMIT PREPARED {}", gid.literal()))
         .await?;
     Ok(())
 }
 
 /// Discards the prepared transaction's work. Must not run inside a transaction.
-pub async fn rollback_prepared(conn: &impl ConnectionTrait, gid: &str) -> Result<(), DbErr> {
-    conn.execute_unprepared(&format!("ROLLBACK PREPARED {}", literal(gid)?))
+pub async fn rollback_prepared(conn: &impl ConnectionTrait, gid: &Gid) -> Result<(), DbErr> {
+    conn.execute_unprepared(&format!("ROLLBACK PREPARED {}", gid.literal()))
         .await?;
     Ok(())
 }
@@ -189,12 +254,13 @@ pub async fn rollback_prepared(conn: &impl ConnectionTrait, gid: &str) -> Result
 /// One of our transactions that is prepared and waiting for a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InDoubt {
-    pub gid: String,
+    pub gid: Gid,
     /// Seconds since it was prepared.
     pub age_secs: i64,
 }
 
-/// Our prepared transactions in this database, oldest first.
+/// Our prepared transactions in this database, oldest first. One that carries our prefix but
+/// not our layout is logged and left out: nothing here made it, so nothing here resolves it.
 pub async fn in_doubt(conn: &impl ConnectionTrait) -> Result<Vec<InDoubt>, DbErr> {
     let rows = conn
         .query_all_raw(Statement::from_sql_and_values(
@@ -206,14 +272,18 @@ pub async fn in_doubt(conn: &impl ConnectionTrait) -> Result<Vec<InDoubt>, DbErr
             [GID_PREFIX.into()],
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(InDoubt {
-                gid: row.try_get("", "gid")?,
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let text: String = row.try_get("", "gid")?;
+        match text.parse() {
+            Ok(gid) => found.push(InDoubt {
+                gid,
                 age_secs: row.try_get("", "age_secs")?,
-            })
-        })
-        .collect()
+            }),
+            Err(e) => tracing::warn!(error = %e, "prepared transaction left alone"),
+        }
+    }
+    Ok(found)
 }
 
 /// How many prepared transactions in this database are someone else's.
@@ -234,32 +304,52 @@ pub async fn foreign_count(conn: &impl ConnectionTrait) -> Result<usize, DbErr> 
 mod tests {
     use super::*;
 
+    fn parts(workflow_id: &str) -> GidParts {
+        GidParts {
+            workflow_id: workflow_id.to_owned(),
+            run_id: "0198-abc".to_owned(),
+            shard: 3,
+            home_shard: 1,
+        }
+    }
+
     #[test]
-    fn a_gid_names_its_workflow_run_and_shard_and_round_trips_any_workflow_id() {
+    fn a_gid_formats_and_parses_back_to_the_same_parts_for_any_workflow_id() {
         for workflow_id in ["order-7f3a", "odd id: 'quoted' / ü", "a%b:c"] {
-            let gid = gid(workflow_id, "0198-abc", 3, 1).expect("short enough");
-            assert!(literal(&gid).is_ok(), "{gid} is safe to splice");
-            let parts = parse_gid(&gid).expect("ours");
+            let gid = parts(workflow_id).gid().expect("short enough");
+            assert!(gid.as_str().starts_with(GID_PREFIX));
+            let parsed: Gid = gid.to_string().parse().expect("ours");
+            assert_eq!(parsed, gid);
+            assert_eq!(parsed.parts(), &parts(workflow_id));
             assert_eq!(
-                parts,
-                GidParts {
-                    workflow_id: workflow_id.to_owned(),
-                    run_id: "0198-abc".to_owned(),
-                    shard: 3,
-                    home_shard: 1,
-                }
-            );
-            assert_eq!(
-                parts.home_key(),
+                parsed.parts().home_key(),
                 format!("{workflow_id}/0198-abc/two-phase/shard-1")
             );
         }
     }
 
     #[test]
+    fn a_gid_travels_as_its_text_in_json() {
+        let gid = parts("order-1").gid().unwrap();
+        let json = serde_json::to_value(&gid).unwrap();
+        assert_eq!(json, serde_json::Value::String(gid.to_string()));
+        assert_eq!(serde_json::from_value::<Gid>(json).unwrap(), gid);
+    }
+
+    #[test]
     fn foreign_long_and_unsafe_gids_are_refused() {
-        assert_eq!(parse_gid("citus_0_123_4_5"), None);
-        assert!(gid(&"w".repeat(200), "run", 0, 0).is_err());
-        assert!(literal("orders2pc:x'; DROP TABLE orders; --").is_err());
+        assert!(matches!(
+            "citus_0_123_4_5".parse::<Gid>(),
+            Err(GidError::Foreign(_))
+        ));
+        assert!(parts(&"w".repeat(200)).gid().is_err());
+        assert!(matches!(
+            "orders2pc:x'; DROP TABLE orders; --".parse::<Gid>(),
+            Err(GidError::Malformed(_))
+        ));
+        assert!(matches!(
+            "orders2pc:run:notashard:0:wf".parse::<Gid>(),
+            Err(GidError::Malformed(_))
+        ));
     }
 }

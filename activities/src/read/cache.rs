@@ -13,7 +13,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use serde::Serialize;
 
-use crate::lookup;
+use super::lookup;
 use crate::metrics::OrderMetrics;
 use crate::shards::{ShardError, Shards};
 use crate::store::orders::OrderWithItems;

@@ -1,13 +1,18 @@
 //! `PlaceOrder`: validate, then place the order across its shards in one of two modes, chosen
 //! by the input's `consistency`:
-//! - `saga` (default): plan → create the order (pending, customer's shard) → reserve stock
-//!   (each product's shard) → reserve credit → confirm; a failure compensates in reverse.
+//! - `saga` (default): one local transaction per step, compensated in reverse on failure
+//!   ([`with_saga`]);
 //! - `two_phase`: every shard's part is prepared, then all commit or all roll back
-//!   (see [`crate::two_phase`]).
+//!   ([`two_phase`]).
 //!
-//! Input and result are plain JSON (see README, "Public contract"), so any Temporal client
-//! can start it. The input is taken as raw JSON and validated here, so malformed input fails
-//! the workflow with `InvalidOrder` instead of failing workflow tasks forever.
+//! This module holds what both modes share: the workflow's definition, its query and update,
+//! and how a stage, a failure or a cancellation is recorded. The modes are its children and
+//! only they call into it.
+//!
+//! Input and result are plain JSON (see README, "Public contract"; clients build it as an
+//! [`orders_activities::OrderRequest`]), so any Temporal client can start it. The input is
+//! taken as raw JSON and validated here, so malformed input fails the workflow with
+//! `InvalidOrder` instead of failing workflow tasks forever.
 //!
 //! The activities' idempotency key is `<workflow id>/<first run id>/<step>`: stable across
 //! worker crashes, activity retries and resets of one execution chain (a reset keeps the
@@ -17,26 +22,22 @@
 //! Progress is visible three ways: the `progress` query, the search attributes of
 //! [`crate::search_attributes`], and the history itself.
 
-use orders_activities::failure::{COMPENSATION_FAILED, INVALID_ORDER, non_retryable};
+pub mod two_phase;
+pub mod with_saga;
+
 use orders_activities::metrics::OrderMetrics;
-use orders_activities::stock::{PlanInput, StockActivities, StockInput};
-use orders_activities::{
-    Consistency, CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder, ValidOrder,
-};
+use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ActivityExecutionError, ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
+    ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
     WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
     WorkflowTermination,
 };
 
-use crate::failures::{self, workflow_failure};
 use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
-use crate::saga::{Saga, forward_options};
-use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_ID, ORDER_STATUS, SHARD};
-use crate::two_phase;
+use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS};
 
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
@@ -98,7 +99,7 @@ impl PlaceOrderWorkflow {
         let order = match ValidOrder::from_json(&input) {
             Ok(order) => order,
             Err(invalid) => {
-                let failure = non_retryable(INVALID_ORDER, invalid.0);
+                let failure = FailureType::InvalidOrder.failure(invalid.to_string());
                 return Err(fail(ctx, Stage::Failed, failure).into());
             }
         };
@@ -118,7 +119,7 @@ impl PlaceOrderWorkflow {
             ctx.info().first_execution_run_id()
         );
         let placed = match consistency {
-            Consistency::Saga => Self::place_with_saga(ctx, order, &key, with_stock).await?,
+            Consistency::Saga => with_saga::place(ctx, order, &key, with_stock).await?,
             Consistency::TwoPhase => two_phase::place(ctx, order, &key).await?,
         };
         set_stage(ctx, Stage::Confirmed);
@@ -132,130 +133,6 @@ impl PlaceOrderWorkflow {
         }
         Ok(placed)
     }
-
-    /// The saga: forward steps, and compensations in reverse if one of them fails.
-    async fn place_with_saga(
-        ctx: &mut WorkflowContext<Self>,
-        order: ValidOrder,
-        key: &str,
-        with_stock: bool,
-    ) -> WorkflowResult<PlacedOrder> {
-        let mut saga = Saga::new(ctx);
-        let err = match place(ctx, &mut saga, order, key, with_stock).await {
-            Ok(placed) => return Ok(placed),
-            Err(err) => err,
-        };
-        let cancelled = ctx.cancellation_token().is_cancelled();
-        let report = saga.compensate().await;
-        ctx.state_mut(|s| s.progress.compensations_run = report.succeeded.clone());
-        if !report.failed.is_empty() {
-            outcomes::record(ctx, OrderMetrics::compensation_failed);
-            let detail = report
-                .failed
-                .iter()
-                .map(|f| format!("{}: {}", f.activity, f.error))
-                .collect::<Vec<_>>()
-                .join("; ");
-            if !ctx.is_replaying() {
-                tracing::error!(workflow_id = ctx.workflow_id(), %detail, "compensation failed; manual repair needed");
-            }
-            let failure = non_retryable(
-                COMPENSATION_FAILED,
-                format!(
-                    "order failed ({}) and compensation did not complete: {detail}",
-                    failures::describe(&err)
-                ),
-            );
-            return Err(fail(ctx, Stage::Failed, failure).into());
-        }
-        if !report.succeeded.is_empty() {
-            outcomes::record(ctx, OrderMetrics::order_compensated);
-        }
-        if cancelled {
-            return Err(cancelled_order(ctx));
-        }
-        Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
-    }
-}
-
-/// The forward path. Each step registers its compensation before it runs.
-async fn place(
-    ctx: &WorkflowContext<PlaceOrderWorkflow>,
-    saga: &mut Saga<PlaceOrderWorkflow>,
-    order: ValidOrder,
-    key: &str,
-    with_stock: bool,
-) -> Result<PlacedOrder, ActivityExecutionError> {
-    let create_key = format!("{key}/create-order");
-    let customer_id = order.customer_id;
-    let plan = if with_stock {
-        set_step(ctx, "PlanOrder");
-        let input = PlanInput {
-            customer_id,
-            items: order.items.clone(),
-            allocate_order_id: false,
-            idempotency_key: format!("{key}/plan"),
-        };
-        let plan = ctx.execute_activity(StockActivities::plan_order, input, forward_options());
-        Some(plan.await?)
-    } else {
-        None
-    };
-    set_step(ctx, "CreateOrder");
-    let created = saga
-        .step(
-            OrderActivities::create_order,
-            CreateOrderInput {
-                idempotency_key: create_key.clone(),
-                order,
-            },
-            OrderActivities::delete_order,
-            OrderRef {
-                idempotency_key: create_key,
-                customer_id,
-            },
-        )
-        .await?;
-    ctx.state_mut(|s| {
-        s.progress.order_id = Some(created.order_id);
-        s.progress.shard = Some(created.shard);
-    });
-    ctx.upsert_search_attributes([SHARD.value_set(created.shard as i64)]);
-    set_stage(ctx, Stage::Pending);
-    if let Some(plan) = plan {
-        ctx.upsert_search_attributes([ORDER_ID.value_set(created.order_id)]);
-        for part in plan.stock {
-            set_step(ctx, "ReserveStock");
-            let input = StockInput {
-                idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
-                order_id: created.order_id,
-                part,
-            };
-            saga.step(
-                StockActivities::reserve_stock,
-                input.clone(),
-                StockActivities::release_stock,
-                input,
-            )
-            .await?;
-        }
-    }
-    let credit = CreditInput {
-        order_id: created.order_id,
-        customer_id,
-        amount: created.total_amount,
-    };
-    set_step(ctx, "ReserveCredit");
-    saga.step(
-        OrderActivities::reserve_credit,
-        credit.clone(),
-        OrderActivities::release_credit,
-        credit,
-    )
-    .await?;
-    set_step(ctx, "ConfirmOrder");
-    saga.final_step(OrderActivities::confirm_order, created)
-        .await
 }
 
 /// Starts the confirmed order's lifecycle workflow and leaves it running on its own. The

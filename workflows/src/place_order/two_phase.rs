@@ -24,13 +24,12 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use orders_activities::failure::{INVALID_ORDER, non_retryable};
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::recovery::{DECISION_MEMO, Decision};
 use orders_activities::stock::{PlanInput, StockActivities, StockLine};
-use orders_activities::store::two_phase::{GidTooLong, gid, part_key};
+use orders_activities::store::two_phase::{GidParts, GidTooLong};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
-use orders_activities::{Consistency, PlacedOrder, ValidOrder};
+use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{
@@ -38,15 +37,12 @@ use temporalio_sdk::{
     WorkflowResult,
 };
 
+use super::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
 use crate::failures::{self, workflow_failure};
 use crate::outcomes;
-use crate::place_order::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
 use crate::progress::Stage;
 use crate::saga::forward_options;
 use crate::search_attributes::{ORDER_ID, SHARD};
-
-/// Failure type of a two-phase order whose phase two could not be carried out.
-pub const TWO_PHASE_INCOMPLETE: &str = "TwoPhaseIncomplete";
 
 /// Phase two's options: retried until done (a shard that is down comes back, and its
 /// prepared transaction with it), and never cancelled.
@@ -63,7 +59,7 @@ fn resolve_options() -> ActivityOptions {
 }
 
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
-/// plan's idempotency key; each part's key is [`part_key`], which recovery rebuilds from a gid.
+/// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
 pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
@@ -91,7 +87,7 @@ pub(crate) async fn place(
     let parts = match parts(ctx, &order, order_id, plan.customer_shard, plan.stock) {
         Ok(parts) => parts,
         Err(too_long) => {
-            let failure = non_retryable(INVALID_ORDER, too_long.to_string());
+            let failure = FailureType::InvalidOrder.failure(too_long.to_string());
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
     };
@@ -138,23 +134,19 @@ pub(crate) async fn place(
             // recorded before any part is rolled back (recovery reads it).
             ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(Decision::Rollback)))])?;
             let rollback = resolve(ctx, others, || TwoPhaseActivities::rollback_part).await;
-            let failure = non_retryable(
-                TWO_PHASE_INCOMPLETE,
-                format!(
-                    "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
-                    rollback
-                        .map(|p| format!("; the rollback failed too: {p}"))
-                        .unwrap_or_default()
-                ),
-            );
+            let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+                "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
+                rollback
+                    .map(|p| format!("; the rollback failed too: {p}"))
+                    .unwrap_or_default()
+            ));
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
         let problems = resolve(ctx, others, || TwoPhaseActivities::commit_part).await;
         if let Some(problems) = problems {
-            let failure = non_retryable(
-                TWO_PHASE_INCOMPLETE,
-                format!("order {order_id}: commit was decided but not carried out: {problems}"),
-            );
+            let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+                "order {order_id}: commit was decided but not carried out: {problems}"
+            ));
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
         return Ok(PlacedOrder {
@@ -170,10 +162,9 @@ pub(crate) async fn place(
     set_step(ctx, "RollbackPart");
     if let Some(problems) = resolve(ctx, &parts, || TwoPhaseActivities::rollback_part).await {
         outcomes::record(ctx, OrderMetrics::compensation_failed);
-        let failure = non_retryable(
-            TWO_PHASE_INCOMPLETE,
-            format!("order {order_id}: rollback was decided but not carried out: {problems}"),
-        );
+        let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+            "order {order_id}: rollback was decided but not carried out: {problems}"
+        ));
         return Err(fail(ctx, Stage::Failed, failure).into());
     }
     ctx.state_mut(|s| s.progress.compensations_run = vec!["RollbackPart".to_owned()]);
@@ -194,11 +185,15 @@ fn parts(
     stock: Vec<orders_activities::stock::StockPart>,
 ) -> Result<Vec<TwoPhasePart>, GidTooLong> {
     let part = |shard: usize, order: Option<ValidOrder>, stock: Vec<StockLine>| {
-        let first_run_id = ctx.info().first_execution_run_id().to_owned();
-        let gid = gid(ctx.workflow_id(), &first_run_id, shard, customer_shard)?;
+        let names = GidParts {
+            workflow_id: ctx.workflow_id().to_owned(),
+            run_id: ctx.info().first_execution_run_id().to_owned(),
+            shard,
+            home_shard: customer_shard,
+        };
         Ok::<_, GidTooLong>(TwoPhasePart {
-            gid,
-            idempotency_key: part_key(ctx.workflow_id(), &first_run_id, shard),
+            gid: names.gid()?,
+            idempotency_key: names.part_key(),
             shard,
             order_id,
             order,

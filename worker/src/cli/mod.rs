@@ -1,0 +1,302 @@
+//! The `orders` command line: [`args`] defines it, one module per group of commands runs
+//! them, and `report` prints what a command returns and decides the exit status.
+//!
+//! Every command but `dev` and `worker` returns a report (see `report`): `--json` prints it
+//! as JSON, otherwise as text for people, and a report that says the command failed makes
+//! the process exit 1. `main.rs` only parses, sets up logging and calls [`run`].
+
+pub mod args;
+mod catalog;
+mod imports;
+mod operations;
+mod orders;
+mod report;
+mod shards;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use orders_activities::OrderRequest;
+use orders_activities::store::customers::NewCustomer;
+
+pub use args::{Cli, LogFormat};
+use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ShardsCommand};
+use report::emit;
+
+use crate::{client, dev, load, migrate, synthetic, worker};
+
+/// Runs the command `cli` names and returns the exit status it calls for.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    match cli.command {
+        Command::Dev {
+            state_dir,
+            temporal,
+            metrics,
+            api,
+        } => {
+            let serving = worker::Serving {
+                metrics_addr: metrics.socket_addr()?,
+                api_addr: api.socket_addr()?,
+                cache: api.cache(),
+                map_refresh: Duration::from_secs(30),
+                recovery: Default::default(),
+            };
+            dev::run(state_dir, temporal, serving).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker {
+            temporal,
+            shards,
+            metrics,
+            api,
+            recovery,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let serving = worker::Serving {
+                metrics_addr: metrics.socket_addr()?,
+                api_addr: api.socket_addr()?,
+                cache: api.cache(),
+                map_refresh: shards.map_refresh(),
+                recovery: recovery.schedule(),
+            };
+            let shards = shards.connect().await?;
+            let stop = worker::shutdown_signal();
+            worker::run(client, &temporal.task_queue, shards, serving, stop).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { plan, shards } => {
+            let plan = match plan {
+                MigratePlan::Up { steps } => migrate::Plan::Up(steps),
+                MigratePlan::Down { steps } => migrate::Plan::Down(steps.unwrap_or(1)),
+                MigratePlan::Status => migrate::Plan::Status,
+            };
+            let shards = shards.connect_without_map().await?;
+            emit(&shards::migrate(&shards, plan).await?, json)
+        }
+        Command::Customer { command } => match command {
+            CustomerCommand::Add {
+                name,
+                email,
+                credit_limit,
+                id,
+                shards,
+            } => {
+                let shards = shards.connect().await?;
+                let (first_name, last_name) = NewCustomer::split_name(&name);
+                let new = NewCustomer {
+                    id,
+                    first_name,
+                    last_name,
+                    email,
+                    credit_limit,
+                };
+                emit(&catalog::add_customer(&shards, new).await?, json)
+            }
+            CustomerCommand::Update {
+                id,
+                name,
+                email,
+                shards,
+            } => {
+                let shards = shards.connect().await?;
+                let updated =
+                    catalog::update_customer(&shards, id, name.as_deref(), email.as_deref())
+                        .await?;
+                emit(&updated, json)
+            }
+        },
+        Command::Product { command, shards } => {
+            let shards = shards.connect().await?;
+            let product = match command {
+                ProductCommand::Add { id, stock, name } => {
+                    catalog::add_product(&shards, id, name.as_deref(), stock).await?
+                }
+                ProductCommand::Get { id } => catalog::get_product(&shards, id).await?,
+            };
+            emit(&product, json)
+        }
+        Command::Submit {
+            customer,
+            items,
+            notes,
+            consistency,
+            workflow_id,
+            wait,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let request = OrderRequest {
+                customer_id: customer,
+                items,
+                notes,
+                consistency,
+            };
+            let submission =
+                orders::submit(&client, &temporal.task_queue, &request, workflow_id, wait).await?;
+            emit(&submission, json)
+        }
+        Command::SetStatus {
+            order_id,
+            status,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            emit(
+                &orders::set_status(&client, order_id, status.into()).await?,
+                json,
+            )
+        }
+        Command::Cancel { order_id, temporal } => {
+            let client = client::connect(&temporal).await?;
+            emit(&orders::cancel(&client, order_id).await?, json)
+        }
+        Command::Get { order_id, shards } => {
+            let shards = shards.connect().await?;
+            emit(&orders::get(&shards, order_id).await?, json)
+        }
+        Command::List {
+            customer,
+            limit,
+            cursor,
+            offset,
+            shards,
+        } => {
+            let shards = shards.connect().await?;
+            let page = orders::PageRequest {
+                customer,
+                cursor,
+                offset,
+                limit,
+            };
+            emit(&orders::list(&shards, page).await?, json)
+        }
+        Command::Counts { shards } => {
+            let shards = shards.connect().await?;
+            emit(&orders::counts(&shards).await, json)
+        }
+        Command::Shards {
+            command,
+            shards: settings,
+        } => {
+            let shards = settings.connect_without_map().await?;
+            if let Err(e) = shards.refresh_map().await {
+                tracing::warn!(error = %e, "showing the initial shard map");
+            }
+            match command {
+                Some(ShardsCommand::Plan { to }) => emit(&shards::plan(&shards, to)?, json),
+                None => emit(
+                    &crate::shard_report::report(&shards, settings.pool_size).await,
+                    json,
+                ),
+            }
+        }
+        Command::Fill {
+            customers_per_shard,
+            orders_per_shard,
+            shards,
+        } => {
+            let shards = shards.connect().await?;
+            let volume = synthetic::Volume {
+                customers_per_shard,
+                orders_per_shard,
+            };
+            emit(&shards::fill(&shards, volume).await?, json)
+        }
+        Command::Explain { shards } => {
+            let shards = shards.connect().await?;
+            emit(&shards::explain(&shards).await, json)
+        }
+        Command::Import {
+            file,
+            chunk_size,
+            detach,
+            workflow_id,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let options = imports::ImportOptions {
+                chunk_size,
+                workflow_id,
+                detach,
+                progress: !json,
+            };
+            let status = imports::start(&client, &temporal.task_queue, &file, options).await?;
+            emit(&status, json)
+        }
+        Command::ImportStatus {
+            workflow_id,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            emit(&imports::status(&client, &workflow_id).await?, json)
+        }
+        Command::Replay { paths } => emit(&operations::replay(&paths).await?, json),
+        Command::Recover {
+            grace_secs,
+            temporal,
+            shards,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let shards = shards.connect().await?;
+            let grace = Duration::from_secs(grace_secs);
+            emit(&operations::recover(&shards, &client, grace).await, json)
+        }
+        Command::Audit { grace_secs, shards } => {
+            let shards = shards.connect().await?;
+            let grace = Duration::from_secs(grace_secs);
+            emit(&operations::audit(&shards, grace).await?, json)
+        }
+        Command::Load {
+            orders,
+            concurrency,
+            consistency,
+            customers,
+            products,
+            stock,
+            seed,
+            temporal,
+            shards,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let shards = shards.connect().await?;
+            let plan = load::LoadPlan {
+                orders,
+                concurrency,
+                consistency,
+                customers,
+                products,
+                stock,
+                seed: seed.unwrap_or_else(seed_from_clock),
+                run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            };
+            let report =
+                operations::load(&client, &temporal.task_queue, &shards, &plan, !json).await?;
+            emit(&report, json)
+        }
+    }
+}
+
+/// A seed for `orders load` when none is given.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+/// Logs go to stderr through `tracing`, filtered by `ORDERS_LOG` (an `EnvFilter`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,96 @@
+//! Commands for whoever runs the deployment: `recover`, `audit`, `load`, `replay`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orders_activities::Shards;
+use orders_activities::recovery::{self, RecoveryReport};
+use serde::Serialize;
+use temporalio_client::Client;
+
+use super::report::Report;
+use crate::audit::{self, AuditReport};
+use crate::load::{self, LoadPlan, LoadReport};
+use crate::replay::{self, Replayed};
+
+impl Report for RecoveryReport {
+    fn failure(&self) -> Option<String> {
+        let n = self.errors.len();
+        (n > 0).then(|| format!("{n} prepared transactions or shards could not be resolved"))
+    }
+}
+
+/// One pass of in-doubt recovery, now.
+pub(super) async fn recover(shards: &Shards, client: &Client, grace: Duration) -> RecoveryReport {
+    recovery::recover(shards, client, grace).await
+}
+
+impl Report for AuditReport {
+    fn failure(&self) -> Option<String> {
+        let n = self.violations.len();
+        (n > 0).then(|| format!("the audit found {n} violation(s)"))
+    }
+}
+
+pub(super) async fn audit(shards: &Shards, grace: Duration) -> anyhow::Result<AuditReport> {
+    audit::run(shards, grace).await
+}
+
+impl Report for LoadReport {}
+
+/// Runs `plan`, drawing a progress bar on stderr when `progress`.
+pub(super) async fn load(
+    client: &Client,
+    task_queue: &str,
+    shards: &Shards,
+    plan: &LoadPlan,
+    progress: bool,
+) -> anyhow::Result<LoadReport> {
+    load::run(client, task_queue, shards, plan, progress).await
+}
+
+/// Every history replayed against this build.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub(super) struct ReplayReport(Vec<Replayed>);
+
+pub(super) async fn replay(paths: &[PathBuf]) -> anyhow::Result<ReplayReport> {
+    let files = replay::history_files(paths)?;
+    let results = replay::replay_files(&files, replay::worker_workflows()?).await?;
+    Ok(ReplayReport(results))
+}
+
+impl ReplayReport {
+    fn failed(&self) -> usize {
+        self.0.iter().filter(|r| r.failure.is_some()).count()
+    }
+}
+
+impl fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for result in &self.0 {
+            match &result.failure {
+                None => writeln!(f, "ok    {}", result.path.display())?,
+                Some(failure) => writeln!(f, "FAIL  {}: {failure}", result.path.display())?,
+            }
+        }
+        if self.failed() == 0 {
+            write!(f, "{} histories replay cleanly", self.0.len())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Report for ReplayReport {
+    fn failure(&self) -> Option<String> {
+        let failed = self.failed();
+        (failed > 0).then(|| {
+            format!(
+                "{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see README)",
+                self.0.len()
+            )
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! PlaceOrder's saga: one local transaction per step, each on the shard it writes.
+//!
+//! plan → create the order (pending, customer's shard) → reserve stock (each product's
+//! shard) → reserve credit → confirm. Each step's compensation is registered before the step
+//! runs (see [`crate::saga`]); a failure, or a cancellation, runs them newest first. The
+//! result says `saga`, the mode the order ran in.
+
+use orders_activities::metrics::OrderMetrics;
+use orders_activities::stock::{PlanInput, StockActivities, StockInput};
+use orders_activities::{
+    Consistency, CreateOrderInput, CreditInput, FailureType, OrderActivities, OrderRef,
+    PlacedOrder, ValidOrder,
+};
+use temporalio_sdk::{ActivityExecutionError, WorkflowContext, WorkflowResult};
+
+use super::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
+use crate::failures::{self, workflow_failure};
+use crate::outcomes;
+use crate::progress::Stage;
+use crate::saga::{Saga, forward_options};
+use crate::search_attributes::{ORDER_ID, SHARD};
+
+/// Places `order` as a saga: forward steps, and compensations in reverse if one fails.
+/// `key` is `<workflow id>/<first run id>`; `with_stock` is the `inventory` patch.
+pub(super) async fn place(
+    ctx: &mut WorkflowContext<PlaceOrderWorkflow>,
+    order: ValidOrder,
+    key: &str,
+    with_stock: bool,
+) -> WorkflowResult<PlacedOrder> {
+    let mut saga = Saga::new(ctx);
+    let err = match forward(ctx, &mut saga, order, key, with_stock).await {
+        Ok(placed) => return Ok(placed),
+        Err(err) => err,
+    };
+    let cancelled = ctx.cancellation_token().is_cancelled();
+    let report = saga.compensate().await;
+    ctx.state_mut(|s| s.progress.compensations_run = report.succeeded.clone());
+    if !report.failed.is_empty() {
+        outcomes::record(ctx, OrderMetrics::compensation_failed);
+        let detail = report
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.activity, f.error))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if !ctx.is_replaying() {
+            tracing::error!(workflow_id = ctx.workflow_id(), %detail, "compensation failed; manual repair needed");
+        }
+        let failure = FailureType::CompensationFailed.failure(format!(
+            "order failed ({}) and compensation did not complete: {detail}",
+            failures::describe(&err)
+        ));
+        return Err(fail(ctx, Stage::Failed, failure).into());
+    }
+    if !report.succeeded.is_empty() {
+        outcomes::record(ctx, OrderMetrics::order_compensated);
+    }
+    if cancelled {
+        return Err(cancelled_order(ctx));
+    }
+    Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
+}
+
+/// The forward path. Each step registers its compensation before it runs.
+async fn forward(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    saga: &mut Saga<PlaceOrderWorkflow>,
+    order: ValidOrder,
+    key: &str,
+    with_stock: bool,
+) -> Result<PlacedOrder, ActivityExecutionError> {
+    let create_key = format!("{key}/create-order");
+    let customer_id = order.customer_id;
+    let plan = if with_stock {
+        set_step(ctx, "PlanOrder");
+        let input = PlanInput {
+            customer_id,
+            items: order.items.clone(),
+            allocate_order_id: false,
+            idempotency_key: format!("{key}/plan"),
+        };
+        let plan = ctx.execute_activity(StockActivities::plan_order, input, forward_options());
+        Some(plan.await?)
+    } else {
+        None
+    };
+    set_step(ctx, "CreateOrder");
+    let created = saga
+        .step(
+            OrderActivities::create_order,
+            CreateOrderInput {
+                idempotency_key: create_key.clone(),
+                order,
+            },
+            OrderActivities::delete_order,
+            OrderRef {
+                idempotency_key: create_key,
+                customer_id,
+            },
+        )
+        .await?;
+    ctx.state_mut(|s| {
+        s.progress.order_id = Some(created.order_id);
+        s.progress.shard = Some(created.shard);
+    });
+    ctx.upsert_search_attributes([SHARD.value_set(created.shard as i64)]);
+    set_stage(ctx, Stage::Pending);
+    if let Some(plan) = plan {
+        ctx.upsert_search_attributes([ORDER_ID.value_set(created.order_id)]);
+        for part in plan.stock {
+            set_step(ctx, "ReserveStock");
+            let input = StockInput {
+                idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
+                order_id: created.order_id,
+                part,
+            };
+            saga.step(
+                StockActivities::reserve_stock,
+                input.clone(),
+                StockActivities::release_stock,
+                input,
+            )
+            .await?;
+        }
+    }
+    let credit = CreditInput {
+        order_id: created.order_id,
+        customer_id,
+        amount: created.total_amount,
+    };
+    set_step(ctx, "ReserveCredit");
+    saga.step(
+        OrderActivities::reserve_credit,
+        credit.clone(),
+        OrderActivities::release_credit,
+        credit,
+    )
+    .await?;
+    set_step(ctx, "ConfirmOrder");
+    let confirmed = saga
+        .final_step(OrderActivities::confirm_order, created)
+        .await?;
+    Ok(confirmed.placed(Consistency::Saga))
+}
