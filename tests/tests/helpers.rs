@@ -121,10 +121,11 @@ pub(crate) fn orders_binary() -> &'static Path {
 
 fn build_orders_binary() -> anyhow::Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "orders-worker", "--bin", "orders"])
+        // `--workspace`, as the test command builds it: the same features, so no rebuild.
+        .args(["build", "--quiet", "--workspace", "--bin", "orders"])
         .status()
         .context("failed to run cargo build for the orders binary")?;
-    anyhow::ensure!(status.success(), "cargo build -p orders-worker failed");
+    anyhow::ensure!(status.success(), "cargo build --bin orders failed");
     let exe = std::env::current_exe()?;
     let profile_dir = exe
         .parent()

@@ -7,6 +7,7 @@ mod helpers;
 
 mod chaos;
 mod compose;
+mod configuration;
 mod consistency;
 mod crash_recovery;
 mod import;

@@ -17,7 +17,7 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
         new.email
     );
     // credit_limit is NUMERIC(12,2), like an order total.
-    check_money("credit limit", new.credit_limit, MAX_TOTAL).map_err(anyhow::Error::msg)?;
+    check_money("credit limit", new.credit_limit, MAX_TOTAL)?;
     let shard = match new.id {
         Some(id) => shards.for_customer(id),
         None => least_loaded(shards).await?,

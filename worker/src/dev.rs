@@ -192,34 +192,69 @@ async fn seed_products(shards: &Shards) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo's orders: (what it shows, customer, items as PRODUCT:QUANTITY:PRICE, mode).
-const SAMPLE_ORDERS: [(&str, i64, &[&str], Consistency); 5] = [
-    ("Ada buys two books", 1, &["7:2:19.99"], Consistency::Saga),
-    (
-        "Grace buys a keyboard and cables",
-        2,
-        &["11:1:129.00", "12:3:9.50"],
-        Consistency::Saga,
-    ),
-    (
-        "Alan exceeds his 50.00 credit",
-        3,
-        &["21:1:80.00"],
-        Consistency::Saga,
-    ),
-    (
-        "Grace buys a book and a lamp with two-phase commit",
-        2,
-        &["7:1:19.99", "21:1:24.00"],
-        Consistency::TwoPhase,
-    ),
-    (
-        "Katherine wants 10 keyboards, 5 are in stock (two-phase: nothing is written)",
-        4,
-        &["11:10:129.00"],
-        Consistency::TwoPhase,
-    ),
+/// One of the demo's orders.
+struct Sample {
+    /// What it shows.
+    label: &'static str,
+    customer_id: i64,
+    /// As `orders submit --item` takes them: PRODUCT:QUANTITY:UNIT_PRICE.
+    items: &'static [&'static str],
+    notes: Option<&'static str>,
+    consistency: Consistency,
+}
+
+const SAMPLE_ORDERS: [Sample; 5] = [
+    Sample {
+        label: "Ada buys two books",
+        customer_id: 1,
+        items: &["7:2:19.99"],
+        notes: Some("gift wrap"),
+        consistency: Consistency::Saga,
+    },
+    Sample {
+        label: "Grace buys a keyboard and cables",
+        customer_id: 2,
+        items: &["11:1:129.00", "12:3:9.50"],
+        notes: None,
+        consistency: Consistency::Saga,
+    },
+    Sample {
+        label: "Alan exceeds his 50.00 credit",
+        customer_id: 3,
+        items: &["21:1:80.00"],
+        notes: None,
+        consistency: Consistency::Saga,
+    },
+    Sample {
+        label: "Grace buys a book and a lamp with two-phase commit",
+        customer_id: 2,
+        items: &["7:1:19.99", "21:1:24.00"],
+        notes: None,
+        consistency: Consistency::TwoPhase,
+    },
+    Sample {
+        label: "Katherine wants 10 keyboards, 5 are in stock (two-phase: nothing is written)",
+        customer_id: 4,
+        items: &["11:10:129.00"],
+        notes: None,
+        consistency: Consistency::TwoPhase,
+    },
 ];
+
+impl Sample {
+    fn request(&self) -> anyhow::Result<OrderRequest> {
+        Ok(OrderRequest {
+            customer_id: self.customer_id,
+            items: self
+                .items
+                .iter()
+                .map(|item| item.parse())
+                .collect::<Result<_, _>>()?,
+            notes: self.notes.map(str::to_owned),
+            consistency: self.consistency,
+        })
+    }
+}
 
 async fn place_sample_orders(
     client: &temporalio_client::Client,
@@ -227,18 +262,10 @@ async fn place_sample_orders(
 ) -> anyhow::Result<()> {
     eprintln!("▶ placing sample orders");
     let run = uuid::Uuid::new_v4().simple().to_string();
-    for (i, (label, customer_id, items, consistency)) in SAMPLE_ORDERS.into_iter().enumerate() {
+    for (i, sample) in SAMPLE_ORDERS.iter().enumerate() {
         let workflow_id = format!("demo-{}-{i}", &run[..8]);
-        let request = OrderRequest {
-            customer_id,
-            items: items
-                .iter()
-                .map(|item| item.parse())
-                .collect::<Result<_, _>>()?,
-            notes: (i == 0).then(|| "gift wrap".to_owned()),
-            consistency,
-        };
-        let undone = match consistency {
+        let request = sample.request()?;
+        let undone = match sample.consistency {
             Consistency::Saga => "compensated",
             Consistency::TwoPhase => "rolled back",
         };
@@ -255,7 +282,7 @@ async fn place_sample_orders(
             } => format!("{failure_type} ({undone}): {message}"),
             other => format!("{other:?}"),
         };
-        eprintln!("  {workflow_id}  {label}: {summary}");
+        eprintln!("  {workflow_id}  {}: {summary}", sample.label);
     }
     Ok(())
 }

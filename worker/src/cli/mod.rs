@@ -17,13 +17,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use orders_activities::OrderRequest;
+use orders_activities::recovery;
 use orders_activities::store::customers::NewCustomer;
 
 pub use args::{Cli, LogFormat};
 use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ShardsCommand};
 use report::emit;
 
-use crate::{client, dev, load, migrate, synthetic, worker};
+use crate::{audit, client, dev, explain, load, migrate, shard_report, synthetic, worker};
 
 /// Runs the command `cli` names and returns the exit status it calls for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -52,7 +53,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
             recovery,
         } => {
-            let client = client::connect(&temporal).await?;
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
                 api_addr: api.socket_addr()?,
@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recovery: recovery.schedule(),
             };
             let shards = shards.connect().await?;
+            let client = client::connect(&temporal).await?;
             let stop = worker::shutdown_signal();
             worker::run(client, &temporal.task_queue, shards, serving, stop).await?;
             Ok(ExitCode::SUCCESS)
@@ -184,9 +185,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::warn!(error = %e, "showing the initial shard map");
             }
             match command {
-                Some(ShardsCommand::Plan { to }) => emit(&shards::plan(&shards, to)?, json),
+                Some(ShardsCommand::Plan { to }) => {
+                    emit(&shard_report::growth_plan(&shards.map(), to)?, json)
+                }
                 None => emit(
-                    &crate::shard_report::report(&shards, settings.pool_size).await,
+                    &shard_report::report(&shards, settings.pool_size).await,
                     json,
                 ),
             }
@@ -205,7 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Explain { shards } => {
             let shards = shards.connect().await?;
-            emit(&shards::explain(&shards).await, json)
+            emit(&explain::explain_all(&shards).await, json)
         }
         Command::Import {
             file,
@@ -240,12 +243,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = client::connect(&temporal).await?;
             let shards = shards.connect().await?;
             let grace = Duration::from_secs(grace_secs);
-            emit(&operations::recover(&shards, &client, grace).await, json)
+            emit(&recovery::recover(&shards, &client, grace).await, json)
         }
         Command::Audit { grace_secs, shards } => {
             let shards = shards.connect().await?;
             let grace = Duration::from_secs(grace_secs);
-            emit(&operations::audit(&shards, grace).await?, json)
+            emit(&audit::run(&shards, grace).await?, json)
         }
         Command::Load {
             orders,
@@ -270,8 +273,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed: seed.unwrap_or_else(seed_from_clock),
                 run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             };
-            let report =
-                operations::load(&client, &temporal.task_queue, &shards, &plan, !json).await?;
+            let report = load::run(&client, &temporal.task_queue, &shards, &plan, !json).await?;
             emit(&report, json)
         }
     }

@@ -1,17 +1,16 @@
-//! Commands for whoever runs the deployment: `recover`, `audit`, `load`, `replay`.
+//! Reports of the commands for whoever runs the deployment: `recover`, `audit`, `load`
+//! (which run [`orders_activities::recovery::recover`], [`crate::audit::run`] and
+//! [`crate::load::run`]), and `replay`.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use orders_activities::Shards;
-use orders_activities::recovery::{self, RecoveryReport};
+use orders_activities::recovery::RecoveryReport;
 use serde::Serialize;
-use temporalio_client::Client;
 
 use super::report::Report;
-use crate::audit::{self, AuditReport};
-use crate::load::{self, LoadPlan, LoadReport};
+use crate::audit::AuditReport;
+use crate::load::LoadReport;
 use crate::replay::{self, Replayed};
 
 impl Report for RecoveryReport {
@@ -21,11 +20,6 @@ impl Report for RecoveryReport {
     }
 }
 
-/// One pass of in-doubt recovery, now.
-pub(super) async fn recover(shards: &Shards, client: &Client, grace: Duration) -> RecoveryReport {
-    recovery::recover(shards, client, grace).await
-}
-
 impl Report for AuditReport {
     fn failure(&self) -> Option<String> {
         let n = self.violations.len();
@@ -33,22 +27,7 @@ impl Report for AuditReport {
     }
 }
 
-pub(super) async fn audit(shards: &Shards, grace: Duration) -> anyhow::Result<AuditReport> {
-    audit::run(shards, grace).await
-}
-
 impl Report for LoadReport {}
-
-/// Runs `plan`, drawing a progress bar on stderr when `progress`.
-pub(super) async fn load(
-    client: &Client,
-    task_queue: &str,
-    shards: &Shards,
-    plan: &LoadPlan,
-    progress: bool,
-) -> anyhow::Result<LoadReport> {
-    load::run(client, task_queue, shards, plan, progress).await
-}
 
 /// Every history replayed against this build.
 #[derive(Debug, Serialize)]

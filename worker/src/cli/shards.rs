@@ -1,5 +1,5 @@
-//! Commands about the shards themselves: `shards`, `shards plan`, `migrate`, `fill`,
-//! `explain`.
+//! Commands about the shards themselves: `shards` and `shards plan` (reports of
+//! [`crate::shard_report`]), `migrate`, `fill`, `explain` (of [`crate::explain`]).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -8,9 +8,9 @@ use orders_activities::Shards;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::explain::{self, QueryPlans};
+use crate::explain::QueryPlans;
 use crate::migrate::{self, ShardVersion};
-use crate::shard_report::{self, GrowthPlan, ShardsReport};
+use crate::shard_report::{GrowthPlan, ShardsReport};
 use crate::synthetic;
 
 impl Report for ShardsReport {
@@ -21,11 +21,6 @@ impl Report for ShardsReport {
 }
 
 impl Report for GrowthPlan {}
-
-/// What growing `shards`' current map to `to` shards would move.
-pub(super) fn plan(shards: &Shards, to: usize) -> anyhow::Result<GrowthPlan> {
-    shard_report::growth_plan(&shards.map(), to)
-}
 
 /// Every shard's schema version after `migrate`. As JSON: the list.
 #[derive(Debug, Serialize)]
@@ -96,10 +91,6 @@ impl fmt::Display for Filled {
 }
 
 impl Report for Filled {}
-
-pub(super) async fn explain(shards: &Shards) -> QueryPlans {
-    explain::explain_all(shards).await
-}
 
 impl Report for QueryPlans {
     fn failure(&self) -> Option<String> {
