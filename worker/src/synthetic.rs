@@ -7,10 +7,12 @@ use orders_activities::Shards;
 use orders_activities::shards::{Shard, ShardError};
 use orders_activities::store::synthetic;
 
-/// How much to make on each shard.
-#[derive(Debug, Clone, Copy)]
+/// How much to make on each shard (`orders fill`'s flags).
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Volume {
+    #[arg(long, default_value_t = 1_000)]
     pub customers_per_shard: u32,
+    #[arg(long, default_value_t = 100_000)]
     pub orders_per_shard: u32,
 }
 

@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use crate::config::{
     MetricsSettings, ReadApiSettings, RecoverySettings, ShardSettings, TemporalSettings,
 };
+use crate::synthetic::Volume;
 
 /// `orders`: the worker, the local stack and the commands that use them.
 #[derive(Debug, Parser)]
@@ -129,17 +130,8 @@ pub enum Command {
     },
     /// List orders newest first, from every shard (or one customer's), a page at a time.
     List {
-        /// Only this customer's orders (read from their shard alone).
-        #[arg(long)]
-        customer: Option<i64>,
-        #[arg(long, default_value_t = 20)]
-        limit: u64,
-        /// The `next_cursor` a previous page printed.
-        #[arg(long, conflicts_with = "offset")]
-        cursor: Option<String>,
-        /// OFFSET pagination, as the article does it (slower at depth; for comparison).
-        #[arg(long, conflicts_with = "customer")]
-        offset: Option<u64>,
+        #[command(flatten)]
+        page: PageArgs,
         #[command(flatten)]
         shards: ShardSettings,
     },
@@ -151,10 +143,8 @@ pub enum Command {
     /// Make synthetic customers and orders on every shard (development and load-test
     /// databases only), e.g. before `orders explain`.
     Fill {
-        #[arg(long, default_value_t = 1_000)]
-        customers_per_shard: u32,
-        #[arg(long, default_value_t = 100_000)]
-        orders_per_shard: u32,
+        #[command(flatten)]
+        volume: Volume,
         #[command(flatten)]
         shards: ShardSettings,
     },
@@ -320,6 +310,22 @@ pub enum CustomerCommand {
         #[command(flatten)]
         shards: ShardSettings,
     },
+}
+
+/// Which page `orders list` shows.
+#[derive(Debug, clap::Args)]
+pub struct PageArgs {
+    /// Only this customer's orders (read from their shard alone).
+    #[arg(long)]
+    pub customer: Option<i64>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// The `next_cursor` a previous page printed.
+    #[arg(long, conflicts_with = "offset")]
+    pub cursor: Option<String>,
+    /// OFFSET pagination, as the article does it (slower at depth; for comparison).
+    #[arg(long, conflicts_with = "customer")]
+    pub offset: Option<u64>,
 }
 
 /// Where `orders set-status` may move a confirmed order.

@@ -24,7 +24,7 @@ pub use args::{Cli, LogFormat};
 use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ShardsCommand};
 use report::emit;
 
-use crate::{audit, client, dev, explain, load, migrate, shard_report, synthetic, worker};
+use crate::{audit, client, dev, explain, load, migrate, shard_report, worker};
 
 /// Runs the command `cli` names and returns the exit status it calls for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -156,20 +156,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let shards = shards.connect().await?;
             emit(&orders::get(&shards, order_id).await?, json)
         }
-        Command::List {
-            customer,
-            limit,
-            cursor,
-            offset,
-            shards,
-        } => {
+        Command::List { page, shards } => {
             let shards = shards.connect().await?;
-            let page = orders::PageRequest {
-                customer,
-                cursor,
-                offset,
-                limit,
-            };
             emit(&orders::list(&shards, page).await?, json)
         }
         Command::Counts { shards } => {
@@ -194,16 +182,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
-        Command::Fill {
-            customers_per_shard,
-            orders_per_shard,
-            shards,
-        } => {
+        Command::Fill { volume, shards } => {
             let shards = shards.connect().await?;
-            let volume = synthetic::Volume {
-                customers_per_shard,
-                orders_per_shard,
-            };
             emit(&shards::fill(&shards, volume).await?, json)
         }
         Command::Explain { shards } => {

@@ -12,6 +12,7 @@ use sea_orm::ActiveEnum;
 use serde::{Serialize, Serializer};
 use temporalio_client::Client;
 
+use super::args::PageArgs;
 use super::report::Report;
 use crate::client::{self, CancelOutcome, OrderOutcome};
 
@@ -201,22 +202,14 @@ impl fmt::Display for ShownOrder {
 
 impl Report for ShownOrder {}
 
-/// Which page `orders list` asks for.
-pub(super) struct PageRequest {
-    pub(super) customer: Option<i64>,
-    pub(super) cursor: Option<String>,
-    pub(super) offset: Option<u64>,
-    pub(super) limit: u64,
-}
-
 /// One page of orders, newest first.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
 pub(super) struct Page(OrderPage);
 
 /// Reads one page: a customer's from their shard, or every shard's by keyset (or OFFSET).
-pub(super) async fn list(shards: &Shards, page: PageRequest) -> anyhow::Result<Page> {
-    let PageRequest {
+pub(super) async fn list(shards: &Shards, page: PageArgs) -> anyhow::Result<Page> {
+    let PageArgs {
         customer,
         cursor,
         offset,
