@@ -98,7 +98,7 @@ pub enum Command {
         /// (PREPARE TRANSACTION on every shard, then COMMIT PREPARED).
         #[arg(long, value_enum, default_value_t = Consistency::Saga)]
         consistency: Consistency,
-        /// Workflow id (default: place-order-<uuid>).
+        /// Workflow id (default: place-order-UUID).
         #[arg(long)]
         workflow_id: Option<String>,
         /// Wait for the outcome and print it.
@@ -164,7 +164,7 @@ pub enum Command {
         /// Start the import and return; `orders import-status ID` follows it.
         #[arg(long)]
         detach: bool,
-        /// Workflow id (default: import-<uuid>).
+        /// Workflow id (default: import-UUID).
         #[arg(long)]
         workflow_id: Option<String>,
         #[command(flatten)]
