@@ -27,11 +27,16 @@ impl Default for PoolSettings {
     }
 }
 
-/// The longest any statement of ours waits for a row lock before failing (and its activity
-/// being retried). Prepared two-phase transactions keep their locks until they are resolved;
-/// without a bound, work queued behind one would hold pool connections the resolution itself
-/// needs.
-pub const LOCK_TIMEOUT: &str = "5s";
+/// The longest any statement of ours waits for a row lock before failing (and its step being
+/// retried): shorter than the steps' start-to-close timeout (5 s), so a blocked step fails
+/// by itself, and bounds how long an attempt Temporal gave up on can hold what it claimed.
+/// Prepared two-phase parts keep their locks until they are resolved; that resolution never
+/// queues behind the work it unblocks, since it has its own connections ([`Shard::resolver`]).
+pub const LOCK_TIMEOUT: &str = "3s";
+
+/// Connections per shard reserved for phase two of two-phase commit (COMMIT PREPARED,
+/// ROLLBACK PREPARED and their bookkeeping).
+pub const RESOLVER_CONNECTIONS: u32 = 3;
 
 /// A database error, tagged with the shard that produced it.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +51,18 @@ pub struct ShardError {
     pub source: DbErr,
 }
 
-/// One shard: its position, its printable URL and its pool.
+/// One shard: its position, its printable URL and its pools.
 #[derive(Debug, Clone)]
 pub struct Shard {
     pub index: usize,
     pub url: String,
+    /// Every forward step, read and maintenance statement.
     pub conn: DatabaseConnection,
+    /// Phase two only. Steps waiting for a row that a prepared part holds each keep a
+    /// connection of `conn` while they wait; if they took all of them, the COMMIT PREPARED
+    /// that would release the row could not get one, and everything would stall until the
+    /// waiters timed out. With its own few connections, phase two never waits for them.
+    pub resolver: DatabaseConnection,
 }
 
 impl Shard {
@@ -108,24 +119,36 @@ impl Shards {
         assert!(!urls.is_empty(), "at least one shard URL is required");
         let mut shards = Vec::with_capacity(urls.len());
         for (index, url) in urls.iter().enumerate() {
-            let mut options = ConnectOptions::new(url.clone());
-            options
-                .max_connections(pool.max_connections)
-                .min_connections(0)
-                .connect_timeout(pool.connect_timeout)
-                .acquire_timeout(pool.connect_timeout)
-                .connect_lazy(true)
-                .sqlx_logging(false)
-                .map_sqlx_postgres_opts(|opts| opts.options([("lock_timeout", LOCK_TIMEOUT)]));
-            let url = redact_password(url);
-            let conn = Database::connect(options)
-                .await
-                .map_err(|source| ShardError {
-                    shard: index,
-                    url: url.clone(),
-                    source,
-                })?;
-            shards.push(Shard { index, url, conn });
+            let printable = redact_password(url);
+            let connect = |connections: u32| {
+                let mut options = ConnectOptions::new(url.clone());
+                options
+                    .max_connections(connections)
+                    .min_connections(0)
+                    .connect_timeout(pool.connect_timeout)
+                    .acquire_timeout(pool.connect_timeout)
+                    .connect_lazy(true)
+                    .sqlx_logging(false)
+                    .map_sqlx_postgres_opts(|opts| opts.options([("lock_timeout", LOCK_TIMEOUT)]));
+                let url = printable.clone();
+                async move {
+                    Database::connect(options)
+                        .await
+                        .map_err(|source| ShardError {
+                            shard: index,
+                            url,
+                            source,
+                        })
+                }
+            };
+            let conn = connect(pool.max_connections).await?;
+            let resolver = connect(RESOLVER_CONNECTIONS).await?;
+            shards.push(Shard {
+                index,
+                url: printable,
+                conn,
+                resolver,
+            });
         }
         let map = Arc::new(RwLock::new(Arc::new(ShardMap::unstored(urls.len()))));
         Ok(Self { shards, map })
@@ -253,6 +276,7 @@ impl Shards {
     pub async fn close(self) {
         for shard in self.shards {
             let _ = shard.conn.close().await;
+            let _ = shard.resolver.close().await;
         }
     }
 }

@@ -195,14 +195,15 @@ impl TwoPhaseActivities {
 }
 
 /// Phase two's commit of one part (`gid`, whose idempotency key is `key`), for the workflow
-/// and for `orders recover` alike: COMMIT PREPARED if it is prepared. Returns whether the part
+/// and for `orders recover` alike, on the shard's resolver connections: COMMIT PREPARED if it
+/// is prepared. Returns whether the part
 /// is committed now; `false` means it is neither prepared nor committed (it was rolled back
 /// outside its coordinator). Safe to run twice, and alongside another resolver.
 pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
-    if !two_phase::is_prepared(&shard.conn, gid).await? {
+    if !two_phase::is_prepared(&shard.resolver, gid).await? {
         return key_committed(shard, key).await;
     }
-    match two_phase::commit_prepared(&shard.conn, gid).await {
+    match two_phase::commit_prepared(&shard.resolver, gid).await {
         Ok(()) => Ok(true),
         // Someone else (a duplicate attempt, `orders recover`) may have just done it.
         Err(e) if !key_committed(shard, key).await? => Err(e),
@@ -214,13 +215,13 @@ pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<boo
 /// its key, so an attempt of `PreparePart` still in flight cannot prepare it again. Returns
 /// `false`, changing nothing, if the part had committed.
 pub(crate) async fn roll_back_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
-    if two_phase::is_prepared(&shard.conn, gid).await?
-        && let Err(e) = two_phase::rollback_prepared(&shard.conn, gid).await
-        && two_phase::is_prepared(&shard.conn, gid).await?
+    if two_phase::is_prepared(&shard.resolver, gid).await?
+        && let Err(e) = two_phase::rollback_prepared(&shard.resolver, gid).await
+        && two_phase::is_prepared(&shard.resolver, gid).await?
     {
         return Err(e);
     }
-    let txn = shard.conn.begin().await?;
+    let txn = shard.resolver.begin().await?;
     if idempotency::mark_compensated(&txn, key).await?.is_some() {
         // Only a committed part leaves its result visible.
         txn.rollback().await?;
@@ -232,6 +233,6 @@ pub(crate) async fn roll_back_on(shard: &Shard, gid: &Gid, key: &str) -> Result<
 
 /// Whether the part whose key is `key` committed: the key is there with a result.
 async fn key_committed(shard: &Shard, key: &str) -> Result<bool, DbErr> {
-    let found = idempotency::lookup(&shard.conn, key).await?;
+    let found = idempotency::lookup(&shard.resolver, key).await?;
     Ok(matches!(found, Some(Claim::Done(_))))
 }

@@ -258,8 +258,10 @@ async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_it_back() {
     let mut app = TestApp::spawn_without_worker().await;
-    // Each PREPARE is followed by a pause, so the order is caught between its parts.
-    app.start_worker(Some("prepare_part.after_prepare=sleep:2000"));
+    // Each PREPARE is followed by a pause longer than the workflow task's heartbeat (4 s of
+    // its 5 s timeout), so the order is caught between its parts: its steps run as local
+    // activities inside the task, and a cancellation reaches the workflow with the next one.
+    app.start_worker(Some("prepare_part.after_prepare=sleep:6000"));
     let customer = app.add_customer("Jim Gray", "500.00").await;
     let (input, products) = three_shard_order(&app, customer, "two_phase");
 

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use orders_activities::recovery::{DECISION_MEMO, Decision};
 use orders_activities::store::two_phase::{Gid, GidParts};
 use orders_activities::store::{idempotency, two_phase};
 use orders_worker::client::OrderOutcome;
@@ -64,6 +65,31 @@ async fn prepare_stray(app: &TestApp, shard: usize, gid: &Gid) {
     let shard = app.shards.get(shard);
     let txn = shard.conn.begin().await.expect("a transaction starts");
     two_phase::prepare(txn, gid).await.expect("it prepares");
+}
+
+/// Waits until `workflow_id`'s two-phase decision is in its memo (so in its history).
+async fn wait_for_decision(app: &TestApp, workflow_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = app
+            .client
+            .get_workflow_handle::<PlaceOrderWorkflow>(workflow_id)
+            .describe(temporalio_client::WorkflowDescribeOptions::default())
+            .await
+            .expect("the workflow can be described");
+        let decision: Option<Decision> = described
+            .memo()
+            .get(DECISION_MEMO)
+            .expect("the decision memo is readable");
+        if decision == Some(Decision::Commit) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{workflow_id} never recorded its decision"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn recover(app: &TestApp, grace: &str) -> serde_json::Value {
@@ -188,11 +214,14 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     let mut app = TestApp::spawn_without_worker().await;
     let customer = app.add_customer("Michael Stonebraker", "500.00").await;
 
-    // Decided commit, then the worker died before committing and the workflow was terminated.
-    app.start_worker(Some("commit_part.before"));
+    // Decided commit (the decision is in the history), then the worker died before committing
+    // and the workflow was terminated. The steps run inside the workflow task, so the
+    // decision reaches the history with the task's heartbeat while the commit is held up.
+    app.start_worker(Some("commit_part.before=sleep:30000"));
     let (input, committed_products) = three_shard_order(&app, customer, "two_phase");
     let decided = app.start_order(input).await;
-    assert!(app.worker_exits_within(Duration::from_secs(60)));
+    wait_for_decision(&app, &decided).await;
+    app.kill_worker();
     terminate(&app, &decided).await;
 
     // Prepared but undecided: the worker died right after a PREPARE. (Another customer and

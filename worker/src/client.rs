@@ -36,6 +36,13 @@ pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
     )?)
 }
 
+/// The workflow task timeout of the orders this client starts: how long Temporal waits for a
+/// worker that took a task and died before it gives the task to another (the server's
+/// default is 10 s). A two-phase order's steps run inside its workflow task, and its prepared
+/// parts hold their rows until the task is done, so a dead worker's task should move soon.
+/// A live worker that needs longer (a shard slow to answer) heartbeats the task itself.
+pub const ORDER_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a PlaceOrder run ended, in the terms clients care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderOutcome {
@@ -72,7 +79,9 @@ pub async fn start_order_raw(
         .start_workflow(
             PlaceOrderWorkflow::run,
             input,
-            WorkflowStartOptions::new(task_queue, workflow_id).build(),
+            WorkflowStartOptions::new(task_queue, workflow_id)
+                .task_timeout(ORDER_TASK_TIMEOUT)
+                .build(),
         )
         .await
         .with_context(|| format!("failed to start PlaceOrder {workflow_id}"))?;
@@ -99,6 +108,7 @@ pub async fn submit_order(
                 workflow_id,
                 WorkflowIdConflictPolicy::Fail,
             )
+            .task_timeout(ORDER_TASK_TIMEOUT)
             .build(),
         )
         .await

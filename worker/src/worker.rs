@@ -25,6 +25,11 @@ use temporalio_common::telemetry::{
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
+/// How long a workflow task waits on this worker's sticky queue before Temporal hands it to
+/// any worker (the SDK's default is 10 s). It is most of what a dead worker costs an order
+/// whose workflow it had cached; a live worker picks its sticky tasks up in milliseconds.
+pub const STICKY_SCHEDULE_TO_START: Duration = Duration::from_secs(3);
+
 /// What the worker serves besides its task queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Serving {
@@ -96,6 +101,8 @@ pub async fn run(
 
     ensure_recovery_running(&client, task_queue, serving.recovery).await;
     let options = WorkerOptions::new(task_queue)
+        // A workflow task on a dead worker's sticky queue moves to any worker after this.
+        .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
         .register_activities(OrderActivities::new(shards.clone(), metrics, cache.clone()))
         .register_activities(StockActivities::new(shards.clone(), cache.clone()))
         .register_activities(TwoPhaseActivities::new(shards.clone(), cache))

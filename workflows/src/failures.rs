@@ -6,6 +6,7 @@
 
 use orders_activities::FailureType;
 use temporalio_common::error::IncomingError;
+use temporalio_common::protos::temporal::api::failure::v1::failure::FailureInfo;
 use temporalio_sdk::{ActivityExecutionError, ApplicationFailure};
 
 /// A business rejection reported by an activity: its failure type and message.
@@ -19,15 +20,29 @@ pub struct Rejected {
 /// failure. Such failures come from activities that rolled back before rejecting, so the
 /// step is known to have written nothing.
 pub fn rejection(err: &ActivityExecutionError) -> Option<Rejected> {
-    match err.reason()? {
-        IncomingError::Application(failure) if failure.is_non_retryable() => Some(Rejected {
+    match err.reason() {
+        Some(IncomingError::Application(failure)) if failure.is_non_retryable() => Some(Rejected {
             failure_type: failure
                 .type_name()
                 .unwrap_or("ApplicationFailure")
                 .to_owned(),
             message: failure.to_string(),
         }),
-        _ => None,
+        Some(_) => None,
+        // A local activity's failure is the application failure itself, not an activity
+        // failure wrapped around it.
+        None => {
+            let failure = err.failure()?;
+            match &failure.failure_info {
+                Some(FailureInfo::ApplicationFailureInfo(info)) if info.non_retryable => {
+                    Some(Rejected {
+                        failure_type: info.r#type.clone(),
+                        message: failure.message.clone(),
+                    })
+                }
+                _ => None,
+            }
+        }
     }
 }
 
@@ -54,7 +69,10 @@ pub fn describe(err: &ActivityExecutionError) -> String {
                 None => failure.message.clone(),
             }
         }
-        None => err.to_string(),
+        None => match rejection(err) {
+            Some(r) => format!("{}: {}", r.failure_type, r.message),
+            None => err.to_string(),
+        },
     }
 }
 

@@ -26,12 +26,18 @@ use crate::failures;
 /// workflow waits until the running attempt has really stopped before compensating. An older
 /// attempt that timed out may still be running; the compensations leave tombstones (see the
 /// activities) that such a late attempt respects.
+///
+/// The steps are short database transactions, so their start-to-close is short too: it is
+/// how long Temporal waits before it retries a step whose worker died (a step blocked on a
+/// row lock fails by itself sooner, see `orders_activities::shards::LOCK_TIMEOUT`). Retries
+/// come back within two seconds at most: a step that met a busy row or a shard restarting
+/// should try again soon, not after a long back-off.
 pub fn forward_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(5))
         .retry_policy(
             RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(500))
-                .maximum_interval(Duration::from_secs(10))
+                .initial_interval(Duration::from_millis(200))
+                .maximum_interval(Duration::from_secs(2))
                 .build(),
         )
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)

@@ -69,12 +69,12 @@ impl Clusters {
 #[allow(dead_code)] // Not every benchmark runs a worker.
 pub(crate) fn build_release_orders() -> anyhow::Result<PathBuf> {
     let status = std::process::Command::new(env!("CARGO"))
+        // `--workspace`, as `cargo bench --workspace` resolves features: no second build.
         .args([
             "build",
             "--release",
             "--quiet",
-            "-p",
-            "orders-worker",
+            "--workspace",
             "--bin",
             "orders",
         ])

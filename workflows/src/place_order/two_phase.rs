@@ -31,10 +31,11 @@ use orders_activities::store::two_phase::{GidParts, GidTooLong};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
 use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
-use temporalio_common::RetryPolicy;
+use temporalio_common::data_converters::TemporalDeserializable;
+use temporalio_common::{ActivityDefinition, RetryPolicy};
 use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, MemoValue, WorkflowCancellationToken, WorkflowContext,
-    WorkflowResult,
+    ActivityExecutionError, ActivityOptions, LocalActivityOptions, MemoValue,
+    WorkflowCancellationToken, WorkflowContext, WorkflowResult,
 };
 
 use super::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
@@ -44,8 +45,92 @@ use crate::progress::Stage;
 use crate::saga::forward_options;
 use crate::search_attributes::{ORDER_ID, SHARD};
 
-/// Phase two's options: retried until done (a shard that is down comes back, and its
-/// prepared transaction with it), and never cancelled.
+/// Patch under which the two-phase steps run as local activities (see [`Steps`]).
+/// Histories recorded before it replay with the steps as activities.
+pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
+
+/// How the two-phase steps run.
+///
+/// `Local` (every order since [`LOCAL_STEPS_PATCH`]): as local activities, inside the
+/// workflow task, so no Temporal round trip separates one shard's PREPARE from the next
+/// shard's, nor the last PREPARE from the first COMMIT PREPARED. A prepared part holds its
+/// rows (a popular product's inventory row among them) for milliseconds instead of the
+/// several server round trips each step costs as an activity, which is what makes orders
+/// that share products queue behind each other. Local activities are at-least-once like any
+/// other: if the worker dies mid-task, the next worker replays the task and runs the steps
+/// again, and each step finds its own earlier work (the part's key, its gid) and changes
+/// nothing. The decision memo then reaches the history with the task's completion, after the
+/// commits; the home part commits first, so its committed key is the decision that recovery
+/// reads while the memo is not there yet.
+///
+/// `Remote` (histories recorded before the patch): as activities, each one scheduled by the
+/// server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Steps {
+    Local,
+    Remote,
+}
+
+/// What a step does, which sets how it retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Plan and prepare: retried until done or refused; a cancellation stops it.
+    Forward,
+    /// Commit or roll back: retried until done (a shard that is down comes back, and its
+    /// prepared transaction with it), and never cancelled.
+    Resolve,
+}
+
+impl Steps {
+    async fn run<A>(
+        self,
+        ctx: &WorkflowContext<PlaceOrderWorkflow>,
+        activity: A,
+        input: A::Input,
+        phase: Phase,
+    ) -> Result<A::Output, ActivityExecutionError>
+    where
+        A: ActivityDefinition,
+        A::Output: TemporalDeserializable,
+    {
+        match self {
+            Steps::Local => {
+                ctx.execute_local_activity(activity, input, local_options(phase))
+                    .await
+            }
+            Steps::Remote => {
+                let options = match phase {
+                    Phase::Forward => forward_options(),
+                    Phase::Resolve => resolve_options(),
+                };
+                ctx.execute_activity(activity, input, options).await
+            }
+        }
+    }
+}
+
+/// A local step's options. Short steps get a short start-to-close (a worker that dies
+/// mid-step costs at most that long), and retries come back quickly: a step that met a row
+/// lock of another order's prepared part finds it released within milliseconds, not after an
+/// exponential back-off.
+fn local_options(phase: Phase) -> LocalActivityOptions {
+    let retry = RetryPolicy::builder()
+        .initial_interval(Duration::from_millis(50))
+        .backoff_coefficient(2.0)
+        .maximum_interval(Duration::from_secs(1))
+        .build();
+    let options = LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(5))
+        .retry_policy(retry);
+    match phase {
+        Phase::Forward => options.build(),
+        Phase::Resolve => options
+            .cancellation_token(WorkflowCancellationToken::new())
+            .build(),
+    }
+}
+
+/// Phase two's options as activities: retried until done, and never cancelled.
 fn resolve_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
         .retry_policy(
@@ -65,18 +150,20 @@ pub(crate) async fn place(
     order: ValidOrder,
     key: &str,
 ) -> WorkflowResult<PlacedOrder> {
+    let steps = if ctx.patched(LOCAL_STEPS_PATCH) {
+        Steps::Local
+    } else {
+        Steps::Remote
+    };
     set_step(ctx, "PlanOrder");
-    let plan = ctx
-        .execute_activity(
-            StockActivities::plan_order,
-            PlanInput {
-                customer_id: order.customer_id,
-                items: order.items.clone(),
-                allocate_order_id: true,
-                idempotency_key: format!("{key}/plan"),
-            },
-            forward_options(),
-        )
+    let input = PlanInput {
+        customer_id: order.customer_id,
+        items: order.items.clone(),
+        allocate_order_id: true,
+        idempotency_key: format!("{key}/plan"),
+    };
+    let plan = steps
+        .run(ctx, StockActivities::plan_order, input, Phase::Forward)
         .await;
     let plan = match plan {
         Ok(plan) => plan,
@@ -101,11 +188,12 @@ pub(crate) async fn place(
     let mut in_shard_order: Vec<&TwoPhasePart> = parts.iter().collect();
     in_shard_order.sort_by_key(|part| part.shard);
     for part in in_shard_order {
-        let prepared = ctx
-            .execute_activity(
+        let prepared = steps
+            .run(
+                ctx,
                 TwoPhaseActivities::prepare_part,
                 part.clone(),
-                forward_options(),
+                Phase::Forward,
             )
             .await;
         if let Err(err) = prepared {
@@ -129,11 +217,12 @@ pub(crate) async fn place(
         set_stage(ctx, Stage::Pending);
         set_step(ctx, "CommitPart");
         let (home, others) = parts.split_at(1);
-        if let Some(problems) = resolve(ctx, home, || TwoPhaseActivities::commit_part).await {
+        if let Some(problems) = resolve(ctx, steps, home, || TwoPhaseActivities::commit_part).await
+        {
             // The home part is gone, so no part committed: the decision becomes rollback,
             // recorded before any part is rolled back (recovery reads it).
             ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(Decision::Rollback)))])?;
-            let rollback = resolve(ctx, others, || TwoPhaseActivities::rollback_part).await;
+            let rollback = resolve(ctx, steps, others, || TwoPhaseActivities::rollback_part).await;
             let failure = FailureType::TwoPhaseIncomplete.failure(format!(
                 "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
                 rollback
@@ -142,7 +231,7 @@ pub(crate) async fn place(
             ));
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
-        let problems = resolve(ctx, others, || TwoPhaseActivities::commit_part).await;
+        let problems = resolve(ctx, steps, others, || TwoPhaseActivities::commit_part).await;
         if let Some(problems) = problems {
             let failure = FailureType::TwoPhaseIncomplete.failure(format!(
                 "order {order_id}: commit was decided but not carried out: {problems}"
@@ -160,7 +249,8 @@ pub(crate) async fn place(
     }
 
     set_step(ctx, "RollbackPart");
-    if let Some(problems) = resolve(ctx, &parts, || TwoPhaseActivities::rollback_part).await {
+    if let Some(problems) = resolve(ctx, steps, &parts, || TwoPhaseActivities::rollback_part).await
+    {
         outcomes::record(ctx, OrderMetrics::compensation_failed);
         let failure = FailureType::TwoPhaseIncomplete.failure(format!(
             "order {order_id}: rollback was decided but not carried out: {problems}"
@@ -217,16 +307,17 @@ fn parts(
 /// Runs phase two (`activity` on every part, concurrently). Returns what could not be done.
 async fn resolve<A>(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    steps: Steps,
     parts: &[TwoPhasePart],
     activity: impl Fn() -> A,
 ) -> Option<String>
 where
-    A: temporalio_common::ActivityDefinition<Input = TwoPhasePart, Output = ()>,
+    A: ActivityDefinition<Input = TwoPhasePart, Output = ()>,
 {
     let results: Vec<Result<(), ActivityExecutionError>> = join_all(
         parts
             .iter()
-            .map(|part| ctx.execute_activity(activity(), part.clone(), resolve_options())),
+            .map(|part| steps.run(ctx, activity(), part.clone(), Phase::Resolve)),
     )
     .await;
     let problems: Vec<String> = parts
