@@ -12,9 +12,10 @@
 //!    shard, a deadlock no single PostgreSQL can see. Taking shards in one global order (and
 //!    rows in id order within a shard) makes such a cycle impossible, at the price of
 //!    preparing parts one after another instead of side by side.
-//! 3. The decision goes into the memo ([`DECISION_MEMO`]) in the same workflow task that
-//!    schedules phase two, so it is in the history before any part commits; `orders recover`
-//!    reads it from there.
+//! 3. The decision goes into the memo ([`DECISION_MEMO`]), which `orders recover` reads. The
+//!    steps run as local activities (see [`Steps`]), inside the workflow task, so the memo
+//!    reaches the history when the task completes (or heartbeats), possibly after parts
+//!    committed: until then, the home part's committed key (point 4) is the decision.
 //! 4. Every part is committed (or rolled back), retried until done, immune to cancellation:
 //!    once decided, the decision is carried out. The home part (the customer's shard) commits
 //!    first and the others after it, so its committed key is the order's durable commit
