@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use orders_activities::store::{credit, idempotency, orders, two_phase};
 use orders_activities::{Consistency, OrderLine, Shards, ValidOrder};
-use orders_worker::local::{self, TemporalDevServer, TemporalOptions};
+use orders_worker::local::TemporalDevServer;
 use rust_decimal::Decimal;
 use sea_orm::TransactionTrait;
 
@@ -45,14 +45,7 @@ async fn main() -> anyhow::Result<()> {
     drop(durable);
 
     let orders_bin = common::build_release_orders()?;
-    let temporal = TemporalDevServer::start(TemporalOptions {
-        port: local::free_port()?,
-        ui_port: None,
-        db_file: None,
-        log_file: fast.root.join("temporal.log"),
-        search_attributes: orders_worker::dev::search_attribute_flags(),
-        namespaces: vec![],
-    })?;
+    let temporal = fast.temporal()?;
     let saga = load(&fast, &temporal, &orders_bin, "saga").await?;
     let two_phase = load(&fast, &temporal, &orders_bin, "two_phase").await?;
     for (mode, report) in [("saga", &saga), ("two_phase", &two_phase)] {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use orders_worker::local::{self, TemporalDevServer, TemporalOptions};
+use orders_worker::local::TemporalDevServer;
 
 /// One `orders load`: how many orders, how many in flight, over how many products.
 #[derive(Clone, Copy)]
@@ -43,14 +43,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\ncontention benchmark (release worker; 2 cores shared by all)");
     let clusters = common::Clusters::start("contention", 4)?;
     let orders_bin = common::build_release_orders()?;
-    let temporal = TemporalDevServer::start(TemporalOptions {
-        port: local::free_port()?,
-        ui_port: None,
-        db_file: None,
-        log_file: clusters.root.join("temporal.log"),
-        search_attributes: orders_worker::dev::search_attribute_flags(),
-        namespaces: vec![],
-    })?;
+    let temporal = clusters.temporal()?;
     let scenarios = [
         (
             "32 in flight, 20 products",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use orders_activities::store::batch::{self, NewItem};
 use orders_activities::store::listing;
-use orders_worker::local::{self, TemporalDevServer, TemporalOptions};
+use orders_worker::local::TemporalDevServer;
 use orders_worker::synthetic;
 use rust_decimal::Decimal;
 
@@ -29,14 +29,7 @@ const IMPORT_LINES: usize = 100_000;
 async fn main() -> anyhow::Result<()> {
     let clusters = common::Clusters::start("import-bench", 4)?;
     let orders_bin = common::build_release_orders()?;
-    let temporal = TemporalDevServer::start(TemporalOptions {
-        port: local::free_port()?,
-        ui_port: None,
-        db_file: None,
-        log_file: clusters.root.join("temporal.log"),
-        search_attributes: orders_worker::dev::search_attribute_flags(),
-        namespaces: vec![],
-    })?;
+    let temporal = clusters.temporal()?;
 
     println!("\nbulk write benchmark (release build, fsync off)");
     store_methods(&clusters).await?;

@@ -123,6 +123,22 @@ pub(crate) fn start_worker(
     )
 }
 
+impl Clusters {
+    /// A headless Temporal dev server with its default settings (history in memory), its log
+    /// beside the clusters, and the search attributes the workflows set.
+    #[allow(dead_code)] // Not every benchmark runs Temporal.
+    pub(crate) fn temporal(&self) -> anyhow::Result<local::TemporalDevServer> {
+        local::TemporalDevServer::start(local::TemporalOptions {
+            port: local::free_port()?,
+            ui_port: None,
+            db_file: None,
+            log_file: self.root.join("temporal.log"),
+            search_attributes: orders_worker::dev::search_attribute_flags(),
+            namespaces: vec![],
+        })
+    }
+}
+
 impl Drop for Clusters {
     fn drop(&mut self) {
         for cluster in &mut self.clusters {
