@@ -12,43 +12,45 @@ use serde::Serialize;
 use super::report::Report;
 use crate::{customers, products};
 
-/// A customer as it is stored. For people: its id (`customer add`) or its contact.
+/// A customer just created. As JSON: the stored customer; for people: its id.
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
-pub(super) struct CustomerView {
-    customer: customer::Model,
-    #[serde(skip)]
-    just_added: bool,
-}
+pub(super) struct CustomerAdded(customer::Model);
 
 pub(super) async fn add_customer(
     shards: &Shards,
     new: NewCustomer,
-) -> anyhow::Result<CustomerView> {
-    Ok(CustomerView {
-        customer: customers::add(shards, new).await?,
-        just_added: true,
-    })
+) -> anyhow::Result<CustomerAdded> {
+    Ok(CustomerAdded(customers::add(shards, new).await?))
 }
+
+impl fmt::Display for CustomerAdded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.id)
+    }
+}
+
+impl Report for CustomerAdded {}
+
+/// A customer after a change of contact. As JSON: the stored customer.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub(super) struct CustomerUpdated(customer::Model);
 
 pub(super) async fn update_customer(
     shards: &Shards,
     id: i64,
     name: Option<&str>,
     email: Option<&str>,
-) -> anyhow::Result<CustomerView> {
-    Ok(CustomerView {
-        customer: customers::update(shards, id, name, email).await?,
-        just_added: false,
-    })
+) -> anyhow::Result<CustomerUpdated> {
+    Ok(CustomerUpdated(
+        customers::update(shards, id, name, email).await?,
+    ))
 }
 
-impl fmt::Display for CustomerView {
+impl fmt::Display for CustomerUpdated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.customer;
-        if self.just_added {
-            return write!(f, "{}", c.id);
-        }
+        let c = &self.0;
         write!(
             f,
             "customer {} is now {} {} <{}>; their orders carry the same",
@@ -57,7 +59,7 @@ impl fmt::Display for CustomerView {
     }
 }
 
-impl Report for CustomerView {}
+impl Report for CustomerUpdated {}
 
 /// A product's stock and the shard holding it.
 #[derive(Debug, Serialize)]
