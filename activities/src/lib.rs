@@ -32,4 +32,4 @@ pub use failure::{FailureType, Rejection};
 pub use order_input::{
     Consistency, InvalidOrder, OrderLine, OrderRequest, RequestedItem, ValidOrder, WrittenPrice,
 };
-pub use shards::{ShardError, Shards};
+pub use shards::{Shard, ShardError, Shards};

@@ -20,6 +20,7 @@ mod m20261125_000008_denormalise_customer_onto_orders;
 mod m20261125_000009_add_keyset_indexes;
 mod m20261125_000010_add_import_refs;
 mod m20261129_000011_create_inventory;
+mod m20261202_000012_create_shard_identity;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000009_add_keyset_indexes::Migration),
             Box::new(m20261125_000010_add_import_refs::Migration),
             Box::new(m20261129_000011_create_inventory::Migration),
+            Box::new(m20261202_000012_create_shard_identity::Migration),
         ]
     }
 }

@@ -2,6 +2,9 @@
 //! one shard's postmaster is stopped and started again. Afterwards every order reached a
 //! terminal state that agrees with the databases, nothing is left prepared, and
 //! `orders audit` is clean. Bounded: the load must finish within four minutes.
+//!
+//! Also a SIGTERM mid-load: the worker stops within its shutdown grace, and its successor
+//! finishes the load with nothing lost or duplicated.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -33,9 +36,36 @@ async fn chaos_load(consistency: &str) {
         .as_nanos() as u64
         | 1;
     eprintln!("chaos seed {seed} ({consistency})");
-    let report_file = app.worker_log().with_extension("load.json");
-    let mut load = LoadProcess(
-        app.orders_command()
+    let load = LoadProcess::start(&app, consistency);
+
+    for round in 0..3 {
+        tokio::time::sleep(pause(&mut seed)).await;
+        app.kill_worker();
+        tokio::time::sleep(pause(&mut seed) / 2).await;
+        app.start_worker(None);
+        if round == 0 {
+            tokio::time::sleep(pause(&mut seed)).await;
+            cluster.stop().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.restart().await;
+        }
+    }
+    load.finish_consistently(&app).await;
+}
+
+/// `orders load` of [`ORDERS`] orders, killed if the test ends before it does (a panic must
+/// not leave it waiting forever for a worker that is gone).
+struct LoadProcess {
+    child: std::process::Child,
+    report_file: std::path::PathBuf,
+}
+
+impl LoadProcess {
+    /// Starts the load: 8 in flight over 8 customers and 6 products with little stock.
+    fn start(app: &TestApp, consistency: &str) -> Self {
+        let report_file = app.worker_log().with_extension("load.json");
+        let child = app
+            .orders_command()
             .args([
                 "load",
                 "--orders",
@@ -55,27 +85,51 @@ async fn chaos_load(consistency: &str) {
             .stdout(std::fs::File::create(&report_file).expect("report file"))
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("orders load starts"),
-    );
-
-    for round in 0..3 {
-        tokio::time::sleep(pause(&mut seed)).await;
-        app.kill_worker();
-        tokio::time::sleep(pause(&mut seed) / 2).await;
-        app.start_worker(None);
-        if round == 0 {
-            tokio::time::sleep(pause(&mut seed)).await;
-            cluster.stop().await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            cluster.restart().await;
-        }
+            .expect("orders load starts");
+        Self { child, report_file }
     }
 
-    let status = load.wait(Duration::from_secs(240)).await;
-    assert!(status.success(), "orders load failed ({status})");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_file).expect("the report was written"))
-            .expect("orders load --json prints JSON");
+    /// Waits for the load, then checks that every order reached a terminal state that
+    /// agrees with the databases, nothing is left prepared, and the audit is clean.
+    async fn finish_consistently(mut self, app: &TestApp) {
+        let status = self.wait(Duration::from_secs(240)).await;
+        assert!(status.success(), "orders load failed ({status})");
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&self.report_file).expect("the report was written"),
+        )
+        .expect("orders load --json prints JSON");
+        assert_consistent(app, &report).await;
+    }
+
+    async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .expect("orders load can be waited for")
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the load did not finish within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for LoadProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every order of the load's `report` placed or refused for stock, one row per placed order,
+/// no prepared transaction left, and a clean audit.
+async fn assert_consistent(app: &TestApp, report: &serde_json::Value) {
     assert_eq!(report["orders"], ORDERS, "{report:#}");
     let results = report["results"].as_array().expect("results");
     let mut placed = 0;
@@ -104,41 +158,14 @@ async fn chaos_load(consistency: &str) {
     );
     assert!(placed > 0, "the load placed orders: {report:#}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !prepared_everywhere(&app).await.is_empty() {
+    while !prepared_everywhere(app).await.is_empty() {
         assert!(
             Instant::now() < deadline,
             "prepared transactions left behind"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_audit_clean(&app);
-}
-
-/// `orders load`, killed if the test ends before it does (a panic must not leave it waiting
-/// forever for a worker that is gone).
-struct LoadProcess(std::process::Child);
-
-impl LoadProcess {
-    async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("orders load can be waited for") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the load did not finish within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for LoadProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    assert_audit_clean(app);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,4 +176,38 @@ async fn sagas_survive_worker_kills_and_a_shard_restart_and_the_audit_stays_clea
 #[tokio::test(flavor = "multi_thread")]
 async fn two_phase_orders_survive_worker_kills_and_a_shard_restart_and_the_audit_stays_clean() {
     chaos_load("two_phase").await;
+}
+
+/// What `orders worker` gets to finish in-flight tasks after SIGTERM, in this test.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_load_stops_the_worker_within_its_grace_and_no_order_is_lost_or_duplicated() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.worker_env.push((
+        "ORDERS_SHUTDOWN_GRACE_SECS",
+        SHUTDOWN_GRACE.as_secs().to_string(),
+    ));
+    // Every order's credit step takes a second, so SIGTERM finds steps in flight.
+    app.start_worker(Some("reserve_credit.before=sleep:1000"));
+    let load = LoadProcess::start(&app, "saga");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let asked = Instant::now();
+    app.terminate_worker();
+    assert!(
+        app.worker_exits_within(SHUTDOWN_GRACE + Duration::from_secs(5)),
+        "the worker was still running {:?} after SIGTERM (grace {SHUTDOWN_GRACE:?}); log: {}",
+        asked.elapsed(),
+        app.worker_log().display()
+    );
+    let log = std::fs::read_to_string(app.worker_log()).expect("worker log reads");
+    assert!(
+        log.contains("shutting down: polling stopped"),
+        "the worker drained instead of dying: {}",
+        app.worker_log().display()
+    );
+
+    app.start_worker(None);
+    load.finish_consistently(&app).await;
 }

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};
+
 fn compose(args: &[&str]) -> String {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
     let output = Command::new("docker-compose")
@@ -28,7 +30,9 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
     let services: Vec<&str> = services.lines().collect();
     for expected in [
         "temporal-db",
+        "temporal-schema",
         "temporal",
+        "temporal-setup",
         "temporal-ui",
         "shard0",
         "shard1",
@@ -60,5 +64,24 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
     assert!(
         resolved.contains("ORDERS_SHARDS: postgres://orders:orders@shard0:5432/orders,"),
         "the worker is told every shard"
+    );
+    assert!(
+        !resolved.contains("temporalio/auto-setup"),
+        "Temporal's deprecated auto-setup image is not used"
+    );
+    for (name, kind) in REGISTRATION {
+        let flag = format!("{name}={}", cli_type_name(kind));
+        assert!(
+            resolved.contains(&flag),
+            "docker-compose registers search attribute {flag}"
+        );
+    }
+    assert!(
+        resolved.contains("ORDERS_API_TOKEN:"),
+        "the worker's read API, published on a port, requires a token"
+    );
+    assert!(
+        !resolved.contains("|| true"),
+        "no setup step hides its errors"
     );
 }

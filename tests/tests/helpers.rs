@@ -31,7 +31,7 @@ pub(crate) const SHARD_COUNT: usize = 4;
 
 /// Namespaces created on the test server; each test takes its own, as each deployment owns
 /// its namespace (order lifecycle workflow ids are unique per deployment, not globally).
-const NAMESPACES: usize = 60;
+const NAMESPACES: usize = 72;
 static NEXT_NAMESPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn take_namespace() -> String {
@@ -120,8 +120,8 @@ pub(crate) fn orders_binary() -> &'static Path {
 }
 
 fn build_orders_binary() -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        // `--workspace`, as the test command builds it: the same features, so no rebuild.
+    // `--workspace`, as the test command builds it: the same features, so no rebuild.
+    let status = crate::nested_cargo::cargo()
         .args(["build", "--quiet", "--workspace", "--bin", "orders"])
         .status()
         .context("failed to run cargo build for the orders binary")?;
@@ -320,6 +320,70 @@ impl TestApp {
             ChildService::spawn("orders worker", command, Signal::SIGTERM)
                 .expect("orders worker starts"),
         );
+    }
+
+    /// Runs `orders worker`, expecting it to refuse to start, and returns its exit status and
+    /// stderr. Fails the test if it is still running after 60 s: it started instead.
+    pub(crate) fn worker_refusal(&self) -> (std::process::ExitStatus, String) {
+        let stderr_path = self.worker_log.with_extension("refusal.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("refusal log opens");
+        let mut command = self.orders_command();
+        command
+            .arg("worker")
+            .env(
+                "ORDERS_METRICS_ADDR",
+                format!("127.0.0.1:{}", local::free_port().expect("a free port")),
+            )
+            .env("ORDERS_API_ADDR", "off")
+            .envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut child = command.spawn().expect("orders worker starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the worker can be waited for") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the worker was expected to refuse to start, but it ran for 60 s; its log: {}",
+                    stderr_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stderr = std::fs::read_to_string(&stderr_path).expect("refusal log reads");
+        (status, stderr)
+    }
+
+    /// Moves this test to a namespace created now, with none of the search attributes the
+    /// harness registers: a namespace prepared by hand. Returns its name.
+    pub(crate) async fn use_fresh_namespace(&mut self) -> String {
+        let namespace = format!("fresh-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let temporal = &services().temporal;
+        let name = namespace.clone();
+        tokio::task::block_in_place(|| temporal.create_namespace(&name))
+            .expect("the namespace is created");
+        self.client = client::connect(&TemporalSettings {
+            address: self.temporal_address.clone(),
+            namespace: namespace.clone(),
+            task_queue: self.task_queue.clone(),
+        })
+        .await
+        .expect("client connects to the fresh namespace");
+        self.namespace = namespace.clone();
+        namespace
+    }
+
+    /// Sends the worker SIGTERM, as an orchestrator stopping it would, and returns at once;
+    /// [`Self::worker_exits_within`] then says whether it stopped.
+    pub(crate) fn terminate_worker(&self) {
+        let pid = self.worker.as_ref().expect("a worker was started").pid();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM)
+            .expect("SIGTERM reaches the worker");
     }
 
     /// SIGKILLs the worker: no draining, no goodbye, as a crash would.
@@ -527,15 +591,23 @@ fn first_name_lower(name: &str) -> String {
 
 /// `GET path` on 127.0.0.1:`port`; returns the status code and the body.
 pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, None)
+}
+
+/// `GET path` with an `Authorization` header, if given.
+pub(crate) fn http_get_with(port: u16, path: &str, authorization: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("127.0.0.1:{port} accepts connections: {e}"));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -4,6 +4,8 @@
 //! `orders worker` process.
 
 mod helpers;
+#[path = "../support/nested_cargo.rs"]
+mod nested_cargo;
 
 mod chaos;
 mod compose;
@@ -17,6 +19,7 @@ mod listing;
 mod metrics;
 mod migrations;
 mod order_cache;
+mod preflight;
 mod query_plans;
 mod replay;
 mod retry_safety;

@@ -1,14 +1,21 @@
 //! Migrations on every shard: up → down → up keeps data; failures name the shard.
 
+use orders_migration::{Migrator, MigratorTrait};
 use orders_worker::migrate::{self, Plan};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::json;
 
 use crate::helpers::TestApp;
 
-const MIGRATION_COUNT: usize = 11;
-/// Migrations from the customer-name split (the 5th) on.
-const SINCE_NAME_SPLIT: usize = MIGRATION_COUNT - 4;
+/// How many migrations this build has.
+fn migration_count() -> usize {
+    Migrator::migrations().len()
+}
+
+/// How many migrations there are from the customer-name split (the 5th) on.
+fn since_name_split() -> usize {
+    migration_count() - 4
+}
 
 async fn names(app: &TestApp, column_sql: &str) -> Vec<Vec<String>> {
     let mut all = Vec::new();
@@ -53,13 +60,13 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
     let split_before = names(&app, "first_name || '|' || last_name").await;
 
     // Roll back everything from the name split on: full names come back.
-    let versions = migrate::run(&app.shards, Plan::Down(SINCE_NAME_SPLIT as u32))
+    let versions = migrate::run(&app.shards, Plan::Down(since_name_split() as u32))
         .await
         .expect("down works on every shard");
     assert!(
         versions
             .iter()
-            .all(|v| v.applied == MIGRATION_COUNT - SINCE_NAME_SPLIT),
+            .all(|v| v.applied == migration_count() - since_name_split()),
         "{versions:?}"
     );
     let joined = names(&app, "name").await.concat();
@@ -83,7 +90,7 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
     assert!(
         versions
             .iter()
-            .all(|v| v.applied == MIGRATION_COUNT && v.pending == 0),
+            .all(|v| v.applied == migration_count() && v.pending == 0),
         "{versions:?}"
     );
     assert_eq!(
@@ -122,7 +129,7 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
 async fn every_migration_goes_down_to_an_empty_schema_and_back_up() {
     let app = TestApp::with_empty_databases().await;
     migrate::run(&app.shards, Plan::Up(None)).await.expect("up");
-    let down = migrate::run(&app.shards, Plan::Down(MIGRATION_COUNT as u32))
+    let down = migrate::run(&app.shards, Plan::Down(migration_count() as u32))
         .await
         .expect("down all");
     assert!(
@@ -137,7 +144,7 @@ async fn every_migration_goes_down_to_an_empty_schema_and_back_up() {
     let up = migrate::run(&app.shards, Plan::Up(None))
         .await
         .expect("up again");
-    assert!(up.iter().all(|v| v.applied == MIGRATION_COUNT), "{up:?}");
+    assert!(up.iter().all(|v| v.applied == migration_count()), "{up:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,7 +168,8 @@ async fn a_shard_that_cannot_migrate_is_named_and_the_others_complete() {
     for shard in [0, 1, 3] {
         let status = migrate::run(&app.shards, Plan::Status).await.unwrap();
         assert_eq!(
-            status[shard].applied, MIGRATION_COUNT,
+            status[shard].applied,
+            migration_count(),
             "shard {shard} completed"
         );
     }

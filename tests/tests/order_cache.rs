@@ -5,7 +5,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, http_get};
+use crate::helpers::{TestApp, http_get, http_get_with};
 
 fn get_json(port: u16, path: &str) -> (u16, Value) {
     let (status, body) = http_get(port, path);
@@ -124,4 +124,31 @@ async fn the_api_pages_all_orders_and_counts_them_by_status() {
     assert_eq!(counts["missing_shards"], json!([]));
     let (_, theirs) = get_json(app.api_port, &format!("/customers/{}/orders", customers[2]));
     assert_eq!(theirs["orders"][0]["customer_name"], "Barbara Liskov");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_orders_api_token_set_the_read_api_answers_only_requests_bearing_it() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let token = format!("token-{}", uuid::Uuid::new_v4().simple());
+    app.worker_env.push(("ORDERS_API_TOKEN", token.clone()));
+    app.start_worker(None);
+    let customer = app.add_customer("Barbara Liskov", "500.00").await;
+    let (_, placed) = app
+        .place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "7.00"}]}))
+        .await;
+    let path = format!("/orders/{}", placed.order_id);
+
+    for refused in [None, Some("Bearer wrong".to_owned()), Some(token.clone())] {
+        let (status, body) = http_get_with(app.api_port, &path, refused.as_deref());
+        assert_eq!(status, 401, "{refused:?} was let in: {body}");
+        assert!(
+            !body.contains("Barbara"),
+            "a refused request saw the customer: {body}"
+        );
+    }
+    let (status, body) = http_get_with(app.api_port, &path, Some(&format!("Bearer {token}")));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Barbara Liskov"), "{body}");
+    let log = std::fs::read_to_string(app.worker_log()).expect("worker log reads");
+    assert!(!log.contains(&token), "the token reached the worker's log");
 }

@@ -125,9 +125,20 @@ pub struct ReadApiSettings {
         default_value_t = 30
     )]
     pub cache_ttl_secs: u64,
+    /// When set, every read API request needs `Authorization: Bearer <token>`.
+    #[arg(long = "api-token", env = "ORDERS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ReadApiSettings {
+    /// The token requests must carry, if one is configured.
+    pub fn token(&self) -> anyhow::Result<Option<crate::api::ApiToken>> {
+        self.token
+            .as_deref()
+            .map(crate::api::ApiToken::new)
+            .transpose()
+    }
+
     /// The socket address, or `None` when the API is off.
     pub fn socket_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
         parse_addr("ORDERS_API_ADDR", &self.api_addr)
@@ -166,6 +177,25 @@ impl RecoverySettings {
             every_secs: self.every_secs.max(1),
             grace_secs: self.grace_secs,
         }
+    }
+}
+
+/// How the worker stops on SIGTERM or Ctrl-C.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShutdownSettings {
+    /// Seconds in-flight tasks get to finish after SIGTERM; then activities still running are
+    /// cancelled and the worker exits (Temporal hands their tasks to another worker).
+    #[arg(
+        long = "shutdown-grace",
+        env = "ORDERS_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ShutdownSettings {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 

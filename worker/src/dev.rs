@@ -34,9 +34,10 @@ const DEMO_CUSTOMERS: [(i64, &str, &str, &str); 4] = [
 
 /// PlaceOrder's search attributes as `Name=Type`.
 pub fn search_attribute_flags() -> Vec<String> {
-    orders_workflows::search_attributes::REGISTRATION
+    use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};
+    REGISTRATION
         .iter()
-        .map(|(name, kind)| format!("{name}={kind}"))
+        .map(|&(name, kind)| format!("{name}={}", cli_type_name(kind)))
         .collect()
 }
 
@@ -114,14 +115,14 @@ pub async fn run(
         client.clone(),
         &settings.task_queue,
         shards.clone(),
-        serving,
+        serving.clone(),
         async {
             let _ = stop_rx.await;
         },
     );
     let demo = async {
         place_sample_orders(&client, &settings.task_queue).await?;
-        print_where_to_look(&stack, &urls, &settings, serving);
+        print_where_to_look(&stack, &urls, &settings, &serving);
         crate::worker::shutdown_signal().await;
         eprintln!("\n▶ stopping the worker, then the services this command started");
         anyhow::Ok(())
@@ -291,7 +292,7 @@ fn print_where_to_look(
     stack: &DevStack,
     urls: &[String],
     settings: &TemporalSettings,
-    serving: crate::worker::Serving,
+    serving: &crate::worker::Serving,
 ) {
     let ui = stack
         .temporal

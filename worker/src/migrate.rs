@@ -6,9 +6,13 @@
 
 use anyhow::bail;
 use futures::future::join_all;
-use orders_activities::Shards;
+use orders_activities::store::table_exists;
+use orders_activities::{Shard, Shards};
 use orders_migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::MigrationStatus;
+
+use crate::preflight::Problem;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +81,9 @@ pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion
         );
     }
     if matches!(plan, Plan::Up(None)) {
-        // A fresh deployment gets its first shard map; a shard that missed a version gets it.
+        // New shards learn who they are; then a fresh deployment gets its first shard map,
+        // and a shard that missed a version gets it.
+        crate::shard_identity::record_missing(shards).await?;
         shards.refresh_map().await?;
         let version = shards.publish_map().await?;
         tracing::info!(version, "shard map stored on every shard");
@@ -102,4 +108,84 @@ async fn version(
         .collect();
     let version = applied.last().map(|m| m.name().to_owned());
     Ok((version, applied.len(), migrations.len() - applied.len()))
+}
+
+/// A shard's applied migrations against this build's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaComparison {
+    /// This build's migrations the shard has not applied, oldest first.
+    pub pending: Vec<String>,
+    /// Migrations the shard has applied that this build does not know: a newer build
+    /// migrated it.
+    pub unknown: Vec<String>,
+}
+
+impl SchemaComparison {
+    /// Whether the shard is exactly at this build's schema.
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty()
+    }
+
+    /// What is wrong with `shard`'s schema, and the fix; `None` when it is current.
+    pub fn problem(&self, shard: &Shard) -> Option<Problem> {
+        let newest = Migrator::migrations()
+            .last()
+            .map(|m| m.name().to_owned())
+            .unwrap_or_default();
+        if !self.unknown.is_empty() {
+            return Some(Problem {
+                what: format!(
+                    "shard {} ({}) has migrations this worker does not know ({}; this build's newest is {newest}): this worker is older than the schema",
+                    shard.index,
+                    shard.url,
+                    self.unknown.join(", ")
+                ),
+                fix: "deploy the build that migrated the shard (or newer); to go back to this build's schema instead, run `orders migrate down` with that newer build".into(),
+            });
+        }
+        if !self.pending.is_empty() {
+            return Some(Problem {
+                what: format!(
+                    "shard {} ({}) is behind this build's schema: {} migration(s) pending, up to {newest}",
+                    shard.index,
+                    shard.url,
+                    self.pending.len()
+                ),
+                fix: "orders migrate up (with the same ORDERS_SHARDS as this worker)".into(),
+            });
+        }
+        None
+    }
+}
+
+/// Compares the migrations recorded on a shard with this build's, without failing on
+/// unknown ones as sea-orm's own status does.
+pub async fn compare_with_build(conn: &impl ConnectionTrait) -> Result<SchemaComparison, DbErr> {
+    let applied: Vec<String> = if table_exists(conn, "seaql_migrations").await? {
+        conn.query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT version FROM seaql_migrations ORDER BY version",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "version"))
+        .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let known: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    Ok(SchemaComparison {
+        pending: known
+            .iter()
+            .filter(|name| !applied.contains(name))
+            .cloned()
+            .collect(),
+        unknown: applied
+            .into_iter()
+            .filter(|name| !known.contains(name))
+            .collect(),
+    })
 }

@@ -30,21 +30,33 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 /// whose workflow it had cached; a live worker picks its sticky tasks up in milliseconds.
 pub const STICKY_SCHEDULE_TO_START: Duration = Duration::from_secs(3);
 
+/// How long cancelled activities get to report after the shutdown grace, before the worker
+/// exits regardless.
+const SHUTDOWN_REPORTING: Duration = Duration::from_secs(2);
+
 /// What the worker serves besides its task queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Serving {
     /// Prometheus metrics at `http://<addr>/metrics`.
     pub metrics_addr: Option<SocketAddr>,
     /// The read API (see [`crate::api`]).
     pub api_addr: Option<SocketAddr>,
+    /// The bearer token the read API requires, if any.
+    pub api_token: Option<crate::api::ApiToken>,
     pub cache: CacheSettings,
     /// How often to re-read the shard map.
     pub map_refresh: Duration,
     /// The in-doubt recovery loop this worker makes sure is running.
     pub recovery: RecoverySchedule,
+    /// How long in-flight tasks may run on after shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
-/// Runs the worker until `shutdown` resolves, then drains in-flight tasks and returns.
+/// The shutdown grace of `orders dev` (`orders worker` reads `ORDERS_SHUTDOWN_GRACE_SECS`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Checks the deployment (see [`crate::preflight`]), then runs the worker until `shutdown`
+/// resolves, drains in-flight tasks and returns.
 pub async fn run(
     client: Client,
     task_queue: &str,
@@ -52,6 +64,7 @@ pub async fn run(
     serving: Serving,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::preflight::check(&client, &shards).await?;
     let meter: Option<Arc<dyn CoreMeter>> = match serving.metrics_addr {
         Some(addr) => {
             let server = start_prometheus_metric_exporter(
@@ -91,6 +104,7 @@ pub async fn run(
     let api = serving.api_addr.map(|addr| {
         tokio::spawn(crate::api::serve(
             addr,
+            serving.api_token.clone(),
             shards.clone(),
             cache.clone(),
             async move {
@@ -103,6 +117,8 @@ pub async fn run(
     let options = WorkerOptions::new(task_queue)
         // A workflow task on a dead worker's sticky queue moves to any worker after this.
         .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
+        // Activities still running when the grace ends are cancelled, so the worker can go.
+        .graceful_shutdown_period(serving.shutdown_grace)
         .register_activities(OrderActivities::new(shards.clone(), metrics, cache.clone()))
         .register_activities(StockActivities::new(shards.clone(), cache.clone()))
         .register_activities(TwoPhaseActivities::new(shards.clone(), cache))
@@ -122,9 +138,19 @@ pub async fn run(
     let result = tokio::select! {
         result = &mut run => result,
         () = shutdown => {
-            tracing::info!("shutting down: finishing in-flight tasks");
+            let grace = serving.shutdown_grace;
+            tracing::info!(grace_secs = grace.as_secs(), "shutting down: polling stopped, finishing in-flight tasks");
             stop();
-            run.await
+            // Past the grace, cancelled activities get a moment to report; then go anyway:
+            // their tasks time out on the server and another worker runs them, and every
+            // step is idempotent.
+            match tokio::time::timeout(grace + SHUTDOWN_REPORTING, &mut run).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(grace_secs = grace.as_secs(), "tasks still in flight after the shutdown grace; exiting without them (Temporal retries them elsewhere)");
+                    Ok(())
+                }
+            }
         }
     };
     pool_gauges.abort();

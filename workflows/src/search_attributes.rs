@@ -1,11 +1,13 @@
 //! Search attributes PlaceOrder keeps up to date, so users find orders in the Web UI and with
 //! `temporal workflow list --query 'CustomerId=42'`.
 //!
-//! The namespace must know them before a workflow sets them: `orders dev` and the test
-//! harness register them; on another server run, once per namespace:
-//! `temporal operator search-attribute create --name CustomerId --type Int` (and so on for
+//! The namespace must know them before a workflow sets them, or the server rejects the
+//! workflow task: the worker registers missing ones at start where the server allows it,
+//! and otherwise refuses to start, listing the
+//! `temporal operator search-attribute create --name CustomerId --type Int` commands (one for
 //! each entry of [`REGISTRATION`]).
 
+use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
 use temporalio_common::search_attributes::SearchAttributeKey;
 
 /// The customer the order is for.
@@ -19,11 +21,25 @@ pub const CONSISTENCY: SearchAttributeKey<String> = SearchAttributeKey::keyword(
 /// The order's id, once taken: how `orders cancel ORDER_ID` finds a pending order's workflow.
 pub const ORDER_ID: SearchAttributeKey<i64> = SearchAttributeKey::int("OrderId");
 
-/// Name and Temporal type of every attribute, as `temporal` CLI flags want them.
-pub const REGISTRATION: [(&str, &str); 5] = [
-    ("CustomerId", "Int"),
-    ("OrderStatus", "Keyword"),
-    ("Shard", "Int"),
-    ("Consistency", "Keyword"),
-    ("OrderId", "Int"),
+/// Name and Temporal type of every attribute above.
+pub const REGISTRATION: [(&str, IndexedValueType); 5] = [
+    ("CustomerId", IndexedValueType::Int),
+    ("OrderStatus", IndexedValueType::Keyword),
+    ("Shard", IndexedValueType::Int),
+    ("Consistency", IndexedValueType::Keyword),
+    ("OrderId", IndexedValueType::Int),
 ];
+
+/// A type as the `temporal` CLI spells it (`--type Int`).
+pub fn cli_type_name(kind: IndexedValueType) -> &'static str {
+    match kind {
+        IndexedValueType::Text => "Text",
+        IndexedValueType::Keyword => "Keyword",
+        IndexedValueType::Int => "Int",
+        IndexedValueType::Double => "Double",
+        IndexedValueType::Bool => "Bool",
+        IndexedValueType::Datetime => "Datetime",
+        IndexedValueType::KeywordList => "KeywordList",
+        IndexedValueType::Unspecified => "Unspecified",
+    }
+}

@@ -7,14 +7,7 @@ use crate::shard_map::ShardMap;
 /// The highest map version this shard holds, as (version, owner of each bucket); `None`
 /// when it holds none, including before the migration that creates the table.
 pub async fn latest(conn: &impl ConnectionTrait) -> Result<Option<(i32, Vec<u16>)>, DbErr> {
-    let table = conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT to_regclass('shard_map') IS NOT NULL AS present",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("to_regclass returned no row".into()))?;
-    if !table.try_get::<bool>("", "present")? {
+    if !super::table_exists(conn, "shard_map").await? {
         return Ok(None);
     }
     let row = conn

@@ -8,6 +8,9 @@ use orders_activities::shards::PoolSettings;
 use orders_worker::local::{self, PostgresCluster, PostgresOptions};
 use orders_worker::migrate;
 
+#[path = "../../support/nested_cargo.rs"]
+mod nested_cargo;
+
 /// Clusters under a temporary directory, removed on drop.
 pub(crate) struct Clusters {
     pub(crate) root: PathBuf,
@@ -65,10 +68,16 @@ impl Clusters {
     }
 }
 
-/// The `orders` binary in release mode (what users deploy).
+/// The `orders` binary in release mode (what users deploy): `ORDERS_BIN` when set (a binary
+/// built beforehand, so running the benchmark compiles nothing), else built here.
 #[allow(dead_code)] // Not every benchmark runs a worker.
 pub(crate) fn build_release_orders() -> anyhow::Result<PathBuf> {
-    let status = std::process::Command::new(env!("CARGO"))
+    if let Some(bin) = std::env::var_os("ORDERS_BIN") {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(bin.is_file(), "ORDERS_BIN={} is not a file", bin.display());
+        return Ok(bin);
+    }
+    let status = nested_cargo::cargo()
         // `--workspace`, as `cargo bench --workspace` resolves features: no second build.
         .args([
             "build",

@@ -9,7 +9,8 @@ use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 
 use crate::config::{
-    MetricsSettings, ReadApiSettings, RecoverySettings, ShardSettings, TemporalSettings,
+    MetricsSettings, ReadApiSettings, RecoverySettings, ShardSettings, ShutdownSettings,
+    TemporalSettings,
 };
 use crate::synthetic::Volume;
 
@@ -70,6 +71,8 @@ pub enum Command {
         api: ReadApiSettings,
         #[command(flatten)]
         recovery: RecoverySettings,
+        #[command(flatten)]
+        shutdown: ShutdownSettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {

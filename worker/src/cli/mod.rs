@@ -39,9 +39,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
                 api_addr: api.socket_addr()?,
+                api_token: api.token()?,
                 cache: api.cache(),
                 map_refresh: Duration::from_secs(30),
                 recovery: Default::default(),
+                shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
             };
             dev::run(state_dir, temporal, serving).await?;
             Ok(ExitCode::SUCCESS)
@@ -52,13 +54,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
             api,
             recovery,
+            shutdown,
         } => {
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
                 api_addr: api.socket_addr()?,
+                api_token: api.token()?,
                 cache: api.cache(),
                 map_refresh: shards.map_refresh(),
                 recovery: recovery.schedule(),
+                shutdown_grace: shutdown.grace(),
             };
             let shards = shards.connect().await?;
             let client = client::connect(&temporal).await?;

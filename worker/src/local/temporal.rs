@@ -164,6 +164,42 @@ impl TemporalDevServer {
         Ok(())
     }
 
+    /// Creates `namespace` (with no custom search attributes) and waits until it answers.
+    pub fn create_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+        let output = Command::new(temporal_cli()?)
+            .args(["operator", "namespace", "create", "--namespace", namespace])
+            .args(["--address", &self.address()])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "creating namespace {namespace} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let described = Command::new(temporal_cli()?)
+                .args([
+                    "operator",
+                    "namespace",
+                    "describe",
+                    "--namespace",
+                    namespace,
+                ])
+                .args(["--address", &self.address()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if described.success() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("namespace {namespace} was created but does not answer after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `host:port` for clients.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
