@@ -8,6 +8,8 @@ source scripts/bootstrap.sh
 missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)   # the TLS proxy in front of Temporal
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "▶ installing ${missing[*]} (apt-get)" >&2
   as_root apt-get update -qq

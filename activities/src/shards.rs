@@ -281,15 +281,37 @@ impl Shards {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user@host/db`, for logs and output.
+/// Query parameters of a PostgreSQL URL that carry secrets.
+const SECRET_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
+
+/// A shard URL fit for logs and output: `postgres://user:secret@host/db?password=x` →
+/// `postgres://user@host/db?password=***`. A URL that does not parse is not printed at all,
+/// since where its secret would be cannot be known.
 pub fn redact_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<a shard URL that does not parse>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(None);
     }
+    if parsed
+        .query_pairs()
+        .any(|(key, _)| SECRET_PARAMETERS.contains(&&*key))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if SECRET_PARAMETERS.contains(&&*key) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -306,5 +328,12 @@ mod tests {
             redact_password("postgres://ada@db/orders"),
             "postgres://ada@db/orders"
         );
+        assert_eq!(
+            redact_password(
+                "postgres://ada@db/orders?sslmode=verify-full&password=s3cret&sslpassword=k3y"
+            ),
+            "postgres://ada@db/orders?sslmode=verify-full&password=***&sslpassword=***"
+        );
+        assert!(!redact_password("postgres://ada:s3cret@[db/orders").contains("s3cret"));
     }
 }

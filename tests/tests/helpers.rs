@@ -254,6 +254,7 @@ impl TestApp {
             address: temporal_address.clone(),
             namespace: namespace.clone(),
             task_queue: task_queue.clone(),
+            tls: Default::default(),
         })
         .await
         .expect("client connects to the test Temporal server");
@@ -371,6 +372,7 @@ impl TestApp {
             address: self.temporal_address.clone(),
             namespace: namespace.clone(),
             task_queue: self.task_queue.clone(),
+            tls: Default::default(),
         })
         .await
         .expect("client connects to the fresh namespace");
@@ -650,6 +652,11 @@ impl OwnCluster {
         tokio::task::spawn_blocking(move || cluster.stop())
             .await
             .expect("stop task");
+    }
+
+    /// The cluster's data directory.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.options.data_dir
     }
 
     /// Starts the postmaster again on the same data directory and port.

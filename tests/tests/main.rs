@@ -7,6 +7,7 @@ mod helpers;
 #[path = "../support/nested_cargo.rs"]
 mod nested_cargo;
 
+mod certificates;
 mod chaos;
 mod compose;
 mod configuration;
@@ -24,6 +25,8 @@ mod query_plans;
 mod replay;
 mod retry_safety;
 mod saga;
+mod secured_shards;
+mod secured_temporal;
 mod shard_map;
 mod submit;
 mod temporal_cli;

@@ -5,31 +5,18 @@ use orders_activities::{OrderRequest, PlacedOrder};
 use orders_workflows::progress::Acceptance;
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, WorkflowExecuteUpdateOptions,
-    WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowStartOptions,
-    WorkflowUpdateWithStartOptions, errors::WorkflowGetResultError,
+    Client, ClientOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
+    WorkflowIdConflictPolicy, WorkflowStartOptions, WorkflowUpdateWithStartOptions,
+    errors::WorkflowGetResultError,
 };
 use temporalio_common::error::IncomingError;
 
 use crate::config::TemporalSettings;
 
-/// Connects to the configured Temporal frontend.
+/// Connects to the configured Temporal frontend (over TLS and with an API key when
+/// configured; see [`crate::temporal_connection`]).
 pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
-    let url = url::Url::parse(&format!("http://{}", settings.address))
-        .with_context(|| format!("TEMPORAL_ADDRESS {:?} is not host:port", settings.address))?;
-    let connection = Connection::connect(
-        ConnectionOptions::new(url)
-            .identity(format!("orders@{}", std::process::id()))
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot reach Temporal at {} (is it running? `orders dev` starts one)",
-            settings.address
-        )
-    })?;
+    let connection = crate::temporal_connection::connect(settings).await?;
     Ok(Client::new(
         connection,
         ClientOptions::new(settings.namespace.clone()).build(),

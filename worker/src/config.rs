@@ -32,6 +32,57 @@ pub struct TemporalSettings {
         default_value = "orders"
     )]
     pub task_queue: String,
+    #[command(flatten)]
+    pub tls: TemporalTls,
+}
+
+/// How to reach a secured Temporal (Temporal Cloud, or a self-hosted frontend behind TLS),
+/// with the flags and environment variables the `temporal` CLI uses.
+#[derive(Clone, Default, clap::Args)]
+pub struct TemporalTls {
+    /// Connect over TLS; implied by any setting below.
+    #[arg(long = "tls", env = "TEMPORAL_TLS")]
+    pub enabled: bool,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key-path.
+    #[arg(long = "tls-cert-path", env = "TEMPORAL_TLS_CLIENT_CERT_PATH")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mutual TLS; needs --tls-cert-path.
+    #[arg(long = "tls-key-path", env = "TEMPORAL_TLS_CLIENT_KEY_PATH")]
+    pub client_key: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate; the system's roots when unset.
+    #[arg(long = "tls-ca-path", env = "TEMPORAL_TLS_SERVER_CA_CERT_PATH")]
+    pub server_ca: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry, when it is not the address's host.
+    #[arg(long = "tls-server-name", env = "TEMPORAL_TLS_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// API key, sent as `Authorization: Bearer <key>` (Temporal Cloud); implies TLS.
+    #[arg(long = "api-key", env = "TEMPORAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl TemporalTls {
+    /// Whether the connection uses TLS.
+    pub fn in_use(&self) -> bool {
+        self.enabled
+            || self.client_cert.is_some()
+            || self.client_key.is_some()
+            || self.server_ca.is_some()
+            || self.server_name.is_some()
+            || self.api_key.is_some()
+    }
+}
+
+impl std::fmt::Debug for TemporalTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalTls")
+            .field("enabled", &self.in_use())
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("server_ca", &self.server_ca)
+            .field("server_name", &self.server_name)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// The PostgreSQL shards and how to pool connections to them.

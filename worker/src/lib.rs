@@ -25,4 +25,5 @@ pub mod replay;
 pub mod shard_identity;
 pub mod shard_report;
 pub mod synthetic;
+pub mod temporal_connection;
 pub mod worker;

@@ -1,0 +1,235 @@
+//! A secured Temporal: a TLS-terminating gRPC proxy (Debian's nginx, `grpc_pass`) in front
+//! of the test server, with certificates made here with openssl. One listener requires a
+//! client certificate (mutual TLS), another an API key. The worker and the CLI connect
+//! through them with the `temporal` CLI's variables; each wrong setting fails at once,
+//! naming the setting.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use orders_worker::local::{self, process::ChildService};
+
+use crate::certificates;
+use crate::helpers::{TestApp, services};
+
+/// The name on the proxy's certificate; the address connected to is 127.0.0.1.
+const SERVER_NAME: &str = "temporal.orders.test";
+const API_KEY: &str = "test-api-key-7f3a";
+
+/// Certificates and the running proxy.
+struct TlsProxy {
+    dir: PathBuf,
+    /// Requires a client certificate signed by the CA.
+    mtls_port: u16,
+    /// Requires `Authorization: Bearer API_KEY`.
+    api_key_port: u16,
+    _nginx: ChildService,
+}
+
+impl TlsProxy {
+    fn start() -> Self {
+        let dir = services().root.join(format!(
+            "tls-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        certificates::make_ca(&dir, "ca");
+        certificates::make_ca(&dir, "other-ca");
+        certificates::make_signed(&dir, "server", &format!("DNS:{SERVER_NAME}"), "serverAuth");
+        certificates::make_signed(&dir, "client", "DNS:orders-worker", "clientAuth");
+        let mtls_port = local::free_port().unwrap();
+        let api_key_port = local::free_port().unwrap();
+        let temporal_port = services().temporal.address();
+        let d = dir.display();
+        let config = format!(
+            "daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{}}
+http {{
+  access_log {d}/access.log;
+  client_body_temp_path {d}/body;
+  ssl_certificate {d}/server.pem;
+  ssl_certificate_key {d}/server-key.pem;
+  server {{
+    listen 127.0.0.1:{mtls_port} ssl http2;
+    ssl_client_certificate {d}/ca.pem;
+    ssl_verify_client on;
+    location / {{ grpc_pass grpc://{temporal_port}; }}
+  }}
+  server {{
+    listen 127.0.0.1:{api_key_port} ssl http2;
+    location / {{
+      if ($http_authorization != \"Bearer {API_KEY}\") {{ return 401; }}
+      grpc_pass grpc://{temporal_port};
+    }}
+  }}
+}}
+"
+        );
+        std::fs::write(dir.join("nginx.conf"), config).unwrap();
+        let nginx = which("nginx").unwrap_or_else(|| {
+            panic!("nginx is not installed: apt-get install nginx-light (scripts/test.sh does)")
+        });
+        let mut command = Command::new(nginx);
+        command
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap());
+        let nginx = ChildService::spawn("nginx", command, Signal::SIGQUIT).expect("nginx starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(local::port_is_open(mtls_port) && local::port_is_open(api_key_port)) {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen within 20 s: {}",
+                std::fs::read_to_string(dir.join("nginx.stderr")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            dir,
+            mtls_port,
+            api_key_port,
+            _nginx: nginx,
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// The variables of a correct mutual-TLS connection through the proxy.
+    fn mtls_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TEMPORAL_ADDRESS", format!("127.0.0.1:{}", self.mtls_port)),
+            ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", self.path("ca.pem")),
+            ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
+            ("TEMPORAL_TLS_CLIENT_CERT_PATH", self.path("client.pem")),
+            ("TEMPORAL_TLS_CLIENT_KEY_PATH", self.path("client-key.pem")),
+        ]
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+/// Runs `orders submit` with `env`: it connects to Temporal first, so a bad connection
+/// setting fails it before anything is started. Returns success, stderr and how long it took.
+fn temporal_probe(app: &TestApp, env: &[(&str, String)]) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let output = app
+        .orders_command()
+        .args(["submit", "--customer", "1", "--item", "1:1:1.00"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("orders runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// `orders submit --wait` with `env` (a way through the proxy); the order must be confirmed.
+fn place_through(app: &TestApp, customer: &str, env: &[(&str, String)]) {
+    let submitted = app
+        .orders_command()
+        .args(["submit", "--customer", customer, "--item", "5:1:3.50"])
+        .args(["--wait", "--json"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("orders submit runs");
+    assert!(
+        submitted.status.success(),
+        "an order through the proxy: {}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let placed: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(placed["status"], "confirmed", "{placed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_go_through_a_mutual_tls_proxy_and_each_wrong_setting_fails_at_once_naming_it() {
+    let proxy = TlsProxy::start();
+    let mut app = TestApp::spawn_without_worker().await;
+    app.worker_env = proxy.mtls_env();
+    app.start_worker(None);
+    let customer = app
+        .add_customer("Radia Perlman", "100.00")
+        .await
+        .to_string();
+    place_through(&app, &customer, &proxy.mtls_env());
+
+    let without_client_cert: Vec<_> = proxy
+        .mtls_env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("TEMPORAL_TLS_CLIENT_"))
+        .collect();
+    let mut wrong_ca = proxy.mtls_env();
+    wrong_ca[1].1 = proxy.path("other-ca.pem");
+    let mut wrong_name = proxy.mtls_env();
+    wrong_name[2].1 = "elsewhere.orders.test".into();
+    for (case, env, expected) in [
+        (
+            "no client certificate",
+            without_client_cert,
+            "over TLS: the server requires a client certificate: set TEMPORAL_TLS_CLIENT_CERT_PATH",
+        ),
+        (
+            "a wrong CA",
+            wrong_ca,
+            "over TLS: the server's certificate is not signed by TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+        ),
+        (
+            "a wrong server name",
+            wrong_name,
+            "over TLS: the server's certificate is not issued for TEMPORAL_TLS_SERVER_NAME (elsewhere.orders.test)",
+        ),
+    ] {
+        let (ok, stderr, took) = temporal_probe(&app, &env);
+        assert!(!ok, "{case}: the CLI connected anyway");
+        assert!(stderr.contains(expected), "{case}: {stderr}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{case}: failed only after {took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_is_sent_as_a_bearer_token_and_a_missing_one_is_named() {
+    let proxy = TlsProxy::start();
+    let app = TestApp::spawn().await;
+    let customer = app
+        .add_customer("Leslie Lamport", "100.00")
+        .await
+        .to_string();
+    let with_key = vec![
+        (
+            "TEMPORAL_ADDRESS",
+            format!("127.0.0.1:{}", proxy.api_key_port),
+        ),
+        ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", proxy.path("ca.pem")),
+        ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
+        ("TEMPORAL_API_KEY", API_KEY.to_owned()),
+    ];
+    place_through(&app, &customer, &with_key);
+    let without_key: Vec<_> = with_key[..3].to_vec();
+    let (ok, stderr, _) = temporal_probe(&app, &without_key);
+    assert!(!ok, "connected without the API key");
+    assert!(
+        stderr.contains("over TLS: the server requires an API key: set TEMPORAL_API_KEY"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(app.worker_log()).unwrap_or_default();
+    assert!(!log.contains(API_KEY), "the API key reached a log");
+}
