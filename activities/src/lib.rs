@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod order_input;
 pub mod read;
 pub mod recovery;
+pub mod retention;
 pub mod routing;
 pub mod shard_map;
 pub mod shards;

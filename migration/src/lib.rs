@@ -21,6 +21,7 @@ mod m20261125_000009_add_keyset_indexes;
 mod m20261125_000010_add_import_refs;
 mod m20261129_000011_create_inventory;
 mod m20261202_000012_create_shard_identity;
+mod m20261202_000013_index_idempotency_keys_by_age;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000010_add_import_refs::Migration),
             Box::new(m20261129_000011_create_inventory::Migration),
             Box::new(m20261202_000012_create_shard_identity::Migration),
+            Box::new(m20261202_000013_index_idempotency_keys_by_age::Migration),
         ]
     }
 }

@@ -23,6 +23,7 @@ mod order_cache;
 mod preflight;
 mod query_plans;
 mod replay;
+mod retention;
 mod retry_safety;
 mod saga;
 mod secured_shards;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use orders_activities::Shards;
 use orders_activities::read::CacheSettings;
+use orders_activities::retention::RetentionPolicy;
 use orders_activities::shards::PoolSettings;
+use orders_workflows::idempotency_retention::RetentionSchedule;
 use orders_workflows::in_doubt_recovery::RecoverySchedule;
 
 /// Where Temporal is and which task queue the order workflows use.
@@ -227,6 +229,37 @@ impl RecoverySettings {
         RecoverySchedule {
             every_secs: self.every_secs.max(1),
             grace_secs: self.grace_secs,
+        }
+    }
+}
+
+/// The idempotency-key retention every worker keeps running.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionSettings {
+    /// Days an idempotency key is kept at least; older ones go once their workflow is no
+    /// longer running. Keep it above the namespace's workflow retention.
+    #[arg(
+        long = "idempotency-retention-days",
+        env = "ORDERS_IDEMPOTENCY_RETENTION_DAYS",
+        default_value_t = 40
+    )]
+    pub retention_days: u32,
+    /// Seconds between two retention passes.
+    #[arg(
+        long = "retention-every",
+        env = "ORDERS_RETENTION_EVERY_SECS",
+        default_value_t = 3600
+    )]
+    pub retention_every_secs: u64,
+}
+
+impl RetentionSettings {
+    pub fn schedule(&self) -> RetentionSchedule {
+        RetentionSchedule {
+            every_secs: self.retention_every_secs.max(1),
+            policy: RetentionPolicy {
+                older_than_days: self.retention_days,
+            },
         }
     }
 }

@@ -10,12 +10,15 @@ use orders_activities::import::ImportActivities;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::read::{CacheSettings, OrderCache};
 use orders_activities::recovery::RecoveryActivities;
+use orders_activities::retention::RetentionActivities;
 use orders_activities::stock::StockActivities;
 use orders_activities::two_phase::TwoPhaseActivities;
 use orders_activities::{OrderActivities, Shards};
+use orders_workflows::idempotency_retention::{self, RetentionSchedule};
 use orders_workflows::in_doubt_recovery::{self, RecoverySchedule};
 use orders_workflows::{
-    ImportOrdersWorkflow, InDoubtRecoveryWorkflow, OrderLifecycleWorkflow, PlaceOrderWorkflow,
+    IdempotencyRetentionWorkflow, ImportOrdersWorkflow, InDoubtRecoveryWorkflow,
+    OrderLifecycleWorkflow, PlaceOrderWorkflow,
 };
 use temporalio_client::{Client, WorkflowIdConflictPolicy, WorkflowStartOptions};
 use temporalio_common::telemetry::metrics::CoreMeter;
@@ -48,6 +51,8 @@ pub struct Serving {
     pub map_refresh: Duration,
     /// The in-doubt recovery loop this worker makes sure is running.
     pub recovery: RecoverySchedule,
+    /// The idempotency-key retention loop this worker makes sure is running.
+    pub retention: RetentionSchedule,
     /// How long in-flight tasks may run on after shutdown begins.
     pub shutdown_grace: Duration,
 }
@@ -113,7 +118,24 @@ pub async fn run(
         ))
     });
 
-    ensure_recovery_running(&client, task_queue, serving.recovery).await;
+    ensure_running(
+        &client,
+        InDoubtRecoveryWorkflow::run,
+        in_doubt_recovery::WORKFLOW_ID,
+        serving.recovery,
+        task_queue,
+        "run `orders recover` by hand",
+    )
+    .await;
+    ensure_running(
+        &client,
+        IdempotencyRetentionWorkflow::run,
+        idempotency_retention::WORKFLOW_ID,
+        serving.retention,
+        task_queue,
+        "idempotency keys are not pruned until a worker starts it",
+    )
+    .await;
     let options = WorkerOptions::new(task_queue)
         // A workflow task on a dead worker's sticky queue moves to any worker after this.
         .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
@@ -123,11 +145,13 @@ pub async fn run(
         .register_activities(StockActivities::new(shards.clone(), cache.clone()))
         .register_activities(TwoPhaseActivities::new(shards.clone(), cache))
         .register_activities(RecoveryActivities::new(shards.clone(), client.clone()))
+        .register_activities(RetentionActivities::new(shards.clone(), client.clone()))
         .register_activities(ImportActivities::new(shards))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
         .register_workflow::<InDoubtRecoveryWorkflow>()?
+        .register_workflow::<IdempotencyRetentionWorkflow>()?
         .build();
     let mut worker =
         Worker::new(&runtime, client, options).context("failed to create the worker")?;
@@ -162,24 +186,27 @@ pub async fn run(
     result.context("worker stopped with an error")
 }
 
-/// Starts the namespace's in-doubt recovery loop unless it already runs (restarting it on
+/// Starts one of the namespace's maintenance loops unless it already runs (restarting it on
 /// every worker start would let a crash-looping or scaling fleet starve it). Failing to
-/// start it is logged, not fatal: orders still work, and `orders recover` does the same.
-async fn ensure_recovery_running(client: &Client, task_queue: &str, schedule: RecoverySchedule) {
-    let options = WorkflowStartOptions::new(task_queue, in_doubt_recovery::WORKFLOW_ID)
+/// start it is logged, not fatal: orders still work, and `otherwise` says what that costs.
+async fn ensure_running<W>(
+    client: &Client,
+    run: W,
+    workflow_id: &str,
+    input: W::Input,
+    task_queue: &str,
+    otherwise: &str,
+) where
+    W: temporalio_common::HasWorkflowDefinition,
+    W::Input: Send + std::fmt::Debug + Clone,
+{
+    let options = WorkflowStartOptions::new(task_queue, workflow_id)
         .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
         .build();
-    match client
-        .start_workflow(InDoubtRecoveryWorkflow::run, schedule, options)
-        .await
-    {
-        Ok(_) => tracing::info!(
-            workflow_id = in_doubt_recovery::WORKFLOW_ID,
-            every_secs = schedule.every_secs,
-            "in-doubt recovery running"
-        ),
+    match client.start_workflow(run, input.clone(), options).await {
+        Ok(_) => tracing::info!(workflow_id, ?input, "maintenance loop running"),
         Err(e) => {
-            tracing::warn!(error = %e, "could not start the in-doubt recovery workflow; run `orders recover` by hand")
+            tracing::warn!(workflow_id, error = %e, "could not start a maintenance loop; {otherwise}")
         }
     }
 }

@@ -5,11 +5,13 @@
 //!
 //! Start at [`place_order`] (an order, as a saga in [`place_order::with_saga`] or with
 //! two-phase commit in [`place_order::two_phase`]), then [`order_lifecycle`] (after
-//! confirmation), [`import_orders`] (bulk import) and [`in_doubt_recovery`]. [`saga`] is the
+//! confirmation), [`import_orders`] (bulk import), [`in_doubt_recovery`] and
+//! [`idempotency_retention`] (maintenance). [`saga`] is the
 //! compensation mechanism; [`failures`] turns an activity's failure into the workflow's;
 //! [`progress`], [`search_attributes`] and [`outcomes`] are how a run shows itself.
 
 pub mod failures;
+pub mod idempotency_retention;
 pub mod import_orders;
 pub mod in_doubt_recovery;
 pub mod order_lifecycle;
@@ -19,6 +21,7 @@ pub mod progress;
 pub mod saga;
 pub mod search_attributes;
 
+pub use idempotency_retention::IdempotencyRetentionWorkflow;
 pub use import_orders::ImportOrdersWorkflow;
 pub use in_doubt_recovery::InDoubtRecoveryWorkflow;
 pub use order_lifecycle::OrderLifecycleWorkflow;

@@ -193,3 +193,51 @@ pub async fn lookup(conn: &impl ConnectionTrait, key: &str) -> Result<Option<Cla
         .try_get::<Option<serde_json::Value>>("", "result")?
         .map(Claim::Done))
 }
+
+/// Keys written before `cutoff`, after `after` in (created_at, key) order, at most `limit`:
+/// the candidates of one retention batch. Walks `idx_idempotency_keys_created_at_key`.
+pub async fn written_before(
+    conn: &impl ConnectionTrait,
+    cutoff: chrono::DateTime<chrono::FixedOffset>,
+    after: Option<&(chrono::DateTime<chrono::FixedOffset>, String)>,
+    limit: u64,
+) -> Result<Vec<(chrono::DateTime<chrono::FixedOffset>, String)>, DbErr> {
+    let (after_time, after_key) = match after {
+        Some((time, key)) => (Some(*time), Some(key.clone())),
+        None => (None, None),
+    };
+    let rows = conn
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT created_at, key FROM idempotency_keys
+             WHERE created_at < $1
+               AND ($2::timestamptz IS NULL OR (created_at, key) > ($2, $3))
+             ORDER BY created_at, key
+             LIMIT $4",
+            [
+                cutoff.into(),
+                after_time.into(),
+                after_key.into(),
+                (limit as i64).into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "created_at")?, row.try_get("", "key")?)))
+        .collect()
+}
+
+/// Deletes `keys`; returns how many rows went.
+pub async fn delete(conn: &impl ConnectionTrait, keys: &[String]) -> Result<u64, DbErr> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let done = conn
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM idempotency_keys WHERE key = ANY($1)",
+            [keys.to_vec().into()],
+        ))
+        .await?;
+    Ok(done.rows_affected())
+}

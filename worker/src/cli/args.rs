@@ -9,8 +9,8 @@ use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 
 use crate::config::{
-    MetricsSettings, ReadApiSettings, RecoverySettings, ShardSettings, ShutdownSettings,
-    TemporalSettings,
+    MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings, ShardSettings,
+    ShutdownSettings, TemporalSettings,
 };
 use crate::synthetic::Volume;
 
@@ -71,6 +71,8 @@ pub enum Command {
         api: ReadApiSettings,
         #[command(flatten)]
         recovery: RecoverySettings,
+        #[command(flatten)]
+        retention: RetentionSettings,
         #[command(flatten)]
         shutdown: ShutdownSettings,
     },

@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache: api.cache(),
                 map_refresh: Duration::from_secs(30),
                 recovery: Default::default(),
+                retention: Default::default(),
                 shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
             };
             dev::run(state_dir, temporal, serving).await?;
@@ -54,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
             api,
             recovery,
+            retention,
             shutdown,
         } => {
             let serving = worker::Serving {
@@ -63,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache: api.cache(),
                 map_refresh: shards.map_refresh(),
                 recovery: recovery.schedule(),
+                retention: retention.schedule(),
                 shutdown_grace: shutdown.grace(),
             };
             let shards = shards.connect().await?;
