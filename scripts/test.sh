@@ -10,6 +10,7 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)   # the TLS proxy in front of Temporal
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks the alert rules
 if [ ${#missing[@]} -gt 0 ]; then
   echo "▶ installing ${missing[*]} (apt-get)" >&2
   as_root apt-get update -qq

@@ -10,7 +10,6 @@
 //! - `DeleteOrder` (the compensation) tombstones the create key, then deletes by order id.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
@@ -21,7 +20,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
 use crate::failure::{Rejection, StepError};
-use crate::metrics::OrderMetrics;
+use crate::metrics::{OrderMetrics, ShardTimer};
 use crate::order_input::{Consistency, ValidOrder};
 use crate::read::OrderCache;
 use crate::shards::{Shard, ShardError, Shards};
@@ -125,29 +124,9 @@ impl OrderActivities {
         }
     }
 
-    /// Starts timing `activity` on `shard`; the time is recorded when the guard drops.
+    /// Starts timing `activity` on `shard` (see [`OrderMetrics::time`]).
     fn time(&self, shard: &Shard, activity: &'static str) -> ShardTimer<'_> {
-        ShardTimer {
-            metrics: &self.metrics,
-            shard: shard.index,
-            activity,
-            started: Instant::now(),
-        }
-    }
-}
-
-/// Records an activity's time on its shard when dropped, whichever way the activity ends.
-struct ShardTimer<'a> {
-    metrics: &'a OrderMetrics,
-    shard: usize,
-    activity: &'static str,
-    started: Instant,
-}
-
-impl Drop for ShardTimer<'_> {
-    fn drop(&mut self) {
-        self.metrics
-            .shard_call(self.shard, self.activity, self.started.elapsed());
+        self.metrics.time(shard, activity)
     }
 }
 

@@ -13,8 +13,9 @@
 //! | `orders_cache_lookups` | `result` (`hit`, `miss`) | order cache lookups; hit ratio = hit / all |
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::shards::Shard;
 use temporalio_common::telemetry::metrics::{
     CoreMeter, Counter, Gauge, HistogramDuration, MetricKeyValue, MetricParameters, NewAttributes,
     NoOpCoreMeter,
@@ -31,6 +32,11 @@ pub struct OrderMetrics {
     shard_call: HistogramDuration,
     pool_connections: Gauge,
     cache_lookups: Counter,
+    shard_up: Gauge,
+    prepared_parts: Gauge,
+    prepared_oldest_age: Gauge,
+    recovery_actions: Counter,
+    import_rows: Counter,
 }
 
 impl OrderMetrics {
@@ -44,7 +50,7 @@ impl OrderMetrics {
                     .build(),
             )
         };
-        Self {
+        let metrics = Self {
             placed: counter("orders_placed", "Orders confirmed"),
             failed: counter("orders_failed", "Orders that ended failed, by failure type"),
             cancelled: counter("orders_cancelled", "Orders cancelled and compensated"),
@@ -69,7 +75,62 @@ impl OrderMetrics {
                 "orders_cache_lookups",
                 "Order cache lookups, by result (hit or miss)",
             ),
+            shard_up: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_shard_up")
+                    .description("1 when the shard answered the worker's last sample, 0 when not")
+                    .build(),
+            ),
+            prepared_parts: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_prepared_parts")
+                    .description("Two-phase parts prepared and not yet decided, per shard")
+                    .build(),
+            ),
+            prepared_oldest_age: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_prepared_oldest_age_seconds")
+                    .description(
+                        "Age of the oldest prepared two-phase part, per shard (0 when none)",
+                    )
+                    .build(),
+            ),
+            recovery_actions: counter(
+                "orders_recovery_actions",
+                "Prepared parts the in-doubt recovery resolved, by action (committed or rolled_back)",
+            ),
+            import_rows: counter(
+                "orders_import_rows",
+                "Bulk-import lines, by outcome (imported or rejected)",
+            ),
             meter,
+        };
+        metrics.start_at_zero();
+        metrics
+    }
+
+    /// Counters that alerts and panels watch are exported from the start, at zero: an alert
+    /// on `increase(...)` must see the series before its first event, not only after.
+    fn start_at_zero(&self) {
+        for counter in [
+            &self.placed,
+            &self.cancelled,
+            &self.compensated,
+            &self.compensation_failed,
+        ] {
+            counter.add(0, &self.labels([]));
+        }
+        for reason in crate::failure::FailureType::ALL {
+            self.failed
+                .add(0, &self.labels([("reason", reason.as_str().to_owned())]));
+        }
+        for action in ["committed", "rolled_back"] {
+            self.recovery_actions
+                .add(0, &self.labels([("action", action.to_owned())]));
+        }
+        for outcome in ["imported", "rejected"] {
+            self.import_rows
+                .add(0, &self.labels([("outcome", outcome.to_owned())]));
         }
     }
 
@@ -137,5 +198,63 @@ impl OrderMetrics {
             idle,
             &self.labels([("shard", shard), ("state", "idle".to_owned())]),
         );
+    }
+
+    /// Starts timing `activity` on `shard`; the time is recorded when the guard drops,
+    /// whichever way the activity ends.
+    pub fn time(&self, shard: &Shard, activity: &'static str) -> ShardTimer<'_> {
+        ShardTimer {
+            metrics: self,
+            shard: shard.index,
+            activity,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records whether `shard` answered the last sample.
+    pub fn shard_up(&self, shard: usize, up: bool) {
+        self.shard_up
+            .record(u64::from(up), &self.labels([("shard", shard.to_string())]));
+    }
+
+    /// Records `shard`'s prepared two-phase parts: how many, and the oldest one's age.
+    pub fn prepared_parts(&self, shard: usize, count: u64, oldest_age_secs: u64) {
+        let labels = self.labels([("shard", shard.to_string())]);
+        self.prepared_parts.record(count, &labels);
+        self.prepared_oldest_age.record(oldest_age_secs, &labels);
+    }
+
+    /// Records one part the in-doubt recovery committed (or else rolled back).
+    pub fn recovery_action(&self, committed: bool) {
+        let action = if committed {
+            "committed"
+        } else {
+            "rolled_back"
+        };
+        self.recovery_actions
+            .add(1, &self.labels([("action", action.to_owned())]));
+    }
+
+    /// Records bulk-import lines written and refused.
+    pub fn import_rows(&self, imported: u64, rejected: u64) {
+        self.import_rows
+            .add(imported, &self.labels([("outcome", "imported".to_owned())]));
+        self.import_rows
+            .add(rejected, &self.labels([("outcome", "rejected".to_owned())]));
+    }
+}
+
+/// Records an activity's time on its shard when dropped (see [`OrderMetrics::time`]).
+pub struct ShardTimer<'a> {
+    metrics: &'a OrderMetrics,
+    shard: usize,
+    activity: &'static str,
+    started: Instant,
+}
+
+impl Drop for ShardTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .shard_call(self.shard, self.activity, self.started.elapsed());
     }
 }

@@ -15,6 +15,7 @@
 //! A part rolled back here gets its key tombstoned, so an attempt of `PreparePart` still in
 //! flight cannot prepare it again. Transactions whose gid is not ours are never touched.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use temporalio_client::{
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
+use crate::metrics::OrderMetrics;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::two_phase::{self, Gid, GidParts, GidTooLong};
 use crate::two_phase::{commit_on, roll_back_on};
@@ -398,11 +400,16 @@ pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> Recov
 pub struct RecoveryActivities {
     shards: Shards,
     client: Client,
+    metrics: Arc<OrderMetrics>,
 }
 
 impl RecoveryActivities {
-    pub fn new(shards: Shards, client: Client) -> Self {
-        Self { shards, client }
+    pub fn new(shards: Shards, client: Client, metrics: Arc<OrderMetrics>) -> Self {
+        Self {
+            shards,
+            client,
+            metrics,
+        }
     }
 }
 
@@ -416,6 +423,14 @@ impl RecoveryActivities {
         _ctx: ActivityContext,
         grace_secs: u64,
     ) -> Result<RecoveryReport, ActivityError> {
-        Ok(recover(&self.shards, &self.client, Duration::from_secs(grace_secs)).await)
+        let report = recover(&self.shards, &self.client, Duration::from_secs(grace_secs)).await;
+        for resolution in &report.resolutions {
+            match resolution.action {
+                Action::Committed => self.metrics.recovery_action(true),
+                Action::RolledBack => self.metrics.recovery_action(false),
+                Action::Left => {}
+            }
+        }
+        Ok(report)
     }
 }

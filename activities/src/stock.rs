@@ -20,6 +20,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
 use crate::failure::{Rejection, StepError};
+use crate::metrics::OrderMetrics;
 use crate::order_input::OrderLine;
 use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
@@ -145,12 +146,17 @@ async fn allocate_once(shard: &Shard, input: &PlanInput) -> Result<i64, Activity
 /// The stock activities' shared state.
 pub struct StockActivities {
     shards: Shards,
+    metrics: Arc<OrderMetrics>,
     cache: Arc<OrderCache>,
 }
 
 impl StockActivities {
-    pub fn new(shards: Shards, cache: Arc<OrderCache>) -> Self {
-        Self { shards, cache }
+    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>, cache: Arc<OrderCache>) -> Self {
+        Self {
+            shards,
+            metrics,
+            cache,
+        }
     }
 }
 
@@ -165,6 +171,7 @@ impl StockActivities {
         input: PlanInput,
     ) -> Result<OrderPlan, ActivityError> {
         let customer_shard = self.shards.for_customer(input.customer_id);
+        let _timer = self.metrics.time(customer_shard, "PlanOrder");
         let order_id = if input.allocate_order_id {
             Some(allocate_once(customer_shard, &input).await?)
         } else {
@@ -190,6 +197,7 @@ impl StockActivities {
         input: StockInput,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(input.part.shard);
+        let _timer = self.metrics.time(shard, "ReserveStock");
         let key = &input.idempotency_key;
         let wanted = wanted(&input.part.lines);
         let reserved = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
@@ -224,6 +232,7 @@ impl StockActivities {
         input: StockInput,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(input.part.shard);
+        let _timer = self.metrics.time(shard, "ReleaseStock");
         let on = |e| shard.error(e);
         let txn = shard.conn.begin().await.map_err(on)?;
         idempotency::mark_compensated(&txn, &input.idempotency_key)
@@ -250,6 +259,7 @@ impl StockActivities {
         order: OrderStockRef,
     ) -> Result<(), ActivityError> {
         for shard in self.shards.iter() {
+            let _timer = self.metrics.time(shard, "ReleaseOrderStock");
             let on = |e| shard.error(e);
             let txn = shard.conn.begin().await.map_err(on)?;
             let released = inventory::release(&txn, order.order_id).await.map_err(on)?;

@@ -20,6 +20,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::failpoints;
 use crate::failure::{Rejection, StepError};
+use crate::metrics::OrderMetrics;
 use crate::order_input::ValidOrder;
 use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
@@ -47,12 +48,17 @@ pub struct TwoPhasePart {
 /// The two-phase activities' shared state.
 pub struct TwoPhaseActivities {
     shards: Shards,
+    metrics: Arc<OrderMetrics>,
     cache: Arc<OrderCache>,
 }
 
 impl TwoPhaseActivities {
-    pub fn new(shards: Shards, cache: Arc<OrderCache>) -> Self {
-        Self { shards, cache }
+    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>, cache: Arc<OrderCache>) -> Self {
+        Self {
+            shards,
+            metrics,
+            cache,
+        }
     }
 }
 
@@ -114,6 +120,7 @@ impl TwoPhaseActivities {
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(part.shard);
+        let _timer = self.metrics.time(shard, "PreparePart");
         let on = |e| shard.error(e);
         if two_phase::is_prepared(&shard.conn, &part.gid)
             .await
@@ -153,6 +160,7 @@ impl TwoPhaseActivities {
     ) -> Result<(), ActivityError> {
         failpoints::hit("commit_part.before").await?;
         let shard = self.shards.get(part.shard);
+        let _timer = self.metrics.time(shard, "CommitPart");
         if !commit_on(shard, &part.gid, &part.idempotency_key)
             .await
             .map_err(|e| shard.error(e))?
@@ -178,6 +186,7 @@ impl TwoPhaseActivities {
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
         let shard = self.shards.get(part.shard);
+        let _timer = self.metrics.time(shard, "RollbackPart");
         if !roll_back_on(shard, &part.gid, &part.idempotency_key)
             .await
             .map_err(|e| shard.error(e))?

@@ -40,6 +40,8 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
         "shard3",
         "migrate",
         "worker",
+        "prometheus",
+        "grafana",
     ] {
         assert!(
             services.contains(&expected),
@@ -74,6 +76,16 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
         assert!(
             resolved.contains(&flag),
             "docker-compose registers search attribute {flag}"
+        );
+    }
+    for mounted in [
+        "deploy/prometheus",
+        "deploy/grafana/provisioning",
+        "deploy/grafana/dashboards",
+    ] {
+        assert!(
+            resolved.contains(mounted),
+            "docker-compose mounts {mounted} (rules, data source, dashboard)"
         );
     }
     assert!(

@@ -19,6 +19,7 @@ mod lifecycle;
 mod listing;
 mod metrics;
 mod migrations;
+mod observability;
 mod order_cache;
 mod preflight;
 mod query_plans;

@@ -12,6 +12,7 @@ use orders_activities::read::{CacheSettings, OrderCache};
 use orders_activities::recovery::RecoveryActivities;
 use orders_activities::retention::RetentionActivities;
 use orders_activities::stock::StockActivities;
+use orders_activities::store::two_phase;
 use orders_activities::two_phase::TwoPhaseActivities;
 use orders_activities::{OrderActivities, Shards};
 use orders_workflows::idempotency_retention::{self, RetentionSchedule};
@@ -102,7 +103,7 @@ pub async fn run(
             .unwrap_or_else(OrderMetrics::disabled),
     );
     orders_workflows::outcomes::install(metrics.clone());
-    let pool_gauges = tokio::spawn(report_pool_use(shards.clone(), metrics.clone()));
+    let shard_samples = tokio::spawn(sample_shards(shards.clone(), metrics.clone()));
     let map_refresh = tokio::spawn(refresh_shard_map(shards.clone(), serving.map_refresh));
     let cache = Arc::new(OrderCache::new(serving.cache, metrics.clone()));
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -141,12 +142,28 @@ pub async fn run(
         .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
         // Activities still running when the grace ends are cancelled, so the worker can go.
         .graceful_shutdown_period(serving.shutdown_grace)
-        .register_activities(OrderActivities::new(shards.clone(), metrics, cache.clone()))
-        .register_activities(StockActivities::new(shards.clone(), cache.clone()))
-        .register_activities(TwoPhaseActivities::new(shards.clone(), cache))
-        .register_activities(RecoveryActivities::new(shards.clone(), client.clone()))
+        .register_activities(OrderActivities::new(
+            shards.clone(),
+            metrics.clone(),
+            cache.clone(),
+        ))
+        .register_activities(StockActivities::new(
+            shards.clone(),
+            metrics.clone(),
+            cache.clone(),
+        ))
+        .register_activities(TwoPhaseActivities::new(
+            shards.clone(),
+            metrics.clone(),
+            cache,
+        ))
+        .register_activities(RecoveryActivities::new(
+            shards.clone(),
+            client.clone(),
+            metrics.clone(),
+        ))
         .register_activities(RetentionActivities::new(shards.clone(), client.clone()))
-        .register_activities(ImportActivities::new(shards))
+        .register_activities(ImportActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
@@ -177,7 +194,7 @@ pub async fn run(
             }
         }
     };
-    pool_gauges.abort();
+    shard_samples.abort();
     map_refresh.abort();
     let _ = api_stop.send(());
     if let Some(api) = api {
@@ -223,8 +240,9 @@ async fn refresh_shard_map(shards: Shards, every: Duration) {
     }
 }
 
-/// Samples every shard pool's size every two seconds.
-async fn report_pool_use(shards: Shards, metrics: Arc<OrderMetrics>) {
+/// Samples every shard every two seconds: its pool's size, whether it answers, and its
+/// prepared two-phase parts (how many, the oldest one's age), which hold locks until decided.
+async fn sample_shards(shards: Shards, metrics: Arc<OrderMetrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
@@ -236,6 +254,15 @@ async fn report_pool_use(shards: Shards, metrics: Arc<OrderMetrics>) {
                 u64::from(pool.size()).saturating_sub(idle),
                 idle,
             );
+            // A shard that is down keeps its last prepared-part values and reports down.
+            match two_phase::in_doubt(&shard.conn).await {
+                Ok(prepared) => {
+                    let oldest = prepared.first().map_or(0, |p| p.age_secs.max(0) as u64);
+                    metrics.prepared_parts(shard.index, prepared.len() as u64, oldest);
+                    metrics.shard_up(shard.index, true);
+                }
+                Err(_) => metrics.shard_up(shard.index, false),
+            }
         }
     }
 }

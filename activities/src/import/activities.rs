@@ -23,16 +23,18 @@ fn unreadable(path: &str, e: &std::io::Error) -> ActivityError {
     }
     .into_activity_error()
 }
+use crate::metrics::OrderMetrics;
 use crate::shards::Shards;
 
 /// The activities' shared state.
 pub struct ImportActivities {
     shards: Shards,
+    metrics: Arc<OrderMetrics>,
 }
 
 impl ImportActivities {
-    pub fn new(shards: Shards) -> Self {
-        Self { shards }
+    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>) -> Self {
+        Self { shards, metrics }
     }
 }
 
@@ -138,7 +140,9 @@ impl ImportActivities {
         let writes = by_shard.into_iter().map(|(index, lines)| {
             let shard = self.shards.get(index);
             let import_id = input.import_id.as_str();
+            let metrics = &self.metrics;
             async move {
+                let _timer = metrics.time(shard, "ImportSegment");
                 let pool = shard.conn.get_postgres_connection_pool();
                 let done = write::write_shard(pool, import_id, input.offset, lines, chunk)
                     .await
@@ -171,6 +175,8 @@ impl ImportActivities {
             "segment imported"
         );
         outcome.rejected = rejected.len() as u64;
+        self.metrics
+            .import_rows(outcome.imported.values().sum::<u64>(), outcome.rejected);
         rejected.truncate(input.list_rejections as usize);
         outcome.rejected_lines = rejected.into_iter().map(RejectedLine::shortened).collect();
         failpoints::hit("import_segment.after_write").await?;
