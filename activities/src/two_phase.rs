@@ -83,6 +83,9 @@ async fn write_part(
             return Err(unknown_customer().into());
         }
         orders::create_confirmed_with_id(txn, order, part.order_id).await?;
+        // Its created_at becomes its PREPARE time, which listings can see (a prepared
+        // transaction's start is not shown anywhere).
+        two_phase::stamp_at_prepare(txn, part.order_id).await?;
         let total = order.total();
         let rejection = match credit::reserve(txn, part.order_id, order.customer_id, total).await? {
             credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => None,

@@ -31,19 +31,44 @@ async fn customers_with_orders(
     (customer_ids, order_ids)
 }
 
+/// One pass through every order from the top, `limit` at a time.
+struct Pass {
+    /// The first page's `complete_before`.
+    complete_before: chrono::DateTime<chrono::FixedOffset>,
+    /// Every order seen, in order, with its `created_at`.
+    orders: Vec<(i64, chrono::DateTime<chrono::FixedOffset>)>,
+}
+
+impl Pass {
+    fn ids(&self) -> Vec<i64> {
+        self.orders.iter().map(|(id, _)| *id).collect()
+    }
+}
+
 /// Pages through every order with `limit`, calling `between` after each page.
-async fn page_through(shards: &Shards, limit: u64, mut between: impl AsyncFnMut()) -> Vec<i64> {
-    let mut seen = Vec::new();
+async fn page_through(shards: &Shards, limit: u64, mut between: impl AsyncFnMut()) -> Pass {
+    let mut pass: Option<Pass> = None;
     let mut cursor: Option<String> = None;
     loop {
         let page = pages::orders_page(shards, cursor.as_deref(), limit)
             .await
             .expect("a page is served");
-        seen.extend(page.orders.iter().map(|o| o.order.id));
+        let seen = page.orders.iter().map(|o| (o.order.id, o.order.created_at));
+        match &mut pass {
+            None => {
+                pass = Some(Pass {
+                    complete_before: page
+                        .complete_before
+                        .expect("a first page says what it is complete before"),
+                    orders: seen.collect(),
+                })
+            }
+            Some(pass) => pass.orders.extend(seen),
+        }
         between().await;
         match page.next_cursor {
             Some(next) => cursor = Some(next),
-            None => return seen,
+            None => return pass.expect("at least one page"),
         }
     }
 }
@@ -82,7 +107,8 @@ async fn keyset_pages_never_skip_or_repeat_an_order_while_orders_keep_arriving()
         app.insert_order(customers[turn % customers.len()], ITEM)
             .await;
     })
-    .await;
+    .await
+    .ids();
     stop.store(true, Ordering::Relaxed);
     let placed_meanwhile = writer.await.unwrap();
 
@@ -304,4 +330,71 @@ async fn changing_a_customer_changes_the_copies_on_their_orders() {
     let refused = app.cli(&["customer", "update", "999999", "--name", "Nobody"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("customer 999999 does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_during_a_two_phase_load_with_slow_commits_skips_nothing_created_before_its_horizon()
+{
+    let mut app = TestApp::spawn_without_worker().await;
+    // Every part waits 1.5 s before COMMIT PREPARED: orders become visible late.
+    app.start_worker(Some("commit_part.before=sleep:1500"));
+    let mut load = app
+        .orders_command()
+        .args(["load", "--orders", "24", "--concurrency", "6"])
+        .args([
+            "--consistency",
+            "two_phase",
+            "--customers",
+            "6",
+            "--products",
+            "6",
+        ])
+        .args(["--stock", "1000", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("orders load starts");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut passes = Vec::new();
+    let status = loop {
+        if let Some(status) = load.try_wait().expect("the load can be waited for") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = load.kill();
+            panic!("the load did not finish within 3 minutes");
+        }
+        passes.push(page_through(&app.shards, 4, async || {}).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.success(), "orders load failed ({status})");
+    let everything = page_through(&app.shards, 4, async || {}).await.orders;
+    assert_eq!(
+        everything.len(),
+        24,
+        "every order of the load is listed in the end"
+    );
+
+    let mut incomplete = 0;
+    for pass in &passes {
+        let horizon = pass.complete_before;
+        let expected: Vec<i64> = everything
+            .iter()
+            .filter(|(_, created_at)| *created_at < horizon)
+            .map(|(id, _)| *id)
+            .collect();
+        let seen_ids = pass.ids();
+        assert_eq!(
+            seen_ids, expected,
+            "a pass complete before {horizon} must list exactly the orders created before it, newest first"
+        );
+        if seen_ids.len() < everything.len() {
+            incomplete += 1;
+        }
+    }
+    assert!(
+        incomplete >= 2,
+        "the passes ran while orders were still arriving ({} passes, {incomplete} before the end)",
+        passes.len()
+    );
 }

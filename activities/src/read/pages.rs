@@ -28,6 +28,11 @@ pub struct OrderPage {
     pub orders: Vec<ListedOrder>,
     /// Pass this back to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
+    /// On a first page: paging on from it lists every order created before this time, none
+    /// skipped, even those whose transaction commits late. Orders created since are in the
+    /// next listing from the top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_before: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 /// An order in a listing, with the shard it came from.
@@ -100,12 +105,29 @@ pub async fn orders_page(
     limit: u64,
 ) -> Result<OrderPage, ListError> {
     check_page_size(limit)?;
-    let after = cursor.map(decode_cursor).transpose()?;
+    let (after, complete_before) = match cursor {
+        Some(cursor) => (decode_cursor(cursor)?, None),
+        None => {
+            let horizons = on_every_shard(shards, |shard| async move {
+                listing::visibility_horizon(&shard.conn).await
+            })
+            .await?;
+            let horizon = horizons
+                .into_iter()
+                .map(|(_, horizon)| horizon)
+                .min()
+                .expect("a deployment has at least one shard");
+            (Position::before(horizon), Some(horizon))
+        }
+    };
     let per_shard = on_every_shard(shards, move |shard| async move {
-        listing::newest(&shard.conn, after, limit + 1).await
+        listing::newest(&shard.conn, Some(after), limit + 1).await
     })
     .await?;
-    Ok(merge_page(per_shard, 0, limit))
+    Ok(OrderPage {
+        complete_before,
+        ..merge_page(per_shard, 0, limit)
+    })
 }
 
 /// The article's OFFSET pagination across shards, kept to compare against: every shard must
@@ -134,23 +156,32 @@ pub async fn customer_orders_page(
     limit: u64,
 ) -> Result<OrderPage, ListError> {
     check_page_size(limit)?;
-    let after = cursor.map(decode_cursor).transpose()?;
     let shard = shards.for_customer(customer_id);
-    let orders = listing::customer_newest(&shard.conn, customer_id, after, limit + 1)
+    let (after, complete_before) = match cursor {
+        Some(cursor) => (decode_cursor(cursor)?, None),
+        None => {
+            let horizon = listing::visibility_horizon(&shard.conn)
+                .await
+                .map_err(|e| shard.error(e))?;
+            (Position::before(horizon), Some(horizon))
+        }
+    };
+    let orders = listing::customer_newest(&shard.conn, customer_id, Some(after), limit + 1)
         .await
         .map_err(|e| shard.error(e))?;
-    Ok(merge_page(vec![(shard.index, orders)], 0, limit))
+    Ok(OrderPage {
+        complete_before,
+        ..merge_page(vec![(shard.index, orders)], 0, limit)
+    })
 }
 
 /// Runs `query` on every shard at once, each on its own task so that decoding the rows
 /// also runs in parallel; fails with the first failing shard's error.
-async fn on_every_shard<F, Fut>(
-    shards: &Shards,
-    query: F,
-) -> Result<Vec<(usize, Vec<OrderSummary>)>, ShardError>
+async fn on_every_shard<F, Fut, T>(shards: &Shards, query: F) -> Result<Vec<(usize, T)>, ShardError>
 where
     F: Fn(Shard) -> Fut,
-    Fut: Future<Output = Result<Vec<OrderSummary>, sea_orm::DbErr>> + Send + 'static,
+    Fut: Future<Output = Result<T, sea_orm::DbErr>> + Send + 'static,
+    T: Send + 'static,
 {
     let tasks: Vec<_> = shards
         .iter()
@@ -185,6 +216,7 @@ fn merge_page(per_shard: Vec<(usize, Vec<OrderSummary>)>, skip: usize, limit: u6
     OrderPage {
         orders,
         next_cursor,
+        complete_before: None,
     }
 }
 

@@ -68,9 +68,53 @@ pub const CUSTOMER_NEWEST_AFTER: &str =
      FROM orders WHERE customer_id = $1 AND (created_at, id) < ($2, $3)
      ORDER BY created_at DESC, id DESC LIMIT $4";
 
+/// The time before which this shard's set of orders is final: no transaction that could
+/// still commit an order older than it is open. It is the earliest of
+/// - the start of every other open transaction on this database (an order's `created_at` is
+///   its transaction's start), and
+/// - every prepared transaction's PREPARE time, less a second (a two-phase order's
+///   `created_at` is stamped microseconds before its PREPARE, in the same round trip, see
+///   [`super::two_phase::prepare`]), and
+/// - now.
+///
+/// Read it *before* the page's query: an order older than it then committed before the
+/// query's snapshot, so the query sees it. Needs a role that sees the writers' sessions in
+/// `pg_stat_activity` (the same role, or `pg_read_all_stats`).
+pub const VISIBILITY_HORIZON: &str = "SELECT least(
+        (SELECT min(xact_start) FROM pg_stat_activity
+         WHERE datname = current_database() AND backend_type = 'client backend'
+           AND pid <> pg_backend_pid()),
+        (SELECT min(prepared) FROM pg_prepared_xacts
+         WHERE database = current_database()) - interval '1 second',
+        now()) AS horizon";
+
 /// How many orders have each status.
 pub const COUNT_BY_STATUS: &str =
     "SELECT status, count(*) AS orders FROM orders GROUP BY status ORDER BY status";
+
+/// This shard's [`VISIBILITY_HORIZON`].
+pub async fn visibility_horizon(
+    conn: &impl ConnectionTrait,
+) -> Result<DateTime<FixedOffset>, DbErr> {
+    conn.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        VISIBILITY_HORIZON,
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("the horizon query returned no row".into()))?
+    .try_get("", "horizon")
+}
+
+impl Position {
+    /// The position just newer than every order created before `time`: a page "after" it
+    /// holds orders with `created_at < time` only.
+    pub fn before(time: DateTime<FixedOffset>) -> Self {
+        Self {
+            created_at: time,
+            id: i64::MIN,
+        }
+    }
+}
 
 /// Up to `limit` orders after `after` (or the newest), newest first.
 pub async fn newest(

@@ -213,14 +213,35 @@ fn decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Marks `order_id`, inserted in `txn`, to have its `created_at` stamped by [`prepare`].
+pub async fn stamp_at_prepare(txn: &impl ConnectionTrait, order_id: i64) -> Result<(), DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT set_config('orders.stamp_at_prepare', $1, true)",
+        [order_id.to_string().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Ends `txn` with `PREPARE TRANSACTION`: its work is now durable but invisible, and its
 /// locks are held until [`commit_prepared`] or [`rollback_prepared`].
+///
+/// An order marked with [`stamp_at_prepare`] gets `created_at = clock_timestamp()` in the
+/// same round trip, just before the PREPARE: readers then know a prepared order is no older
+/// than its PREPARE time (less a margin), which keyset listings rely on to skip nothing
+/// that commits late (see `listing::VISIBILITY_HORIZON`).
 pub async fn prepare(txn: DatabaseTransaction, gid: &Gid) -> Result<(), DbErr> {
     // PREPARE ends the transaction block, but sea-orm still ends `txn` with a COMMIT. An
     // empty transaction opened right behind the PREPARE (same round trip) gives that COMMIT
     // something to end, instead of a "there is no transaction in progress" warning.
-    txn.execute_unprepared(&format!("PREPARE TRANSACTION {}; BEGIN", gid.literal()))
-        .await?;
+    txn.execute_unprepared(&format!(
+        "UPDATE orders SET created_at = clock_timestamp()
+         WHERE id = nullif(current_setting('orders.stamp_at_prepare', true), '')::bigint;
+         PREPARE TRANSACTION {}; BEGIN",
+        gid.literal()
+    ))
+    .await?;
     txn.commit().await
 }
 

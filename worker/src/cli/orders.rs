@@ -222,6 +222,7 @@ pub(super) async fn list(shards: &Shards, page: PageArgs) -> anyhow::Result<Page
         (None, Some(offset)) => OrderPage {
             orders: pages::orders_page_at_offset(shards, offset, limit).await?,
             next_cursor: None,
+            complete_before: None,
         },
         (None, None) => pages::orders_page(shards, cursor.as_deref(), limit).await?,
     };
