@@ -342,10 +342,16 @@ async fn roll_back(shard: &Shard, gid: &Gid) -> Result<(), RecoveryError> {
 
 /// One recovery pass over every shard. Every problem is logged here, once, and listed in the
 /// report; the rest of the pass goes on.
-pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> RecoveryReport {
+pub async fn recover(
+    shards: &Shards,
+    client: &Client,
+    grace: Duration,
+    metrics: &OrderMetrics,
+) -> RecoveryReport {
     let mut report = RecoveryReport::default();
     let mut found = Vec::new();
     for shard in shards.iter() {
+        let _timer = metrics.time(shard, "RecoverInDoubt");
         match two_phase::in_doubt(&shard.conn).await {
             Ok(prepared) => found.extend(prepared.into_iter().map(|in_doubt| (shard, in_doubt))),
             Err(e) => report.problem(shard.index, None, shard.error(e).into()),
@@ -372,6 +378,7 @@ pub async fn recover(shards: &Shards, client: &Client, grace: Duration) -> Recov
                 continue;
             }
         };
+        let _timer = metrics.time(shard, "RecoverInDoubt");
         let (action, reason, outcome) = match verdict {
             Verdict::Commit(reason) => {
                 (Action::Committed, reason, commit(shards, shard, gid).await)
@@ -423,7 +430,13 @@ impl RecoveryActivities {
         _ctx: ActivityContext,
         grace_secs: u64,
     ) -> Result<RecoveryReport, ActivityError> {
-        let report = recover(&self.shards, &self.client, Duration::from_secs(grace_secs)).await;
+        let report = recover(
+            &self.shards,
+            &self.client,
+            Duration::from_secs(grace_secs),
+            &self.metrics,
+        )
+        .await;
         for resolution in &report.resolutions {
             match resolution.action {
                 Action::Committed => self.metrics.recovery_action(true),

@@ -9,6 +9,7 @@
 //! again: reset only within the retention.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use temporalio_client::errors::WorkflowInteractionError;
@@ -18,6 +19,7 @@ use temporalio_client::{
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
+use crate::metrics::OrderMetrics;
 use crate::shards::{Shard, Shards};
 use crate::store::idempotency;
 
@@ -97,13 +99,19 @@ async fn still_running(client: &Client, owner: &Owner) -> Result<bool, WorkflowI
 }
 
 /// One pass over every shard.
-pub async fn prune(shards: &Shards, client: &Client, policy: RetentionPolicy) -> PruneReport {
+pub async fn prune(
+    shards: &Shards,
+    client: &Client,
+    policy: RetentionPolicy,
+    metrics: &OrderMetrics,
+) -> PruneReport {
     let cutoff = chrono::Utc::now().fixed_offset()
         - chrono::Duration::days(i64::from(policy.older_than_days));
     let mut report = PruneReport::default();
     let mut verdicts: HashMap<Owner, bool> = HashMap::new();
     for shard in shards.iter() {
-        if let Err(e) = prune_shard(shard, client, cutoff, &mut verdicts, &mut report).await {
+        let pass = prune_shard(shard, client, cutoff, metrics, &mut verdicts, &mut report);
+        if let Err(e) = pass.await {
             report.errors.push(e);
         }
     }
@@ -114,15 +122,19 @@ async fn prune_shard(
     shard: &Shard,
     client: &Client,
     cutoff: chrono::DateTime<chrono::FixedOffset>,
+    metrics: &OrderMetrics,
     verdicts: &mut HashMap<Owner, bool>,
     report: &mut PruneReport,
 ) -> Result<(), String> {
     let mut after = None;
     let mut seen = 0;
     while seen < MAX_KEYS_PER_PASS {
-        let batch = idempotency::written_before(&shard.conn, cutoff, after.as_ref(), BATCH)
-            .await
-            .map_err(|e| shard.error(e).to_string())?;
+        let batch = {
+            let _timer = metrics.time(shard, "PruneIdempotencyKeys");
+            idempotency::written_before(&shard.conn, cutoff, after.as_ref(), BATCH)
+                .await
+                .map_err(|e| shard.error(e).to_string())?
+        };
         let Some(last) = batch.last().cloned() else {
             break;
         };
@@ -152,6 +164,7 @@ async fn prune_shard(
                 doomed.push(key.clone());
             }
         }
+        let _timer = metrics.time(shard, "PruneIdempotencyKeys");
         report.deleted += idempotency::delete(&shard.conn, &doomed)
             .await
             .map_err(|e| shard.error(e).to_string())?;
@@ -167,11 +180,16 @@ async fn prune_shard(
 pub struct RetentionActivities {
     shards: Shards,
     client: Client,
+    metrics: Arc<OrderMetrics>,
 }
 
 impl RetentionActivities {
-    pub fn new(shards: Shards, client: Client) -> Self {
-        Self { shards, client }
+    pub fn new(shards: Shards, client: Client, metrics: Arc<OrderMetrics>) -> Self {
+        Self {
+            shards,
+            client,
+            metrics,
+        }
     }
 }
 
@@ -184,7 +202,7 @@ impl RetentionActivities {
         _ctx: ActivityContext,
         policy: RetentionPolicy,
     ) -> Result<PruneReport, ActivityError> {
-        Ok(prune(&self.shards, &self.client, policy).await)
+        Ok(prune(&self.shards, &self.client, policy, &self.metrics).await)
     }
 }
 

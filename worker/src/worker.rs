@@ -162,7 +162,11 @@ pub async fn run(
             client.clone(),
             metrics.clone(),
         ))
-        .register_activities(RetentionActivities::new(shards.clone(), client.clone()))
+        .register_activities(RetentionActivities::new(
+            shards.clone(),
+            client.clone(),
+            metrics.clone(),
+        ))
         .register_activities(ImportActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?

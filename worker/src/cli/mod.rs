@@ -231,7 +231,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = client::connect(&temporal).await?;
             let shards = shards.connect().await?;
             let grace = Duration::from_secs(grace_secs);
-            emit(&recovery::recover(&shards, &client, grace).await, json)
+            emit(
+                &recovery::recover(
+                    &shards,
+                    &client,
+                    grace,
+                    &orders_activities::metrics::OrderMetrics::disabled(),
+                )
+                .await,
+                json,
+            )
         }
         Command::Audit { grace_secs, shards } => {
             let shards = shards.connect().await?;
