@@ -2,7 +2,9 @@
 //! of the test server, with certificates made here with openssl. One listener requires a
 //! client certificate (mutual TLS), another an API key. The worker and the CLI connect
 //! through them with the `temporal` CLI's variables; each wrong setting fails at once,
-//! naming the setting.
+//! naming the setting. Through the API-key listener, which (like a hosted Temporal) refuses
+//! to add search attributes, a worker for a namespace without them refuses to start and
+//! prints the commands that register them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +66,10 @@ http {{
     location / {{
       if ($http_authorization != \"Bearer {API_KEY}\") {{ return 401; }}
       grpc_pass grpc://{temporal_port};
+    }}
+    # As on a hosted Temporal, this key may not change the namespace's search attributes.
+    location = /temporal.api.operatorservice.v1.OperatorService/AddSearchAttributes {{
+      return 403;
     }}
   }}
 }}
@@ -232,4 +238,36 @@ async fn an_api_key_is_sent_as_a_bearer_token_and_a_missing_one_is_named() {
     );
     let log = std::fs::read_to_string(app.worker_log()).unwrap_or_default();
     assert!(!log.contains(API_KEY), "the API key reached a log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_may_not_register_search_attributes_refuses_with_the_commands() {
+    let proxy = TlsProxy::start();
+    let mut app = TestApp::spawn_without_worker().await;
+    let namespace = app.use_fresh_namespace().await;
+    app.worker_env = vec![
+        (
+            "TEMPORAL_ADDRESS",
+            format!("127.0.0.1:{}", proxy.api_key_port),
+        ),
+        ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", proxy.path("ca.pem")),
+        ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
+        ("TEMPORAL_API_KEY", API_KEY.to_owned()),
+    ];
+    let (status, stderr) = app.worker_refusal();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for (name, kind) in orders_workflows::search_attributes::REGISTRATION {
+        let command = format!(
+            "fix: temporal operator search-attribute create --namespace {namespace} --name {name} --type {}",
+            orders_workflows::search_attributes::cli_type_name(kind)
+        );
+        assert!(
+            stderr.contains(&command),
+            "{command} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("registering it failed"),
+        "the refusal says registering was tried: {stderr}"
+    );
 }
