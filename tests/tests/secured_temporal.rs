@@ -27,7 +27,7 @@ struct TlsProxy {
     mtls_port: u16,
     /// Requires `Authorization: Bearer API_KEY`.
     api_key_port: u16,
-    _nginx: ChildService,
+    nginx: Option<ChildService>,
 }
 
 impl TlsProxy {
@@ -47,6 +47,7 @@ impl TlsProxy {
         let d = dir.display();
         let config = format!(
             "daemon off;
+master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{}}
@@ -101,8 +102,28 @@ http {{
             dir,
             mtls_port,
             api_key_port,
-            _nginx: nginx,
+            nginx: Some(nginx),
         }
+    }
+
+    /// Stops the proxy: every connection through it breaks.
+    fn stop(&mut self) {
+        if let Some(mut nginx) = self.nginx.take() {
+            nginx.kill();
+        }
+    }
+
+    /// The variables of a correct API-key connection through the proxy.
+    fn api_key_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "TEMPORAL_ADDRESS",
+                format!("127.0.0.1:{}", self.api_key_port),
+            ),
+            ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", self.path("ca.pem")),
+            ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
+            ("TEMPORAL_API_KEY", API_KEY.to_owned()),
+        ]
     }
 
     fn path(&self, file: &str) -> String {
@@ -219,15 +240,7 @@ async fn an_api_key_is_sent_as_a_bearer_token_and_a_missing_one_is_named() {
         .add_customer("Leslie Lamport", "100.00")
         .await
         .to_string();
-    let with_key = vec![
-        (
-            "TEMPORAL_ADDRESS",
-            format!("127.0.0.1:{}", proxy.api_key_port),
-        ),
-        ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", proxy.path("ca.pem")),
-        ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
-        ("TEMPORAL_API_KEY", API_KEY.to_owned()),
-    ];
+    let with_key = proxy.api_key_env();
     place_through(&app, &customer, &with_key);
     let without_key: Vec<_> = with_key[..3].to_vec();
     let (ok, stderr, _) = temporal_probe(&app, &without_key);
@@ -245,15 +258,7 @@ async fn a_worker_that_may_not_register_search_attributes_refuses_with_the_comma
     let proxy = TlsProxy::start();
     let mut app = TestApp::spawn_without_worker().await;
     let namespace = app.use_fresh_namespace().await;
-    app.worker_env = vec![
-        (
-            "TEMPORAL_ADDRESS",
-            format!("127.0.0.1:{}", proxy.api_key_port),
-        ),
-        ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", proxy.path("ca.pem")),
-        ("TEMPORAL_TLS_SERVER_NAME", SERVER_NAME.to_owned()),
-        ("TEMPORAL_API_KEY", API_KEY.to_owned()),
-    ];
+    app.worker_env = proxy.api_key_env();
     let (status, stderr) = app.worker_refusal();
     assert_eq!(status.code(), Some(1), "{stderr}");
     for (name, kind) in orders_workflows::search_attributes::REGISTRATION {
@@ -270,4 +275,71 @@ async fn a_worker_that_may_not_register_search_attributes_refuses_with_the_comma
         stderr.contains("registering it failed"),
         "the refusal says registering was tried: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_that_loses_its_connection_counts_client_errors_apart_and_finishes() {
+    let mut proxy = TlsProxy::start();
+    // The worker talks to Temporal directly; only the load goes through the proxy.
+    let app = TestApp::spawn().await;
+    let report_file = app.worker_log().with_extension("load.json");
+    let stderr_file = app.worker_log().with_extension("load.stderr");
+    let mut load = app
+        .orders_command()
+        .args(["load", "--orders", "60", "--concurrency", "4", "--json"])
+        .args(["--customers", "4", "--products", "4"])
+        .envs(proxy.api_key_env())
+        .stdout(std::fs::File::create(&report_file).unwrap())
+        .stderr(std::fs::File::create(&stderr_file).unwrap())
+        .spawn()
+        .expect("orders load starts");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.stop();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = load.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = load.kill();
+            panic!("the load did not finish after losing its connection");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "incomplete figures fail the command: {stderr}"
+    );
+    assert!(
+        stderr.contains("could not be started or followed by this client"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_file).unwrap()).expect("the report is JSON");
+    let client_errors = report["client_errors"].as_u64().unwrap();
+    let placed = report["placed"].as_u64().unwrap();
+    let failed: u64 = report["failures"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        report["orders"], 60,
+        "every order is accounted for: {report}"
+    );
+    assert!(placed > 0, "orders were placed before the break: {report}");
+    assert!(
+        client_errors > 0,
+        "the break shows as client errors: {report}"
+    );
+    assert_eq!(placed + failed + client_errors, 60, "{report}");
+    for reason in report["failures"].as_object().unwrap().keys() {
+        assert!(
+            orders_activities::FailureType::from_wire(reason).is_some(),
+            "only orders' own failures count as failures, not {reason:?}: {report}"
+        );
+    }
 }

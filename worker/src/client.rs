@@ -120,6 +120,10 @@ pub async fn order_outcome(client: &Client, workflow_id: &str) -> anyhow::Result
             other => OrderOutcome::Other(other.to_string()),
         }),
         Err(WorkflowGetResultError::Cancelled { .. }) => Ok(OrderOutcome::Cancelled),
+        // The server could not be asked: the order's outcome is unknown, not "other".
+        Err(e @ WorkflowGetResultError::Rpc(_)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot learn how {workflow_id} ended")))
+        }
         Err(other) => Ok(OrderOutcome::Other(other.to_string())),
     }
 }

@@ -41,12 +41,18 @@ pub struct LoadPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadedOrder {
     pub workflow_id: String,
-    /// `placed`, `failed`, `cancelled` or `other`.
+    /// `placed`, `failed`, `cancelled`, `other`, or `client_error` when this client could
+    /// not start the order or learn its outcome (the order itself may well have completed).
     pub outcome: &'static str,
     pub order_id: Option<i64>,
     pub failure_type: Option<String>,
+    /// What went wrong on the client's side, for `client_error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_error: Option<String>,
     pub latency_ms: f64,
 }
+
+const CLIENT_ERROR: &str = "client_error";
 
 /// The summary `orders load` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -54,7 +60,11 @@ pub struct LoadReport {
     pub consistency: Consistency,
     pub orders: u64,
     pub placed: u64,
+    /// Order outcomes other than placed, by failure type.
     pub failures: BTreeMap<String, u64>,
+    /// Orders this client could not start or follow; not counted as order failures, nor in
+    /// the latencies.
+    pub client_errors: u64,
     pub elapsed_secs: f64,
     pub orders_per_sec: f64,
     pub p50_ms: f64,
@@ -175,15 +185,23 @@ pub async fn run(
     let mut results = futures::stream::iter(requests)
         .map(|(workflow_id, request)| async move {
             let begun = Instant::now();
-            client::start_order(client, task_queue, &workflow_id, &request).await?;
-            let outcome = client::order_outcome(client, &workflow_id).await?;
-            Ok::<_, anyhow::Error>(loaded(workflow_id, &outcome, begun.elapsed()))
+            let followed = async {
+                client::start_order(client, task_queue, &workflow_id, &request).await?;
+                client::order_outcome(client, &workflow_id).await
+            };
+            match followed.await {
+                Ok(outcome) => loaded(workflow_id, &outcome, begun.elapsed()),
+                Err(e) => {
+                    tracing::warn!(workflow_id, error = %format!("{e:#}"), "client error; the load goes on");
+                    client_error(workflow_id, &e, begun.elapsed())
+                }
+            }
         })
         .buffer_unordered(plan.concurrency);
     let mut done = Vec::with_capacity(plan.orders as usize);
     let mut last_draw = Instant::now();
     while let Some(result) = results.next().await {
-        done.push(result?);
+        done.push(result);
         if progress
             && (last_draw.elapsed() >= Duration::from_millis(200)
                 || done.len() as u64 == plan.orders)
@@ -193,7 +211,7 @@ pub async fn run(
             let elapsed = started.elapsed();
             let failed = done.iter().filter(|o| o.outcome != "placed").count();
             eprint!(
-                "\r{}  {}/{} orders  {:.1} orders/s  {}  failed {failed}   ",
+                "\r{}  {}/{} orders  {:.1} orders/s  {}  not placed {failed}   ",
                 bar(fraction),
                 done.len(),
                 plan.orders,
@@ -222,6 +240,18 @@ fn loaded(workflow_id: String, outcome: &OrderOutcome, latency: Duration) -> Loa
         outcome,
         order_id,
         failure_type,
+        client_error: None,
+        latency_ms: latency.as_secs_f64() * 1000.0,
+    }
+}
+
+fn client_error(workflow_id: String, error: &anyhow::Error, latency: Duration) -> LoadedOrder {
+    LoadedOrder {
+        workflow_id,
+        outcome: CLIENT_ERROR,
+        order_id: None,
+        failure_type: None,
+        client_error: Some(format!("{error:#}")),
         latency_ms: latency.as_secs_f64() * 1000.0,
     }
 }
@@ -234,22 +264,32 @@ fn summarise(
     products: Vec<i64>,
 ) -> LoadReport {
     let mut failures = BTreeMap::new();
-    for order in results.iter().filter(|o| o.outcome != "placed") {
+    let client_errors = results.iter().filter(|o| o.outcome == CLIENT_ERROR).count() as u64;
+    for order in results
+        .iter()
+        .filter(|o| o.outcome != "placed" && o.outcome != CLIENT_ERROR)
+    {
         let reason = order
             .failure_type
             .clone()
             .unwrap_or_else(|| order.outcome.to_owned());
         *failures.entry(reason).or_insert(0) += 1;
     }
-    let mut latencies: Vec<f64> = results.iter().map(|o| o.latency_ms).collect();
+    let mut latencies: Vec<f64> = results
+        .iter()
+        .filter(|o| o.outcome != CLIENT_ERROR)
+        .map(|o| o.latency_ms)
+        .collect();
     latencies.sort_by(f64::total_cmp);
     LoadReport {
         consistency: plan.consistency,
         orders: results.len() as u64,
         placed: results.iter().filter(|o| o.outcome == "placed").count() as u64,
         failures,
+        client_errors,
         elapsed_secs: elapsed.as_secs_f64(),
-        orders_per_sec: results.len() as f64 / elapsed.as_secs_f64().max(0.001),
+        orders_per_sec: (results.len() as u64 - client_errors) as f64
+            / elapsed.as_secs_f64().max(0.001),
         p50_ms: percentile(&latencies, 50.0),
         p95_ms: percentile(&latencies, 95.0),
         p99_ms: percentile(&latencies, 99.0),
@@ -271,8 +311,15 @@ impl std::fmt::Display for LoadReport {
             "latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
             self.p50_ms, self.p95_ms, self.p99_ms
         )?;
+        if self.client_errors > 0 {
+            writeln!(
+                f,
+                "client errors: {} (this client could not start or follow them; see --json for each)",
+                self.client_errors
+            )?;
+        }
         if self.failures.is_empty() {
-            return write!(f, "no failures");
+            return write!(f, "no order failures");
         }
         write!(f, "failures by reason:")?;
         for (reason, count) in &self.failures {

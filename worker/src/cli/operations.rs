@@ -27,7 +27,22 @@ impl Report for AuditReport {
     }
 }
 
-impl Report for LoadReport {}
+impl Report for LoadReport {
+    /// The figures are incomplete when the client lost orders from sight.
+    fn failure(&self) -> Option<String> {
+        (self.client_errors > 0).then(|| {
+            let first = self
+                .results
+                .iter()
+                .find_map(|o| o.client_error.as_deref())
+                .unwrap_or_default();
+            format!(
+                "{} of {} orders could not be started or followed by this client (their outcomes are unknown here; `orders get` or the Web UI shows them); the first: {first}",
+                self.client_errors, self.orders
+            )
+        })
+    }
+}
 
 /// Every history replayed against this build.
 #[derive(Debug, Serialize)]
