@@ -33,11 +33,21 @@ pub fn shard_url(port: u16, database: &str) -> String {
     format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{database}")
 }
 
-/// A TCP port on loopback that nothing listens on right now.
+/// A TCP port on loopback that nothing listens on right now, and that this process has not
+/// handed out before: the kernel readily offers a just-released port again, and two
+/// services told the same port (a cluster and a worker's metrics, say) would collide.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Whether something accepts TCP connections on `127.0.0.1:port`.

@@ -133,7 +133,11 @@ impl PostgresCluster {
             Signal::SIGINT,
         )?;
         let port = options.port;
-        process.wait_ready(Duration::from_secs(60), &log_path, || port_is_open(port))?;
+        // Our postmaster saying it is ready on the port, not just an open port: another
+        // program on it would look ready while our postmaster had failed to bind.
+        process.wait_ready(Duration::from_secs(60), &log_path, || {
+            port_is_open(port) && postmaster_ready_on(data_dir, port)
+        })?;
         Ok(Self {
             options,
             process: Some(process),
@@ -203,6 +207,17 @@ impl PostgresCluster {
 
 /// The port recorded by the postmaster running on `data_dir` (line 4 of `postmaster.pid`),
 /// so a stale pid file next to someone else's server on the port is not mistaken for ours.
+/// Whether the postmaster of `data_dir` reports itself ready on `port` (its pid file's port
+/// line and status line).
+fn postmaster_ready_on(data_dir: &Path, port: u16) -> bool {
+    let Ok(pid_file) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return false;
+    };
+    let lines: Vec<&str> = pid_file.lines().collect();
+    lines.get(3).and_then(|l| l.trim().parse().ok()) == Some(port)
+        && lines.get(7).is_some_and(|status| status.trim() == "ready")
+}
+
 fn postmaster_port(data_dir: &Path) -> Option<u16> {
     let pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     pid_file.lines().nth(3)?.trim().parse().ok()
