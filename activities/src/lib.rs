@@ -13,6 +13,7 @@ pub mod copy_text;
 pub mod failpoints;
 pub mod failure;
 pub mod import;
+pub mod lifecycle;
 pub mod metrics;
 pub mod order_input;
 pub mod read;

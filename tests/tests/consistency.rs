@@ -201,7 +201,9 @@ async fn product_add_and_get_work_from_the_cli_on_the_owning_shard() {
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stock_and_credit() {
     let mut app = TestApp::spawn_without_worker().await;
-    app.start_worker(Some("reserve_credit.before=sleep:4000"));
+    // ReserveCredit fails every attempt (its shard "down"): the saga waits in its credit step
+    // until the cancellation reaches it. Two-phase orders do not use that step.
+    app.start_worker(Some("reserve_credit.before=fail"));
     let customer = app.add_customer("Ken Thompson", "500.00").await;
     let (input, products) = three_shard_order(&app, customer, "saga");
     let workflow_id = app.start_order(input).await;

@@ -70,6 +70,7 @@ fn start_services() -> anyhow::Result<Services> {
         port: local::free_port()?,
         ui_port: Some(local::free_port()?),
         db_file: None,
+        metrics_port: None,
         log_file: root.join("temporal.log"),
         search_attributes: orders_worker::dev::search_attribute_flags(),
         namespaces: (0..NAMESPACES)

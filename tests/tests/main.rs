@@ -30,6 +30,7 @@ mod saga;
 mod secured_shards;
 mod secured_temporal;
 mod shard_map;
+mod step_paths;
 mod submit;
 mod temporal_cli;
 mod validation;

@@ -100,7 +100,10 @@ async fn a_declined_payment_fails_the_order_deletes_it_and_gives_the_credit_back
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_order_runs_its_compensations_and_leaves_nothing() {
     let mut app = TestApp::spawn_without_worker().await;
-    app.start_worker(Some("reserve_credit.before=sleep:3000"));
+    // ReserveCredit fails every attempt, as if its shard were down: the order stays inside
+    // its credit step, retrying, until the cancellation reaches it. (Its steps run inside one
+    // workflow task, which a cancellation reaches at the task's next heartbeat.)
+    app.start_worker(Some("reserve_credit.before=fail"));
     let customer = app.add_customer("Grace Hopper", "100.00").await;
     let home = app.shards.for_customer(customer).index;
     let workflow_id = app

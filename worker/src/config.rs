@@ -264,6 +264,31 @@ impl RetentionSettings {
     }
 }
 
+/// How new orders run their database steps (see `orders_workflows::steps`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepPlacement {
+    /// As local activities, inside the order's workflow task: one task per order.
+    #[default]
+    Local,
+    /// As activities of their own, one server round trip each (orders before the change ran
+    /// so; kept to compare, and for a rolling upgrade from workers that do not know it).
+    Remote,
+}
+
+/// Where the worker runs new orders' steps.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StepSettings {
+    /// `local` or `remote`. Only orders this worker starts follow it: a history follows what
+    /// it recorded, whichever worker replays it.
+    #[arg(
+        long = "steps",
+        env = "ORDERS_STEPS",
+        value_enum,
+        default_value_t = StepPlacement::Local
+    )]
+    pub steps: StepPlacement,
+}
+
 /// How the worker stops on SIGTERM or Ctrl-C.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShutdownSettings {

@@ -62,6 +62,7 @@ impl DevStack {
                 port: TEMPORAL_PORT,
                 ui_port: Some(TEMPORAL_UI_PORT),
                 db_file: Some(state_dir.join("temporal.db")),
+                metrics_port: None,
                 log_file: state_dir.join("temporal.log"),
                 search_attributes: search_attribute_flags(),
                 namespaces: Vec::new(),

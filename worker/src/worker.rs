@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orders_activities::import::ImportActivities;
+use orders_activities::lifecycle::LifecycleActivities;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::read::{CacheSettings, OrderCache};
 use orders_activities::recovery::RecoveryActivities;
@@ -17,6 +18,7 @@ use orders_activities::two_phase::TwoPhaseActivities;
 use orders_activities::{OrderActivities, Shards};
 use orders_workflows::idempotency_retention::{self, RetentionSchedule};
 use orders_workflows::in_doubt_recovery::{self, RecoverySchedule};
+use orders_workflows::place_order::LOCAL_STEP_PATCHES;
 use orders_workflows::{
     IdempotencyRetentionWorkflow, ImportOrdersWorkflow, InDoubtRecoveryWorkflow,
     OrderLifecycleWorkflow, PlaceOrderWorkflow,
@@ -27,7 +29,11 @@ use temporalio_common::telemetry::{
     PrometheusExporterOptions, TelemetryOptions, start_prometheus_metric_exporter,
 };
 use temporalio_sdk::runtime::RuntimeOptions;
-use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use temporalio_sdk::{
+    PatchActivationCallback, PatchActivationInput, Runtime, Worker, WorkerOptions,
+};
+
+use crate::config::StepPlacement;
 
 /// How long a workflow task waits on this worker's sticky queue before Temporal hands it to
 /// any worker (the SDK's default is 10 s). It is most of what a dead worker costs an order
@@ -56,6 +62,20 @@ pub struct Serving {
     pub retention: RetentionSchedule,
     /// How long in-flight tasks may run on after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Where new orders run their steps.
+    pub steps: StepPlacement,
+}
+
+/// With [`StepPlacement::Remote`], declines the patches that run PlaceOrder's steps as local
+/// activities, so new orders take the activity path. A declined patch leaves no marker, so
+/// such a run replays the same way on any worker.
+fn step_patches(steps: StepPlacement) -> Option<PatchActivationCallback> {
+    match steps {
+        StepPlacement::Local => None,
+        StepPlacement::Remote => Some(Arc::new(|input: PatchActivationInput| {
+            !LOCAL_STEP_PATCHES.contains(&input.patch_id.as_str())
+        })),
+    }
 }
 
 /// The shutdown grace of `orders dev` (`orders worker` reads `ORDERS_SHUTDOWN_GRACE_SECS`).
@@ -142,6 +162,7 @@ pub async fn run(
         .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
         // Activities still running when the grace ends are cancelled, so the worker can go.
         .graceful_shutdown_period(serving.shutdown_grace)
+        .maybe_patch_activation_callback(step_patches(serving.steps))
         .register_activities(OrderActivities::new(
             shards.clone(),
             metrics.clone(),
@@ -168,6 +189,7 @@ pub async fn run(
             metrics.clone(),
         ))
         .register_activities(ImportActivities::new(shards, metrics))
+        .register_activities(LifecycleActivities::new(client.clone()))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?

@@ -7,7 +7,8 @@
 //! two-phase commit in [`place_order::two_phase`]), then [`order_lifecycle`] (after
 //! confirmation), [`import_orders`] (bulk import), [`in_doubt_recovery`] and
 //! [`idempotency_retention`] (maintenance). [`saga`] is the
-//! compensation mechanism; [`failures`] turns an activity's failure into the workflow's;
+//! compensation mechanism and [`steps`] how each step runs (local activity or activity);
+//! [`failures`] turns an activity's failure into the workflow's;
 //! [`progress`], [`search_attributes`] and [`outcomes`] are how a run shows itself.
 
 pub mod failures;
@@ -20,6 +21,7 @@ pub mod place_order;
 pub mod progress;
 pub mod saga;
 pub mod search_attributes;
+pub mod steps;
 
 pub use idempotency_retention::IdempotencyRetentionWorkflow;
 pub use import_orders::ImportOrdersWorkflow;

@@ -18,6 +18,11 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Whether the run ends in this stage.
+    pub fn is_final(self) -> bool {
+        matches!(self, Stage::Confirmed | Stage::Failed | Stage::Cancelled)
+    }
+
     /// The `OrderStatus` search attribute value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -10,6 +10,8 @@
 //! workflow's, so they still run when the workflow itself is being cancelled. A compensation
 //! that fails after its retries is reported, never swallowed: [`Saga::compensate`] reports
 //! every failure and the workflow fails with all of them.
+//!
+//! Steps and compensations run as [`Steps`] say: local activities, or activities of their own.
 
 use futures::future::LocalBoxFuture;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use temporalio_sdk::{
 };
 
 use crate::failures;
+use crate::steps::{Phase, Steps};
 
 /// Options of forward steps: retried until they succeed or reject, and on cancellation the
 /// workflow waits until the running attempt has really stopped before compensating. An older
@@ -48,14 +51,18 @@ pub fn forward_options() -> ActivityOptions {
 /// about two minutes, then reported as failed.
 pub fn compensation_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_secs(1))
-                .maximum_interval(Duration::from_secs(15))
-                .maximum_attempts(12)
-                .build(),
-        )
+        .retry_policy(compensation_retry())
         .cancellation_token(WorkflowCancellationToken::new())
+        .build()
+}
+
+/// How compensations retry, as activities or local activities: with backoff for about two
+/// minutes, then they are reported as failed.
+pub(crate) fn compensation_retry() -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(Duration::from_secs(1))
+        .maximum_interval(Duration::from_secs(15))
+        .maximum_attempts(12)
         .build()
 }
 
@@ -81,13 +88,15 @@ pub struct CompensationReport {
 /// Forward steps and the compensations they registered.
 pub struct Saga<W> {
     ctx: WorkflowContext<W>,
+    steps: Steps,
     compensations: Vec<Compensation>,
 }
 
 impl<W: 'static> Saga<W> {
-    pub fn new(ctx: &WorkflowContext<W>) -> Self {
+    pub fn new(ctx: &WorkflowContext<W>, steps: Steps) -> Self {
         Self {
             ctx: ctx.clone(),
+            steps,
             compensations: Vec::new(),
         }
     }
@@ -107,17 +116,17 @@ impl<W: 'static> Saga<W> {
         U::Input: 'static,
     {
         let ctx = self.ctx.clone();
+        let steps = self.steps;
         let name = undo.name().to_owned();
         self.compensations.push(Compensation {
             name,
-            run: Box::pin(async move {
-                ctx.execute_activity(undo, undo_input, compensation_options())
-                    .await
-            }),
+            run: Box::pin(
+                async move { steps.run(&ctx, undo, undo_input, Phase::Compensate).await },
+            ),
         });
         let result = self
-            .ctx
-            .execute_activity(forward, input, forward_options())
+            .steps
+            .run(&self.ctx, forward, input, Phase::Forward)
             .await;
         if let Err(err) = &result
             && failures::rejection(err).is_some()
@@ -137,8 +146,8 @@ impl<W: 'static> Saga<W> {
         F: ActivityDefinition,
         F::Output: TemporalDeserializable,
     {
-        self.ctx
-            .execute_activity(forward, input, forward_options())
+        self.steps
+            .run(&self.ctx, forward, input, Phase::Forward)
             .await
     }
 

@@ -141,6 +141,7 @@ impl Clusters {
             port: local::free_port()?,
             ui_port: None,
             db_file: None,
+            metrics_port: None,
             log_file: self.root.join("temporal.log"),
             search_attributes: orders_worker::dev::search_attribute_flags(),
             namespaces: vec![],

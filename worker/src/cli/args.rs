@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 
 use crate::config::{
     MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings, ShardSettings,
-    ShutdownSettings, TemporalSettings,
+    ShutdownSettings, StepSettings, TemporalSettings,
 };
 use crate::synthetic::Volume;
 
@@ -75,6 +75,8 @@ pub enum Command {
         retention: RetentionSettings,
         #[command(flatten)]
         shutdown: ShutdownSettings,
+        #[command(flatten)]
+        steps: StepSettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {

@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recovery: Default::default(),
                 retention: Default::default(),
                 shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
+                steps: Default::default(),
             };
             dev::run(state_dir, temporal, serving).await?;
             Ok(ExitCode::SUCCESS)
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             recovery,
             retention,
             shutdown,
+            steps,
         } => {
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
@@ -67,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 recovery: recovery.schedule(),
                 retention: retention.schedule(),
                 shutdown_grace: shutdown.grace(),
+                steps: steps.steps,
             };
             let shards = shards.connect().await?;
             let client = client::connect(&temporal).await?;

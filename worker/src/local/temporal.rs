@@ -18,6 +18,9 @@ pub struct TemporalOptions {
     pub ui_port: Option<u16>,
     /// SQLite file keeping history across restarts; `None` keeps it in memory.
     pub db_file: Option<PathBuf>,
+    /// Port of the server's Prometheus `/metrics` (its `action` counter among them); `None`
+    /// serves none.
+    pub metrics_port: Option<u16>,
     /// Where the server's own output goes.
     pub log_file: PathBuf,
     /// Search attributes to register at launch, as `Name=Type`.
@@ -82,6 +85,9 @@ impl TemporalDevServer {
                 "--sqlite-pragma",
                 "synchronous=normal",
             ]);
+        }
+        if let Some(port) = options.metrics_port {
+            command.args(["--metrics-port", &port.to_string()]);
         }
         for attribute in &options.search_attributes {
             command.args(["--search-attribute", attribute]);
@@ -198,6 +204,11 @@ impl TemporalDevServer {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The server's process id, when this handle started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildService::pid)
     }
 
     /// `host:port` for clients.

@@ -25,8 +25,11 @@
 pub mod two_phase;
 pub mod with_saga;
 
+use orders_activities::lifecycle::{LifecycleActivities, LifecycleStart};
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
+use temporalio_common::WorkflowDefinition;
+use temporalio_common::search_attributes::SearchAttributeUpdate;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
@@ -37,13 +40,27 @@ use temporalio_sdk::{
 use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
-use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS};
+use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, HeldAttributes, ORDER_STATUS};
+use crate::steps::{Phase, Steps};
+
+/// Patch under which an order costs the server one workflow task: every step runs as a local
+/// activity (see [`crate::steps`]), search attributes go out together when a client may look
+/// for them (see [`publish`]), and a local activity starts the lifecycle (see
+/// [`orders_activities::lifecycle`]). It implies every patch below, which such histories do
+/// not mark one by one.
+pub const ONE_TASK_PATCH: &str = "one-task-order";
+
+/// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
+/// they run every step as an activity of its own, as orders did before these patches.
+/// Histories follow what they recorded either way.
+pub const LOCAL_STEP_PATCHES: [&str; 2] = [ONE_TASK_PATCH, two_phase::LOCAL_STEPS_PATCH];
 
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
 pub const ORDER_MEMO_PATCH: &str = "order-memo";
 
-/// Patch guarding the start of the order's [`OrderLifecycleWorkflow`].
+/// Patch guarding the start of the order's [`OrderLifecycleWorkflow`] (as a child workflow,
+/// before [`ONE_TASK_PATCH`]).
 pub const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
 
 /// Patch guarding stock (the `PlanOrder` and `ReserveStock` steps, the `OrderId` search
@@ -54,6 +71,7 @@ pub const INVENTORY_PATCH: &str = "inventory";
 #[derive(Default)]
 pub struct PlaceOrderWorkflow {
     pub(crate) progress: Progress,
+    attributes: HeldAttributes,
 }
 
 #[workflow_methods]
@@ -96,6 +114,10 @@ impl PlaceOrderWorkflow {
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
+        let one_task = ctx.patched(ONE_TASK_PATCH);
+        if one_task {
+            ctx.state_mut(|s| s.attributes.hold());
+        }
         let order = match ValidOrder::from_json(&input) {
             Ok(order) => order,
             Err(invalid) => {
@@ -103,39 +125,74 @@ impl PlaceOrderWorkflow {
                 return Err(fail(ctx, Stage::Failed, failure).into());
             }
         };
-        let with_stock = ctx.patched(INVENTORY_PATCH);
+        let with_stock = one_task || ctx.patched(INVENTORY_PATCH);
         let consistency = if with_stock {
             order.consistency
         } else {
             Consistency::Saga
         };
-        ctx.upsert_search_attributes([
-            CUSTOMER_ID.value_set(order.customer_id),
-            CONSISTENCY.value_set(consistency.as_str().to_owned()),
-        ]);
+        set_attributes(
+            ctx,
+            [
+                CUSTOMER_ID.value_set(order.customer_id),
+                CONSISTENCY.value_set(consistency.as_str().to_owned()),
+            ],
+        );
         let key = format!(
             "{}/{}",
             ctx.workflow_id(),
             ctx.info().first_execution_run_id()
         );
+        let steps = if one_task {
+            Steps::Local
+        } else {
+            Steps::Remote
+        };
         let placed = match consistency {
-            Consistency::Saga => with_saga::place(ctx, order, &key, with_stock).await?,
-            Consistency::TwoPhase => two_phase::place(ctx, order, &key).await?,
+            Consistency::Saga => with_saga::place(ctx, order, &key, with_stock, steps).await?,
+            Consistency::TwoPhase => two_phase::place(ctx, order, &key, one_task).await?,
         };
         set_stage(ctx, Stage::Confirmed);
         outcomes::record(ctx, OrderMetrics::order_placed);
         // Added after the first histories were recorded: guarded so those replay.
-        if ctx.patched(ORDER_MEMO_PATCH) {
+        if one_task || ctx.patched(ORDER_MEMO_PATCH) {
             ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
         }
-        if ctx.patched(ORDER_LIFECYCLE_PATCH) {
+        if one_task {
+            start_lifecycle_here(ctx, &placed).await;
+        } else if ctx.patched(ORDER_LIFECYCLE_PATCH) {
             start_lifecycle(ctx, &placed).await;
         }
         Ok(placed)
     }
 }
 
-/// Starts the confirmed order's lifecycle workflow and leaves it running on its own. The
+/// Starts the confirmed order's lifecycle from this worker, inside the workflow task (see
+/// [`orders_activities::lifecycle`]). The order is confirmed whatever happens here, so a
+/// start that still fails after its retries is logged, not raised.
+async fn start_lifecycle_here(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &PlacedOrder) {
+    let start = LifecycleStart {
+        workflow_type: OrderLifecycleWorkflow::run.name().to_owned(),
+        workflow_id: order_lifecycle::workflow_id(placed.order_id),
+        order: placed.clone(),
+    };
+    let started = Steps::Local
+        .run(
+            ctx,
+            LifecycleActivities::start_lifecycle,
+            start,
+            Phase::AfterConfirmation,
+        )
+        .await;
+    if let Err(err) = started
+        && !ctx.is_replaying()
+    {
+        tracing::warn!(order_id = placed.order_id, %err, "could not start the order's lifecycle workflow");
+    }
+}
+
+/// Starts the confirmed order's lifecycle as a child workflow and leaves it running on its
+/// own (histories before [`ONE_TASK_PATCH`]). The
 /// order is confirmed whatever happens here, so a failure to start is logged, not raised.
 async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &PlacedOrder) {
     let options = ChildWorkflowOptions::builder()
@@ -158,10 +215,39 @@ pub(crate) fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
     ctx.state_mut(|s| s.progress.step = Some(step.to_owned()));
 }
 
-/// Records `stage` in the query state and the `OrderStatus` search attribute.
+/// Records `stage` in the query state and the `OrderStatus` search attribute. A final stage
+/// is published at once: the run is about to end.
 pub(crate) fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage) {
     ctx.state_mut(|s| s.progress.stage = stage);
-    ctx.upsert_search_attributes([ORDER_STATUS.value_set(stage.as_str().to_owned())]);
+    set_attributes(ctx, [ORDER_STATUS.value_set(stage.as_str().to_owned())]);
+    if stage.is_final() {
+        publish(ctx);
+    }
+}
+
+/// Sets search attributes: held until [`publish`] under [`ONE_TASK_PATCH`], sent at once in
+/// histories recorded before it.
+pub(crate) fn set_attributes(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    updates: impl IntoIterator<Item = SearchAttributeUpdate>,
+) {
+    let updates = updates.into_iter().collect();
+    let now = ctx.state_mut(|s| s.attributes.add(updates));
+    if !now.is_empty() {
+        ctx.upsert_search_attributes(now);
+    }
+}
+
+/// Sends the held search attributes in one upsert. PlaceOrder publishes when a client may
+/// look for the order while it runs (its order id is known: `orders cancel ORDER_ID` finds it
+/// by `OrderId`) and when it ends. A run whose steps all finish in one workflow task sends
+/// both upserts with that task; one that waits longer (a step retrying, a failpoint) shows
+/// the first while it waits.
+pub(crate) fn publish(ctx: &WorkflowContext<PlaceOrderWorkflow>) {
+    let held = ctx.state_mut(|s| s.attributes.take());
+    if !held.is_empty() {
+        ctx.upsert_search_attributes(held);
+    }
 }
 
 /// Records the cancellation and returns it, for the workflow to end with.

@@ -13,7 +13,7 @@
 //!    rows in id order within a shard) makes such a cycle impossible, at the price of
 //!    preparing parts one after another instead of side by side.
 //! 3. The decision goes into the memo ([`DECISION_MEMO`]), which `orders recover` reads. The
-//!    steps run as local activities (see [`Steps`]), inside the workflow task, so the memo
+//!    steps run as local activities (see [`crate::steps`]), inside the workflow task, so the memo
 //!    reaches the history when the task completes (or heartbeats), possibly after parts
 //!    committed: until then, the home part's committed key (point 4) is the decision.
 //! 4. Every part is committed (or rolled back), retried until done, immune to cancellation:
@@ -21,8 +21,6 @@
 //!    first and the others after it, so its committed key is the order's durable commit
 //!    record: if it is committed, the decision was commit; if it is not, no part committed.
 //!    `orders recover` relies on that when the workflow itself can no longer be asked.
-
-use std::time::Duration;
 
 use futures::future::join_all;
 use orders_activities::metrics::OrderMetrics;
@@ -32,126 +30,33 @@ use orders_activities::store::two_phase::{GidParts, GidTooLong};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
 use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
-use temporalio_common::data_converters::TemporalDeserializable;
-use temporalio_common::{ActivityDefinition, RetryPolicy};
-use temporalio_sdk::{
-    ActivityExecutionError, ActivityOptions, LocalActivityOptions, MemoValue,
-    WorkflowCancellationToken, WorkflowContext, WorkflowResult,
-};
+use temporalio_common::ActivityDefinition;
+use temporalio_sdk::{ActivityExecutionError, MemoValue, WorkflowContext, WorkflowResult};
 
-use super::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
+use super::{
+    PlaceOrderWorkflow, cancelled_order, fail, publish, set_attributes, set_stage, set_step,
+};
 use crate::failures::{self, workflow_failure};
 use crate::outcomes;
 use crate::progress::Stage;
-use crate::saga::forward_options;
 use crate::search_attributes::{ORDER_ID, SHARD};
+use crate::steps::{Phase, Steps};
 
-/// Patch under which the two-phase steps run as local activities (see [`Steps`]).
-/// Histories recorded before it replay with the steps as activities.
+/// Patch under which the two-phase steps run as local activities (see [`crate::steps`]),
+/// implied by [`super::ONE_TASK_PATCH`]. Histories recorded before it replay with the steps
+/// as activities.
 pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
-
-/// How the two-phase steps run.
-///
-/// `Local` (every order since [`LOCAL_STEPS_PATCH`]): as local activities, inside the
-/// workflow task, so no Temporal round trip separates one shard's PREPARE from the next
-/// shard's, nor the last PREPARE from the first COMMIT PREPARED. A prepared part holds its
-/// rows (a popular product's inventory row among them) for milliseconds instead of the
-/// several server round trips each step costs as an activity, which is what makes orders
-/// that share products queue behind each other. Local activities are at-least-once like any
-/// other: if the worker dies mid-task, the next worker replays the task and runs the steps
-/// again, and each step finds its own earlier work (the part's key, its gid) and changes
-/// nothing. The decision memo then reaches the history with the task's completion, after the
-/// commits; the home part commits first, so its committed key is the decision that recovery
-/// reads while the memo is not there yet.
-///
-/// `Remote` (histories recorded before the patch): as activities, each one scheduled by the
-/// server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Steps {
-    Local,
-    Remote,
-}
-
-/// What a step does, which sets how it retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Plan and prepare: retried until done or refused; a cancellation stops it.
-    Forward,
-    /// Commit or roll back: retried until done (a shard that is down comes back, and its
-    /// prepared transaction with it), and never cancelled.
-    Resolve,
-}
-
-impl Steps {
-    async fn run<A>(
-        self,
-        ctx: &WorkflowContext<PlaceOrderWorkflow>,
-        activity: A,
-        input: A::Input,
-        phase: Phase,
-    ) -> Result<A::Output, ActivityExecutionError>
-    where
-        A: ActivityDefinition,
-        A::Output: TemporalDeserializable,
-    {
-        match self {
-            Steps::Local => {
-                ctx.execute_local_activity(activity, input, local_options(phase))
-                    .await
-            }
-            Steps::Remote => {
-                let options = match phase {
-                    Phase::Forward => forward_options(),
-                    Phase::Resolve => resolve_options(),
-                };
-                ctx.execute_activity(activity, input, options).await
-            }
-        }
-    }
-}
-
-/// A local step's options. Short steps get a short start-to-close (a worker that dies
-/// mid-step costs at most that long), and retries come back quickly: a step that met a row
-/// lock of another order's prepared part finds it released within milliseconds, not after an
-/// exponential back-off.
-fn local_options(phase: Phase) -> LocalActivityOptions {
-    let retry = RetryPolicy::builder()
-        .initial_interval(Duration::from_millis(50))
-        .backoff_coefficient(2.0)
-        .maximum_interval(Duration::from_secs(1))
-        .build();
-    let options = LocalActivityOptions::builder()
-        .start_to_close_timeout(Duration::from_secs(5))
-        .retry_policy(retry);
-    match phase {
-        Phase::Forward => options.build(),
-        Phase::Resolve => options
-            .cancellation_token(WorkflowCancellationToken::new())
-            .build(),
-    }
-}
-
-/// Phase two's options as activities: retried until done, and never cancelled.
-fn resolve_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(200))
-                .maximum_interval(Duration::from_secs(10))
-                .build(),
-        )
-        .cancellation_token(WorkflowCancellationToken::new())
-        .build()
-}
 
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
 /// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
+/// `one_task` is [`super::ONE_TASK_PATCH`].
 pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
+    one_task: bool,
 ) -> WorkflowResult<PlacedOrder> {
-    let steps = if ctx.patched(LOCAL_STEPS_PATCH) {
+    let steps = if one_task || ctx.patched(LOCAL_STEPS_PATCH) {
         Steps::Local
     } else {
         Steps::Remote
@@ -179,10 +84,14 @@ pub(crate) async fn place(
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
     };
-    ctx.upsert_search_attributes([
-        ORDER_ID.value_set(order_id),
-        SHARD.value_set(plan.customer_shard as i64),
-    ]);
+    set_attributes(
+        ctx,
+        [
+            ORDER_ID.value_set(order_id),
+            SHARD.value_set(plan.customer_shard as i64),
+        ],
+    );
+    publish(ctx);
 
     set_step(ctx, "PreparePart");
     let mut refusal = None;

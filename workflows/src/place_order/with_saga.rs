@@ -13,23 +13,28 @@ use orders_activities::{
 };
 use temporalio_sdk::{ActivityExecutionError, WorkflowContext, WorkflowResult};
 
-use super::{PlaceOrderWorkflow, cancelled_order, fail, set_stage, set_step};
+use super::{
+    PlaceOrderWorkflow, cancelled_order, fail, publish, set_attributes, set_stage, set_step,
+};
 use crate::failures::{self, workflow_failure};
 use crate::outcomes;
 use crate::progress::Stage;
-use crate::saga::{Saga, forward_options};
+use crate::saga::Saga;
 use crate::search_attributes::{ORDER_ID, SHARD};
+use crate::steps::{Phase, Steps};
 
 /// Places `order` as a saga: forward steps, and compensations in reverse if one fails.
-/// `key` is `<workflow id>/<first run id>`; `with_stock` is the `inventory` patch.
+/// `key` is `<workflow id>/<first run id>`; `with_stock` is the `inventory` patch; `steps`
+/// says how steps and compensations run.
 pub(super) async fn place(
     ctx: &mut WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
     with_stock: bool,
+    steps: Steps,
 ) -> WorkflowResult<PlacedOrder> {
-    let mut saga = Saga::new(ctx);
-    let err = match forward(ctx, &mut saga, order, key, with_stock).await {
+    let mut saga = Saga::new(ctx, steps);
+    let err = match forward(ctx, &mut saga, order, key, with_stock, steps).await {
         Ok(placed) => return Ok(placed),
         Err(err) => err,
     };
@@ -69,6 +74,7 @@ async fn forward(
     order: ValidOrder,
     key: &str,
     with_stock: bool,
+    steps: Steps,
 ) -> Result<PlacedOrder, ActivityExecutionError> {
     let create_key = format!("{key}/create-order");
     let customer_id = order.customer_id;
@@ -80,7 +86,7 @@ async fn forward(
             allocate_order_id: false,
             idempotency_key: format!("{key}/plan"),
         };
-        let plan = ctx.execute_activity(StockActivities::plan_order, input, forward_options());
+        let plan = steps.run(ctx, StockActivities::plan_order, input, Phase::Forward);
         Some(plan.await?)
     } else {
         None
@@ -104,10 +110,11 @@ async fn forward(
         s.progress.order_id = Some(created.order_id);
         s.progress.shard = Some(created.shard);
     });
-    ctx.upsert_search_attributes([SHARD.value_set(created.shard as i64)]);
+    set_attributes(ctx, [SHARD.value_set(created.shard as i64)]);
     set_stage(ctx, Stage::Pending);
     if let Some(plan) = plan {
-        ctx.upsert_search_attributes([ORDER_ID.value_set(created.order_id)]);
+        set_attributes(ctx, [ORDER_ID.value_set(created.order_id)]);
+        publish(ctx);
         for part in plan.stock {
             set_step(ctx, "ReserveStock");
             let input = StockInput {
