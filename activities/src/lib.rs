@@ -20,6 +20,7 @@ pub mod read;
 pub mod recovery;
 pub mod retention;
 pub mod routing;
+pub mod search_attributes;
 pub mod shard_map;
 pub mod shards;
 pub mod stock;

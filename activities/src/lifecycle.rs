@@ -7,6 +7,9 @@
 //! completes. Started from here, the lifecycle exists before PlaceOrder's task completes,
 //! and the order needs no second task.
 //!
+//! The lifecycle starts with its search attributes set, and eagerly: the server hands its
+//! first workflow task straight back to this worker, which polls the same task queue.
+//!
 //! Retry-safe: the lifecycle's workflow id is the order's, and a start that finds it already
 //! started (a retried or replayed attempt) has nothing left to do.
 
@@ -16,10 +19,12 @@ use temporalio_client::{
     Client, UntypedWorkflow, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowStartOptions,
 };
 use temporalio_common::data_converters::{PayloadConverter, RawValue};
+use temporalio_common::search_attributes::SearchAttributes;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::PlacedOrder;
+use crate::search_attributes::lifecycle_attributes;
 
 /// The lifecycle to start: its workflow type and id (the workflows crate names them), and the
 /// confirmed order it starts with.
@@ -63,6 +68,11 @@ impl LifecycleActivities {
             // An order has one lifecycle, even one that already ended.
             .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
             .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
+            // Set at start, the lifecycle's first task has nothing to upsert.
+            .search_attributes(SearchAttributes::new(lifecycle_attributes(&start.order)))
+            // This worker polls the queue: the server hands it the lifecycle's first task in
+            // the reply instead of through matching.
+            .enable_eager_workflow_start(true)
             .build();
         let started = self
             .client

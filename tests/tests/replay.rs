@@ -38,6 +38,9 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "two_phase_confirmed.json",
         "two_phase_out_of_stock_rolled_back.json",
         "cancelled_stock_returned.json",
+        "one_task_saga_confirmed.json",
+        "one_task_two_phase_confirmed.json",
+        "steps_remote_saga_confirmed.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -8,7 +8,7 @@ use orders_worker::local::temporal::temporal_cli;
 use serde_json::Value;
 
 use crate::consistency::three_shard_order;
-use crate::helpers::{TestApp, orders_binary};
+use crate::helpers::{TestApp, expect_failure, orders_binary};
 
 /// What a PlaceOrder history shows of its cost.
 #[derive(Debug)]
@@ -90,9 +90,35 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
         "order id known, then confirmed: {local:?}"
     );
     assert_eq!(local.child_starts, 0, "{local:?}");
-    let lifecycle = app.cli_ok(&["get", &placed.order_id.to_string(), "--json"]);
-    assert!(lifecycle.status.success());
+    // The lifecycle started with its search attributes: nothing to upsert, and found by them.
+    let lifecycle_id = orders_workflows::order_lifecycle::workflow_id(placed.order_id);
+    let (_, lifecycle) = recorded(&app, &lifecycle_id, &dir);
+    assert_eq!(lifecycle.upserts, 0, "{lifecycle:?}");
+    assert_eq!(lifecycle.workflow_tasks, 1, "{lifecycle:?}");
+    let query = format!(
+        "WorkflowType = 'OrderLifecycle' AND CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {}",
+        placed.shard
+    );
+    assert_eq!(listed(&app, &query).await, vec![lifecycle_id]);
     app.cli_ok(&["set-status", &placed.order_id.to_string(), "shipped"]);
+
+    // A declined payment compensates in the same task: ReleaseStock twice, DeleteOrder.
+    let (mut input, products) = three_shard_order(&app, customer, "saga");
+    input["items"][0]["unit_price"] = "9999.00".into();
+    let declined_id = app.start_order(input).await;
+    expect_failure(&app.outcome(&declined_id).await, "PaymentDeclined");
+    let (declined_file, declined) = recorded(&app, &declined_id, &dir);
+    assert_eq!(declined.activity_tasks, 0, "{declined:?}");
+    assert_eq!(
+        declined.local_activities, 8,
+        "plan, create, two reservations, the declined credit, three compensations: {declined:?}"
+    );
+    assert_eq!(declined.workflow_tasks, 1, "{declined:?}");
+    assert_eq!(
+        app.stock(products[0]).await.reserved,
+        2,
+        "only the confirmed order's"
+    );
 
     let (input, _) = three_shard_order(&app, customer, "two_phase");
     let (two_phase_id, _) = app.place_confirmed_order(input).await;
@@ -120,7 +146,7 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     for steps in ["local", "remote"] {
         let output = Command::new(orders_binary())
             .arg("replay")
-            .args([&local_file, &two_phase_file, &remote_file])
+            .args([&local_file, &declined_file, &two_phase_file, &remote_file])
             .env("ORDERS_STEPS", steps)
             .env("ORDERS_LOG", "error")
             .output()
@@ -130,7 +156,28 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
             output.status.success(),
             "replay with ORDERS_STEPS={steps}: {stdout}"
         );
-        assert_eq!(stdout.matches("ok    ").count(), 3, "{stdout}");
+        assert_eq!(stdout.matches("ok    ").count(), 4, "{stdout}");
+    }
+}
+
+/// Workflow ids matching `query`, once the visibility store has caught up (up to 10 s).
+async fn listed(app: &TestApp, query: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> = app
+            .client
+            .list_workflows(
+                query.to_owned(),
+                temporalio_client::WorkflowListOptions::builder().build(),
+            )
+            .filter_map(|found| async move { found.ok().map(|w| w.id().to_owned()) })
+            .collect()
+            .await;
+        if !ids.is_empty() || std::time::Instant::now() > deadline {
+            return ids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -28,6 +28,7 @@ use temporalio_common::telemetry::metrics::CoreMeter;
 use temporalio_common::telemetry::{
     PrometheusExporterOptions, TelemetryOptions, start_prometheus_metric_exporter,
 };
+use temporalio_sdk::runtime::PollerBehavior;
 use temporalio_sdk::runtime::RuntimeOptions;
 use temporalio_sdk::{
     PatchActivationCallback, PatchActivationInput, Runtime, Worker, WorkerOptions,
@@ -39,6 +40,16 @@ use crate::config::StepPlacement;
 /// any worker (the SDK's default is 10 s). It is most of what a dead worker costs an order
 /// whose workflow it had cached; a live worker picks its sticky tasks up in milliseconds.
 pub const STICKY_SCHEDULE_TO_START: Duration = Duration::from_secs(3);
+
+/// Concurrent workflow-task polls, and the share of them on the task queue itself rather
+/// than this worker's sticky queue. An order runs in its first workflow task, which always
+/// comes from the task queue, and a task queue has partitions (four by default) whose tasks
+/// wait for poll forwarding when no poll sits on them. With the SDK's default, one poll of
+/// five on the task queue, orders waited 4 s for their task at 16 in flight; measured on the
+/// dev server, one partition instead of four took orders/s from 13 to 17 and p95 from 4.1 s
+/// to 1.1 s. The sticky queue keeps two polls for the lifecycles' later tasks.
+const WORKFLOW_TASK_POLLS: usize = 10;
+const TASK_QUEUE_POLL_SHARE: f32 = 0.8;
 
 /// How long cancelled activities get to report after the shutdown grace, before the worker
 /// exits regardless.
@@ -160,6 +171,8 @@ pub async fn run(
     let options = WorkerOptions::new(task_queue)
         // A workflow task on a dead worker's sticky queue moves to any worker after this.
         .sticky_queue_schedule_to_start_timeout(STICKY_SCHEDULE_TO_START)
+        .workflow_task_poller_behavior(PollerBehavior::SimpleMaximum(WORKFLOW_TASK_POLLS))
+        .nonsticky_to_sticky_poll_ratio(TASK_QUEUE_POLL_SHARE)
         // Activities still running when the grace ends are cancelled, so the worker can go.
         .graceful_shutdown_period(serving.shutdown_grace)
         .maybe_patch_activation_callback(step_patches(serving.steps))

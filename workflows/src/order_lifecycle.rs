@@ -18,7 +18,8 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 
 use crate::saga::forward_options;
-use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, ORDER_STATUS, SHARD};
+use crate::search_attributes::ORDER_STATUS;
+use orders_activities::search_attributes::{lifecycle_attributes, status_name};
 
 /// Patch guarding the release of stock when an order is cancelled.
 pub const RELEASE_STOCK_PATCH: &str = "release-stock";
@@ -59,12 +60,11 @@ impl OrderLifecycleWorkflow {
     #[run(name = "OrderLifecycle")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<PlacedOrder> {
         let order = ctx.state(|s| s.order.clone()).expect("set by init");
-        ctx.upsert_search_attributes([
-            CUSTOMER_ID.value_set(order.customer_id),
-            SHARD.value_set(order.shard as i64),
-            CONSISTENCY.value_set(order.consistency.as_str().to_owned()),
-            ORDER_STATUS.value_set(status_name(order.status)),
-        ]);
+        // Started by `StartOrderLifecycle`, it carries them from its start (recorded in its
+        // first event, so replay decides the same); started as a child, it sets them now.
+        if ctx.search_attributes().get(&ORDER_STATUS).is_none() {
+            ctx.upsert_search_attributes(lifecycle_attributes(&order));
+        }
         ctx.wait_condition(|s| {
             s.order.as_ref().is_some_and(|o| {
                 matches!(o.status, OrderStatus::Delivered | OrderStatus::Cancelled)
@@ -167,13 +167,6 @@ impl OrderLifecycleWorkflow {
             order.clone()
         }))
     }
-}
-
-fn status_name(status: OrderStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

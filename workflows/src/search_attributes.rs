@@ -8,18 +8,11 @@
 //! each entry of [`REGISTRATION`]).
 
 use temporalio_common::protos::temporal::api::enums::v1::IndexedValueType;
-use temporalio_common::search_attributes::{SearchAttributeKey, SearchAttributeUpdate};
+use temporalio_common::search_attributes::SearchAttributeUpdate;
 
-/// The customer the order is for.
-pub const CUSTOMER_ID: SearchAttributeKey<i64> = SearchAttributeKey::int("CustomerId");
-/// Where the order is: pending, confirmed, failed or cancelled.
-pub const ORDER_STATUS: SearchAttributeKey<String> = SearchAttributeKey::keyword("OrderStatus");
-/// The shard holding the order.
-pub const SHARD: SearchAttributeKey<i64> = SearchAttributeKey::int("Shard");
-/// The consistency mode (`saga` or `two_phase`).
-pub const CONSISTENCY: SearchAttributeKey<String> = SearchAttributeKey::keyword("Consistency");
-/// The order's id, once taken: how `orders cancel ORDER_ID` finds a pending order's workflow.
-pub const ORDER_ID: SearchAttributeKey<i64> = SearchAttributeKey::int("OrderId");
+pub use orders_activities::search_attributes::{
+    CONSISTENCY, CUSTOMER_ID, ORDER_ID, ORDER_STATUS, SHARD,
+};
 
 /// Name and Temporal type of every attribute above.
 pub const REGISTRATION: [(&str, IndexedValueType); 5] = [
