@@ -40,6 +40,7 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "cancelled_stock_returned.json",
         "one_task_saga_confirmed.json",
         "one_task_two_phase_confirmed.json",
+        "one_task_payment_declined_compensated.json",
         "steps_remote_saga_confirmed.json",
     ] {
         assert!(
