@@ -393,7 +393,9 @@ fn draw(cells: &[Cell], file: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("orders in flight")
         .y_desc("orders/s")
-        .x_labels(7)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
     let styles = [
         (StepPath::Remote, "saga", RGBColor(200, 90, 40)),
