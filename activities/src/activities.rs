@@ -204,6 +204,7 @@ impl OrderActivities {
             txn.commit().await.map_err(on(shard))?;
             // After the commit: a read that starts now sees the order gone.
             self.cache.invalidate(created.order_id).await;
+            failpoints::hit("delete_order.after_commit").await?;
             tracing::info!(
                 order_id = created.order_id,
                 shard = shard.index,

@@ -4,6 +4,8 @@
 //! - `create_order.after_commit` aborts the process there, the way a SIGKILL would: after
 //!   the database committed, before Temporal hears about it. Tests use it to prove a retried
 //!   activity neither duplicates nor loses rows.
+//! - `delete_order.after_commit` aborts there: a compensation has left its tombstone, and the
+//!   workflow task that ran it has not completed.
 //! - `reserve_credit.before=sleep:3000` sleeps 3000 ms there, holding the step open so a test
 //!   can cancel the workflow mid-saga.
 //! - `delete_order.before=fail` makes every attempt there fail with a retryable error, the

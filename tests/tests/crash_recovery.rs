@@ -53,3 +53,31 @@ async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_af
         serde_json::from_slice(&shown.stdout).expect("orders get prints JSON");
     assert_eq!(shown["status"], "confirmed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_compensation_keeps_the_refusals_reason_and_undoes_once() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // The first worker dies right after DeleteOrder (the last compensation of a declined
+    // payment) commits its tombstone, before its workflow task completes.
+    app.start_worker(Some("delete_order.after_commit"));
+    let customer = app.add_customer("Jim Gray", "10.00").await;
+    let home = app.shards.for_customer(customer).index;
+    let workflow_id = app
+        .start_order(json!({"customer_id": customer, "items": [{"product_id": 5, "quantity": 1, "unit_price": "25.00"}]}))
+        .await;
+    assert!(
+        app.worker_exits_within(Duration::from_secs(30)),
+        "the worker should have aborted at the failpoint; log: {}",
+        app.worker_log().display()
+    );
+
+    // The next worker replays the recorded steps (the refusal among them) instead of running
+    // CreateOrder again into the tombstone, and finishes the compensations.
+    app.start_worker(None);
+    let outcome = app.outcome(&workflow_id).await;
+    let message = crate::helpers::expect_failure(&outcome, "PaymentDeclined");
+    assert!(message.contains("payment declined"), "{message}");
+    let rows = app.rows_on_shard(home).await;
+    assert_eq!((rows.orders, rows.items), (0, 0), "the order is gone");
+    assert_eq!(app.credit_used(customer).await, Decimal::ZERO);
+}

@@ -24,7 +24,7 @@ use temporalio_common::data_converters::TemporalDeserializable;
 use temporalio_common::{ActivityDefinition, RetryPolicy};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
-    WorkflowCancellationToken, WorkflowContext,
+    TimerOptions, WorkflowCancellationToken, WorkflowContext,
 };
 
 use crate::saga::{compensation_options, compensation_retry, forward_options};
@@ -75,6 +75,27 @@ impl Steps {
                 ctx.execute_activity(activity, input, remote_options(phase))
                     .await
             }
+        }
+    }
+}
+
+impl Steps {
+    /// Ends the workflow task before the workflow undoes what its steps did after a refusal.
+    ///
+    /// A local step's result, the refusal among them, reaches the history only when the task
+    /// completes, and undoing leaves tombstones (a compensated key, a rolled-back part). A
+    /// worker dying mid-undo would have the next one replay the task, run the forward steps
+    /// again, meet those tombstones (`AlreadyCompensated`) and lose the refusal's reason
+    /// (`OutOfStock`, `PaymentDeclined`). A 1 ms timer records the steps first; only refused
+    /// orders pay for it, one timer and one more workflow task. Steps that are activities are
+    /// recorded one by one already.
+    pub async fn record_before_undoing<W>(self, ctx: &WorkflowContext<W>) {
+        if self == Steps::Local {
+            let timer = TimerOptions::builder(Duration::from_millis(1))
+                .cancellation_token(WorkflowCancellationToken::new())
+                .summary("record the refusal before undoing".to_owned())
+                .build();
+            let _ = ctx.timer(timer).await;
         }
     }
 }

@@ -159,6 +159,9 @@ pub(crate) async fn place(
     }
 
     set_step(ctx, "RollbackPart");
+    if refusal.is_some() && !cancelled {
+        steps.record_before_undoing(ctx).await;
+    }
     if let Some(problems) = resolve(ctx, steps, &parts, || TwoPhaseActivities::rollback_part).await
     {
         outcomes::record(ctx, OrderMetrics::compensation_failed);

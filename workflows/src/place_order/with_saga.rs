@@ -39,6 +39,9 @@ pub(super) async fn place(
         Err(err) => err,
     };
     let cancelled = ctx.cancellation_token().is_cancelled();
+    if !cancelled {
+        steps.record_before_undoing(ctx).await;
+    }
     let report = saga.compensate().await;
     ctx.state_mut(|s| s.progress.compensations_run = report.succeeded.clone());
     if !report.failed.is_empty() {
