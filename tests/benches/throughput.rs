@@ -179,17 +179,22 @@ impl Bench {
             .env("ORDERS_STEPS", path.setting())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        common::deployment_env(
-            &mut command,
-            &self.temporal.address(),
-            &path.task_queue(),
-            &self.urls,
-        );
+        self.point_at(&mut command, path);
         local::process::ChildService::spawn(
             &format!("orders worker ({})", path.setting()),
             command,
             nix::sys::signal::Signal::SIGTERM,
         )
+    }
+
+    /// Points an `orders` command at this deployment and `path`'s task queue.
+    fn point_at(&self, command: &mut Command, path: StepPath) {
+        common::deployment_env(
+            command,
+            &self.temporal.address(),
+            &path.task_queue(),
+            &self.urls,
+        );
     }
 
     fn worker_pid(&self, path: StepPath) -> u32 {
@@ -222,12 +227,7 @@ impl Bench {
             .args(["--customers", "100", "--products", "50", "--seed", "42"])
             .arg("--json")
             .stderr(Stdio::null());
-        common::deployment_env(
-            &mut load,
-            &self.temporal.address(),
-            &path.task_queue(),
-            &self.urls,
-        );
+        self.point_at(&mut load, path);
         let output = load.output()?;
         let (server_after, worker_after) = (cpu_ms(server_pid)?, cpu_ms(worker_pid)?);
         let actions = server_actions(self.metrics_port)? - actions_before;

@@ -143,14 +143,15 @@ impl PlaceOrderWorkflow {
             ctx.workflow_id(),
             ctx.info().first_execution_run_id()
         );
-        let steps = if one_task {
-            Steps::Local
-        } else {
-            Steps::Remote
+        // Two-phase steps were local before the one-task patch, behind a patch of their own.
+        let steps = match consistency {
+            _ if one_task => Steps::Local,
+            Consistency::TwoPhase if ctx.patched(two_phase::LOCAL_STEPS_PATCH) => Steps::Local,
+            _ => Steps::Remote,
         };
         let placed = match consistency {
             Consistency::Saga => with_saga::place(ctx, order, &key, with_stock, steps).await?,
-            Consistency::TwoPhase => two_phase::place(ctx, order, &key, one_task).await?,
+            Consistency::TwoPhase => two_phase::place(ctx, order, &key, steps).await?,
         };
         set_stage(ctx, Stage::Confirmed);
         outcomes::record(ctx, OrderMetrics::order_placed);

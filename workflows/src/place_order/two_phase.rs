@@ -49,18 +49,13 @@ pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
 
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
 /// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
-/// `one_task` is [`super::ONE_TASK_PATCH`].
+/// `steps` says how its steps run.
 pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
-    one_task: bool,
+    steps: Steps,
 ) -> WorkflowResult<PlacedOrder> {
-    let steps = if one_task || ctx.patched(LOCAL_STEPS_PATCH) {
-        Steps::Local
-    } else {
-        Steps::Remote
-    };
     set_step(ctx, "PlanOrder");
     let input = PlanInput {
         customer_id: order.customer_id,
