@@ -23,6 +23,7 @@ use crate::failure::{Rejection, StepError};
 use crate::metrics::{OrderMetrics, ShardTimer};
 use crate::order_input::{Consistency, ValidOrder};
 use crate::read::OrderCache;
+use crate::routing::bucket_of;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::idempotency::{self, Finish, Once};
 use crate::store::{credit, customers, orders};
@@ -156,6 +157,7 @@ impl OrderActivities {
                     shard: shard.index,
                 }));
             }
+            idempotency::assign_bucket(txn, key, bucket_of(order.customer_id)).await?;
             Ok(CreatedOrder {
                 order_id: orders::create_with_items(txn, order).await?,
                 customer_id: order.customer_id,
@@ -194,6 +196,9 @@ impl OrderActivities {
         let _timer = self.time(shard, "DeleteOrder");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
         let created = idempotency::mark_compensated(&txn, &input.idempotency_key)
+            .await
+            .map_err(on(shard))?;
+        idempotency::assign_bucket(&txn, &input.idempotency_key, bucket_of(input.customer_id))
             .await
             .map_err(on(shard))?;
         if let Some(created) = created {

@@ -45,13 +45,16 @@ pub enum FailureType {
     CompensationFailed,
     /// A two-phase order's phase two could not be carried out.
     TwoPhaseIncomplete,
+    /// A two-phase order was planned for a shard that no longer owns some of its rows (their
+    /// bucket moved before the part was prepared); it was rolled back: submit it again.
+    ShardMapChanged,
     /// A step failed for a reason that is not a business rejection (it ran out of retries).
     StepFailed,
 }
 
 impl FailureType {
     /// Every failure type, for documentation and tests.
-    pub const ALL: [FailureType; 14] = [
+    pub const ALL: [FailureType; 15] = [
         FailureType::InvalidOrder,
         FailureType::UnknownCustomer,
         FailureType::PaymentDeclined,
@@ -65,6 +68,7 @@ impl FailureType {
         FailureType::PartAlreadyCommitted,
         FailureType::CompensationFailed,
         FailureType::TwoPhaseIncomplete,
+        FailureType::ShardMapChanged,
         FailureType::StepFailed,
     ];
 
@@ -84,6 +88,7 @@ impl FailureType {
             FailureType::PartAlreadyCommitted => "PartAlreadyCommitted",
             FailureType::CompensationFailed => "CompensationFailed",
             FailureType::TwoPhaseIncomplete => "TwoPhaseIncomplete",
+            FailureType::ShardMapChanged => "ShardMapChanged",
             FailureType::StepFailed => "StepFailed",
         }
     }
@@ -169,6 +174,18 @@ pub enum Rejection {
     /// The worker cannot read the file an import names.
     #[error("the worker cannot read {path}: {error} (the path must exist on the worker's machine)")]
     ImportFileUnreadable { path: String, error: String },
+    /// A two-phase part's rows are no longer owned by the shard it was planned on: a bucket
+    /// moved between the plan and the prepare. Phase two must find every part where it was
+    /// prepared, so the part cannot follow the bucket; the order rolls back instead.
+    #[error(
+        "bucket {bucket} moved from shard {planned} to shard {owner} after order {order_id} was planned; it was rolled back, nothing is written: submit it again"
+    )]
+    ShardMapChanged {
+        order_id: i64,
+        bucket: u16,
+        planned: usize,
+        owner: usize,
+    },
 }
 
 impl Rejection {
@@ -186,6 +203,7 @@ impl Rejection {
             Rejection::PreparedPartMissing { .. } => FailureType::PreparedPartMissing,
             Rejection::PartAlreadyCommitted { .. } => FailureType::PartAlreadyCommitted,
             Rejection::ImportFileUnreadable { .. } => FailureType::ImportFileUnreadable,
+            Rejection::ShardMapChanged { .. } => FailureType::ShardMapChanged,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod order_input;
 pub mod read;
 pub mod recovery;
+pub mod reshard;
 pub mod retention;
 pub mod routing;
 pub mod search_attributes;

@@ -26,7 +26,7 @@ pub enum InvalidShardMap {
     #[error("shard map v{version} has {found} buckets, expected {BUCKETS}")]
     WrongBucketCount { version: i32, found: usize },
     #[error(
-        "shard map v{version} routes to {map_shards} shards but {configured} shard URLs are configured; set ORDERS_SHARDS to the map's shards, in order"
+        "shard map v{version} routes to {map_shards} shards but {configured} shard URLs are configured; set ORDERS_SHARDS to the map's shards, in order (a shard is removed only after `orders reshard --to N` drained it)"
     )]
     ShardCountMismatch {
         version: i32,
@@ -60,7 +60,10 @@ impl ShardMap {
         }
     }
 
-    /// A map read back from storage, checked against the configured number of shards.
+    /// A map read back from storage, checked against the configured number of shards: it
+    /// may route to fewer shards than are configured (a shard just added owns nothing until
+    /// `orders reshard` moves buckets onto it; a drained one owns nothing any more), never to
+    /// more.
     pub fn from_stored(
         version: i32,
         owners: Vec<u16>,
@@ -73,7 +76,7 @@ impl ShardMap {
             });
         }
         let map = Self { version, owners };
-        if map.shard_count() != configured_shards {
+        if map.shard_count() > configured_shards {
             return Err(InvalidShardMap::ShardCountMismatch {
                 version,
                 map_shards: map.shard_count(),
@@ -140,6 +143,38 @@ impl ShardMap {
                 owned[new_shard].push(bucket);
             }
         }
+        Self {
+            version: self.version + 1,
+            owners,
+        }
+    }
+
+    /// The next version without the shards from `shard_count` on: each of their buckets goes
+    /// to the remaining shard holding the fewest (lowest index first), so the result stays
+    /// balanced. No bucket moves between two remaining shards.
+    pub fn shrunk_to(&self, shard_count: usize) -> Self {
+        assert!(shard_count >= 1, "a map keeps at least one shard");
+        let mut owned: Vec<usize> = (0..shard_count).map(|s| self.buckets_of(s).len()).collect();
+        let mut owners = self.owners.clone();
+        for bucket in 0..BUCKETS {
+            if self.shard_of_bucket(bucket) >= shard_count {
+                let receiver = (0..shard_count)
+                    .min_by_key(|&s| (owned[s], s))
+                    .expect("a map keeps at least one shard");
+                owners[usize::from(bucket)] = receiver as u16;
+                owned[receiver] += 1;
+            }
+        }
+        Self {
+            version: self.version + 1,
+            owners,
+        }
+    }
+
+    /// The next version, with `bucket` owned by `shard` and every other bucket unchanged.
+    pub fn with_bucket_moved(&self, bucket: u16, shard: usize) -> Self {
+        let mut owners = self.owners.clone();
+        owners[usize::from(bucket)] = shard as u16;
         Self {
             version: self.version + 1,
             owners,
@@ -236,6 +271,25 @@ mod tests {
         for id in [1, 2, 3, 4, 1027, tagged_id(9, 6)] {
             assert_eq!(map.shard_for(id), (id % 1024 % 4) as usize);
         }
+    }
+
+    #[test]
+    fn shrinking_hands_the_drained_shards_buckets_to_the_others_evenly() {
+        let five = ShardMap::initial(4).grown_to(5);
+        let four = five.shrunk_to(4);
+        assert_eq!(four.version(), five.version() + 1);
+        assert_eq!(four.shard_count(), 4);
+        let moved = five.moved_buckets(&four);
+        assert_eq!(moved, five.buckets_of(4));
+        let sizes: Vec<usize> = (0..4).map(|s| four.buckets_of(s).len()).collect();
+        assert_eq!(sizes, vec![256; 4]);
+    }
+
+    #[test]
+    fn a_map_may_route_to_fewer_shards_than_are_configured() {
+        let owners = ShardMap::initial(4).owners().to_vec();
+        let map = ShardMap::from_stored(2, owners, 5).expect("a new fifth shard owns nothing");
+        assert!(map.buckets_of(4).is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use futures::future::join_all;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use crate::shard_map::ShardMap;
 use crate::store;
@@ -63,11 +64,18 @@ pub struct Shard {
     /// that would release the row could not get one, and everything would stall until the
     /// waiters timed out. With its own few connections, phase two never waits for them.
     pub resolver: DatabaseConnection,
+    /// Shared by every shard: woken when a shard refuses a write because the bucket moved,
+    /// so the worker re-reads the map before the step's retry.
+    map_stale: Arc<Notify>,
 }
 
 impl Shard {
-    /// Tags `source` with this shard.
+    /// Tags `source` with this shard. A refusal by a bucket fence also asks for the shard
+    /// map to be read again ([`Shards::map_stale`]).
     pub fn error(&self, source: DbErr) -> ShardError {
+        if store::fences::is_refusal(&source) {
+            self.map_stale.notify_one();
+        }
         ShardError {
             shard: self.index,
             url: self.url.clone(),
@@ -82,6 +90,7 @@ impl Shard {
 pub struct Shards {
     shards: Vec<Shard>,
     map: Arc<RwLock<Arc<ShardMap>>>,
+    map_stale: Arc<Notify>,
 }
 
 /// What [`Shards::refresh_map`] found.
@@ -118,6 +127,7 @@ impl Shards {
     pub async fn connect_lazy(urls: &[String], pool: PoolSettings) -> Result<Self, ShardError> {
         assert!(!urls.is_empty(), "at least one shard URL is required");
         let mut shards = Vec::with_capacity(urls.len());
+        let map_stale = Arc::new(Notify::new());
         for (index, url) in urls.iter().enumerate() {
             let printable = redact_password(url);
             let connect = |connections: u32| {
@@ -148,10 +158,15 @@ impl Shards {
                 url: printable,
                 conn,
                 resolver,
+                map_stale: map_stale.clone(),
             });
         }
         let map = Arc::new(RwLock::new(Arc::new(ShardMap::unstored(urls.len()))));
-        Ok(Self { shards, map })
+        Ok(Self {
+            shards,
+            map,
+            map_stale,
+        })
     }
 
     /// How many shards there are.
@@ -178,6 +193,12 @@ impl Shards {
     /// [`ShardMap::unstored`]: the layout `orders migrate up` stores as version 1.
     pub fn map(&self) -> Arc<ShardMap> {
         self.map.read().expect("shard map lock").clone()
+    }
+
+    /// Resolves when a shard refused a write to a bucket that moved (or is moving) since the
+    /// last one: the map in use may be stale, and the worker reads it again at once.
+    pub async fn map_stale(&self) {
+        self.map_stale.notified().await
     }
 
     /// The shard that owns `customer_id` under the current map.
@@ -270,6 +291,23 @@ impl Shards {
             result?;
         }
         Ok(map.version())
+    }
+
+    /// Adopts `next` (a version above the one in use) and stores it on every shard: how a
+    /// bucket move's cut-over changes the map. Safe to repeat.
+    pub async fn publish_next(&self, next: ShardMap) -> Result<i32, ShardError> {
+        {
+            let mut current = self.map.write().expect("shard map lock");
+            if next.version() > current.version() {
+                tracing::info!(
+                    from = current.version(),
+                    to = next.version(),
+                    "shard map updated"
+                );
+                *current = Arc::new(next);
+            }
+        }
+        self.publish_map().await
     }
 
     /// Closes every pool.

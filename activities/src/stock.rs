@@ -160,6 +160,24 @@ impl StockActivities {
     }
 }
 
+impl StockActivities {
+    /// The part's lines grouped by the shard owning each product under the map in use now,
+    /// in shard order: the planned shard alone unless a bucket moved since the plan.
+    fn owners_now(&self, part: &StockPart) -> Vec<(&Shard, Vec<StockLine>)> {
+        let mut by_shard: BTreeMap<usize, Vec<StockLine>> = BTreeMap::new();
+        for line in &part.lines {
+            by_shard
+                .entry(self.shards.for_product(line.product_id).index)
+                .or_default()
+                .push(*line);
+        }
+        by_shard
+            .into_iter()
+            .map(|(index, lines)| (self.shards.get(index), lines))
+            .collect()
+    }
+}
+
 #[activities]
 impl StockActivities {
     /// Routes the order: its customer's shard, and its products grouped by the shard that
@@ -189,63 +207,79 @@ impl StockActivities {
     }
 
     /// Holds the part's products for the order on their shard; declined with `OutOfStock`
-    /// or `UnknownProduct` (nothing written) when it cannot.
+    /// or `UnknownProduct` (nothing written on that shard) when it cannot.
+    ///
+    /// Each product is held on the shard that owns it when the attempt runs, which is the
+    /// planned one unless its bucket moved since: then the part is split, one transaction per
+    /// owner, each under the part's key on that shard. A hold row is also its product's own
+    /// proof (a repeat never holds it twice, a released one is never held again), so a part
+    /// half written before a move is finished, not doubled, after it.
     #[activity(name = "ReserveStock")]
     pub async fn reserve_stock(
         self: Arc<Self>,
         _ctx: ActivityContext,
         input: StockInput,
     ) -> Result<(), ActivityError> {
-        let shard = self.shards.get(input.part.shard);
-        let _timer = self.metrics.time(shard, "ReserveStock");
         let key = &input.idempotency_key;
-        let wanted = wanted(&input.part.lines);
-        let reserved = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
-            let outcome = inventory::reserve(txn, input.order_id, &wanted).await?;
-            match stock_rejection(outcome) {
-                Some(rejection) => Err(StepError::from(rejection)),
-                None => Ok(()),
+        for (shard, lines) in self.owners_now(&input.part) {
+            let _timer = self.metrics.time(shard, "ReserveStock");
+            let wanted = wanted(&lines);
+            let reserved = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
+                let outcome = inventory::reserve(txn, input.order_id, &wanted).await?;
+                match stock_rejection(outcome) {
+                    Some(rejection) => Err(StepError::from(rejection)),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(|e| e.on(shard))?;
+            if let Once::AlreadyRan(()) = reserved {
+                tracing::info!(%key, shard = shard.index, "reserve_stock already ran");
+                continue;
             }
-        })
-        .await
-        .map_err(|e| e.on(shard))?;
-        if let Once::AlreadyRan(()) = reserved {
-            tracing::info!(%key, "reserve_stock already ran");
-            return Ok(());
+            failpoints::hit("reserve_stock.after_commit").await?;
+            tracing::info!(
+                order_id = input.order_id,
+                shard = shard.index,
+                products = lines.len(),
+                "stock reserved"
+            );
         }
-        failpoints::hit("reserve_stock.after_commit").await?;
-        tracing::info!(
-            order_id = input.order_id,
-            shard = shard.index,
-            products = input.part.lines.len(),
-            "stock reserved"
-        );
         Ok(())
     }
 
     /// Compensation of `ReserveStock`: tombstones its key, then gives back what the order
-    /// holds on that shard.
+    /// holds, on the planned shard and on every shard owning one of the part's products now.
     #[activity(name = "ReleaseStock")]
     pub async fn release_stock(
         self: Arc<Self>,
         _ctx: ActivityContext,
         input: StockInput,
     ) -> Result<(), ActivityError> {
-        let shard = self.shards.get(input.part.shard);
-        let _timer = self.metrics.time(shard, "ReleaseStock");
-        let on = |e| shard.error(e);
-        let txn = shard.conn.begin().await.map_err(on)?;
-        idempotency::mark_compensated(&txn, &input.idempotency_key)
-            .await
-            .map_err(on)?;
-        let released = inventory::release(&txn, input.order_id).await.map_err(on)?;
-        txn.commit().await.map_err(on)?;
-        tracing::info!(
-            order_id = input.order_id,
-            shard = shard.index,
-            ?released,
-            "stock released (compensation)"
-        );
+        let mut shards: Vec<&Shard> = self
+            .owners_now(&input.part)
+            .into_iter()
+            .map(|(shard, _)| shard)
+            .collect();
+        if !shards.iter().any(|s| s.index == input.part.shard) {
+            shards.push(self.shards.get(input.part.shard));
+        }
+        for shard in shards {
+            let _timer = self.metrics.time(shard, "ReleaseStock");
+            let on = |e| shard.error(e);
+            let txn = shard.conn.begin().await.map_err(on)?;
+            idempotency::mark_compensated(&txn, &input.idempotency_key)
+                .await
+                .map_err(on)?;
+            let released = inventory::release(&txn, input.order_id).await.map_err(on)?;
+            txn.commit().await.map_err(on)?;
+            tracing::info!(
+                order_id = input.order_id,
+                shard = shard.index,
+                ?released,
+                "stock released (compensation)"
+            );
+        }
         Ok(())
     }
 

@@ -68,6 +68,28 @@ struct PreparedPart {
     gid: Gid,
 }
 
+/// Refuses the part if the map in use gives one of its rows' buckets to another shard than
+/// the planned one (see [`Rejection::ShardMapChanged`]). A worker whose map is older than
+/// the move is refused by the bucket's fence instead, re-reads the map, and lands here.
+fn still_owned(shards: &Shards, part: &TwoPhasePart) -> Result<(), Rejection> {
+    let customer = part.order.as_ref().map(|o| o.customer_id);
+    let ids = customer
+        .into_iter()
+        .chain(part.stock.iter().map(|line| line.product_id));
+    for id in ids {
+        let owner = shards.for_customer(id).index;
+        if owner != part.shard {
+            return Err(Rejection::ShardMapChanged {
+                order_id: part.order_id,
+                bucket: crate::routing::bucket_of(id),
+                planned: part.shard,
+                owner,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes the part's rows inside `txn`; a rejection means nothing may be kept.
 async fn write_part(
     txn: &impl ConnectionTrait,
@@ -137,6 +159,7 @@ impl TwoPhaseActivities {
             &part.idempotency_key,
             Finish::Prepare(&part.gid),
             async |txn| {
+                still_owned(&self.shards, &part)?;
                 write_part(txn, shard, &part).await?;
                 Ok::<_, StepError>(PreparedPart {
                     gid: part.gid.clone(),

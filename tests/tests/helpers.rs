@@ -31,7 +31,7 @@ pub(crate) const SHARD_COUNT: usize = 4;
 
 /// Namespaces created on the test server; each test takes its own, as each deployment owns
 /// its namespace (order lifecycle workflow ids are unique per deployment, not globally).
-const NAMESPACES: usize = 72;
+const NAMESPACES: usize = 80;
 static NEXT_NAMESPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn take_namespace() -> String {
@@ -273,6 +273,43 @@ impl TestApp {
             api_port: 0,
             worker_env: Vec::new(),
         }
+    }
+
+    /// Adds a shard the way the README says: a new database (on one of the shared clusters),
+    /// its URL appended to the list, `orders migrate up`. The worker, if running, keeps the
+    /// old list until [`Self::restart_worker`].
+    pub(crate) async fn add_shard(&mut self) -> usize {
+        let index = self.shard_urls.len();
+        let cluster = &services().clusters[index % SHARD_COUNT];
+        let database = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        cluster
+            .create_database(&database)
+            .await
+            .expect("the new shard's database is created");
+        self.shard_urls.push(cluster.url(&database));
+        self.shards = Shards::connect_lazy(
+            &self.shard_urls,
+            PoolSettings {
+                max_connections: 4,
+                connect_timeout: Duration::from_secs(5),
+            },
+        )
+        .await
+        .expect("shard pools open");
+        self.cli_ok(&["migrate", "up"]);
+        self.shards
+            .refresh_map()
+            .await
+            .expect("the map is readable");
+        index
+    }
+
+    /// Stops the worker and starts a new one with this test's current configuration.
+    pub(crate) fn restart_worker(&mut self, failpoints: Option<&str>) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.kill();
+        }
+        self.start_worker(failpoints);
     }
 
     /// The environment every `orders` process of this test runs with.

@@ -24,6 +24,7 @@ mod order_cache;
 mod preflight;
 mod query_plans;
 mod replay;
+mod resharding;
 mod retention;
 mod retry_safety;
 mod saga;

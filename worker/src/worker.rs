@@ -11,6 +11,7 @@ use orders_activities::lifecycle::LifecycleActivities;
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::read::{CacheSettings, OrderCache};
 use orders_activities::recovery::RecoveryActivities;
+use orders_activities::reshard::ReshardActivities;
 use orders_activities::retention::RetentionActivities;
 use orders_activities::stock::StockActivities;
 use orders_activities::store::two_phase;
@@ -21,7 +22,7 @@ use orders_workflows::in_doubt_recovery::{self, RecoverySchedule};
 use orders_workflows::place_order::LOCAL_STEP_PATCHES;
 use orders_workflows::{
     IdempotencyRetentionWorkflow, ImportOrdersWorkflow, InDoubtRecoveryWorkflow,
-    OrderLifecycleWorkflow, PlaceOrderWorkflow,
+    OrderLifecycleWorkflow, PlaceOrderWorkflow, ReshardWorkflow,
 };
 use temporalio_client::{Client, WorkflowIdConflictPolicy, WorkflowStartOptions};
 use temporalio_common::telemetry::metrics::CoreMeter;
@@ -201,13 +202,15 @@ pub async fn run(
             client.clone(),
             metrics.clone(),
         ))
-        .register_activities(ImportActivities::new(shards, metrics))
+        .register_activities(ImportActivities::new(shards.clone(), metrics))
         .register_activities(LifecycleActivities::new(client.clone()))
+        .register_activities(ReshardActivities::new(shards))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
         .register_workflow::<InDoubtRecoveryWorkflow>()?
         .register_workflow::<IdempotencyRetentionWorkflow>()?
+        .register_workflow::<ReshardWorkflow>()?
         .build();
     let mut worker =
         Worker::new(&runtime, client, options).context("failed to create the worker")?;
@@ -267,12 +270,16 @@ async fn ensure_running<W>(
     }
 }
 
-/// Adopts newer shard map versions as they are stored.
+/// Adopts newer shard map versions as they are stored: every `every`, and at once when a
+/// shard refused a write because its bucket moved.
 async fn refresh_shard_map(shards: Shards, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shards.map_stale() => {}
+        }
         if let Err(e) = shards.refresh_map().await {
             tracing::warn!(error = %e, "could not refresh the shard map; routing by the last one read");
         }

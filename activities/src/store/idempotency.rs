@@ -52,6 +52,23 @@ pub struct Compensated {
     pub key: String,
 }
 
+/// Ties `key` to `bucket`, so the key moves with the bucket's rows when the bucket moves to
+/// another shard (keys with no bucket stay with their shard). For keys whose step may be
+/// retried against the bucket's new owner: `CreateOrder`'s, whose repeat must find the order.
+pub async fn assign_bucket(
+    txn: &impl ConnectionTrait,
+    key: &str,
+    bucket: u16,
+) -> Result<(), DbErr> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE idempotency_keys SET bucket = $2 WHERE key = $1 AND bucket IS DISTINCT FROM $2",
+        [key.into(), (bucket as i16).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Runs a forward step at most once per `key`, in one transaction on `conn`: claims the key;
 /// returns the stored result if an earlier attempt committed, [`Compensated`] if a
 /// compensation tombstoned it; otherwise runs `body`, stores its result under the key and

@@ -119,24 +119,30 @@ pub async fn reserve(
     let locked = txn
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT product_id, on_hand - reserved AS available FROM inventory
-             WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
-            [Value::from(product_ids.clone())],
+            // A product this order already holds (or held and released) is not checked:
+            // its hold row stands, and the insert below leaves it as it is.
+            "SELECT i.product_id, i.on_hand - i.reserved AS available,
+                    EXISTS (SELECT 1 FROM stock_holds h
+                            WHERE h.order_id = $2 AND h.product_id = i.product_id) AS held
+             FROM inventory i
+             WHERE i.product_id = ANY($1) ORDER BY i.product_id FOR UPDATE OF i",
+            [Value::from(product_ids.clone()), order_id.into()],
         ))
         .await?;
-    let available: BTreeMap<i64, i32> = locked
+    let available: BTreeMap<i64, (i32, bool)> = locked
         .iter()
         .map(|row| {
             Ok((
                 row.try_get("", "product_id")?,
-                row.try_get("", "available")?,
+                (row.try_get("", "available")?, row.try_get("", "held")?),
             ))
         })
         .collect::<Result<_, DbErr>>()?;
     for (&product_id, &requested) in wanted {
-        match available.get(&product_id) {
+        match available.get(&product_id).copied() {
             None => return Ok(Reserve::UnknownProduct { product_id }),
-            Some(&available) if available < requested => {
+            Some((_, true)) => {}
+            Some((available, false)) if available < requested => {
                 return Ok(Reserve::OutOfStock {
                     product_id,
                     requested,
@@ -146,8 +152,8 @@ pub async fn reserve(
             Some(_) => {}
         }
     }
-    // The step's idempotency key already rules out a repeat; ON CONFLICT keeps a hold from
-    // ever being counted twice even so.
+    // ON CONFLICT keeps a hold from ever being counted twice: a repeat on this shard is
+    // ruled out by the step's key, one on another shard after a bucket moved by this.
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "WITH held AS (

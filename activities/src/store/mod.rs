@@ -4,9 +4,11 @@
 
 pub mod audit;
 pub mod batch;
+pub mod bucket_rows;
 pub mod connections;
 pub mod credit;
 pub mod customers;
+pub mod fences;
 pub mod idempotency;
 pub mod inventory;
 pub mod listing;

@@ -204,6 +204,32 @@ pub enum Command {
         #[command(flatten)]
         temporal: TemporalSettings,
     },
+    /// Move buckets between shards while orders flow, through the Reshard workflow (one at a
+    /// time): `--to N` spreads them over the first N configured shards (growing onto a new
+    /// one, or draining the last ones), `--move-bucket B --to S` moves one bucket. Follows
+    /// the move with a progress line; `status` and `cancel` act on the running one.
+    Reshard {
+        #[command(subcommand)]
+        command: Option<ReshardCommand>,
+        /// Shard count to spread the buckets over, or with --move-bucket the shard to move to.
+        #[arg(long)]
+        to: Option<usize>,
+        /// Move only this bucket (0..1023).
+        #[arg(long)]
+        move_bucket: Option<u16>,
+        /// Rows per COPY chunk (and per heartbeat).
+        #[arg(long, default_value_t = orders_workflows::reshard::DEFAULT_CHUNK_ROWS)]
+        chunk_rows: u32,
+        /// Seconds after the last cut-over before the old copies are deleted: at least twice
+        /// the workers' ORDERS_SHARD_MAP_REFRESH_SECS, so every worker has read the new map.
+        #[arg(long, default_value_t = 70)]
+        clean_up_after: u64,
+        /// Start the move and return; `orders reshard status` follows it.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        temporal: TemporalSettings,
+    },
     /// Resolve our prepared transactions left in doubt on every shard, from each one's
     /// workflow: commit if it decided commit, roll back if it ended without committing.
     /// Exits 1 if something could not be resolved.
@@ -278,6 +304,14 @@ pub enum MigratePlan {
     Down { steps: Option<u32> },
     /// Print each shard's version.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReshardCommand {
+    /// Show the running (or last) reshard's phase, buckets moved and write pauses.
+    Status,
+    /// Stop the running reshard: buckets cut over stay moved, the one in flight stays put.
+    Cancel,
 }
 
 #[derive(Debug, Subcommand)]

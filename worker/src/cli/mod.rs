@@ -11,6 +11,7 @@ mod imports;
 mod operations;
 mod orders;
 mod report;
+mod reshards;
 mod shards;
 
 use std::process::ExitCode;
@@ -18,10 +19,12 @@ use std::time::Duration;
 
 use orders_activities::OrderRequest;
 use orders_activities::recovery;
+use orders_activities::reshard::ReshardRequest;
 use orders_activities::store::customers::NewCustomer;
+use orders_workflows::reshard::ReshardInput;
 
 pub use args::{Cli, LogFormat};
-use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ShardsCommand};
+use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand, ShardsCommand};
 use report::emit;
 
 use crate::{audit, client, dev, explain, load, migrate, shard_report, worker};
@@ -224,6 +227,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let client = client::connect(&temporal).await?;
             emit(&imports::status(&client, &workflow_id).await?, json)
+        }
+        Command::Reshard {
+            command,
+            to,
+            move_bucket,
+            chunk_rows,
+            clean_up_after,
+            detach,
+            temporal,
+        } => {
+            let client = client::connect(&temporal).await?;
+            let status = match command {
+                Some(ReshardCommand::Status) => reshards::status(&client).await?,
+                Some(ReshardCommand::Cancel) => reshards::cancel(&client).await?,
+                None => {
+                    let request = match (move_bucket, to) {
+                        (Some(bucket), Some(to)) => ReshardRequest::Bucket { bucket, to },
+                        (None, Some(shards)) => ReshardRequest::Shards { shards },
+                        (_, None) => anyhow::bail!(
+                            "say where to: `orders reshard --to N` (shard count) or `orders reshard --move-bucket B --to S`"
+                        ),
+                    };
+                    let input = ReshardInput {
+                        request,
+                        chunk_rows: chunk_rows.max(1),
+                        clean_up_after_secs: clean_up_after,
+                    };
+                    reshards::start(&client, &temporal.task_queue, input).await?;
+                    if detach {
+                        reshards::status(&client).await?
+                    } else {
+                        reshards::watch(&client, !json).await?
+                    }
+                }
+            };
+            emit(&status, json)
         }
         Command::Replay { paths } => emit(&operations::replay(&paths).await?, json),
         Command::Recover {

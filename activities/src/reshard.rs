@@ -1,0 +1,650 @@
+//! The bucket mover's steps: one activity per phase of moving one bucket between shards,
+//! each safe to run again at any point. The `Reshard` workflow runs them in order, and its
+//! history is the mover's log (see the README, "Growing and shrinking a deployment").
+//!
+//! Per bucket: [`ReshardActivities::begin_bucket_move`] fences the target (`incoming`) and
+//! the source (`copying`: every change from now on is logged), `copy_bucket` copies the rows
+//! with COPY in heartbeated chunks, `catch_up_bucket` applies the logged changes,
+//! `freeze_bucket` stops every write on the source and waits out the transactions that began
+//! before (prepared two-phase parts included), a last catch-up, `verify_bucket` compares both
+//! sides table by table, and `cut_over_bucket` stores the next map version everywhere and
+//! opens the bucket on the target. `clean_up_bucket` deletes the source's rows once every
+//! worker has had time to read the new map; `abort_bucket_move` undoes a move not cut over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sea_orm::{DbErr, RuntimeErr};
+use serde::{Deserialize, Serialize};
+use temporalio_macros::activities;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+
+use crate::failpoints;
+use crate::shard_map::ShardMap;
+use crate::shards::{Shard, ShardError, Shards};
+use crate::store::bucket_rows::{self, TABLES};
+use crate::store::fences::{self, Fence, FenceState};
+
+/// One bucket's move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketMove {
+    pub bucket: u16,
+    pub from: usize,
+    pub to: usize,
+    /// The Reshard run moving it, recorded in the fences.
+    pub move_id: String,
+}
+
+/// What `orders reshard` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardRequest {
+    /// Spread the buckets over the first `shards` configured shards: grow onto new ones, or
+    /// drain the last ones onto the others.
+    Shards { shards: usize },
+    /// Move one bucket to one shard.
+    Bucket { bucket: u16, to: usize },
+}
+
+/// Input of [`ReshardActivities::plan_reshard`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanInput {
+    pub request: ReshardRequest,
+    pub move_id: String,
+}
+
+/// Input of [`ReshardActivities::copy_bucket`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyInput {
+    pub bucket_move: BucketMove,
+    /// Rows per COPY chunk (and per heartbeat).
+    pub chunk_rows: u32,
+}
+
+/// Where a copy stands; also its heartbeat, so a retried copy resumes after the last chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// Index into [`TABLES`] of the table being copied.
+    pub table: usize,
+    /// The last key copied in that table.
+    pub after: Option<String>,
+    pub rows: u64,
+}
+
+/// Input of [`ReshardActivities::catch_up_bucket`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatchUpInput {
+    pub bucket_move: BucketMove,
+    /// The last change applied before.
+    pub after: i64,
+}
+
+/// What a catch-up applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub last_change: i64,
+    pub changes: u64,
+}
+
+/// What [`ReshardActivities::verify_bucket`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Rows compared, both sides (equal when `mismatch` is `None`).
+    pub rows: u64,
+    pub mismatch: Option<Mismatch>,
+}
+
+/// The first table whose rows differ between source and target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub table: String,
+    pub source_rows: i64,
+    pub target_rows: i64,
+    /// The first key, in key order, whose rows differ (or exist on one side only).
+    pub first_key: Option<String>,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table {}: {} rows on the source, {} on the target",
+            self.table, self.source_rows, self.target_rows
+        )?;
+        if let Some(key) = &self.first_key {
+            write!(f, ", first differing key {key}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, on the worker's clock: when a bucket froze and when it
+/// opened again, for the write pause the workflow reports.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The mover's activities' shared state.
+pub struct ReshardActivities {
+    shards: Shards,
+}
+
+impl ReshardActivities {
+    pub fn new(shards: Shards) -> Self {
+        Self { shards }
+    }
+
+    /// A pooled connection to `shard`, for the mover's sqlx statements.
+    async fn connection(
+        &self,
+        shard: &Shard,
+    ) -> Result<sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Postgres>, ShardError> {
+        shard
+            .conn
+            .get_postgres_connection_pool()
+            .acquire()
+            .await
+            .map_err(sql_error(shard))
+    }
+
+    /// Waits until every transaction running on `shard` now has ended, heartbeating. A
+    /// prepared two-phase part is waited for, never skipped: it ends when its order's
+    /// workflow (or `orders recover`) resolves it.
+    async fn wait_for_transactions(
+        &self,
+        ctx: &ActivityContext,
+        shard: &Shard,
+        bucket: u16,
+    ) -> Result<(), ActivityError> {
+        let on = |e| shard.error(e);
+        let snapshot = fences::transactions_now(&shard.conn).await.map_err(on)?;
+        let started = Instant::now();
+        let mut warned = Duration::ZERO;
+        loop {
+            let (running, prepared) = fences::still_running(&shard.conn, &snapshot)
+                .await
+                .map_err(on)?;
+            if running == 0 {
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited >= warned + Duration::from_secs(10) {
+                warned = waited;
+                tracing::warn!(
+                    shard = shard.index,
+                    bucket,
+                    running,
+                    ?prepared,
+                    waited_secs = waited.as_secs(),
+                    "waiting for transactions that began before the fence; a prepared part whose order's workflow is gone needs `orders recover`"
+                );
+            }
+            ctx.record_heartbeat(running).await.ok();
+            if ctx.is_cancelled() {
+                return Err(ActivityError::cancelled());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Tags a sqlx error with `shard`, keeping its SQLSTATE visible.
+fn sql_error(shard: &Shard) -> impl Fn(sea_orm::sqlx::Error) -> ShardError + '_ {
+    |e| shard.error(DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))))
+}
+
+/// A request the deployment cannot carry out, with what to do instead.
+fn refused(message: String) -> ActivityError {
+    ActivityError::application(
+        temporalio_sdk::ApplicationFailure::builder(message)
+            .type_name("ReshardRefused".to_owned())
+            .non_retryable(true)
+            .build(),
+    )
+}
+
+#[activities]
+impl ReshardActivities {
+    /// Reads the current map and lists the buckets the request moves, in bucket order.
+    /// Buckets left mid-move by an earlier run that ended without finishing are rolled back
+    /// first.
+    #[activity(name = "PlanReshard")]
+    pub async fn plan_reshard(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: PlanInput,
+    ) -> Result<Vec<BucketMove>, ActivityError> {
+        self.shards
+            .refresh_map()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let configured = self.shards.len();
+        let map = self.shards.map();
+        let target: ShardMap = match input.request {
+            ReshardRequest::Shards { shards } => {
+                if shards == 0 || shards > configured {
+                    return Err(refused(format!(
+                        "cannot spread the buckets over {shards} shards: {configured} are configured; add the new shard's URL at the end of ORDERS_SHARDS on every worker and run `orders migrate up` first"
+                    )));
+                }
+                if shards >= map.shard_count() {
+                    map.grown_to(shards)
+                } else {
+                    map.shrunk_to(shards)
+                }
+            }
+            ReshardRequest::Bucket { bucket, to } => {
+                if usize::from(bucket) >= map.owners().len() || to >= configured {
+                    return Err(refused(format!(
+                        "bucket {bucket} to shard {to}: buckets are 0..{} and shards 0..{configured}",
+                        map.owners().len()
+                    )));
+                }
+                map.with_bucket_moved(bucket, to)
+            }
+        };
+        for shard in self.shards.iter() {
+            let left = fences::list(&shard.conn)
+                .await
+                .map_err(|e| shard.error(e))?;
+            for fence in left.into_iter().filter(|f| f.state != FenceState::Moved) {
+                if fence.move_id == input.move_id {
+                    continue;
+                }
+                let (from, to) = match fence.state {
+                    FenceState::Incoming => (fence.peer, shard.index),
+                    _ => (shard.index, fence.peer),
+                };
+                tracing::warn!(bucket = fence.bucket, from, to, move_id = %fence.move_id, "rolling back a bucket move an earlier run left unfinished");
+                self.roll_back(&BucketMove {
+                    bucket: fence.bucket,
+                    from,
+                    to,
+                    move_id: fence.move_id,
+                })
+                .await?;
+            }
+        }
+        Ok(map
+            .moved_buckets(&target)
+            .into_iter()
+            .map(|bucket| BucketMove {
+                bucket,
+                from: map.shard_of_bucket(bucket),
+                to: target.shard_of_bucket(bucket),
+                move_id: input.move_id.clone(),
+            })
+            .collect())
+    }
+
+    /// Fences the bucket on both shards, clears the target of any rows of it, and waits
+    /// until every write on the source is logged. Returns the source's row count.
+    #[activity(name = "BeginBucketMove")]
+    pub async fn begin_bucket_move(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<u64, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let fence = |state, peer| Fence {
+            bucket: mv.bucket,
+            state,
+            peer,
+            move_id: mv.move_id.clone(),
+        };
+        fences::set(&target.conn, &fence(FenceState::Incoming, mv.from))
+            .await
+            .map_err(|e| target.error(e))?;
+        let mut on_target = self.connection(target).await?;
+        bucket_rows::delete_bucket(&mut on_target, mv.bucket, 5_000)
+            .await
+            .map_err(sql_error(target))?;
+        let present = fences::list(&source.conn)
+            .await
+            .map_err(|e| source.error(e))?
+            .into_iter()
+            .find(|f| f.bucket == mv.bucket);
+        // A retry after the freeze must not thaw the bucket.
+        if present.is_none_or(|f| f.state == FenceState::Moved || f.move_id != mv.move_id) {
+            fences::set(&source.conn, &fence(FenceState::Copying, mv.to))
+                .await
+                .map_err(|e| source.error(e))?;
+        }
+        self.wait_for_transactions(&ctx, source, mv.bucket).await?;
+        let mut on_source = self.connection(source).await?;
+        let rows = bucket_rows::count_rows(&mut on_source, mv.bucket)
+            .await
+            .map_err(sql_error(source))?;
+        tracing::info!(
+            bucket = mv.bucket,
+            from = mv.from,
+            to = mv.to,
+            rows,
+            "bucket move begun"
+        );
+        Ok(rows)
+    }
+
+    /// Copies the bucket's rows, table by table in key order, a chunk per COPY, heartbeating
+    /// after each; a retry resumes after the last chunk it heartbeated.
+    #[activity(name = "CopyBucket")]
+    pub async fn copy_bucket(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: CopyInput,
+    ) -> Result<CopyProgress, ActivityError> {
+        let mv = &input.bucket_move;
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut progress: CopyProgress = ctx
+            .heartbeat_details()
+            .deserialize()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if progress != CopyProgress::default() {
+            tracing::info!(bucket = mv.bucket, ?progress, "copy resumed");
+        }
+        let mut on_target = self.connection(target).await?;
+        while progress.table < TABLES.len() {
+            let table = &TABLES[progress.table];
+            let chunk = bucket_rows::copy_chunk(
+                source.conn.get_postgres_connection_pool(),
+                &mut on_target,
+                table,
+                mv.bucket,
+                progress.after.as_deref(),
+                input.chunk_rows.max(1),
+            )
+            .await
+            .map_err(sql_error(target))?;
+            match chunk {
+                Some(chunk) => {
+                    progress.after = Some(chunk.last_key);
+                    progress.rows += chunk.rows;
+                }
+                None => {
+                    progress.table += 1;
+                    progress.after = None;
+                }
+            }
+            ctx.record_heartbeat(progress.clone()).await.ok();
+            failpoints::hit("copy_bucket.after_chunk").await?;
+            if ctx.is_cancelled() {
+                return Err(ActivityError::cancelled());
+            }
+        }
+        tracing::info!(bucket = mv.bucket, rows = progress.rows, "bucket copied");
+        Ok(progress)
+    }
+
+    /// Applies the changes logged since `after`, until none are left.
+    #[activity(name = "CatchUpBucket")]
+    pub async fn catch_up_bucket(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: CatchUpInput,
+    ) -> Result<CatchUp, ActivityError> {
+        let mv = &input.bucket_move;
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        let mut done = CatchUp {
+            last_change: input.after,
+            changes: 0,
+        };
+        loop {
+            let batch = bucket_rows::catch_up(
+                &mut on_source,
+                &mut on_target,
+                mv.bucket,
+                done.last_change,
+                5_000,
+            )
+            .await
+            .map_err(sql_error(target))?;
+            if batch.changes == 0 {
+                return Ok(done);
+            }
+            done.last_change = batch.last_change;
+            done.changes += batch.changes;
+            ctx.record_heartbeat(done.changes).await.ok();
+            if ctx.is_cancelled() {
+                return Err(ActivityError::cancelled());
+            }
+        }
+    }
+
+    /// Stops every write to the bucket on the source, and waits until the transactions that
+    /// began before are over. Returns when it froze (ms since the epoch).
+    #[activity(name = "FreezeBucket")]
+    pub async fn freeze_bucket(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<i64, ActivityError> {
+        let source = self.shards.get(mv.from);
+        let frozen_at = now_ms();
+        fences::set(
+            &source.conn,
+            &Fence {
+                bucket: mv.bucket,
+                state: FenceState::Frozen,
+                peer: mv.to,
+                move_id: mv.move_id.clone(),
+            },
+        )
+        .await
+        .map_err(|e| source.error(e))?;
+        self.wait_for_transactions(&ctx, source, mv.bucket).await?;
+        failpoints::hit("freeze_bucket.after_freeze").await?;
+        Ok(frozen_at)
+    }
+
+    /// Compares the bucket's rows on both shards, table by table: row count and a checksum
+    /// of the rows in key order; on a difference, finds the first key that differs.
+    #[activity(name = "VerifyBucket")]
+    pub async fn verify_bucket(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<Verification, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        if failpoints::hit("verify_bucket.corrupt_target")
+            .await
+            .is_err()
+        {
+            corrupt_one_row(&mut on_target, mv.bucket)
+                .await
+                .map_err(sql_error(target))?;
+        }
+        let mut rows = 0;
+        for table in &TABLES {
+            let left = bucket_rows::checksum(&mut on_source, table, mv.bucket)
+                .await
+                .map_err(sql_error(source))?;
+            let right = bucket_rows::checksum(&mut on_target, table, mv.bucket)
+                .await
+                .map_err(sql_error(target))?;
+            if left != right {
+                let first_key =
+                    bucket_rows::first_difference(&mut on_source, &mut on_target, table, mv.bucket)
+                        .await
+                        .map_err(sql_error(source))?;
+                return Ok(Verification {
+                    rows,
+                    mismatch: Some(Mismatch {
+                        table: table.name.to_owned(),
+                        source_rows: left.rows,
+                        target_rows: right.rows,
+                        first_key,
+                    }),
+                });
+            }
+            rows += left.rows as u64;
+        }
+        Ok(Verification {
+            rows,
+            mismatch: None,
+        })
+    }
+
+    /// Hands the bucket to the target: its id sequences past the source's, the source fenced
+    /// `moved`, the next map version stored on every shard, the target open. Returns when the
+    /// target opened (ms since the epoch). Safe to repeat.
+    #[activity(name = "CutOverBucket")]
+    pub async fn cut_over_bucket(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<i64, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        let sequences = bucket_rows::id_sequences(&mut on_source)
+            .await
+            .map_err(sql_error(source))?;
+        bucket_rows::advance_id_sequences(&mut on_target, &sequences)
+            .await
+            .map_err(sql_error(target))?;
+        fences::set(
+            &source.conn,
+            &Fence {
+                bucket: mv.bucket,
+                state: FenceState::Moved,
+                peer: mv.to,
+                move_id: mv.move_id.clone(),
+            },
+        )
+        .await
+        .map_err(|e| source.error(e))?;
+        failpoints::hit("cut_over_bucket.after_source").await?;
+        self.publish_owner(&mv).await?;
+        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
+            .await
+            .map_err(|e| target.error(e))?;
+        tracing::info!(
+            bucket = mv.bucket,
+            from = mv.from,
+            to = mv.to,
+            version = self.shards.map().version(),
+            "bucket cut over"
+        );
+        Ok(now_ms())
+    }
+
+    /// Deletes the bucket's rows on its old owner. Its `moved` fence stays: a worker that
+    /// still routes there is refused rather than finding nothing.
+    #[activity(name = "CleanUpBucket")]
+    pub async fn clean_up_bucket(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<u64, ActivityError> {
+        let source = self.shards.get(mv.from);
+        let mut on_source = self.connection(source).await?;
+        let deleted = bucket_rows::delete_bucket(&mut on_source, mv.bucket, 5_000)
+            .await
+            .map_err(sql_error(source))?;
+        tracing::info!(
+            bucket = mv.bucket,
+            shard = mv.from,
+            deleted,
+            "old copy of the bucket deleted"
+        );
+        Ok(deleted)
+    }
+
+    /// Undoes a move that has not cut over: the source serves the bucket again and the
+    /// target's copy is deleted. Returns `false`, changing nothing, if the map already gives
+    /// the bucket to the target (the cut-over happened: the move is finished instead).
+    #[activity(name = "AbortBucketMove")]
+    pub async fn abort_bucket_move(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        mv: BucketMove,
+    ) -> Result<bool, ActivityError> {
+        self.shards
+            .refresh_map()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if self.shards.map().shard_of_bucket(mv.bucket) == mv.to {
+            return Ok(false);
+        }
+        self.roll_back(&mv).await?;
+        Ok(true)
+    }
+}
+
+impl ReshardActivities {
+    /// Stores on every shard a map giving `mv.bucket` to `mv.to`, unless the newest one does.
+    async fn publish_owner(&self, mv: &BucketMove) -> Result<(), ActivityError> {
+        self.shards
+            .refresh_map()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let map = self.shards.map();
+        let next = if map.shard_of_bucket(mv.bucket) == mv.to {
+            (*map).clone()
+        } else {
+            map.with_bucket_moved(mv.bucket, mv.to)
+        };
+        self.shards.publish_next(next).await?;
+        Ok(())
+    }
+
+    /// The source's fence lifted and its change log dropped, then the target's copy and
+    /// fence removed.
+    async fn roll_back(&self, mv: &BucketMove) -> Result<(), ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        for state in [FenceState::Frozen, FenceState::Copying] {
+            fences::clear(&source.conn, mv.bucket, state)
+                .await
+                .map_err(|e| source.error(e))?;
+        }
+        let mut on_target = self.connection(target).await?;
+        bucket_rows::delete_bucket(&mut on_target, mv.bucket, 5_000)
+            .await
+            .map_err(sql_error(target))?;
+        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
+            .await
+            .map_err(|e| target.error(e))?;
+        let mut on_source = self.connection(source).await?;
+        sea_orm::sqlx::query("DELETE FROM bucket_changes WHERE bucket = $1")
+            .bind(mv.bucket as i16)
+            .execute(&mut *on_source)
+            .await
+            .map_err(sql_error(source))?;
+        tracing::warn!(
+            bucket = mv.bucket,
+            from = mv.from,
+            to = mv.to,
+            "bucket move rolled back; the source owns it"
+        );
+        Ok(())
+    }
+}
+
+/// For the `verify_bucket.corrupt_target` failpoint: changes one customer (or order) of
+/// the bucket on the target, as a broken copy would, so tests can watch verification catch it.
+async fn corrupt_one_row(
+    conn: &mut sea_orm::sqlx::PgConnection,
+    bucket: u16,
+) -> Result<(), sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Connection;
+    let mut txn = conn.begin().await?;
+    sea_orm::sqlx::query("SELECT set_config('orders.bucket_mover', 'on', true)")
+        .execute(&mut *txn)
+        .await?;
+    sea_orm::sqlx::query(
+        "UPDATE customers SET email = 'corrupted-' || email
+         WHERE id = (SELECT min(id) FROM customers WHERE (id % 1024) = $1::bigint)",
+    )
+    .bind(i64::from(bucket))
+    .execute(&mut *txn)
+    .await?;
+    txn.commit().await
+}

@@ -1,0 +1,597 @@
+//! A bucket's rows on one shard, as the bucket mover reads and writes them: the copy (COPY
+//! between the two shards, a key range at a time), the catch-up (rows named by the change
+//! log, re-read and written again), the checksums, and the deletion of a bucket's rows.
+//!
+//! Every write here runs with `orders.bucket_mover = on`, which the guard trigger lets
+//! through: the target's `incoming` fence and the old owner's `moved` fence refuse everyone
+//! else. Statements name tables and columns from [`TABLES`] only; values are parameters (the
+//! COPY's key range and bucket reach it through settings of its connection, since COPY takes
+//! no parameters).
+
+use futures::StreamExt;
+use sea_orm::sqlx::{self, Connection, PgConnection, PgPool, Row};
+
+use crate::routing::BUCKETS;
+
+/// One table holding a bucket's rows.
+#[derive(Debug)]
+pub struct BucketTable {
+    pub name: &'static str,
+    /// The column the copy walks in order, and that a logged change names.
+    pub key: &'static str,
+    /// Its SQL type.
+    pub key_type: &'static str,
+    /// Whether the key names one row (else: a group of rows, rewritten together).
+    pub unique_key: bool,
+    /// The columns copied. `order_items.id` is not one of them: item ids are each shard's
+    /// own, so items get new ones on the target, and rows are compared without them.
+    pub columns: &'static [&'static str],
+    /// Selects the bucket's rows; the bucket is parameter `$1` (bigint).
+    pub in_bucket: &'static str,
+}
+
+/// Every table with a bucket's rows, in the order a copy writes them (parents before the
+/// rows that reference them); deletions go the other way.
+pub const TABLES: [BucketTable; 7] = [
+    BucketTable {
+        name: "customers",
+        key: "id",
+        key_type: "bigint",
+        unique_key: true,
+        columns: &[
+            "id",
+            "email",
+            "credit_limit",
+            "credit_used",
+            "created_at",
+            "updated_at",
+            "first_name",
+            "last_name",
+        ],
+        in_bucket: "(id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "orders",
+        key: "id",
+        key_type: "bigint",
+        unique_key: true,
+        columns: &[
+            "id",
+            "customer_id",
+            "status",
+            "total_amount",
+            "created_at",
+            "updated_at",
+            "notes",
+            "customer_name",
+            "customer_email",
+            "order_ref",
+            "import_id",
+            "import_line",
+        ],
+        in_bucket: "(id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "order_items",
+        key: "order_id",
+        key_type: "bigint",
+        unique_key: false,
+        columns: &["order_id", "product_id", "quantity", "price"],
+        in_bucket: "(order_id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "credit_holds",
+        key: "order_id",
+        key_type: "bigint",
+        unique_key: true,
+        columns: &[
+            "order_id",
+            "customer_id",
+            "amount",
+            "status",
+            "created_at",
+            "updated_at",
+        ],
+        in_bucket: "(order_id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "inventory",
+        key: "product_id",
+        key_type: "bigint",
+        unique_key: true,
+        columns: &[
+            "product_id",
+            "name",
+            "on_hand",
+            "reserved",
+            "created_at",
+            "updated_at",
+        ],
+        in_bucket: "(product_id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "stock_holds",
+        key: "product_id",
+        key_type: "bigint",
+        unique_key: false,
+        columns: &[
+            "product_id",
+            "order_id",
+            "quantity",
+            "status",
+            "created_at",
+            "updated_at",
+        ],
+        in_bucket: "(product_id % 1024) = $1::bigint",
+    },
+    BucketTable {
+        name: "idempotency_keys",
+        key: "key",
+        key_type: "text",
+        unique_key: true,
+        columns: &["key", "result", "compensated", "created_at", "bucket"],
+        in_bucket: "bucket = $1::bigint",
+    },
+];
+
+impl BucketTable {
+    fn column_list(&self) -> String {
+        self.columns.join(", ")
+    }
+
+    /// `in_bucket` with the bucket read from the transaction's `orders.copy_bucket`.
+    fn in_bucket_setting(&self) -> String {
+        self.in_bucket.replace(
+            "$1::bigint",
+            "CAST(current_setting('orders.copy_bucket') AS bigint)",
+        )
+    }
+}
+
+/// The table named `name`, if it holds buckets' rows.
+pub fn table(name: &str) -> Option<&'static BucketTable> {
+    TABLES.iter().find(|t| t.name == name)
+}
+
+/// A statement built from [`TABLES`]' table and column names, which are constants: the
+/// values it works on are bound parameters.
+fn from_tables(statement: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(statement)
+}
+
+/// Marks the transaction as the mover's: the guard trigger lets its writes through.
+async fn as_mover(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('orders.bucket_mover', 'on', true)")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// What one [`copy_chunk`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedChunk {
+    /// The highest key copied: the next chunk starts after it.
+    pub last_key: String,
+    pub rows: u64,
+}
+
+/// Copies the next rows of `table` in `bucket` after key `after` (from the start if `None`),
+/// about `limit` of them (a key's whole group when the key is not unique), from `source` to
+/// `target` with COPY, streamed: no chunk is held in memory. The target's rows in the same
+/// key range are replaced, so a chunk copied again after a crash is not doubled. `None`
+/// when nothing is left.
+pub async fn copy_chunk(
+    source: &PgPool,
+    target: &mut PgConnection,
+    table: &BucketTable,
+    bucket: u16,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Option<CopiedChunk>, sqlx::Error> {
+    let (key, key_type) = (table.key, table.key_type);
+    let upper: Option<String> = sqlx::query_scalar(from_tables(format!(
+        "SELECT (max({key}))::text FROM (
+             SELECT {key} FROM {name}
+             WHERE {in_bucket} AND ($2::text IS NULL OR {key} > CAST($2::text AS {key_type}))
+             ORDER BY {key} LIMIT $3
+         ) chunk",
+        name = table.name,
+        in_bucket = table.in_bucket,
+    )))
+    .bind(i64::from(bucket))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_one(source)
+    .await?;
+    let Some(upper) = upper else {
+        return Ok(None);
+    };
+    // The COPY OUT runs on a connection of its own, closed afterwards: sqlx 0.9 leaves a
+    // connection that streamed a COPY OUT unfit for the next statement (it returns no rows).
+    let mut reader = source.acquire().await?.detach();
+    sqlx::query(
+        "SELECT set_config('orders.copy_bucket', $1, false),
+                set_config('orders.copy_after', coalesce($2, ''), false),
+                set_config('orders.copy_upper', $3, false)",
+    )
+    .bind(bucket.to_string())
+    .bind(after)
+    .bind(&upper)
+    .execute(&mut reader)
+    .await?;
+    let columns = table.column_list();
+    let range = format!(
+        "(nullif(current_setting('orders.copy_after'), '') IS NULL
+              OR {key} > CAST(nullif(current_setting('orders.copy_after'), '') AS {key_type}))
+         AND {key} <= CAST(current_setting('orders.copy_upper') AS {key_type})"
+    );
+    let copy_out = format!(
+        "COPY (SELECT {columns} FROM {name} WHERE {in_bucket} AND {range} ORDER BY {key}) TO STDOUT",
+        name = table.name,
+        in_bucket = table.in_bucket_setting(),
+    );
+
+    let mut write = target.begin().await?;
+    as_mover(&mut write).await?;
+    sqlx::query(from_tables(format!(
+        "DELETE FROM {name} WHERE {in_bucket}
+             AND ($2::text IS NULL OR {key} > CAST($2::text AS {key_type}))
+             AND {key} <= CAST($3::text AS {key_type})",
+        name = table.name,
+        in_bucket = table.in_bucket,
+    )))
+    .bind(i64::from(bucket))
+    .bind(after)
+    .bind(&upper)
+    .execute(&mut *write)
+    .await?;
+    let rows = {
+        let mut sink = write
+            .copy_in_raw(&format!("COPY {} ({columns}) FROM STDIN", table.name))
+            .await?;
+        let mut stream = reader.copy_out_raw(&copy_out).await?;
+        while let Some(bytes) = stream.next().await {
+            sink.send(bytes?).await?;
+        }
+        drop(stream);
+        sink.finish().await?
+    };
+    write.commit().await?;
+    reader.close().await?;
+    Ok(Some(CopiedChunk {
+        last_key: upper,
+        rows,
+    }))
+}
+
+/// How many of `bucket`'s rows each table holds on this shard.
+pub async fn count_rows(conn: &mut PgConnection, bucket: u16) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for table in &TABLES {
+        let n: i64 = sqlx::query_scalar(from_tables(format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            table.name, table.in_bucket
+        )))
+        .bind(i64::from(bucket))
+        .fetch_one(&mut *conn)
+        .await?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// What one [`catch_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CaughtUp {
+    /// The newest change applied (the next catch-up starts after it).
+    pub last_change: i64,
+    /// Changes read (a row changed twice counts twice).
+    pub changes: u64,
+}
+
+/// Applies to `target` the next `limit` changes logged on `source` for `bucket` after change
+/// `after`: each named row is read from `source` as it is now and written again on `target`
+/// (or deleted there, if it is gone), in one transaction.
+pub async fn catch_up(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+    bucket: u16,
+    after: i64,
+    limit: u32,
+) -> Result<CaughtUp, sqlx::Error> {
+    let changes = sqlx::query(
+        "SELECT id, table_name, row_key FROM bucket_changes
+         WHERE bucket = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(bucket as i16)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *source)
+    .await?;
+    let Some(last) = changes.last() else {
+        return Ok(CaughtUp {
+            last_change: after,
+            changes: 0,
+        });
+    };
+    let last_change: i64 = last.try_get("id")?;
+    let mut keys: Vec<Vec<String>> = vec![Vec::new(); TABLES.len()];
+    for change in &changes {
+        let name: String = change.try_get("table_name")?;
+        let index = TABLES
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("change to unknown table {name}")))?;
+        keys[index].push(change.try_get("row_key")?);
+    }
+    let mut rows = Vec::with_capacity(TABLES.len());
+    for (table, keys) in TABLES.iter().zip(keys.iter_mut()) {
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            rows.push(serde_json::Value::Array(Vec::new()));
+            continue;
+        }
+        let current: serde_json::Value = sqlx::query_scalar(from_tables(format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]'::jsonb) FROM {name} t
+             WHERE {key} = ANY(CAST($1::text[] AS {key_type}[]))",
+            name = table.name,
+            key = table.key,
+            key_type = table.key_type,
+        )))
+        .bind(&*keys)
+        .fetch_one(&mut *source)
+        .await?;
+        rows.push(current);
+    }
+
+    let mut write = target.begin().await?;
+    as_mover(&mut write).await?;
+    for ((table, keys), rows) in TABLES.iter().zip(&keys).zip(&rows) {
+        if keys.is_empty() {
+            continue;
+        }
+        let columns = table.column_list();
+        let (name, key, key_type) = (table.name, table.key, table.key_type);
+        if table.unique_key {
+            let others: Vec<&str> = table
+                .columns
+                .iter()
+                .copied()
+                .filter(|c| *c != key)
+                .collect();
+            let excluded: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+            sqlx::query(from_tables(format!(
+                "INSERT INTO {name} ({columns})
+                 SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)
+                 ON CONFLICT ({key}) DO UPDATE SET ({others}) = ROW({excluded})",
+                others = others.join(", "),
+                excluded = excluded.join(", "),
+            )))
+            .bind(rows)
+            .execute(&mut *write)
+            .await?;
+        } else {
+            sqlx::query(from_tables(format!(
+                "DELETE FROM {name} WHERE {key} = ANY(CAST($1::text[] AS {key_type}[]))"
+            )))
+            .bind(keys)
+            .execute(&mut *write)
+            .await?;
+            sqlx::query(from_tables(format!(
+                "INSERT INTO {name} ({columns})
+                 SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)"
+            )))
+            .bind(rows)
+            .execute(&mut *write)
+            .await?;
+        }
+    }
+    // Rows gone from the source go from the target too, children before parents.
+    for ((table, keys), rows) in TABLES.iter().zip(&keys).zip(&rows).rev() {
+        if keys.is_empty() || !table.unique_key {
+            continue;
+        }
+        let (name, key, key_type) = (table.name, table.key, table.key_type);
+        sqlx::query(from_tables(format!(
+            "DELETE FROM {name} t WHERE {key} = ANY(CAST($1::text[] AS {key_type}[]))
+             AND NOT EXISTS (SELECT 1 FROM jsonb_populate_recordset(NULL::{name}, $2) s
+                             WHERE s.{key} = t.{key})"
+        )))
+        .bind(keys)
+        .bind(rows)
+        .execute(&mut *write)
+        .await?;
+    }
+    write.commit().await?;
+    Ok(CaughtUp {
+        last_change,
+        changes: changes.len() as u64,
+    })
+}
+
+/// Starts a read of a bucket whose rows print the same on every shard: timestamps in UTC
+/// and ISO style, whatever each server's defaults, so equal rows never differ as text.
+async fn begin_comparable(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut read = conn
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    sqlx::query(
+        "SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true),
+                set_config('IntervalStyle', 'postgres', true)",
+    )
+    .execute(&mut *read)
+    .await?;
+    Ok(read)
+}
+
+/// A table's rows in a bucket, summarised: how many, and the MD5 of their text in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableChecksum {
+    pub rows: i64,
+    pub md5: String,
+}
+
+/// [`TableChecksum`] of `table` in `bucket` on this shard.
+pub async fn checksum(
+    conn: &mut PgConnection,
+    table: &BucketTable,
+    bucket: u16,
+) -> Result<TableChecksum, sqlx::Error> {
+    let mut read = begin_comparable(conn).await?;
+    let row = sqlx::query(from_tables(format!(
+        "SELECT count(*) AS rows, md5(coalesce(string_agg(r, E'\\n' ORDER BY k, r), '')) AS md5
+         FROM (SELECT {key} AS k, ROW({columns})::text AS r FROM {name} WHERE {in_bucket}) s",
+        key = table.key,
+        columns = table.column_list(),
+        name = table.name,
+        in_bucket = table.in_bucket,
+    )))
+    .bind(i64::from(bucket))
+    .fetch_one(&mut *read)
+    .await?;
+    read.commit().await?;
+    Ok(TableChecksum {
+        rows: row.try_get("rows")?,
+        md5: row.try_get("md5")?,
+    })
+}
+
+/// Keys compared per page by [`first_difference`].
+const DIFF_PAGE: i64 = 1_000;
+
+/// The first key (in key order) whose rows differ between `a` and `b`, including a key
+/// present on one side only; `None` if the bucket's rows of `table` are equal.
+pub async fn first_difference(
+    a: &mut PgConnection,
+    b: &mut PgConnection,
+    table: &BucketTable,
+    bucket: u16,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut after: Option<String> = None;
+    loop {
+        let left = key_digests(a, table, bucket, after.as_deref()).await?;
+        let right = key_digests(b, table, bucket, after.as_deref()).await?;
+        for i in 0..left.len().max(right.len()) {
+            match (left.get(i), right.get(i)) {
+                (Some(l), Some(r)) if l == r => {}
+                (Some(l), Some(r)) => return Ok(Some(l.0.clone().min(r.0.clone()))),
+                (Some(only), None) | (None, Some(only)) => return Ok(Some(only.0.clone())),
+                (None, None) => unreachable!("i is below the longer length"),
+            }
+        }
+        if (left.len() as i64) < DIFF_PAGE {
+            return Ok(None);
+        }
+        after = left.last().map(|(k, _)| k.clone());
+    }
+}
+
+/// (key as text, MD5 of its rows) for the next page of keys after `after`, in key order.
+async fn key_digests(
+    conn: &mut PgConnection,
+    table: &BucketTable,
+    bucket: u16,
+    after: Option<&str>,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut read = begin_comparable(conn).await?;
+    let rows = sqlx::query(from_tables(format!(
+        "SELECT {key}::text AS k, md5(string_agg(ROW({columns})::text, E'\\n'
+                                                 ORDER BY ROW({columns})::text)) AS d
+         FROM {name}
+         WHERE {in_bucket} AND ($2::text IS NULL OR {key} > CAST($2::text AS {key_type}))
+         GROUP BY {key} ORDER BY {key} LIMIT $3",
+        key = table.key,
+        key_type = table.key_type,
+        columns = table.column_list(),
+        name = table.name,
+        in_bucket = table.in_bucket,
+    )))
+    .bind(i64::from(bucket))
+    .bind(after)
+    .bind(DIFF_PAGE)
+    .fetch_all(&mut *read)
+    .await?;
+    read.commit().await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("k")?, r.try_get("d")?)))
+        .collect()
+}
+
+/// Deletes `bucket`'s rows from this shard, `chunk` rows per transaction, children before
+/// parents, and its change log. Returns the rows deleted.
+pub async fn delete_bucket(
+    conn: &mut PgConnection,
+    bucket: u16,
+    chunk: u32,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for table in TABLES.iter().rev() {
+        loop {
+            let mut txn = conn.begin().await?;
+            as_mover(&mut txn).await?;
+            let n = sqlx::query(from_tables(format!(
+                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM {name} WHERE {in_bucket} LIMIT $2))",
+                name = table.name,
+                in_bucket = table.in_bucket,
+            )))
+            .bind(i64::from(bucket))
+            .bind(i64::from(chunk))
+            .execute(&mut *txn)
+            .await?
+            .rows_affected();
+            txn.commit().await?;
+            deleted += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    sqlx::query("DELETE FROM bucket_changes WHERE bucket = $1")
+        .bind(bucket as i16)
+        .execute(&mut *conn)
+        .await?;
+    Ok(deleted)
+}
+
+/// The sequences ids are allocated from (see [`crate::routing`]).
+const ID_SEQUENCES: [&str; 2] = ["customer_id_seq", "order_id_seq"];
+
+/// The last value of each id sequence on this shard.
+pub async fn id_sequences(conn: &mut PgConnection) -> Result<Vec<i64>, sqlx::Error> {
+    let mut values = Vec::new();
+    for sequence in ID_SEQUENCES {
+        values.push(
+            sqlx::query_scalar(from_tables(format!("SELECT last_value FROM {sequence}")))
+                .fetch_one(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(values)
+}
+
+/// Moves each id sequence on this shard to at least `values` (as [`id_sequences`] lists
+/// them), never back: ids this shard hands out in a bucket it takes over cannot collide
+/// with those its old owner handed out there.
+pub async fn advance_id_sequences(
+    conn: &mut PgConnection,
+    values: &[i64],
+) -> Result<(), sqlx::Error> {
+    for (sequence, value) in ID_SEQUENCES.iter().zip(values) {
+        sqlx::query(from_tables(format!(
+            "SELECT setval('{sequence}', greatest(last_value, $1)) FROM {sequence}"
+        )))
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+const _: () = assert!(
+    BUCKETS == 1024,
+    "the SQL above and the guard trigger say 1024"
+);

@@ -1,0 +1,160 @@
+//! Bucket fences (table `bucket_fences`): what this shard must do with a bucket that is
+//! being moved, enforced by the guard trigger inside every writing transaction here.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr, Statement};
+use serde::{Deserialize, Serialize};
+
+/// The SQLSTATE the guard trigger raises when it refuses a write.
+pub const REFUSAL_SQLSTATE: &str = "OB001";
+
+/// Why a shard treats a bucket specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceState {
+    /// On the source while the rows are copied: writes go on, each change is logged.
+    Copying,
+    /// On the source from the freeze to the cut-over: no write commits.
+    Frozen,
+    /// On the target until the cut-over: the copy arrives, nothing else is written.
+    Incoming,
+    /// On the old owner after the cut-over: a worker with an old map is refused.
+    Moved,
+}
+
+impl FenceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceState::Copying => "copying",
+            FenceState::Frozen => "frozen",
+            FenceState::Incoming => "incoming",
+            FenceState::Moved => "moved",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, DbErr> {
+        Ok(match s {
+            "copying" => FenceState::Copying,
+            "frozen" => FenceState::Frozen,
+            "incoming" => FenceState::Incoming,
+            "moved" => FenceState::Moved,
+            other => return Err(DbErr::Type(format!("unknown fence state {other:?}"))),
+        })
+    }
+}
+
+/// One fenced bucket on one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub bucket: u16,
+    pub state: FenceState,
+    /// The other shard of the move.
+    pub peer: usize,
+    pub move_id: String,
+}
+
+/// Whether `e` is the guard trigger refusing a write to a fenced bucket: the worker's map is
+/// stale or a move is cutting over, and a retry will find the bucket's owner.
+pub fn is_refusal(e: &DbErr) -> bool {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return false;
+    };
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == REFUSAL_SQLSTATE)
+}
+
+/// Sets `bucket`'s fence on this shard (replacing any other).
+pub async fn set(conn: &impl ConnectionTrait, fence: &Fence) -> Result<(), DbErr> {
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO bucket_fences (bucket, state, peer, move_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (bucket) DO UPDATE
+             SET state = EXCLUDED.state, peer = EXCLUDED.peer, move_id = EXCLUDED.move_id,
+                 since = now()",
+        [
+            (fence.bucket as i16).into(),
+            fence.state.as_str().into(),
+            (fence.peer as i16).into(),
+            fence.move_id.clone().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Removes `bucket`'s fence if it is in `state`: the bucket is served as usual again.
+pub async fn clear(
+    conn: &impl ConnectionTrait,
+    bucket: u16,
+    state: FenceState,
+) -> Result<(), DbErr> {
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "DELETE FROM bucket_fences WHERE bucket = $1 AND state = $2",
+        [(bucket as i16).into(), state.as_str().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Every fence on this shard, by bucket; empty before the migration that adds them.
+pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<Fence>, DbErr> {
+    if !super::table_exists(conn, "bucket_fences").await? {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT bucket, state, peer, move_id FROM bucket_fences ORDER BY bucket",
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Fence {
+                bucket: row.try_get::<i16>("", "bucket")? as u16,
+                state: FenceState::parse(&row.try_get::<String>("", "state")?)?,
+                peer: row.try_get::<i16>("", "peer")? as usize,
+                move_id: row.try_get("", "move_id")?,
+            })
+        })
+        .collect()
+}
+
+/// The transactions running on this shard now (prepared ones included), as a snapshot to
+/// give [`still_running`]: a fence is certain to hold only once every transaction that might
+/// have checked it before it was set has ended.
+pub async fn transactions_now(conn: &impl ConnectionTrait) -> Result<String, DbErr> {
+    conn.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT pg_current_snapshot()::text AS snapshot",
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("pg_current_snapshot() returned no row".into()))?
+    .try_get("", "snapshot")
+}
+
+/// Which transactions of `snapshot` are still running: how many, and the gids of those that
+/// are prepared two-phase parts (which only their coordinator, or `orders recover`, ends).
+pub async fn still_running(
+    conn: &impl ConnectionTrait,
+    snapshot: &str,
+) -> Result<(u64, Vec<String>), DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "WITH running AS (
+                 SELECT x FROM pg_snapshot_xip($1::pg_snapshot) AS x
+                 WHERE pg_xact_status(x) = 'in progress'
+             )
+             SELECT (SELECT count(*) FROM running) AS running,
+                    ARRAY(SELECT p.gid FROM pg_prepared_xacts p
+                          WHERE p.transaction::text IN
+                              (SELECT (x::text::bigint % 4294967296)::text FROM running)
+                          ORDER BY p.gid) AS prepared",
+            [snapshot.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no row".into()))?;
+    let running: i64 = row.try_get("", "running")?;
+    Ok((running as u64, row.try_get("", "prepared")?))
+}

@@ -1,0 +1,396 @@
+//! Moving buckets between shards while orders flow (`orders reshard`, the Reshard workflow):
+//! every order ends on its bucket's owner and nowhere else, a worker with the old map is
+//! refused, a checksum mismatch rolls the bucket back, a cancel leaves the bucket in flight
+//! with its old owner, and a deployment grows onto a fifth shard and drains back.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orders_activities::routing::{bucket_of, tagged_id};
+use orders_activities::store::fences::{self, FenceState};
+use orders_activities::store::orders;
+use orders_activities::{OrderLine, Shards, ValidOrder};
+use orders_worker::client::OrderOutcome;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+/// Orders placed for `customers` while a move runs: `count` orders, `in_flight` at a time,
+/// alternating saga and two-phase, each naming `products`.
+async fn place_while_moving(
+    app: Arc<TestApp>,
+    customers: Vec<i64>,
+    products: Vec<i64>,
+    count: usize,
+    in_flight: usize,
+) -> Vec<(String, OrderOutcome)> {
+    let mut outcomes = Vec::new();
+    let mut next = 0;
+    while next < count {
+        let batch: Vec<_> = (next..(next + in_flight).min(count))
+            .map(|i| {
+                let app = app.clone();
+                let customer = customers[i % customers.len()];
+                let items: Vec<Value> = products
+                    .iter()
+                    .map(|&p| json!({"product_id": p, "quantity": 1, "unit_price": "1.00"}))
+                    .collect();
+                let consistency = if i % 2 == 0 { "saga" } else { "two_phase" };
+                tokio::spawn(async move {
+                    let input = json!({"customer_id": customer, "items": items, "consistency": consistency});
+                    let id = app.start_order(input).await;
+                    let outcome = app.outcome_within(&id, Duration::from_secs(120)).await;
+                    (id, outcome)
+                })
+            })
+            .collect();
+        for handle in batch {
+            outcomes.push(handle.await.expect("the order task ran"));
+        }
+        next += in_flight;
+    }
+    outcomes
+}
+
+/// The ids of the placed orders; every other outcome must be a two-phase order refused
+/// because its bucket moved between its plan and its prepare (nothing written).
+fn placed_ids(outcomes: &[(String, OrderOutcome)]) -> Vec<i64> {
+    outcomes
+        .iter()
+        .filter_map(|(id, outcome)| match outcome {
+            OrderOutcome::Placed(placed) => Some(placed.order_id),
+            OrderOutcome::Failed { failure_type, .. } if failure_type == "ShardMapChanged" => None,
+            other => panic!("{id} ended {other:?}"),
+        })
+        .collect()
+}
+
+async fn count(shards: &Shards, shard: usize, sql: &str, id: i64) -> i64 {
+    shards
+        .get(shard)
+        .conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [id.into()],
+        ))
+        .await
+        .expect("the count runs")
+        .expect("one row")
+        .try_get_by_index(0)
+        .expect("a count")
+}
+
+fn reshard_report(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "orders reshard printed no JSON report ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Runs `orders reshard ARGS --json` on a blocking thread.
+async fn reshard(app: &Arc<TestApp>, args: &[&str]) -> std::process::Output {
+    let app = app.clone();
+    let mut all: Vec<String> = vec!["reshard".into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.push("--json".into());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        app.cli(&args)
+    })
+    .await
+    .expect("orders reshard ran")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner() {
+    let mut app = TestApp::spawn().await;
+    app.worker_env
+        .push(("ORDERS_SHARD_MAP_REFRESH_SECS", "1".into()));
+    app.restart_worker(None);
+    let customer = app.add_customer("Barbara Liskov", "100000.00").await;
+    let bucket = bucket_of(customer);
+    let from = app.shards.for_customer(customer).index;
+    let to = (from + 1) % app.shards.len();
+    // A product in the same bucket, so the move carries its stock and holds too.
+    let product = tagged_id(77, bucket);
+    app.add_product(product, 10_000).await;
+    let before: Vec<i64> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let input = json!({"customer_id": customer, "items": [
+                {"product_id": product, "quantity": 1, "unit_price": "1.00"},
+                {"product_id": 1, "quantity": 1, "unit_price": "1.00"}]});
+            ids.push(app.place_confirmed_order(input).await.1.order_id);
+        }
+        ids
+    };
+
+    let app = Arc::new(app);
+    let load = tokio::spawn(place_while_moving(
+        app.clone(),
+        vec![customer],
+        vec![product, 1],
+        40,
+        4,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bucket_arg = bucket.to_string();
+    let to_arg = to.to_string();
+    let output = reshard(
+        &app,
+        &[
+            "--move-bucket",
+            &bucket_arg,
+            "--to",
+            &to_arg,
+            "--clean-up-after",
+            "3",
+            "--chunk-rows",
+            "2",
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "orders reshard: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = reshard_report(&output);
+    assert_eq!(report["phase"], "done", "{report}");
+    assert_eq!(
+        report["moved"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(report["cleaned"], 1, "{report}");
+    let pause = report["pauses_ms"][0].as_i64().expect("a write pause");
+    assert!((0..10_000).contains(&pause), "{report}");
+
+    let outcomes = load.await.expect("the orders ran");
+    let placed = placed_ids(&outcomes);
+    assert!(
+        placed.len() >= 20,
+        "only {} of 40 placed: {outcomes:?}",
+        placed.len()
+    );
+    let all: BTreeSet<i64> = before.iter().chain(&placed).copied().collect();
+    assert_eq!(
+        all.len(),
+        before.len() + placed.len(),
+        "an order id repeats"
+    );
+
+    // Every order, its items and credit hold on the new owner, none left on the old one.
+    let on = |shard, sql| count(&app.shards, shard, sql, customer);
+    let orders_sql = "SELECT count(*) FROM orders WHERE customer_id = $1";
+    assert_eq!(on(to, orders_sql).await, all.len() as i64);
+    assert_eq!(on(from, orders_sql).await, 0);
+    let items_sql = "SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = $1";
+    assert_eq!(on(to, items_sql).await, 2 * all.len() as i64);
+    let holds_sql = "SELECT count(*) FROM credit_holds WHERE customer_id = $1 AND status = 'held'";
+    assert_eq!(on(to, holds_sql).await, all.len() as i64);
+    let customers_sql = "SELECT count(*) FROM customers WHERE id = $1";
+    assert_eq!(
+        (on(from, customers_sql).await, on(to, customers_sql).await),
+        (0, 1)
+    );
+    // The product's stock moved with its bucket, and holds exactly what the orders took.
+    let routed = Shards::connect_lazy(&app.shard_urls, Default::default())
+        .await
+        .unwrap();
+    routed.refresh_map().await.unwrap();
+    assert_eq!(routed.for_customer(customer).index, to);
+    let stock = app.stock(product).await;
+    assert_eq!(stock.reserved, all.len() as i32, "{stock:?}");
+    let stock_sql = "SELECT count(*) FROM inventory WHERE product_id = $1";
+    assert_eq!(count(&app.shards, from, stock_sql, product).await, 0);
+
+    for id in all.iter().take(5) {
+        let output = app.cli_ok(&["get", &id.to_string(), "--json"]);
+        let order: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(order["id"], *id, "{order}");
+    }
+    app.cli_ok(&["audit", "--grace", "0"]);
+
+    // The old owner keeps a `moved` fence, and a writer still on the old map is refused there.
+    let left = fences::list(&app.shards.get(from).conn).await.unwrap();
+    assert!(
+        left.iter()
+            .any(|f| f.bucket == bucket && f.state == FenceState::Moved && f.peer == to),
+        "{left:?}"
+    );
+    let old_map = Shards::connect_lazy(&app.shard_urls, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        old_map.for_customer(customer).index,
+        from,
+        "the initial map"
+    );
+    let order = ValidOrder {
+        customer_id: customer,
+        items: vec![OrderLine {
+            product_id: 1,
+            quantity: 1,
+            unit_price: Decimal::ONE,
+        }],
+        notes: None,
+        consistency: Default::default(),
+    };
+    let refused = orders::create_with_items(&old_map.for_customer(customer).conn, &order)
+        .await
+        .expect_err("the old owner refuses the write");
+    assert!(fences::is_refusal(&refused), "{refused}");
+    assert!(refused.to_string().contains("moved"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.start_worker(Some("verify_bucket.corrupt_target=fail"));
+    let customer = app.add_customer("Butler Lampson", "1000.00").await;
+    let bucket = bucket_of(customer);
+    let from = app.shards.for_customer(customer).index;
+    let to = (from + 2) % app.shards.len();
+    let (_, placed) = app
+        .place_confirmed_order(json!({"customer_id": customer, "items": [
+            {"product_id": 3, "quantity": 2, "unit_price": "4.50"}]}))
+        .await;
+    let app = Arc::new(app);
+    let output = reshard(
+        &app,
+        &[
+            "--move-bucket",
+            &bucket.to_string(),
+            "--to",
+            &to.to_string(),
+            "--clean-up-after",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!output.status.success(), "a mismatch fails the reshard");
+    let report = reshard_report(&output);
+    assert_eq!(report["phase"], "failed", "{report}");
+    let why = report["stopped"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("table customers") && why.contains(&format!("first differing key {customer}")),
+        "{report}"
+    );
+    assert!(
+        report["moved"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
+
+    // The source still owns the bucket and serves it; the target holds nothing of it.
+    let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
+        .await
+        .unwrap();
+    shards.refresh_map().await.unwrap();
+    assert_eq!(shards.for_customer(customer).index, from);
+    for shard in [from, to] {
+        let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
+        assert!(fenced.is_empty(), "shard {shard}: {fenced:?}");
+    }
+    let on = |shard, sql| count(&app.shards, shard, sql, customer);
+    assert_eq!(
+        on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
+        0
+    );
+    assert_eq!(
+        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        0
+    );
+    assert_eq!(
+        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        1
+    );
+    let output = app.cli_ok(&["get", &placed.order_id.to_string(), "--json"]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("confirmed"));
+    app.place_confirmed_order(json!({"customer_id": customer, "items": [
+        {"product_id": 3, "quantity": 1, "unit_price": "4.50"}]}))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // One row per chunk, a second per chunk: the copy is still running when the cancel comes.
+    app.start_worker(Some("copy_bucket.after_chunk=sleep:1000"));
+    let customer = app.add_customer("Frances Allen", "1000.00").await;
+    let bucket = bucket_of(customer);
+    let from = app.shards.for_customer(customer).index;
+    let to = (from + 3) % app.shards.len();
+    for _ in 0..3 {
+        app.insert_order(customer, &[(5, 1, "2.00")]).await;
+    }
+    let app = Arc::new(app);
+    let output = reshard(
+        &app,
+        &[
+            "--move-bucket",
+            &bucket.to_string(),
+            "--to",
+            &to.to_string(),
+            "--chunk-rows",
+            "1",
+            "--detach",
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Wait until the copy has written something to the target.
+    let started = Instant::now();
+    let on = |shard, sql| count(&app.shards, shard, sql, customer);
+    while on(to, "SELECT count(*) FROM customers WHERE id = $1").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the copy never began"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = reshard(&app, &["cancel"]).await;
+    let report = reshard_report(&output);
+    assert_eq!(report["phase"], "cancelled", "{report}");
+    assert!(
+        report["moved"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
+
+    let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
+        .await
+        .unwrap();
+    shards.refresh_map().await.unwrap();
+    assert_eq!(shards.for_customer(customer).index, from);
+    assert_eq!(
+        on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
+        0
+    );
+    assert_eq!(
+        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        0
+    );
+    assert_eq!(
+        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        3
+    );
+    for shard in [from, to] {
+        let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
+        assert!(fenced.is_empty(), "shard {shard}: {fenced:?}");
+    }
+    // Writes go on at the old owner.
+    app.place_confirmed_order(json!({"customer_id": customer, "items": [
+        {"product_id": 5, "quantity": 1, "unit_price": "2.00"}]}))
+        .await;
+}
