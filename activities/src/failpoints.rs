@@ -11,6 +11,12 @@
 //! - `delete_order.before=fail` makes every attempt there fail with a retryable error, the
 //!   way a shard that stays down would, so a test can watch a compensation give up.
 //!
+//! - The bucket mover's points: `copy_bucket.after_chunk` (after each heartbeated COPY
+//!   chunk), `freeze_bucket.after_freeze`, `cut_over_bucket.after_source` (the source fenced
+//!   `moved`, the map not yet published), and `verify_bucket.corrupt_target=fail`, which
+//!   changes one customer of the bucket on the target before the checksums, as a broken copy
+//!   would.
+//!
 //! Unset (the normal case), every point is a no-op costing one slice lookup.
 
 use std::sync::OnceLock;

@@ -394,3 +394,218 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner() {
         {"product_id": 5, "quantity": 1, "unit_price": "2.00"}]}))
         .await;
 }
+
+/// Orders on `shard` whose bucket the current map gives to another shard.
+async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
+    let rows = shards
+        .get(shard)
+        .conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT id FROM orders ORDER BY id",
+        ))
+        .await
+        .expect("orders are listed");
+    rows.iter()
+        .map(|r| r.try_get_by_index::<i64>(0).unwrap())
+        .filter(|&id| shards.for_order(id).index != shard)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
+    let mut app = TestApp::spawn().await;
+    let mut customers = Vec::new();
+    for name in [
+        "Ada Lovelace",
+        "Alan Turing",
+        "Edsger Dijkstra",
+        "Donald Knuth",
+        "John Backus",
+        "Niklaus Wirth",
+        "Tony Hoare",
+        "Robin Milner",
+    ] {
+        customers.push(app.add_customer(name, "100000.00").await);
+    }
+    for &customer in &customers {
+        app.place_confirmed_order(json!({"customer_id": customer, "items": [
+            {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+            .await;
+    }
+    // The README's way: the URL appended, `orders migrate up`, workers restarted with it.
+    let fifth = app.add_shard().await;
+    assert_eq!(fifth, 4);
+    app.worker_env
+        .push(("ORDERS_SHARD_MAP_REFRESH_SECS", "1".into()));
+    app.restart_worker(None);
+    assert!(
+        app.shards.map().buckets_of(fifth).is_empty(),
+        "a new shard owns nothing yet"
+    );
+    app.place_confirmed_order(json!({"customer_id": customers[0], "items": [
+        {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+        .await;
+
+    let app = Arc::new(app);
+    let planned = orders_activities::shard_map::ShardMap::initial(4).grown_to(5);
+    let expected = app.shards.map().moved_buckets(&planned).len();
+    let load = tokio::spawn(place_while_moving(
+        app.clone(),
+        customers.clone(),
+        vec![2, 7],
+        40,
+        4,
+    ));
+    let output = reshard(
+        &app,
+        &["--to", "5", "--clean-up-after", "3", "--chunk-rows", "1000"],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let grown = reshard_report(&output);
+    assert_eq!(grown["phase"], "done", "{grown}");
+    assert_eq!(
+        grown["moved"].as_array().map(Vec::len),
+        Some(expected),
+        "{grown}"
+    );
+    let pauses: Vec<i64> = grown["pauses_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    let mut sorted = pauses.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "grew 4→5: {expected} buckets, write pause p50 {} ms, max {} ms",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    let placed = placed_ids(&load.await.expect("the orders ran"));
+    assert!(placed.len() >= 20, "only {} of 40 placed", placed.len());
+
+    app.shards.refresh_map().await.unwrap();
+    assert_eq!(app.shards.map().buckets_of(fifth).len(), expected);
+    for shard in 0..5 {
+        let misplaced = misplaced_orders(&app.shards, shard).await;
+        assert!(
+            misplaced.is_empty(),
+            "shard {shard} still holds orders it does not own: {misplaced:?}"
+        );
+    }
+    for id in &placed {
+        let output = app.cli_ok(&["get", &id.to_string(), "--json"]);
+        let order: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(order["id"], *id, "{order}");
+    }
+    app.cli_ok(&["audit", "--grace", "0"]);
+
+    // Drain the fifth shard back onto the others: it ends with nothing.
+    let output = reshard(
+        &app,
+        &["--to", "4", "--clean-up-after", "3", "--chunk-rows", "1000"],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let drained = reshard_report(&output);
+    assert_eq!(
+        drained["moved"].as_array().map(Vec::len),
+        Some(expected),
+        "{drained}"
+    );
+    app.shards.refresh_map().await.unwrap();
+    assert!(app.shards.map().buckets_of(fifth).is_empty());
+    let left = app.rows_on_shard(fifth).await;
+    assert_eq!((left.orders, left.items), (0, 0), "{left:?}");
+    for shard in 0..4 {
+        assert!(misplaced_orders(&app.shards, shard).await.is_empty());
+    }
+    app.cli_ok(&["audit", "--grace", "0"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let customer = app.add_customer("Jim Gray", "10000.00").await;
+    let bucket = bucket_of(customer);
+    let from = app.shards.for_customer(customer).index;
+    let to = (from + 1) % app.shards.len();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            app.insert_order(customer, &[(6, 1, "1.50"), (7, 2, "2.25")])
+                .await,
+        );
+    }
+    // The first worker dies (as a SIGKILL would) after its first COPY chunk, the second
+    // after fencing the source `moved` and before publishing the map; the third finishes.
+    app.start_worker(Some("copy_bucket.after_chunk"));
+    let output = app.cli_ok(&[
+        "reshard",
+        "--move-bucket",
+        &bucket.to_string(),
+        "--to",
+        &to.to_string(),
+        "--chunk-rows",
+        "2",
+        "--clean-up-after",
+        "1",
+        "--detach",
+    ]);
+    assert!(output.status.success());
+    assert!(
+        app.worker_exits_within(Duration::from_secs(60)),
+        "the worker died mid-copy"
+    );
+    app.start_worker(Some("cut_over_bucket.after_source"));
+    assert!(
+        app.worker_exits_within(Duration::from_secs(90)),
+        "the worker died mid-cut-over"
+    );
+    app.start_worker(None);
+    let started = Instant::now();
+    let report = loop {
+        let output = app.cli(&["reshard", "status", "--json"]);
+        if output.status.success() {
+            let report = reshard_report(&output);
+            if report["phase"] == "done" {
+                break report;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the move did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        report["moved"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    let on = |shard, sql| count(&app.shards, shard, sql, customer);
+    assert_eq!(
+        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        6
+    );
+    assert_eq!(
+        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        0
+    );
+    let items_sql = "SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = $1";
+    assert_eq!(on(to, items_sql).await, 12, "no item copied twice");
+    for id in ids {
+        app.cli_ok(&["get", &id.to_string()]);
+    }
+    app.cli_ok(&["audit", "--grace", "0"]);
+}

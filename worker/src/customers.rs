@@ -28,8 +28,14 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
         .context("failed to add the customer")
 }
 
+/// The shard with the fewest customers among those owning buckets (a shard just added owns
+/// none until `orders reshard` moves some onto it, and a drained one none any more).
 async fn least_loaded(shards: &Shards) -> anyhow::Result<&orders_activities::shards::Shard> {
-    let counts = try_join_all(shards.iter().map(|shard| async move {
+    let map = shards.map();
+    let owning = shards
+        .iter()
+        .filter(|shard| !map.buckets_of(shard.index).is_empty());
+    let counts = try_join_all(owning.map(|shard| async move {
         customers::count(&shard.conn)
             .await
             .map(|n| (n, shard))

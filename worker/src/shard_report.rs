@@ -6,6 +6,7 @@ use futures::future::join_all;
 use orders_activities::Shards;
 use orders_activities::shard_map::ShardMap;
 use orders_activities::shards::Shard;
+use orders_activities::store::fences::{self, Fence, FenceState};
 use orders_activities::store::{connections, customers, orders};
 use sea_orm::DbErr;
 use serde::Serialize;
@@ -33,6 +34,8 @@ pub struct ShardReport {
     /// statement now (`pg_stat_activity`).
     pub connections_open: Option<i64>,
     pub connections_active: Option<i64>,
+    /// Buckets being moved from or onto this shard (`orders reshard`), with their phase.
+    pub moving: Vec<Fence>,
 }
 
 /// Every shard's report, under the shard map in use. As JSON: the list of shards.
@@ -69,6 +72,7 @@ pub async fn report(shards: &Shards, pool_size: u32) -> ShardsReport {
                 pool_size,
                 connections_open: None,
                 connections_active: None,
+                moving: Vec::new(),
             };
             if let Err(e) = fill(shard, &mut report).await {
                 report.error = Some(e.to_string());
@@ -92,6 +96,11 @@ async fn fill(shard: &Shard, report: &mut ShardReport) -> Result<(), DbErr> {
     if report.migration.is_none() {
         return Ok(());
     }
+    report.moving = fences::list(&shard.conn)
+        .await?
+        .into_iter()
+        .filter(|f| f.state != FenceState::Moved)
+        .collect();
     report.customers = Some(customers::count(&shard.conn).await?);
     report.orders = Some(orders::count(&shard.conn).await?);
     Ok(())
@@ -166,6 +175,18 @@ impl fmt::Display for ShardsReport {
             )?;
             if let Some(error) = &r.error {
                 writeln!(f, "      {error}")?;
+            }
+            for fence in &r.moving {
+                let direction = match fence.state {
+                    FenceState::Incoming => format!("arriving from shard {}", fence.peer),
+                    _ => format!("moving to shard {}", fence.peer),
+                };
+                writeln!(
+                    f,
+                    "      bucket {} {direction} ({})",
+                    fence.bucket,
+                    fence.state.as_str()
+                )?;
             }
         }
         write!(

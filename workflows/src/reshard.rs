@@ -110,7 +110,7 @@ pub struct ReshardProgress {
 enum Stop {
     Cancelled,
     Mismatch(Mismatch),
-    Failed(ActivityExecutionError),
+    Failed(Box<ActivityExecutionError>),
 }
 
 #[workflow]
@@ -222,7 +222,7 @@ async fn move_bucket(
         if ctx.cancellation_token().is_cancelled() {
             Stop::Cancelled
         } else {
-            Stop::Failed(e)
+            Stop::Failed(Box::new(e))
         }
     };
     set_phase(ctx, Phase::Copying);
@@ -290,7 +290,7 @@ async fn move_bucket(
             phase_options(Duration::from_secs(300), &detached()),
         )
         .await
-        .map_err(Stop::Failed)?;
+        .map_err(|e| Stop::Failed(Box::new(e)))?;
     Ok(opened_at - frozen_at)
 }
 

@@ -28,6 +28,9 @@ pub struct BucketTable {
     pub columns: &'static [&'static str],
     /// Selects the bucket's rows; the bucket is parameter `$1` (bigint).
     pub in_bucket: &'static str,
+    /// For a table whose rows reference another's: the condition, on a copied row `c`, that
+    /// its parent is on the target already (see [`copy_chunk`]).
+    pub parent_present: Option<&'static str>,
 }
 
 /// Every table with a bucket's rows, in the order a copy writes them (parents before the
@@ -49,6 +52,7 @@ pub const TABLES: [BucketTable; 7] = [
             "last_name",
         ],
         in_bucket: "(id % 1024) = $1::bigint",
+        parent_present: None,
     },
     BucketTable {
         name: "orders",
@@ -70,6 +74,7 @@ pub const TABLES: [BucketTable; 7] = [
             "import_line",
         ],
         in_bucket: "(id % 1024) = $1::bigint",
+        parent_present: Some("EXISTS (SELECT 1 FROM customers p WHERE p.id = c.customer_id)"),
     },
     BucketTable {
         name: "order_items",
@@ -78,6 +83,7 @@ pub const TABLES: [BucketTable; 7] = [
         unique_key: false,
         columns: &["order_id", "product_id", "quantity", "price"],
         in_bucket: "(order_id % 1024) = $1::bigint",
+        parent_present: Some("EXISTS (SELECT 1 FROM orders p WHERE p.id = c.order_id)"),
     },
     BucketTable {
         name: "credit_holds",
@@ -93,6 +99,7 @@ pub const TABLES: [BucketTable; 7] = [
             "updated_at",
         ],
         in_bucket: "(order_id % 1024) = $1::bigint",
+        parent_present: None,
     },
     BucketTable {
         name: "inventory",
@@ -108,6 +115,7 @@ pub const TABLES: [BucketTable; 7] = [
             "updated_at",
         ],
         in_bucket: "(product_id % 1024) = $1::bigint",
+        parent_present: None,
     },
     BucketTable {
         name: "stock_holds",
@@ -123,6 +131,9 @@ pub const TABLES: [BucketTable; 7] = [
             "updated_at",
         ],
         in_bucket: "(product_id % 1024) = $1::bigint",
+        parent_present: Some(
+            "EXISTS (SELECT 1 FROM inventory p WHERE p.product_id = c.product_id)",
+        ),
     },
     BucketTable {
         name: "idempotency_keys",
@@ -131,6 +142,7 @@ pub const TABLES: [BucketTable; 7] = [
         unique_key: true,
         columns: &["key", "result", "compensated", "created_at", "bucket"],
         in_bucket: "bucket = $1::bigint",
+        parent_present: None,
     },
 ];
 
@@ -245,9 +257,24 @@ pub async fn copy_chunk(
     .bind(&upper)
     .execute(&mut *write)
     .await?;
-    let rows = {
+    // A row whose parent is not on the target yet (an order placed after the orders were
+    // copied, say) waits for the catch-up: its parent's insert and its own were both logged.
+    // Such rows go through a staging table, the others straight in.
+    let into = match table.parent_present {
+        None => table.name.to_owned(),
+        Some(_) => {
+            sqlx::query(from_tables(format!(
+                "CREATE TEMP TABLE bucket_copy ON COMMIT DROP AS SELECT {columns} FROM {name} WITH NO DATA",
+                name = table.name,
+            )))
+            .execute(&mut *write)
+            .await?;
+            "bucket_copy".to_owned()
+        }
+    };
+    let mut rows = {
         let mut sink = write
-            .copy_in_raw(&format!("COPY {} ({columns}) FROM STDIN", table.name))
+            .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN"))
             .await?;
         let mut stream = reader.copy_out_raw(&copy_out).await?;
         while let Some(bytes) = stream.next().await {
@@ -256,6 +283,15 @@ pub async fn copy_chunk(
         drop(stream);
         sink.finish().await?
     };
+    if let Some(parent_present) = table.parent_present {
+        rows = sqlx::query(from_tables(format!(
+            "INSERT INTO {name} ({columns}) SELECT {columns} FROM bucket_copy c WHERE {parent_present}",
+            name = table.name,
+        )))
+        .execute(&mut *write)
+        .await?
+        .rows_affected();
+    }
     write.commit().await?;
     reader.close().await?;
     Ok(Some(CopiedChunk {
