@@ -193,7 +193,9 @@ async fn create_with_sea_orm(
 
 async fn creates(shards: &Shards) -> anyhow::Result<()> {
     let shard = shards.get(0);
-    let customer = listing::newest(&shard.conn, None, 1).await?[0].customer_id;
+    let customer = listing::newest(&shard.conn, &listing::Served::by(&shards.map(), 0), None, 1)
+        .await?[0]
+        .customer_id;
     let order = sample_order(customer);
     let n = 1_000;
     let orm = time(n, |_| async {
@@ -218,7 +220,13 @@ async fn pages(shards: &Shards) -> anyhow::Result<()> {
     let one_shard = shards.get(0);
     let n = 500;
     let single = time(n, |_| async {
-        listing::newest(&one_shard.conn, None, PAGE).await?;
+        listing::newest(
+            &one_shard.conn,
+            &listing::Served::by(&shards.map(), 0),
+            None,
+            PAGE,
+        )
+        .await?;
         Ok(())
     })
     .await?;
@@ -231,7 +239,13 @@ async fn pages(shards: &Shards) -> anyhow::Result<()> {
     // were not queried concurrently.
     let sequential = time(n, |_| async {
         for shard in shards.iter() {
-            listing::newest(&shard.conn, None, PAGE).await?;
+            listing::newest(
+                &shard.conn,
+                &listing::Served::by(&shards.map(), shard.index),
+                None,
+                PAGE,
+            )
+            .await?;
         }
         Ok(())
     })

@@ -67,11 +67,16 @@ async fn store_methods(clusters: &common::Clusters) -> anyhow::Result<()> {
     )
     .await?;
     let conn = &shards.get(0).conn;
-    let order_ids: Vec<i64> = listing::newest(conn, None, (ITEM_ROWS * 4 + ITEM_ROWS / 10) as u64)
-        .await?
-        .iter()
-        .map(|o| o.id)
-        .collect();
+    let order_ids: Vec<i64> = listing::newest(
+        conn,
+        &listing::Served::by(&shards.map(), 0),
+        None,
+        (ITEM_ROWS * 4 + ITEM_ROWS / 10) as u64,
+    )
+    .await?
+    .iter()
+    .map(|o| o.id)
+    .collect();
     let items = |ids: &[i64]| -> Vec<NewItem> {
         ids.iter()
             .map(|&order_id| NewItem {

@@ -348,16 +348,27 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // Wait until the copy has written something to the target.
+    // Wait until the copy has brought orders to the target: they are on two shards now,
+    // and listings and counts across shards still show each once.
     let started = Instant::now();
     let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    while on(to, "SELECT count(*) FROM customers WHERE id = $1").await == 0 {
+    while on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the copy never began"
+            "the copy never reached the orders"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let counts: Value = serde_json::from_slice(&app.cli_ok(&["counts", "--json"]).stdout).unwrap();
+    assert_eq!(counts["total"], 3, "{counts}");
+    let listed: Value = serde_json::from_slice(&app.cli_ok(&["list", "--json"]).stdout).unwrap();
+    let listed: Vec<i64> = listed["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
     let output = reshard(&app, &["cancel"]).await;
     let report = reshard_report(&output);
     assert_eq!(report["phase"], "cancelled", "{report}");

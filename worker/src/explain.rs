@@ -52,9 +52,17 @@ impl QueryPlans {
 
 /// Explains every hot query on every shard, concurrently.
 pub async fn explain_all(shards: &Shards) -> QueryPlans {
+    let map = shards.map();
+    let map = &map;
     QueryPlans(
         join_all(shards.iter().map(|shard| async move {
-            match explain_shard(shard).await {
+            let served = Value::from(
+                map.buckets_of(shard.index)
+                    .into_iter()
+                    .map(i64::from)
+                    .collect::<Vec<_>>(),
+            );
+            match explain_shard(shard, served).await {
                 Ok(plans) => ShardPlans {
                     shard: shard.index,
                     plans,
@@ -71,7 +79,8 @@ pub async fn explain_all(shards: &Shards) -> QueryPlans {
     )
 }
 
-async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
+/// `served`: the buckets the map gives the shard, as the listings pass them.
+async fn explain_shard(shard: &Shard, served: Value) -> Result<Vec<QueryPlan>, DbErr> {
     let Some(sample) = plans::sample(&shard.conn, SAMPLE_DEPTH).await? else {
         return Err(DbErr::Custom(
             "no orders to sample parameters from; place or load some orders first".into(),
@@ -88,7 +97,7 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
             "newest orders (first page)",
             true,
             listing::NEWEST,
-            vec![PAGE.into()],
+            vec![PAGE.into(), served.clone()],
         ),
         (
             "newest orders after a cursor",
@@ -98,6 +107,7 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
                 sample.created_at.into(),
                 sample.order_id.into(),
                 PAGE.into(),
+                served.clone(),
             ],
         ),
         (
@@ -121,7 +131,7 @@ async fn explain_shard(shard: &Shard) -> Result<Vec<QueryPlan>, DbErr> {
             "order counts by status",
             false,
             listing::COUNT_BY_STATUS,
-            vec![],
+            vec![served],
         ),
     ];
     let mut plans = Vec::with_capacity(queries.len());

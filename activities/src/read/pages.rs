@@ -15,7 +15,7 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::shards::{Shard, ShardError, Shards};
-use crate::store::listing::{self, OrderSummary, Position};
+use crate::store::listing::{self, OrderSummary, Position, Served};
 
 /// The largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: u64 = 500;
@@ -120,8 +120,10 @@ pub async fn orders_page(
             (Position::before(horizon), Some(horizon))
         }
     };
-    let per_shard = on_every_shard(shards, move |shard| async move {
-        listing::newest(&shard.conn, Some(after), limit + 1).await
+    let map = shards.map();
+    let per_shard = on_every_shard(shards, move |shard| {
+        let served = Served::by(&map, shard.index);
+        async move { listing::newest(&shard.conn, &served, Some(after), limit + 1).await }
     })
     .await?;
     Ok(OrderPage {
@@ -141,8 +143,10 @@ pub async fn orders_page_at_offset(
     if offset > MAX_OFFSET {
         return Err(ListError::BadOffset(offset));
     }
-    let per_shard = on_every_shard(shards, move |shard| async move {
-        listing::newest_at_offset(&shard.conn, 0, offset + limit).await
+    let map = shards.map();
+    let per_shard = on_every_shard(shards, move |shard| {
+        let served = Served::by(&map, shard.index);
+        async move { listing::newest_at_offset(&shard.conn, &served, 0, offset + limit).await }
     })
     .await?;
     Ok(merge_page(per_shard, offset as usize, limit).orders)
@@ -246,10 +250,12 @@ impl StatusCounts {
 /// Counts orders by status on every shard concurrently. A shard that fails is listed in
 /// `missing_shards` instead of failing the whole answer or being silently counted as zero.
 pub async fn count_by_status(shards: &Shards) -> StatusCounts {
+    let map = shards.map();
+    let map = &map;
     let answers = join_all(shards.iter().map(|shard| async move {
         (
             shard.index,
-            listing::count_by_status(&shard.conn)
+            listing::count_by_status(&shard.conn, &Served::by(map, shard.index))
                 .await
                 .map_err(|e| shard.error(e)),
         )

@@ -38,21 +38,29 @@ pub struct Position {
     pub id: i64,
 }
 
-/// The newest orders of a shard ($1 = limit). Walks `idx_orders_created_at_id` backwards.
+/// The newest orders of a shard ($1 = limit, $2 = the buckets it serves). Walks
+/// `idx_orders_created_at_id` backwards.
+///
+/// Listings and counts across shards keep to the buckets the map gives each shard (see
+/// [`Served`]): while a bucket moves, its rows are on two shards, and are counted once.
 pub const NEWEST: &str =
     "SELECT id, customer_id, customer_name, customer_email, status, total_amount, created_at
-     FROM orders ORDER BY created_at DESC, id DESC LIMIT $1";
+     FROM orders WHERE (id % 1024) = ANY($2)
+     ORDER BY created_at DESC, id DESC LIMIT $1";
 
-/// The orders after a position ($1 = created_at, $2 = id, $3 = limit): the keyset page.
+/// The orders after a position ($1 = created_at, $2 = id, $3 = limit, $4 = the buckets
+/// served): the keyset page.
 pub const NEWEST_AFTER: &str =
     "SELECT id, customer_id, customer_name, customer_email, status, total_amount, created_at
-     FROM orders WHERE (created_at, id) < ($1, $2)
+     FROM orders WHERE (created_at, id) < ($1, $2) AND (id % 1024) = ANY($4)
      ORDER BY created_at DESC, id DESC LIMIT $3";
 
-/// The article's OFFSET page ($1 = limit, $2 = offset): reads and discards `offset` rows.
+/// The article's OFFSET page ($1 = limit, $2 = offset, $3 = the buckets served): reads and
+/// discards `offset` rows.
 pub const NEWEST_AT_OFFSET: &str =
     "SELECT id, customer_id, customer_name, customer_email, status, total_amount, created_at
-     FROM orders ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2";
+     FROM orders WHERE (id % 1024) = ANY($3)
+     ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2";
 
 /// A customer's newest orders ($1 = customer, $2 = limit), on
 /// `idx_orders_customer_created_at_id`.
@@ -88,9 +96,24 @@ pub const VISIBILITY_HORIZON: &str = "SELECT least(
          WHERE database = current_database()) - interval '1 second',
         now()) AS horizon";
 
-/// How many orders have each status.
-pub const COUNT_BY_STATUS: &str =
-    "SELECT status, count(*) AS orders FROM orders GROUP BY status ORDER BY status";
+/// How many orders have each status ($1 = the buckets served).
+pub const COUNT_BY_STATUS: &str = "SELECT status, count(*) AS orders FROM orders
+     WHERE (id % 1024) = ANY($1) GROUP BY status ORDER BY status";
+
+/// The buckets a shard serves under the map in use, as the listings' parameter.
+#[derive(Debug, Clone)]
+pub struct Served(Vec<i64>);
+
+impl Served {
+    /// The buckets `map` gives to `shard`.
+    pub fn by(map: &crate::shard_map::ShardMap, shard: usize) -> Self {
+        Self(map.buckets_of(shard).into_iter().map(i64::from).collect())
+    }
+
+    fn value(&self) -> Value {
+        Value::from(self.0.clone())
+    }
+}
 
 /// This shard's [`VISIBILITY_HORIZON`].
 pub async fn visibility_horizon(
@@ -119,17 +142,23 @@ impl Position {
 /// Up to `limit` orders after `after` (or the newest), newest first.
 pub async fn newest(
     conn: &impl ConnectionTrait,
+    served: &Served,
     after: Option<Position>,
     limit: u64,
 ) -> Result<Vec<OrderSummary>, DbErr> {
     let limit = limit as i64;
     match after {
-        None => summaries(conn, NEWEST, vec![limit.into()]).await,
+        None => summaries(conn, NEWEST, vec![limit.into(), served.value()]).await,
         Some(p) => {
             summaries(
                 conn,
                 NEWEST_AFTER,
-                vec![p.created_at.into(), p.id.into(), limit.into()],
+                vec![
+                    p.created_at.into(),
+                    p.id.into(),
+                    limit.into(),
+                    served.value(),
+                ],
             )
             .await
         }
@@ -139,13 +168,18 @@ pub async fn newest(
 /// `limit` orders after skipping the `offset` newest: the article's pagination.
 pub async fn newest_at_offset(
     conn: &impl ConnectionTrait,
+    served: &Served,
     offset: u64,
     limit: u64,
 ) -> Result<Vec<OrderSummary>, DbErr> {
     summaries(
         conn,
         NEWEST_AT_OFFSET,
-        vec![(limit as i64).into(), (offset as i64).into()],
+        vec![
+            (limit as i64).into(),
+            (offset as i64).into(),
+            served.value(),
+        ],
     )
     .await
 }
@@ -186,15 +220,20 @@ pub async fn customer_newest(
 /// Orders per status on this shard.
 pub async fn count_by_status(
     conn: &impl ConnectionTrait,
+    served: &Served,
 ) -> Result<Vec<(OrderStatus, i64)>, DbErr> {
     #[derive(FromQueryResult)]
     struct Row {
         status: OrderStatus,
         orders: i64,
     }
-    let rows = Row::find_by_statement(Statement::from_string(DbBackend::Postgres, COUNT_BY_STATUS))
-        .all(conn)
-        .await?;
+    let rows = Row::find_by_statement(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        COUNT_BY_STATUS,
+        [served.value()],
+    ))
+    .all(conn)
+    .await?;
     Ok(rows.into_iter().map(|r| (r.status, r.orders)).collect())
 }
 
