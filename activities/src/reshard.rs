@@ -4,12 +4,14 @@
 //!
 //! Per bucket: [`ReshardActivities::begin_bucket_move`] fences the target (`incoming`) and
 //! the source (`copying`: every change from now on is logged), `copy_bucket` copies the rows
-//! with COPY in heartbeated chunks, `catch_up_bucket` applies the logged changes,
-//! `freeze_bucket` stops every write on the source and waits out the transactions that began
-//! before (prepared two-phase parts included), a last catch-up, `verify_bucket` compares both
-//! sides table by table, and `cut_over_bucket` stores the next map version everywhere and
-//! opens the bucket on the target. `clean_up_bucket` deletes the source's rows once every
-//! worker has had time to read the new map; `abort_bucket_move` undoes a move not cut over.
+//! with COPY in heartbeated chunks, `catch_up_bucket` applies the logged changes while
+//! writes go on, and `freeze_and_cut_over` is the write pause: it stops every write on the
+//! source and waits out the transactions that began before (prepared two-phase parts
+//! included), applies the last changes, compares both sides table by table, and stores the
+//! next map version everywhere and opens the bucket on the target, all in one activity so
+//! the pause costs one round trip to Temporal. `clean_up_bucket` deletes the source's rows
+//! once every worker has had time to read the new map; `abort_bucket_move` undoes a move
+//! not cut over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,12 +88,23 @@ pub struct CatchUp {
     pub changes: u64,
 }
 
-/// What [`ReshardActivities::verify_bucket`] found.
+/// What verification found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verification {
     /// Rows compared, both sides (equal when `mismatch` is `None`).
     pub rows: u64,
     pub mismatch: Option<Mismatch>,
+}
+
+/// What [`ReshardActivities::freeze_and_cut_over`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switched {
+    /// When the bucket froze and when it opened on the target (ms since the epoch, the
+    /// worker's clock); `opened_at` is `None` when verification found a mismatch.
+    pub frozen_at: i64,
+    pub opened_at: Option<i64>,
+    pub caught_up: CatchUp,
+    pub verification: Verification,
 }
 
 /// The first table whose rows differ between source and target.
@@ -386,154 +399,56 @@ impl ReshardActivities {
         ctx: ActivityContext,
         input: CatchUpInput,
     ) -> Result<CatchUp, ActivityError> {
-        let mv = &input.bucket_move;
-        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
-        let mut on_source = self.connection(source).await?;
-        let mut on_target = self.connection(target).await?;
-        let mut done = CatchUp {
-            last_change: input.after,
-            changes: 0,
-        };
-        loop {
-            let batch = bucket_rows::catch_up(
-                &mut on_source,
-                &mut on_target,
-                mv.bucket,
-                done.last_change,
-                5_000,
-            )
-            .await
-            .map_err(sql_error(target))?;
-            if batch.changes == 0 {
-                return Ok(done);
-            }
-            done.last_change = batch.last_change;
-            done.changes += batch.changes;
-            ctx.record_heartbeat(done.changes).await.ok();
-            if ctx.is_cancelled() {
-                return Err(ActivityError::cancelled());
-            }
-        }
+        self.catch_up(&ctx, &input.bucket_move, input.after).await
     }
 
-    /// Stops every write to the bucket on the source, and waits until the transactions that
-    /// began before are over. Returns when it froze (ms since the epoch).
-    #[activity(name = "FreezeBucket")]
-    pub async fn freeze_bucket(
+    /// The write stop and the switch, in one activity so the pause costs one round trip to
+    /// Temporal: freezes the bucket on the source and waits out the transactions that began
+    /// before, applies the changes since `after`, verifies, and cuts over. A mismatch leaves
+    /// the bucket frozen for the workflow to roll back. Safe to repeat: once the map gives the
+    /// bucket to the target, a retry only finishes the cut-over.
+    #[activity(name = "FreezeAndCutOver")]
+    pub async fn freeze_and_cut_over(
         self: Arc<Self>,
         ctx: ActivityContext,
-        mv: BucketMove,
-    ) -> Result<i64, ActivityError> {
-        let source = self.shards.get(mv.from);
+        input: CatchUpInput,
+    ) -> Result<Switched, ActivityError> {
+        let mv = &input.bucket_move;
+        self.shards.refresh_map().await.map_err(|e| refused(e.to_string()))?;
         let frozen_at = now_ms();
-        fences::set(
-            &source.conn,
-            &Fence {
-                bucket: mv.bucket,
-                state: FenceState::Frozen,
-                peer: mv.to,
-                move_id: mv.move_id.clone(),
-            },
-        )
-        .await
-        .map_err(|e| source.error(e))?;
-        self.wait_for_transactions(&ctx, source, mv.bucket).await?;
-        failpoints::hit("freeze_bucket.after_freeze").await?;
-        Ok(frozen_at)
-    }
-
-    /// Compares the bucket's rows on both shards, table by table: row count and a checksum
-    /// of the rows in key order; on a difference, finds the first key that differs.
-    #[activity(name = "VerifyBucket")]
-    pub async fn verify_bucket(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        mv: BucketMove,
-    ) -> Result<Verification, ActivityError> {
-        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
-        let mut on_source = self.connection(source).await?;
-        let mut on_target = self.connection(target).await?;
-        if failpoints::hit("verify_bucket.corrupt_target")
-            .await
-            .is_err()
-        {
-            corrupt_one_row(&mut on_target, mv.bucket)
-                .await
-                .map_err(sql_error(target))?;
-        }
-        let mut rows = 0;
-        for table in &TABLES {
-            let left = bucket_rows::checksum(&mut on_source, table, mv.bucket)
-                .await
-                .map_err(sql_error(source))?;
-            let right = bucket_rows::checksum(&mut on_target, table, mv.bucket)
-                .await
-                .map_err(sql_error(target))?;
-            if left != right {
-                let first_key =
-                    bucket_rows::first_difference(&mut on_source, &mut on_target, table, mv.bucket)
-                        .await
-                        .map_err(sql_error(source))?;
-                return Ok(Verification {
-                    rows,
-                    mismatch: Some(Mismatch {
-                        table: table.name.to_owned(),
-                        source_rows: left.rows,
-                        target_rows: right.rows,
-                        first_key,
-                    }),
+        if self.shards.map().shard_of_bucket(mv.bucket) != mv.to {
+            self.freeze(&ctx, mv).await?;
+            let last = self.catch_up(&ctx, mv, input.after).await?;
+            let verified = self.verify(mv).await?;
+            if verified.mismatch.is_some() {
+                return Ok(Switched {
+                    frozen_at,
+                    opened_at: None,
+                    caught_up: last,
+                    verification: verified,
                 });
             }
-            rows += left.rows as u64;
+            let opened_at = self.cut_over(mv).await?;
+            return Ok(Switched {
+                frozen_at,
+                opened_at: Some(opened_at),
+                caught_up: last,
+                verification: verified,
+            });
         }
-        Ok(Verification {
-            rows,
-            mismatch: None,
-        })
-    }
-
-    /// Hands the bucket to the target: its id sequences past the source's, the source fenced
-    /// `moved`, the next map version stored on every shard, the target open. Returns when the
-    /// target opened (ms since the epoch). Safe to repeat.
-    #[activity(name = "CutOverBucket")]
-    pub async fn cut_over_bucket(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        mv: BucketMove,
-    ) -> Result<i64, ActivityError> {
-        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
-        let mut on_source = self.connection(source).await?;
-        let mut on_target = self.connection(target).await?;
-        let sequences = bucket_rows::id_sequences(&mut on_source)
-            .await
-            .map_err(sql_error(source))?;
-        bucket_rows::advance_id_sequences(&mut on_target, &sequences)
-            .await
-            .map_err(sql_error(target))?;
-        fences::set(
-            &source.conn,
-            &Fence {
-                bucket: mv.bucket,
-                state: FenceState::Moved,
-                peer: mv.to,
-                move_id: mv.move_id.clone(),
+        let opened_at = self.cut_over(mv).await?;
+        Ok(Switched {
+            frozen_at,
+            opened_at: Some(opened_at),
+            caught_up: CatchUp {
+                last_change: input.after,
+                changes: 0,
             },
-        )
-        .await
-        .map_err(|e| source.error(e))?;
-        failpoints::hit("cut_over_bucket.after_source").await?;
-        self.publish_owner(&mv).await?;
-        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
-            .await
-            .map_err(|e| target.error(e))?;
-        tracing::info!(
-            bucket = mv.bucket,
-            from = mv.from,
-            to = mv.to,
-            version = self.shards.map().version(),
-            "bucket cut over"
-        );
-        Ok(now_ms())
+            verification: Verification {
+                rows: 0,
+                mismatch: None,
+            },
+        })
     }
 
     /// Deletes the bucket's rows on its old owner. Its `moved` fence stays: a worker that
@@ -580,6 +495,146 @@ impl ReshardActivities {
 }
 
 impl ReshardActivities {
+    /// Applies the changes logged on the source since change `after`, until none are left.
+    async fn catch_up(
+        &self,
+        ctx: &ActivityContext,
+        mv: &BucketMove,
+        after: i64,
+    ) -> Result<CatchUp, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        let mut done = CatchUp {
+            last_change: after,
+            changes: 0,
+        };
+        loop {
+            let batch = bucket_rows::catch_up(
+                &mut on_source,
+                &mut on_target,
+                mv.bucket,
+                done.last_change,
+                5_000,
+            )
+            .await
+            .map_err(sql_error(target))?;
+            if batch.changes == 0 {
+                return Ok(done);
+            }
+            done.last_change = batch.last_change;
+            done.changes += batch.changes;
+            ctx.record_heartbeat(done.changes).await.ok();
+            if ctx.is_cancelled() {
+                return Err(ActivityError::cancelled());
+            }
+        }
+    }
+
+    /// Stops every write to the bucket on the source, and waits until the transactions that
+    /// began before are over. Returns when it froze (ms since the epoch).
+    async fn freeze(&self, ctx: &ActivityContext, mv: &BucketMove) -> Result<(), ActivityError> {
+        let source = self.shards.get(mv.from);
+        fences::set(
+            &source.conn,
+            &Fence {
+                bucket: mv.bucket,
+                state: FenceState::Frozen,
+                peer: mv.to,
+                move_id: mv.move_id.clone(),
+            },
+        )
+        .await
+        .map_err(|e| source.error(e))?;
+        self.wait_for_transactions(ctx, source, mv.bucket).await?;
+        failpoints::hit("freeze_bucket.after_freeze").await?;
+        Ok(())
+    }
+
+    /// Compares the bucket's rows on both shards, table by table: row count and a checksum
+    /// of the rows in key order; on a difference, finds the first key that differs.
+    async fn verify(&self, mv: &BucketMove) -> Result<Verification, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        if failpoints::hit("verify_bucket.corrupt_target")
+            .await
+            .is_err()
+        {
+            corrupt_one_row(&mut on_target, mv.bucket)
+                .await
+                .map_err(sql_error(target))?;
+        }
+        let mut rows = 0;
+        for table in &TABLES {
+            let left = bucket_rows::checksum(&mut on_source, table, mv.bucket)
+                .await
+                .map_err(sql_error(source))?;
+            let right = bucket_rows::checksum(&mut on_target, table, mv.bucket)
+                .await
+                .map_err(sql_error(target))?;
+            if left != right {
+                let first_key =
+                    bucket_rows::first_difference(&mut on_source, &mut on_target, table, mv.bucket)
+                        .await
+                        .map_err(sql_error(source))?;
+                return Ok(Verification {
+                    rows,
+                    mismatch: Some(Mismatch {
+                        table: table.name.to_owned(),
+                        source_rows: left.rows,
+                        target_rows: right.rows,
+                        first_key,
+                    }),
+                });
+            }
+            rows += left.rows as u64;
+        }
+        Ok(Verification {
+            rows,
+            mismatch: None,
+        })
+    }
+
+    /// Hands the bucket to the target: its id sequences past the source's, the source fenced
+    /// `moved`, the next map version stored on every shard, the target open. Returns when the
+    /// target opened (ms since the epoch). Safe to repeat.
+    async fn cut_over(&self, mv: &BucketMove) -> Result<i64, ActivityError> {
+        let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
+        let mut on_source = self.connection(source).await?;
+        let mut on_target = self.connection(target).await?;
+        let sequences = bucket_rows::id_sequences(&mut on_source)
+            .await
+            .map_err(sql_error(source))?;
+        bucket_rows::advance_id_sequences(&mut on_target, &sequences)
+            .await
+            .map_err(sql_error(target))?;
+        fences::set(
+            &source.conn,
+            &Fence {
+                bucket: mv.bucket,
+                state: FenceState::Moved,
+                peer: mv.to,
+                move_id: mv.move_id.clone(),
+            },
+        )
+        .await
+        .map_err(|e| source.error(e))?;
+        failpoints::hit("cut_over_bucket.after_source").await?;
+        self.publish_owner(mv).await?;
+        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
+            .await
+            .map_err(|e| target.error(e))?;
+        tracing::info!(
+            bucket = mv.bucket,
+            from = mv.from,
+            to = mv.to,
+            version = self.shards.map().version(),
+            "bucket cut over"
+        );
+        Ok(now_ms())
+    }
+
     /// Stores on every shard a map giving `mv.bucket` to `mv.to`, unless the newest one does.
     async fn publish_owner(&self, mv: &BucketMove) -> Result<(), ActivityError> {
         self.shards

@@ -56,9 +56,8 @@ pub enum Phase {
     Planning,
     Copying,
     CatchingUp,
+    /// The write pause: the last catch-up, the verification and the cut-over.
     Frozen,
-    Verifying,
-    CuttingOver,
     WaitingToCleanUp,
     CleaningUp,
     Done,
@@ -72,9 +71,7 @@ impl Phase {
             Phase::Planning => "planning",
             Phase::Copying => "copying",
             Phase::CatchingUp => "catching up",
-            Phase::Frozen => "frozen (writes paused)",
-            Phase::Verifying => "verifying",
-            Phase::CuttingOver => "cutting over",
+            Phase::Frozen => "frozen: catching up, verifying, cutting over",
             Phase::WaitingToCleanUp => "waiting to clean up",
             Phase::CleaningUp => "cleaning up",
             Phase::Done => "done",
@@ -254,44 +251,29 @@ async fn move_bucket(
     if ctx.cancellation_token().is_cancelled() {
         return Err(Stop::Cancelled);
     }
+    // The write pause: one activity, from the freeze to the target's opening. A cancellation
+    // stops it while it waits or catches up, never once it cuts over; a mismatch leaves the
+    // bucket frozen, for the caller to undo.
     set_phase(ctx, Phase::Frozen);
-    let frozen_at = ctx
+    let switched = ctx
         .execute_activity(
-            ReshardActivities::freeze_bucket,
-            mv.clone(),
+            ReshardActivities::freeze_and_cut_over,
+            CatchUpInput {
+                bucket_move: mv.clone(),
+                after: live.last_change,
+            },
             phase_options(Duration::from_secs(3600), &cancel),
         )
         .await
         .map_err(|e| stopped(ctx, e))?;
-    catch_up(ctx, mv, live.last_change, &cancel)
-        .await
-        .map_err(|e| stopped(ctx, e))?;
-    set_phase(ctx, Phase::Verifying);
-    let verified = ctx
-        .execute_activity(
-            ReshardActivities::verify_bucket,
-            mv.clone(),
-            phase_options(Duration::from_secs(600), &cancel),
-        )
-        .await
-        .map_err(|e| stopped(ctx, e))?;
-    if let Some(mismatch) = verified.mismatch {
+    ctx.state_mut(|s| s.progress.changes_applied += switched.caught_up.changes);
+    if let Some(mismatch) = switched.verification.mismatch {
         return Err(Stop::Mismatch(mismatch));
     }
-    if ctx.cancellation_token().is_cancelled() {
-        return Err(Stop::Cancelled);
-    }
-    // From here the move finishes: a cancellation arriving now waits for the cut-over.
-    set_phase(ctx, Phase::CuttingOver);
-    let opened_at = ctx
-        .execute_activity(
-            ReshardActivities::cut_over_bucket,
-            mv.clone(),
-            phase_options(Duration::from_secs(300), &detached()),
-        )
-        .await
-        .map_err(|e| Stop::Failed(Box::new(e)))?;
-    Ok(opened_at - frozen_at)
+    let opened_at = switched
+        .opened_at
+        .expect("a verified bucket is cut over");
+    Ok(opened_at - switched.frozen_at)
 }
 
 async fn catch_up(
