@@ -71,6 +71,9 @@ pub struct CopyProgress {
     /// The last key copied in that table.
     pub after: Option<String>,
     pub rows: u64,
+    /// Time spent copying, over every attempt (ms).
+    #[serde(default)]
+    pub copy_ms: u64,
 }
 
 /// Input of [`ReshardActivities::catch_up_bucket`].
@@ -360,6 +363,7 @@ impl ReshardActivities {
             tracing::info!(bucket = mv.bucket, ?progress, "copy resumed");
         }
         let mut on_target = self.connection(target).await?;
+        let mut since = Instant::now();
         while progress.table < TABLES.len() {
             let table = &TABLES[progress.table];
             let chunk = bucket_rows::copy_chunk(
@@ -382,6 +386,8 @@ impl ReshardActivities {
                     progress.after = None;
                 }
             }
+            progress.copy_ms += since.elapsed().as_millis() as u64;
+            since = Instant::now();
             ctx.record_heartbeat(progress.clone()).await.ok();
             failpoints::hit("copy_bucket.after_chunk").await?;
             if ctx.is_cancelled() {
@@ -414,7 +420,10 @@ impl ReshardActivities {
         input: CatchUpInput,
     ) -> Result<Switched, ActivityError> {
         let mv = &input.bucket_move;
-        self.shards.refresh_map().await.map_err(|e| refused(e.to_string()))?;
+        self.shards
+            .refresh_map()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         let frozen_at = now_ms();
         if self.shards.map().shard_of_bucket(mv.bucket) != mv.to {
             self.freeze(&ctx, mv).await?;

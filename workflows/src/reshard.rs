@@ -95,6 +95,8 @@ pub struct ReshardProgress {
     /// Rows copied so far, and rows the begun buckets held when their copy began.
     pub rows_copied: u64,
     pub rows_planned: u64,
+    /// Time spent in the copies (ms): `rows_copied` over it is the copy rate.
+    pub copy_ms: u64,
     /// Changes applied by catch-ups.
     pub changes_applied: u64,
     /// Per bucket cut over: milliseconds from its freeze to its opening on the target.
@@ -243,7 +245,10 @@ async fn move_bucket(
         )
         .await
         .map_err(|e| stopped(ctx, e))?;
-    ctx.state_mut(|s| s.progress.rows_copied += copied.rows);
+    ctx.state_mut(|s| {
+        s.progress.rows_copied += copied.rows;
+        s.progress.copy_ms += copied.copy_ms;
+    });
     set_phase(ctx, Phase::CatchingUp);
     let live = catch_up(ctx, mv, 0, &cancel)
         .await
@@ -270,9 +275,7 @@ async fn move_bucket(
     if let Some(mismatch) = switched.verification.mismatch {
         return Err(Stop::Mismatch(mismatch));
     }
-    let opened_at = switched
-        .opened_at
-        .expect("a verified bucket is cut over");
+    let opened_at = switched.opened_at.expect("a verified bucket is cut over");
     Ok(opened_at - switched.frozen_at)
 }
 
