@@ -318,7 +318,8 @@ async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner() {
+async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_a_restart_moves_it()
+{
     let mut app = TestApp::spawn_without_worker().await;
     // One row per chunk, a second per chunk: the copy is still running when the cancel comes.
     app.start_worker(Some("copy_bucket.after_chunk=sleep:1000"));
@@ -402,6 +403,32 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner() {
     app.place_confirmed_order(json!({"customer_id": customer, "items": [
         {"product_id": 5, "quantity": 1, "unit_price": "2.00"}]}))
         .await;
+
+    // Started again, the move finishes: all four orders on the new owner.
+    let output = reshard(
+        &app,
+        &[
+            "--move-bucket",
+            &bucket.to_string(),
+            "--to",
+            &to.to_string(),
+            "--chunk-rows",
+            "1000",
+            "--clean-up-after",
+            "1",
+        ],
+    )
+    .await;
+    let report = reshard_report(&output);
+    assert_eq!(report["phase"], "done", "{report}");
+    assert_eq!(
+        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        4
+    );
+    assert_eq!(
+        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
+        0
+    );
 }
 
 /// Orders on `shard` whose bucket the current map gives to another shard.
