@@ -63,8 +63,8 @@ async fn main() -> anyhow::Result<()> {
     let (baseline_rows, baseline_secs) = psql_copy(&clusters, &urls, &moved).await?;
 
     let mut worker = start_worker(&orders_bin, &address, task_queue, &urls)?;
-    let rss_before = peak_rss_kib(worker.pid());
     let before = load_for(&orders_bin, &address, task_queue, &urls, 2, None).await?;
+    let rss_before = peak_rss_kib(worker.pid());
 
     let mut reshard = Command::new(&orders_bin);
     reshard
@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         during.failed
     );
     println!(
-        "  worker peak RSS: {:.0} MiB before the move, {:.0} MiB after",
+        "  worker peak RSS: {:.0} MiB after the load before the move, {:.0} MiB after the move",
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0
     );
