@@ -218,8 +218,8 @@ pub async fn copy_chunk(
     let Some(upper) = upper else {
         return Ok(None);
     };
-    // The COPY OUT runs on a connection of its own, closed afterwards: sqlx 0.9 leaves a
-    // connection that streamed a COPY OUT unfit for the next statement (it returns no rows).
+    // The COPY OUT runs on a connection of its own, closed afterwards: a connection reused
+    // after streaming one (sqlx 0.9) got no rows back from its next statement here.
     let mut reader = source.acquire().await?.detach();
     sqlx::query(
         "SELECT set_config('orders.copy_bucket', $1, false),
