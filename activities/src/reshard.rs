@@ -25,12 +25,13 @@ use crate::failpoints;
 use crate::shard_map::ShardMap;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::store::bucket_rows::{self, TABLES};
-use crate::store::fences::{self, Fence, FenceState};
+use crate::store::fences::{self, FenceState};
 
-/// One bucket's move.
+/// One move: buckets going from one shard to another together, so the copy, the checks and
+/// the round trips to Temporal are paid once for all of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketMove {
-    pub bucket: u16,
+    pub buckets: Vec<u16>,
     pub from: usize,
     pub to: usize,
     /// The Reshard run moving it, recorded in the fences.
@@ -53,6 +54,13 @@ pub enum ReshardRequest {
 pub struct PlanInput {
     pub request: ReshardRequest,
     pub move_id: String,
+    /// At most this many buckets per move (each move's buckets share a source and a target).
+    #[serde(default = "one")]
+    pub buckets_per_move: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Input of [`ReshardActivities::copy_bucket`].
@@ -172,7 +180,7 @@ impl ReshardActivities {
         &self,
         ctx: &ActivityContext,
         shard: &Shard,
-        bucket: u16,
+        buckets: &[u16],
     ) -> Result<(), ActivityError> {
         let on = |e| shard.error(e);
         let snapshot = fences::transactions_now(&shard.conn).await.map_err(on)?;
@@ -190,7 +198,7 @@ impl ReshardActivities {
                 warned = waited;
                 tracing::warn!(
                     shard = shard.index,
-                    bucket,
+                    ?buckets,
                     running,
                     ?prepared,
                     waited_secs = waited.as_secs(),
@@ -258,7 +266,7 @@ impl ReshardActivities {
                         map.owners().len()
                     )));
                 }
-                map.with_bucket_moved(bucket, to)
+                map.with_buckets_moved(&[bucket], to)
             }
         };
         for shard in self.shards.iter() {
@@ -275,7 +283,7 @@ impl ReshardActivities {
                 };
                 tracing::warn!(bucket = fence.bucket, from, to, move_id = %fence.move_id, "rolling back a bucket move an earlier run left unfinished");
                 self.roll_back(&BucketMove {
-                    bucket: fence.bucket,
+                    buckets: vec![fence.bucket],
                     from,
                     to,
                     move_id: fence.move_id,
@@ -283,16 +291,33 @@ impl ReshardActivities {
                 .await?;
             }
         }
-        Ok(map
-            .moved_buckets(&target)
+        // Buckets with the same source and target, in bucket order, a batch per move.
+        let mut by_pair: std::collections::BTreeMap<(usize, usize), Vec<u16>> =
+            std::collections::BTreeMap::new();
+        for bucket in map.moved_buckets(&target) {
+            by_pair
+                .entry((map.shard_of_bucket(bucket), target.shard_of_bucket(bucket)))
+                .or_default()
+                .push(bucket);
+        }
+        let per_move = input.buckets_per_move.max(1);
+        let mut moves: Vec<BucketMove> = by_pair
             .into_iter()
-            .map(|bucket| BucketMove {
-                bucket,
-                from: map.shard_of_bucket(bucket),
-                to: target.shard_of_bucket(bucket),
-                move_id: input.move_id.clone(),
+            .flat_map(|((from, to), buckets)| {
+                let move_id = input.move_id.clone();
+                buckets
+                    .chunks(per_move)
+                    .map(move |chunk| BucketMove {
+                        buckets: chunk.to_vec(),
+                        from,
+                        to,
+                        move_id: move_id.clone(),
+                    })
+                    .collect::<Vec<_>>()
             })
-            .collect())
+            .collect();
+        moves.sort_by_key(|m| m.buckets[0]);
+        Ok(moves)
     }
 
     /// Fences the bucket on both shards, clears the target of any rows of it, and waits
@@ -304,37 +329,36 @@ impl ReshardActivities {
         mv: BucketMove,
     ) -> Result<u64, ActivityError> {
         let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
-        let fence = |state, peer| Fence {
-            bucket: mv.bucket,
-            state,
-            peer,
-            move_id: mv.move_id.clone(),
-        };
-        fences::set(&target.conn, &fence(FenceState::Incoming, mv.from))
-            .await
-            .map_err(|e| target.error(e))?;
+        fences::set_all(
+            &target.conn,
+            &mv.buckets,
+            FenceState::Incoming,
+            mv.from,
+            &mv.move_id,
+        )
+        .await
+        .map_err(|e| target.error(e))?;
         let mut on_target = self.connection(target).await?;
-        bucket_rows::delete_bucket(&mut on_target, mv.bucket, 5_000)
+        bucket_rows::delete_bucket(&mut on_target, &mv.buckets, 5_000)
             .await
             .map_err(sql_error(target))?;
-        let present = fences::list(&source.conn)
-            .await
-            .map_err(|e| source.error(e))?
-            .into_iter()
-            .find(|f| f.bucket == mv.bucket);
-        // A retry after the freeze must not thaw the bucket.
-        if present.is_none_or(|f| f.state == FenceState::Moved || f.move_id != mv.move_id) {
-            fences::set(&source.conn, &fence(FenceState::Copying, mv.to))
-                .await
-                .map_err(|e| source.error(e))?;
-        }
-        self.wait_for_transactions(&ctx, source, mv.bucket).await?;
+        fences::set_all(
+            &source.conn,
+            &mv.buckets,
+            FenceState::Copying,
+            mv.to,
+            &mv.move_id,
+        )
+        .await
+        .map_err(|e| source.error(e))?;
+        self.wait_for_transactions(&ctx, source, &mv.buckets)
+            .await?;
         let mut on_source = self.connection(source).await?;
-        let rows = bucket_rows::count_rows(&mut on_source, mv.bucket)
+        let rows = bucket_rows::count_rows(&mut on_source, &mv.buckets)
             .await
             .map_err(sql_error(source))?;
         tracing::info!(
-            bucket = mv.bucket,
+            buckets = ?mv.buckets,
             from = mv.from,
             to = mv.to,
             rows,
@@ -360,7 +384,7 @@ impl ReshardActivities {
             .flatten()
             .unwrap_or_default();
         if progress != CopyProgress::default() {
-            tracing::info!(bucket = mv.bucket, ?progress, "copy resumed");
+            tracing::info!(buckets = ?mv.buckets, ?progress, "copy resumed");
         }
         let mut on_target = self.connection(target).await?;
         let mut since = Instant::now();
@@ -370,7 +394,7 @@ impl ReshardActivities {
                 source.conn.get_postgres_connection_pool(),
                 &mut on_target,
                 table,
-                mv.bucket,
+                &mv.buckets,
                 progress.after.as_deref(),
                 input.chunk_rows.max(1),
             )
@@ -394,7 +418,7 @@ impl ReshardActivities {
                 return Err(ActivityError::cancelled());
             }
         }
-        tracing::info!(bucket = mv.bucket, rows = progress.rows, "bucket copied");
+        tracing::info!(buckets = ?mv.buckets, rows = progress.rows, "buckets copied");
         Ok(progress)
     }
 
@@ -425,7 +449,7 @@ impl ReshardActivities {
             .await
             .map_err(|e| refused(e.to_string()))?;
         let frozen_at = now_ms();
-        if self.shards.map().shard_of_bucket(mv.bucket) != mv.to {
+        if !self.owned_by_target(mv) {
             self.freeze(&ctx, mv).await?;
             let last = self.catch_up(&ctx, mv, input.after).await?;
             let verified = self.verify(mv).await?;
@@ -470,11 +494,11 @@ impl ReshardActivities {
     ) -> Result<u64, ActivityError> {
         let source = self.shards.get(mv.from);
         let mut on_source = self.connection(source).await?;
-        let deleted = bucket_rows::delete_bucket(&mut on_source, mv.bucket, 5_000)
+        let deleted = bucket_rows::delete_bucket(&mut on_source, &mv.buckets, 5_000)
             .await
             .map_err(sql_error(source))?;
         tracing::info!(
-            bucket = mv.bucket,
+            buckets = ?mv.buckets,
             shard = mv.from,
             deleted,
             "old copy of the bucket deleted"
@@ -495,7 +519,7 @@ impl ReshardActivities {
             .refresh_map()
             .await
             .map_err(|e| refused(e.to_string()))?;
-        if self.shards.map().shard_of_bucket(mv.bucket) == mv.to {
+        if self.owned_by_target(&mv) {
             return Ok(false);
         }
         self.roll_back(&mv).await?;
@@ -504,6 +528,13 @@ impl ReshardActivities {
 }
 
 impl ReshardActivities {
+    /// Whether the map in use (refreshed first by the caller) gives the move's buckets to its
+    /// target: the cut-over stored it.
+    fn owned_by_target(&self, mv: &BucketMove) -> bool {
+        let map = self.shards.map();
+        mv.buckets.iter().all(|&b| map.shard_of_bucket(b) == mv.to)
+    }
+
     /// Applies the changes logged on the source since change `after`, until none are left.
     async fn catch_up(
         &self,
@@ -522,7 +553,7 @@ impl ReshardActivities {
             let batch = bucket_rows::catch_up(
                 &mut on_source,
                 &mut on_target,
-                mv.bucket,
+                &mv.buckets,
                 done.last_change,
                 5_000,
             )
@@ -544,18 +575,16 @@ impl ReshardActivities {
     /// began before are over. Returns when it froze (ms since the epoch).
     async fn freeze(&self, ctx: &ActivityContext, mv: &BucketMove) -> Result<(), ActivityError> {
         let source = self.shards.get(mv.from);
-        fences::set(
+        fences::set_all(
             &source.conn,
-            &Fence {
-                bucket: mv.bucket,
-                state: FenceState::Frozen,
-                peer: mv.to,
-                move_id: mv.move_id.clone(),
-            },
+            &mv.buckets,
+            FenceState::Frozen,
+            mv.to,
+            &mv.move_id,
         )
         .await
         .map_err(|e| source.error(e))?;
-        self.wait_for_transactions(ctx, source, mv.bucket).await?;
+        self.wait_for_transactions(ctx, source, &mv.buckets).await?;
         failpoints::hit("freeze_bucket.after_freeze").await?;
         Ok(())
     }
@@ -570,23 +599,27 @@ impl ReshardActivities {
             .await
             .is_err()
         {
-            corrupt_one_row(&mut on_target, mv.bucket)
+            corrupt_one_row(&mut on_target, mv.buckets[0])
                 .await
                 .map_err(sql_error(target))?;
         }
         let mut rows = 0;
         for table in &TABLES {
-            let left = bucket_rows::checksum(&mut on_source, table, mv.bucket)
+            let left = bucket_rows::checksum(&mut on_source, table, &mv.buckets)
                 .await
                 .map_err(sql_error(source))?;
-            let right = bucket_rows::checksum(&mut on_target, table, mv.bucket)
+            let right = bucket_rows::checksum(&mut on_target, table, &mv.buckets)
                 .await
                 .map_err(sql_error(target))?;
             if left != right {
-                let first_key =
-                    bucket_rows::first_difference(&mut on_source, &mut on_target, table, mv.bucket)
-                        .await
-                        .map_err(sql_error(source))?;
+                let first_key = bucket_rows::first_difference(
+                    &mut on_source,
+                    &mut on_target,
+                    table,
+                    &mv.buckets,
+                )
+                .await
+                .map_err(sql_error(source))?;
                 return Ok(Verification {
                     rows,
                     mismatch: Some(Mismatch {
@@ -618,24 +651,22 @@ impl ReshardActivities {
         bucket_rows::advance_id_sequences(&mut on_target, &sequences)
             .await
             .map_err(sql_error(target))?;
-        fences::set(
+        fences::set_all(
             &source.conn,
-            &Fence {
-                bucket: mv.bucket,
-                state: FenceState::Moved,
-                peer: mv.to,
-                move_id: mv.move_id.clone(),
-            },
+            &mv.buckets,
+            FenceState::Moved,
+            mv.to,
+            &mv.move_id,
         )
         .await
         .map_err(|e| source.error(e))?;
         failpoints::hit("cut_over_bucket.after_source").await?;
         self.publish_owner(mv).await?;
-        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
+        fences::clear_all(&target.conn, &mv.buckets, &[FenceState::Incoming])
             .await
             .map_err(|e| target.error(e))?;
         tracing::info!(
-            bucket = mv.bucket,
+            buckets = ?mv.buckets,
             from = mv.from,
             to = mv.to,
             version = self.shards.map().version(),
@@ -651,10 +682,10 @@ impl ReshardActivities {
             .await
             .map_err(|e| refused(e.to_string()))?;
         let map = self.shards.map();
-        let next = if map.shard_of_bucket(mv.bucket) == mv.to {
+        let next = if self.owned_by_target(mv) {
             (*map).clone()
         } else {
-            map.with_bucket_moved(mv.bucket, mv.to)
+            map.with_buckets_moved(&mv.buckets, mv.to)
         };
         self.shards.publish_next(next).await?;
         Ok(())
@@ -664,26 +695,28 @@ impl ReshardActivities {
     /// fence removed.
     async fn roll_back(&self, mv: &BucketMove) -> Result<(), ActivityError> {
         let (source, target) = (self.shards.get(mv.from), self.shards.get(mv.to));
-        for state in [FenceState::Frozen, FenceState::Copying] {
-            fences::clear(&source.conn, mv.bucket, state)
-                .await
-                .map_err(|e| source.error(e))?;
-        }
+        fences::clear_all(
+            &source.conn,
+            &mv.buckets,
+            &[FenceState::Frozen, FenceState::Copying],
+        )
+        .await
+        .map_err(|e| source.error(e))?;
         let mut on_target = self.connection(target).await?;
-        bucket_rows::delete_bucket(&mut on_target, mv.bucket, 5_000)
+        bucket_rows::delete_bucket(&mut on_target, &mv.buckets, 5_000)
             .await
             .map_err(sql_error(target))?;
-        fences::clear(&target.conn, mv.bucket, FenceState::Incoming)
+        fences::clear_all(&target.conn, &mv.buckets, &[FenceState::Incoming])
             .await
             .map_err(|e| target.error(e))?;
         let mut on_source = self.connection(source).await?;
-        sea_orm::sqlx::query("DELETE FROM bucket_changes WHERE bucket = $1")
-            .bind(mv.bucket as i16)
+        sea_orm::sqlx::query("DELETE FROM bucket_changes WHERE bucket = ANY($1)")
+            .bind(mv.buckets.iter().map(|&b| b as i16).collect::<Vec<_>>())
             .execute(&mut *on_source)
             .await
             .map_err(sql_error(source))?;
         tracing::warn!(
-            bucket = mv.bucket,
+            buckets = ?mv.buckets,
             from = mv.from,
             to = mv.to,
             "bucket move rolled back; the source owns it"

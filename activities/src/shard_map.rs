@@ -171,10 +171,12 @@ impl ShardMap {
         }
     }
 
-    /// The next version, with `bucket` owned by `shard` and every other bucket unchanged.
-    pub fn with_bucket_moved(&self, bucket: u16, shard: usize) -> Self {
+    /// The next version, with `buckets` owned by `shard` and every other bucket unchanged.
+    pub fn with_buckets_moved(&self, buckets: &[u16], shard: usize) -> Self {
         let mut owners = self.owners.clone();
-        owners[usize::from(bucket)] = shard as u16;
+        for &bucket in buckets {
+            owners[usize::from(bucket)] = shard as u16;
+        }
         Self {
             version: self.version + 1,
             owners,

@@ -272,7 +272,7 @@ async fn psql_copy(
             let columns = table.columns.join(", ");
             let predicate = table
                 .in_bucket
-                .replace("= $1::bigint", &format!("IN ({owned})"));
+                .replace("= ANY($1::bigint[])", &format!("IN ({owned})"));
             let out = format!(
                 "\\copy (SELECT {columns} FROM {} WHERE {predicate}) TO STDOUT",
                 table.name
@@ -297,7 +297,7 @@ fn count_rows(url: &str, owned: &str) -> anyhow::Result<u64> {
     for table in &TABLES {
         let predicate = table
             .in_bucket
-            .replace("= $1::bigint", &format!("IN ({owned})"));
+            .replace("= ANY($1::bigint[])", &format!("IN ({owned})"));
         let output = Command::new("psql")
             .args(["-X", "-q", "-t", "-A", url, "-c"])
             .arg(format!(

@@ -39,6 +39,9 @@ pub struct ReshardInput {
     pub request: ReshardRequest,
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: u32,
+    /// At most this many buckets per move: they are copied, frozen and cut over together.
+    #[serde(default = "default_buckets_per_move")]
+    pub buckets_per_move: usize,
     /// How long after a bucket's cut-over its old copy is deleted: long enough for every
     /// worker to have read the new map (at least twice `ORDERS_SHARD_MAP_REFRESH_SECS`).
     pub clean_up_after_secs: u64,
@@ -46,6 +49,15 @@ pub struct ReshardInput {
 
 fn default_chunk_rows() -> u32 {
     DEFAULT_CHUNK_ROWS
+}
+
+/// Buckets per move when the input does not say: enough to spread a move's fixed costs
+/// (seven COPYs, four activities) over many buckets' rows, few enough that its write pause
+/// stays short.
+pub const DEFAULT_BUCKETS_PER_MOVE: usize = 16;
+
+fn default_buckets_per_move() -> usize {
+    DEFAULT_BUCKETS_PER_MOVE
 }
 
 /// The phase a run is in.
@@ -85,10 +97,12 @@ impl Phase {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReshardProgress {
     pub phase: Phase,
-    /// The bucket in flight.
+    /// The move in flight.
     pub current: Option<BucketMove>,
+    /// Buckets to move, and buckets cut over.
     pub buckets_total: usize,
-    /// Buckets cut over.
+    pub buckets_moved: usize,
+    /// Moves cut over.
     pub moved: Vec<BucketMove>,
     /// Buckets whose old copy is deleted.
     pub cleaned: usize,
@@ -99,7 +113,8 @@ pub struct ReshardProgress {
     pub copy_ms: u64,
     /// Changes applied by catch-ups.
     pub changes_applied: u64,
-    /// Per bucket cut over: milliseconds from its freeze to its opening on the target.
+    /// Per move cut over: milliseconds from its buckets' freeze to their opening on the
+    /// target.
     pub pauses_ms: Vec<i64>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
@@ -136,6 +151,7 @@ impl ReshardWorkflow {
                 PlanInput {
                     request: input.request.clone(),
                     move_id,
+                    buckets_per_move: input.buckets_per_move,
                 },
                 phase_options(Duration::from_secs(60), &ctx.cancellation_token()),
             )
@@ -148,7 +164,7 @@ impl ReshardWorkflow {
             }
             Err(e) => return Err(failed(ctx, describe(&e)).into()),
         };
-        ctx.state_mut(|s| s.progress.buckets_total = plan.len());
+        ctx.state_mut(|s| s.progress.buckets_total = plan.iter().map(|m| m.buckets.len()).sum());
         let mut stop = None;
         for mv in plan {
             if ctx.cancellation_token().is_cancelled() {
@@ -158,6 +174,7 @@ impl ReshardWorkflow {
             ctx.state_mut(|s| s.progress.current = Some(mv.clone()));
             match move_bucket(ctx, &input, &mv).await {
                 Ok(pause_ms) => ctx.state_mut(|s| {
+                    s.progress.buckets_moved += mv.buckets.len();
                     s.progress.moved.push(mv.clone());
                     s.progress.pauses_ms.push(pause_ms);
                 }),
@@ -171,7 +188,10 @@ impl ReshardWorkflow {
                         )
                         .await;
                     match undone {
-                        Ok(false) => ctx.state_mut(|s| s.progress.moved.push(mv.clone())),
+                        Ok(false) => ctx.state_mut(|s| {
+                            s.progress.buckets_moved += mv.buckets.len();
+                            s.progress.moved.push(mv.clone());
+                        }),
                         Ok(true) => {}
                         Err(e) => return Err(failed(ctx, describe(&e)).into()),
                     }
@@ -316,6 +336,7 @@ async fn clean_up(
     let _ = ctx.timer(wait).await;
     set_phase(ctx, Phase::CleaningUp);
     for mv in moved {
+        let mv_buckets = mv.buckets.len();
         ctx.execute_activity(
             ReshardActivities::clean_up_bucket,
             mv,
@@ -323,7 +344,7 @@ async fn clean_up(
         )
         .await
         .map_err(|e| failed(ctx, describe(&e)))?;
-        ctx.state_mut(|s| s.progress.cleaned += 1);
+        ctx.state_mut(|s| s.progress.cleaned += mv_buckets);
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub struct BucketTable {
     /// The columns copied. `order_items.id` is not one of them: item ids are each shard's
     /// own, so items get new ones on the target, and rows are compared without them.
     pub columns: &'static [&'static str],
-    /// Selects the bucket's rows; the bucket is parameter `$1` (bigint).
+    /// Selects the rows of a set of buckets, parameter `$1` (bigint[]).
     pub in_bucket: &'static str,
     /// For a table whose rows reference another's: the condition, on a copied row `c`, that
     /// its parent is on the target already (see [`copy_chunk`]).
@@ -51,7 +51,7 @@ pub const TABLES: [BucketTable; 7] = [
             "first_name",
             "last_name",
         ],
-        in_bucket: "(id % 1024) = $1::bigint",
+        in_bucket: "(id % 1024) = ANY($1::bigint[])",
         parent_present: None,
     },
     BucketTable {
@@ -73,7 +73,7 @@ pub const TABLES: [BucketTable; 7] = [
             "import_id",
             "import_line",
         ],
-        in_bucket: "(id % 1024) = $1::bigint",
+        in_bucket: "(id % 1024) = ANY($1::bigint[])",
         parent_present: Some("EXISTS (SELECT 1 FROM customers p WHERE p.id = c.customer_id)"),
     },
     BucketTable {
@@ -82,7 +82,7 @@ pub const TABLES: [BucketTable; 7] = [
         key_type: "bigint",
         unique_key: false,
         columns: &["order_id", "product_id", "quantity", "price"],
-        in_bucket: "(order_id % 1024) = $1::bigint",
+        in_bucket: "(order_id % 1024) = ANY($1::bigint[])",
         parent_present: Some("EXISTS (SELECT 1 FROM orders p WHERE p.id = c.order_id)"),
     },
     BucketTable {
@@ -98,7 +98,7 @@ pub const TABLES: [BucketTable; 7] = [
             "created_at",
             "updated_at",
         ],
-        in_bucket: "(order_id % 1024) = $1::bigint",
+        in_bucket: "(order_id % 1024) = ANY($1::bigint[])",
         parent_present: None,
     },
     BucketTable {
@@ -114,7 +114,7 @@ pub const TABLES: [BucketTable; 7] = [
             "created_at",
             "updated_at",
         ],
-        in_bucket: "(product_id % 1024) = $1::bigint",
+        in_bucket: "(product_id % 1024) = ANY($1::bigint[])",
         parent_present: None,
     },
     BucketTable {
@@ -130,7 +130,7 @@ pub const TABLES: [BucketTable; 7] = [
             "created_at",
             "updated_at",
         ],
-        in_bucket: "(product_id % 1024) = $1::bigint",
+        in_bucket: "(product_id % 1024) = ANY($1::bigint[])",
         parent_present: Some(
             "EXISTS (SELECT 1 FROM inventory p WHERE p.product_id = c.product_id)",
         ),
@@ -141,7 +141,7 @@ pub const TABLES: [BucketTable; 7] = [
         key_type: "text",
         unique_key: true,
         columns: &["key", "result", "compensated", "created_at", "bucket"],
-        in_bucket: "bucket = $1::bigint",
+        in_bucket: "bucket = ANY($1::bigint[])",
         parent_present: None,
     },
 ];
@@ -151,13 +151,23 @@ impl BucketTable {
         self.columns.join(", ")
     }
 
-    /// `in_bucket` with the bucket read from the transaction's `orders.copy_bucket`.
+    /// `in_bucket` with the buckets read from the connection's `orders.copy_buckets`.
     fn in_bucket_setting(&self) -> String {
         self.in_bucket.replace(
-            "$1::bigint",
-            "CAST(current_setting('orders.copy_bucket') AS bigint)",
+            "$1::bigint[]",
+            "CAST(current_setting('orders.copy_buckets') AS bigint[])",
         )
     }
+}
+
+/// `buckets` as the `$1` of [`BucketTable::in_bucket`].
+fn ids(buckets: &[u16]) -> Vec<i64> {
+    buckets.iter().map(|&b| i64::from(b)).collect()
+}
+
+/// `buckets` as `bucket_changes.bucket` values.
+fn small(buckets: &[u16]) -> Vec<i16> {
+    buckets.iter().map(|&b| b as i16).collect()
 }
 
 /// The table named `name`, if it holds buckets' rows.
@@ -196,7 +206,7 @@ pub async fn copy_chunk(
     source: &PgPool,
     target: &mut PgConnection,
     table: &BucketTable,
-    bucket: u16,
+    buckets: &[u16],
     after: Option<&str>,
     limit: u32,
 ) -> Result<Option<CopiedChunk>, sqlx::Error> {
@@ -210,7 +220,7 @@ pub async fn copy_chunk(
         name = table.name,
         in_bucket = table.in_bucket,
     )))
-    .bind(i64::from(bucket))
+    .bind(ids(buckets))
     .bind(after)
     .bind(i64::from(limit))
     .fetch_one(source)
@@ -222,11 +232,18 @@ pub async fn copy_chunk(
     // after streaming one (sqlx 0.9) got no rows back from its next statement here.
     let mut reader = source.acquire().await?.detach();
     sqlx::query(
-        "SELECT set_config('orders.copy_bucket', $1, false),
+        "SELECT set_config('orders.copy_buckets', $1, false),
                 set_config('orders.copy_after', coalesce($2, ''), false),
                 set_config('orders.copy_upper', $3, false)",
     )
-    .bind(bucket.to_string())
+    .bind(format!(
+        "{{{}}}",
+        buckets
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    ))
     .bind(after)
     .bind(&upper)
     .execute(&mut reader)
@@ -252,7 +269,7 @@ pub async fn copy_chunk(
         name = table.name,
         in_bucket = table.in_bucket,
     )))
-    .bind(i64::from(bucket))
+    .bind(ids(buckets))
     .bind(after)
     .bind(&upper)
     .execute(&mut *write)
@@ -301,14 +318,14 @@ pub async fn copy_chunk(
 }
 
 /// How many of `bucket`'s rows each table holds on this shard.
-pub async fn count_rows(conn: &mut PgConnection, bucket: u16) -> Result<u64, sqlx::Error> {
+pub async fn count_rows(conn: &mut PgConnection, buckets: &[u16]) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     for table in &TABLES {
         let n: i64 = sqlx::query_scalar(from_tables(format!(
             "SELECT count(*) FROM {} WHERE {}",
             table.name, table.in_bucket
         )))
-        .bind(i64::from(bucket))
+        .bind(ids(buckets))
         .fetch_one(&mut *conn)
         .await?;
         total += n as u64;
@@ -331,15 +348,15 @@ pub struct CaughtUp {
 pub async fn catch_up(
     source: &mut PgConnection,
     target: &mut PgConnection,
-    bucket: u16,
+    buckets: &[u16],
     after: i64,
     limit: u32,
 ) -> Result<CaughtUp, sqlx::Error> {
     let changes = sqlx::query(
         "SELECT id, table_name, row_key FROM bucket_changes
-         WHERE bucket = $1 AND id > $2 ORDER BY id LIMIT $3",
+         WHERE bucket = ANY($1) AND id > $2 ORDER BY id LIMIT $3",
     )
-    .bind(bucket as i16)
+    .bind(small(buckets))
     .bind(after)
     .bind(i64::from(limit))
     .fetch_all(&mut *source)
@@ -474,7 +491,7 @@ pub struct TableChecksum {
 pub async fn checksum(
     conn: &mut PgConnection,
     table: &BucketTable,
-    bucket: u16,
+    buckets: &[u16],
 ) -> Result<TableChecksum, sqlx::Error> {
     let mut read = begin_comparable(conn).await?;
     let row = sqlx::query(from_tables(format!(
@@ -485,7 +502,7 @@ pub async fn checksum(
         name = table.name,
         in_bucket = table.in_bucket,
     )))
-    .bind(i64::from(bucket))
+    .bind(ids(buckets))
     .fetch_one(&mut *read)
     .await?;
     read.commit().await?;
@@ -504,12 +521,12 @@ pub async fn first_difference(
     a: &mut PgConnection,
     b: &mut PgConnection,
     table: &BucketTable,
-    bucket: u16,
+    buckets: &[u16],
 ) -> Result<Option<String>, sqlx::Error> {
     let mut after: Option<String> = None;
     loop {
-        let left = key_digests(a, table, bucket, after.as_deref()).await?;
-        let right = key_digests(b, table, bucket, after.as_deref()).await?;
+        let left = key_digests(a, table, buckets, after.as_deref()).await?;
+        let right = key_digests(b, table, buckets, after.as_deref()).await?;
         for i in 0..left.len().max(right.len()) {
             match (left.get(i), right.get(i)) {
                 (Some(l), Some(r)) if l == r => {}
@@ -529,7 +546,7 @@ pub async fn first_difference(
 async fn key_digests(
     conn: &mut PgConnection,
     table: &BucketTable,
-    bucket: u16,
+    buckets: &[u16],
     after: Option<&str>,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut read = begin_comparable(conn).await?;
@@ -545,7 +562,7 @@ async fn key_digests(
         name = table.name,
         in_bucket = table.in_bucket,
     )))
-    .bind(i64::from(bucket))
+    .bind(ids(buckets))
     .bind(after)
     .bind(DIFF_PAGE)
     .fetch_all(&mut *read)
@@ -560,7 +577,7 @@ async fn key_digests(
 /// parents, and its change log. Returns the rows deleted.
 pub async fn delete_bucket(
     conn: &mut PgConnection,
-    bucket: u16,
+    buckets: &[u16],
     chunk: u32,
 ) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
@@ -574,7 +591,7 @@ pub async fn delete_bucket(
                 name = table.name,
                 in_bucket = table.in_bucket,
             )))
-            .bind(i64::from(bucket))
+            .bind(ids(buckets))
             .bind(i64::from(chunk))
             .execute(&mut *txn)
             .await?
@@ -586,8 +603,8 @@ pub async fn delete_bucket(
             }
         }
     }
-    sqlx::query("DELETE FROM bucket_changes WHERE bucket = $1")
-        .bind(bucket as i16)
+    sqlx::query("DELETE FROM bucket_changes WHERE bucket = ANY($1)")
+        .bind(small(buckets))
         .execute(&mut *conn)
         .await?;
     Ok(deleted)

@@ -63,35 +63,45 @@ pub fn is_refusal(e: &DbErr) -> bool {
         .is_some_and(|code| code == REFUSAL_SQLSTATE)
 }
 
-/// Sets `bucket`'s fence on this shard (replacing any other).
-pub async fn set(conn: &impl ConnectionTrait, fence: &Fence) -> Result<(), DbErr> {
+/// Sets the fence of each of `buckets` to `state` (replacing any other), in one statement.
+pub async fn set_all(
+    conn: &impl ConnectionTrait,
+    buckets: &[u16],
+    state: FenceState,
+    peer: usize,
+    move_id: &str,
+) -> Result<(), DbErr> {
+    let buckets: Vec<i16> = buckets.iter().map(|&b| b as i16).collect();
     conn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "INSERT INTO bucket_fences (bucket, state, peer, move_id) VALUES ($1, $2, $3, $4)
+        "INSERT INTO bucket_fences (bucket, state, peer, move_id)
+         SELECT b, $2, $3, $4 FROM unnest($1::smallint[]) AS b
          ON CONFLICT (bucket) DO UPDATE
              SET state = EXCLUDED.state, peer = EXCLUDED.peer, move_id = EXCLUDED.move_id,
                  since = now()",
         [
-            (fence.bucket as i16).into(),
-            fence.state.as_str().into(),
-            (fence.peer as i16).into(),
-            fence.move_id.clone().into(),
+            buckets.into(),
+            state.as_str().into(),
+            (peer as i16).into(),
+            move_id.into(),
         ],
     ))
     .await?;
     Ok(())
 }
 
-/// Removes `bucket`'s fence if it is in `state`: the bucket is served as usual again.
-pub async fn clear(
+/// Removes the fences of `buckets` that are in one of `states`.
+pub async fn clear_all(
     conn: &impl ConnectionTrait,
-    bucket: u16,
-    state: FenceState,
+    buckets: &[u16],
+    states: &[FenceState],
 ) -> Result<(), DbErr> {
+    let buckets: Vec<i16> = buckets.iter().map(|&b| b as i16).collect();
+    let states: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
     conn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "DELETE FROM bucket_fences WHERE bucket = $1 AND state = $2",
-        [(bucket as i16).into(), state.as_str().into()],
+        "DELETE FROM bucket_fences WHERE bucket = ANY($1) AND state = ANY($2)",
+        [buckets.into(), states.into()],
     ))
     .await?;
     Ok(())

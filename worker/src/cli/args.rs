@@ -220,6 +220,9 @@ pub enum Command {
         /// Rows per COPY chunk (and per heartbeat).
         #[arg(long, default_value_t = orders_workflows::reshard::DEFAULT_CHUNK_ROWS)]
         chunk_rows: u32,
+        /// Buckets moved together (copied, frozen and cut over as one).
+        #[arg(long, default_value_t = orders_workflows::reshard::DEFAULT_BUCKETS_PER_MOVE)]
+        buckets_per_move: usize,
         /// Seconds after the last cut-over before the old copies are deleted: at least twice
         /// the workers' ORDERS_SHARD_MAP_REFRESH_SECS, so every worker has read the new map.
         #[arg(long, default_value_t = 70)]

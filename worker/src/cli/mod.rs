@@ -233,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             move_bucket,
             chunk_rows,
+            buckets_per_move,
             clean_up_after,
             detach,
             temporal,
@@ -252,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let input = ReshardInput {
                         request,
                         chunk_rows: chunk_rows.max(1),
+                        buckets_per_move: buckets_per_move.max(1),
                         clean_up_after_secs: clean_up_after,
                     };
                     reshards::start(&client, &temporal.task_queue, input).await?;

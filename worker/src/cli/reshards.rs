@@ -46,7 +46,7 @@ impl fmt::Display for ReshardStatus {
             "reshard {}: {} — {}/{} buckets moved, {} cleaned up, {} rows copied, {} changes caught up",
             self.workflow_id,
             p.phase.as_str(),
-            p.moved.len(),
+            p.buckets_moved,
             p.buckets_total,
             p.cleaned,
             p.rows_copied,
@@ -55,12 +55,12 @@ impl fmt::Display for ReshardStatus {
         if let Some(mv) = &p.current {
             writeln!(
                 f,
-                "  in flight: bucket {} from shard {} to shard {}",
-                mv.bucket, mv.from, mv.to
+                "  in flight: buckets {:?} from shard {} to shard {}",
+                mv.buckets, mv.from, mv.to
             )?;
         }
         if let Some((p50, p99)) = pause_percentiles(&p.pauses_ms) {
-            writeln!(f, "  write pause per bucket: p50 {p50} ms, p99 {p99} ms")?;
+            writeln!(f, "  write pause per move: p50 {p50} ms, p99 {p99} ms")?;
         }
         if let Some(outcome) = &self.outcome {
             writeln!(f, "  {outcome}")?;
@@ -105,7 +105,7 @@ pub(super) async fn start(
             anyhow::bail!(
                 "a reshard is already running ({WORKFLOW_ID}, {}, {}/{} buckets moved): follow it with `orders reshard status` or stop it with `orders reshard cancel`",
                 running.phase.as_str(),
-                running.moved.len(),
+                running.buckets_moved,
                 running.buckets_total
             );
         }
@@ -185,18 +185,18 @@ fn progress_line(p: &ReshardProgress, elapsed: Duration) -> String {
     let fraction = if p.buckets_total == 0 {
         0.0
     } else {
-        p.moved.len() as f64 / p.buckets_total as f64
+        p.buckets_moved as f64 / p.buckets_total as f64
     };
     let rate = p.rows_copied as f64 / elapsed.as_secs_f64().max(0.001);
     let current = p
         .current
         .as_ref()
-        .map(|m| format!(" bucket {} {}→{}", m.bucket, m.from, m.to))
+        .map(|m| format!(" {} buckets {}→{}", m.buckets.len(), m.from, m.to))
         .unwrap_or_default();
     format!(
         "{}  {}/{} buckets  {} rows  {:.0} rows/s  {}  {}{}   ",
         bar(fraction),
-        p.moved.len(),
+        p.buckets_moved,
         p.buckets_total,
         p.rows_copied,
         rate,
@@ -206,7 +206,7 @@ fn progress_line(p: &ReshardProgress, elapsed: Duration) -> String {
     )
 }
 
-/// Asks the running Reshard to stop; it rolls back the bucket in flight and ends.
+/// Asks the running Reshard to stop; it rolls back the move in flight and ends.
 pub(super) async fn cancel(client: &Client) -> anyhow::Result<ReshardStatus> {
     client
         .get_workflow_handle::<ReshardWorkflow>(WORKFLOW_ID)
