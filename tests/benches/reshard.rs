@@ -6,7 +6,8 @@
 //! Printed, each against a baseline measured in the same run:
 //! - the mover's copy rate (rows copied over the time spent copying) against psql `\copy`
 //!   of the same rows between the same clusters, into a migrated database beside the target;
-//! - the write pause per bucket (freeze to opening on the target), p50 / p99 / max;
+//! - the write pause per move (its buckets' freeze to their opening on the target), p50 /
+//!   p99 / max;
 //! - `orders load` orders/s during the move against before it;
 //! - the time to move the 204 buckets, and the worker's peak RSS (VmHWM) before and after.
 
@@ -108,8 +109,9 @@ async fn main() -> anyhow::Result<()> {
         |q: f64| pauses[((q * pauses.len() as f64).ceil() as usize).clamp(1, pauses.len()) - 1];
     let mover_rate = rows / copy_secs.max(0.001);
     let psql_rate = baseline_rows as f64 / baseline_secs.max(0.001);
+    let buckets = report["buckets_moved"].as_u64().unwrap_or_default();
     println!(
-        "  moved {} buckets, {rows:.0} rows, in {move_secs:.0} s ({:.2} s per bucket)",
+        "  moved {buckets} buckets in {} moves, {rows:.0} rows, in {move_secs:.0} s ({:.2} s per move)",
         pauses.len(),
         move_secs / pauses.len().max(1) as f64
     );
@@ -118,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         mover_rate / psql_rate
     );
     println!(
-        "  write pause per bucket: p50 {} ms, p99 {} ms, max {} ms",
+        "  write pause per move: p50 {} ms, p99 {} ms, max {} ms",
         at(0.50),
         at(0.99),
         pauses.last().copied().unwrap_or_default()
