@@ -427,6 +427,40 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
     );
 }
 
+/// `orders get` of each of `ids`, over and over while `moving` holds: each must find its
+/// order, at most after a brief retry (2 s). Returns the reads done and how many retried.
+async fn get_while_moving(
+    app: Arc<TestApp>,
+    ids: Vec<i64>,
+    moving: Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, usize) {
+    let (mut found, mut retried) = (0, 0);
+    while moving.load(std::sync::atomic::Ordering::SeqCst) {
+        for &id in &ids {
+            let started = Instant::now();
+            loop {
+                let app = app.clone();
+                let output =
+                    tokio::task::spawn_blocking(move || app.cli(&["get", &id.to_string()]))
+                        .await
+                        .expect("orders get ran");
+                if output.status.success() {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "orders get {id} failed for 2 s during the move: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            found += 1;
+        }
+    }
+    (found, retried)
+}
+
 /// Orders on `shard` whose bucket the current map gives to another shard.
 async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
     let rows = shards
@@ -460,10 +494,13 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
     ] {
         customers.push(app.add_customer(name, "100000.00").await);
     }
+    let mut earlier = Vec::new();
     for &customer in &customers {
-        app.place_confirmed_order(json!({"customer_id": customer, "items": [
-            {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+        let (_, placed) = app
+            .place_confirmed_order(json!({"customer_id": customer, "items": [
+                {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
             .await;
+        earlier.push(placed.order_id);
     }
     // The README's way: the URL appended, `orders migrate up`, workers restarted with it.
     let fifth = app.add_shard().await;
@@ -489,16 +526,22 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         40,
         4,
     ));
+    let moving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reads = tokio::spawn(get_while_moving(app.clone(), earlier, moving.clone()));
     let output = reshard(
         &app,
         &["--to", "5", "--clean-up-after", "3", "--chunk-rows", "1000"],
     )
     .await;
+    moving.store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let (found, retried) = reads.await.expect("the reads ran");
+    assert!(found > 0, "no read ran during the move");
+    eprintln!("orders get during the move: {found} reads, {retried} needed a retry");
     let grown = reshard_report(&output);
     assert_eq!(grown["phase"], "done", "{grown}");
     assert_eq!(grown["buckets_moved"], expected, "{grown}");
