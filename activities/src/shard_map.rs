@@ -118,9 +118,11 @@ impl ShardMap {
             .collect()
     }
 
-    /// The next version, spread over `shard_count` shards (at least as many as now): each new
-    /// shard gets its fair share of buckets, taken from the shards holding the most, highest
-    /// bucket first. No bucket moves between two existing shards.
+    /// The next version, spread over `shard_count` shards (at least as many as now): each
+    /// shard below its fair share of buckets gets buckets from the shards above theirs, the
+    /// fullest first, highest bucket first. Growing a balanced map therefore moves buckets only
+    /// to the new shards, and a growth left half done (a cancelled reshard) is finished by
+    /// moving only what is left.
     pub fn grown_to(&self, shard_count: usize) -> Self {
         let current = self.shard_count();
         assert!(
@@ -133,14 +135,15 @@ impl ShardMap {
         };
         let mut owned: Vec<Vec<u16>> = (0..shard_count).map(|s| self.buckets_of(s)).collect();
         let mut owners = self.owners.clone();
-        for new_shard in current..shard_count {
-            while owned[new_shard].len() < fair_share(new_shard) {
-                let donor = (0..current)
+        for receiver in 0..shard_count {
+            while owned[receiver].len() < fair_share(receiver) {
+                let donor = (0..shard_count)
+                    .filter(|&s| owned[s].len() > fair_share(s))
                     .max_by_key(|&s| (owned[s].len(), std::cmp::Reverse(s)))
-                    .expect("a map has at least one shard");
-                let bucket = owned[donor].pop().expect("the fullest shard owns buckets");
-                owners[usize::from(bucket)] = new_shard as u16;
-                owned[new_shard].push(bucket);
+                    .expect("a shard below its share means one above");
+                let bucket = owned[donor].pop().expect("a donor owns buckets");
+                owners[usize::from(bucket)] = receiver as u16;
+                owned[receiver].push(bucket);
             }
         }
         Self {
@@ -273,6 +276,16 @@ mod tests {
         for id in [1, 2, 3, 4, 1027, tagged_id(9, 6)] {
             assert_eq!(map.shard_for(id), (id % 1024 % 4) as usize);
         }
+    }
+
+    #[test]
+    fn growing_a_half_grown_map_moves_only_what_is_left() {
+        let four = ShardMap::initial(4);
+        let planned = four.moved_buckets(&four.grown_to(5));
+        // A reshard cancelled after moving the first 52 planned buckets.
+        let half = four.with_buckets_moved(&planned[..52], 4);
+        let rest = half.moved_buckets(&half.grown_to(5));
+        assert_eq!(rest, planned[52..].to_vec());
     }
 
     #[test]

@@ -304,6 +304,34 @@ impl TestApp {
         index
     }
 
+    /// Another `orders worker` on this test's task queue, owned by the caller (no metrics or
+    /// read API): a worker to take over from one that is killed.
+    pub(crate) fn extra_worker(&self) -> ChildService {
+        let mut command = self.orders_command();
+        command
+            .arg("worker")
+            .env("ORDERS_METRICS_ADDR", "off")
+            .env("ORDERS_API_ADDR", "off")
+            .env("ORDERS_RECOVERY_EVERY_SECS", "3600")
+            .envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.worker_log.with_extension("extra.log"))
+            .expect("worker log opens");
+        command
+            .stderr(log.try_clone().expect("log handle"))
+            .stdout(log)
+            .stdin(Stdio::null());
+        ChildService::spawn("orders worker", command, Signal::SIGTERM)
+            .expect("orders worker starts")
+    }
+
+    /// The running worker's process id.
+    pub(crate) fn worker_pid(&self) -> Option<u32> {
+        self.worker.as_ref().map(ChildService::pid)
+    }
+
     /// Stops the worker and starts a new one with this test's current configuration.
     pub(crate) fn restart_worker(&mut self, failpoints: Option<&str>) {
         if let Some(mut worker) = self.worker.take() {

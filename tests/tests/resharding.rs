@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use orders_activities::Shards;
 use orders_activities::routing::{bucket_of, tagged_id};
+use orders_activities::shard_map::ShardMap;
 use orders_activities::store::fences::{self, FenceState};
 use orders_worker::client::OrderOutcome;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -517,7 +518,7 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         .await;
 
     let app = Arc::new(app);
-    let planned = orders_activities::shard_map::ShardMap::initial(4).grown_to(5);
+    let planned = ShardMap::initial(4).grown_to(5);
     let expected = app.shards.map().moved_buckets(&planned).len();
     let load = tokio::spawn(place_while_moving(
         app.clone(),
@@ -668,6 +669,136 @@ async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
     let items_sql = "SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = $1";
     assert_eq!(on(to, items_sql).await, 12, "no item copied twice");
     for id in ids {
+        app.cli_ok(&["get", &id.to_string()]);
+    }
+    app.cli_ok(&["audit", "--grace", "0"]);
+}
+
+/// The reshard's progress, from `orders reshard status --json`, once it answers.
+async fn status(app: &Arc<TestApp>) -> Value {
+    loop {
+        let output = reshard(app, &["status"]).await;
+        if output.status.success() {
+            return reshard_report(&output);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the running reshard has moved more than `buckets` buckets.
+async fn moved_past(app: &Arc<TestApp>, buckets: u64) -> Value {
+    let started = Instant::now();
+    loop {
+        let report = status(app).await;
+        if report["buckets_moved"].as_u64().unwrap_or_default() > buckets {
+            return report;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the reshard stalled: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_growth_survives_a_killed_worker_and_a_cancel_and_restart_under_load() {
+    let mut app = TestApp::spawn().await;
+    let mut customers = Vec::new();
+    for name in [
+        "Leslie Lamport",
+        "Nancy Lynch",
+        "Michael Stonebraker",
+        "Pat Helland",
+    ] {
+        customers.push(app.add_customer(name, "100000.00").await);
+    }
+    let fifth = app.add_shard().await;
+    app.worker_env
+        .push(("ORDERS_SHARD_MAP_REFRESH_SECS", "1".into()));
+    app.restart_worker(None);
+    let doomed = app.worker_pid().expect("a worker runs");
+    let app = Arc::new(app);
+    let expected = ShardMap::initial(4)
+        .moved_buckets(&ShardMap::initial(4).grown_to(5))
+        .len();
+    let load = tokio::spawn(place_while_moving(
+        app.clone(),
+        customers,
+        vec![3, 8],
+        60,
+        4,
+    ));
+
+    let started = reshard(
+        &app,
+        &[
+            "--to",
+            "5",
+            "--buckets-per-move",
+            "4",
+            "--clean-up-after",
+            "2",
+            "--detach",
+        ],
+    )
+    .await;
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    // SIGKILL the worker a few moves in; another takes over once the phase in flight times out.
+    moved_past(&app, 8).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(doomed as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("the worker is killed");
+    let _heir = app.extra_worker();
+    let before_cancel = moved_past(&app, 40).await;
+    let cancelled = reshard(&app, &["cancel"]).await;
+    let cancelled = reshard_report(&cancelled);
+    assert_eq!(cancelled["phase"], "cancelled", "{cancelled}");
+    let kept = cancelled["buckets_moved"].as_u64().unwrap();
+    assert!(
+        kept > 8 && kept < expected as u64,
+        "{before_cancel} then {cancelled}"
+    );
+
+    // Started again, it moves what is left, and only that.
+    let output = reshard(&app, &["--to", "5", "--clean-up-after", "2"]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let finished = reshard_report(&output);
+    assert_eq!(
+        finished["buckets_moved"].as_u64().unwrap() + kept,
+        expected as u64,
+        "{finished}"
+    );
+
+    let placed = placed_ids(&load.await.expect("the orders ran"));
+    assert!(placed.len() >= 30, "only {} of 60 placed", placed.len());
+    app.shards.refresh_map().await.unwrap();
+    assert_eq!(app.shards.map().buckets_of(fifth).len(), expected);
+    for shard in 0..5 {
+        let misplaced = misplaced_orders(&app.shards, shard).await;
+        assert!(misplaced.is_empty(), "shard {shard}: {misplaced:?}");
+        let fenced: Vec<_> = fences::list(&app.shards.get(shard).conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.state != FenceState::Moved)
+            .collect();
+        assert!(
+            fenced.is_empty(),
+            "shard {shard} is left mid-move: {fenced:?}"
+        );
+    }
+    for id in &placed {
         app.cli_ok(&["get", &id.to_string()]);
     }
     app.cli_ok(&["audit", "--grace", "0"]);
