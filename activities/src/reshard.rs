@@ -599,7 +599,7 @@ impl ReshardActivities {
             .await
             .is_err()
         {
-            corrupt_one_row(&mut on_target, mv.buckets[0])
+            bucket_rows::corrupt_one_customer(&mut on_target, mv.buckets[0])
                 .await
                 .map_err(sql_error(target))?;
         }
@@ -710,9 +710,7 @@ impl ReshardActivities {
             .await
             .map_err(|e| target.error(e))?;
         let mut on_source = self.connection(source).await?;
-        sea_orm::sqlx::query("DELETE FROM bucket_changes WHERE bucket = ANY($1)")
-            .bind(mv.buckets.iter().map(|&b| b as i16).collect::<Vec<_>>())
-            .execute(&mut *on_source)
+        bucket_rows::drop_change_log(&mut on_source, &mv.buckets)
             .await
             .map_err(sql_error(source))?;
         tracing::warn!(
@@ -723,25 +721,4 @@ impl ReshardActivities {
         );
         Ok(())
     }
-}
-
-/// For the `verify_bucket.corrupt_target` failpoint: changes one customer (or order) of
-/// the bucket on the target, as a broken copy would, so tests can watch verification catch it.
-async fn corrupt_one_row(
-    conn: &mut sea_orm::sqlx::PgConnection,
-    bucket: u16,
-) -> Result<(), sea_orm::sqlx::Error> {
-    use sea_orm::sqlx::Connection;
-    let mut txn = conn.begin().await?;
-    sea_orm::sqlx::query("SELECT set_config('orders.bucket_mover', 'on', true)")
-        .execute(&mut *txn)
-        .await?;
-    sea_orm::sqlx::query(
-        "UPDATE customers SET email = 'corrupted-' || email
-         WHERE id = (SELECT min(id) FROM customers WHERE (id % 1024) = $1::bigint)",
-    )
-    .bind(i64::from(bucket))
-    .execute(&mut *txn)
-    .await?;
-    txn.commit().await
 }

@@ -164,16 +164,9 @@ impl StockActivities {
     /// The part's lines grouped by the shard owning each product under the map in use now,
     /// in shard order: the planned shard alone unless a bucket moved since the plan.
     fn owners_now(&self, part: &StockPart) -> Vec<(&Shard, Vec<StockLine>)> {
-        let mut by_shard: BTreeMap<usize, Vec<StockLine>> = BTreeMap::new();
-        for line in &part.lines {
-            by_shard
-                .entry(self.shards.for_product(line.product_id).index)
-                .or_default()
-                .push(*line);
-        }
-        by_shard
+        parts(&self.shards, part.lines.iter().copied())
             .into_iter()
-            .map(|(index, lines)| (self.shards.get(index), lines))
+            .map(|now| (self.shards.get(now.shard), now.lines))
             .collect()
     }
 }

@@ -93,6 +93,20 @@ fn reshard_report(output: &std::process::Output) -> Value {
     })
 }
 
+/// After a move was undone: the newest map still gives `customer`'s bucket to `from`, and
+/// neither `from` nor `to` keeps a fence.
+async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize) {
+    let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
+        .await
+        .unwrap();
+    shards.refresh_map().await.unwrap();
+    assert_eq!(shards.for_customer(customer).index, from);
+    for shard in [from, to] {
+        let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
+        assert!(fenced.is_empty(), "shard {shard}: {fenced:?}");
+    }
+}
+
 /// Runs `orders reshard ARGS --json` on a blocking thread.
 async fn reshard(app: &Arc<TestApp>, args: &[&str]) -> std::process::Output {
     let app = app.clone();
@@ -285,15 +299,7 @@ async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key()
     );
 
     // The source still owns the bucket and serves it; the target holds nothing of it.
-    let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
-        .await
-        .unwrap();
-    shards.refresh_map().await.unwrap();
-    assert_eq!(shards.for_customer(customer).index, from);
-    for shard in [from, to] {
-        let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
-        assert!(fenced.is_empty(), "shard {shard}: {fenced:?}");
-    }
+    assert_rolled_back(&app, customer, from, to).await;
     let on = |shard, sql| count(&app.shards, shard, sql, customer);
     assert_eq!(
         on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
@@ -375,11 +381,7 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
         "{report}"
     );
 
-    let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
-        .await
-        .unwrap();
-    shards.refresh_map().await.unwrap();
-    assert_eq!(shards.for_customer(customer).index, from);
+    assert_rolled_back(&app, customer, from, to).await;
     assert_eq!(
         on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
         0
@@ -392,10 +394,6 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
         on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
         3
     );
-    for shard in [from, to] {
-        let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
-        assert!(fenced.is_empty(), "shard {shard}: {fenced:?}");
-    }
     // Writes go on at the old owner.
     app.place_confirmed_order(json!({"customer_id": customer, "items": [
         {"product_id": 5, "quantity": 1, "unit_price": "2.00"}]}))

@@ -56,12 +56,7 @@ pub async fn explain_all(shards: &Shards) -> QueryPlans {
     let map = &map;
     QueryPlans(
         join_all(shards.iter().map(|shard| async move {
-            let served = Value::from(
-                map.buckets_of(shard.index)
-                    .into_iter()
-                    .map(i64::from)
-                    .collect::<Vec<_>>(),
-            );
+            let served = listing::Served::by(map, shard.index).value();
             match explain_shard(shard, served).await {
                 Ok(plans) => ShardPlans {
                     shard: shard.index,

@@ -147,7 +147,8 @@ fn order_request(
     }
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+/// The `p`th percentile (0–100) of `sorted_ms`, nearest rank; 0 when empty.
+pub(crate) fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     if sorted_ms.is_empty() {
         return 0.0;
     }

@@ -603,11 +603,32 @@ pub async fn delete_bucket(
             }
         }
     }
+    drop_change_log(conn, buckets).await?;
+    Ok(deleted)
+}
+
+/// Deletes the change log of `buckets` on this shard.
+pub async fn drop_change_log(conn: &mut PgConnection, buckets: &[u16]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM bucket_changes WHERE bucket = ANY($1)")
         .bind(small(buckets))
         .execute(&mut *conn)
         .await?;
-    Ok(deleted)
+    Ok(())
+}
+
+/// For the `verify_bucket.corrupt_target` failpoint: changes one customer of `bucket` on
+/// this shard, as a broken copy would, so tests can watch verification catch it.
+pub async fn corrupt_one_customer(conn: &mut PgConnection, bucket: u16) -> Result<(), sqlx::Error> {
+    let mut txn = conn.begin().await?;
+    as_mover(&mut txn).await?;
+    sqlx::query(
+        "UPDATE customers SET email = 'corrupted-' || email
+         WHERE id = (SELECT min(id) FROM customers WHERE (id % 1024) = $1::bigint)",
+    )
+    .bind(i64::from(bucket))
+    .execute(&mut *txn)
+    .await?;
+    txn.commit().await
 }
 
 /// The sequences ids are allocated from (see [`crate::routing`]).

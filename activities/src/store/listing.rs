@@ -110,7 +110,8 @@ impl Served {
         Self(map.buckets_of(shard).into_iter().map(i64::from).collect())
     }
 
-    fn value(&self) -> Value {
+    /// As the statements' parameter.
+    pub fn value(&self) -> Value {
         Value::from(self.0.clone())
     }
 }

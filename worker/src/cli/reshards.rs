@@ -74,11 +74,10 @@ pub(super) fn pause_percentiles(pauses: &[i64]) -> Option<(i64, i64)> {
     if pauses.is_empty() {
         return None;
     }
-    let mut sorted = pauses.to_vec();
-    sorted.sort_unstable();
-    let at =
-        |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-    Some((at(0.50), at(0.99)))
+    let mut sorted: Vec<f64> = pauses.iter().map(|&ms| ms as f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let at = |p| crate::load::percentile(&sorted, p) as i64;
+    Some((at(50.0), at(99.0)))
 }
 
 /// Starts the Reshard workflow; a second start while one runs says which one, and how to
