@@ -9,7 +9,9 @@
 //! - `reserve_credit.before=sleep:3000` sleeps 3000 ms there, holding the step open so a test
 //!   can cancel the workflow mid-saga.
 //! - `delete_order.before=fail` makes every attempt there fail with a retryable error, the
-//!   way a shard that stays down would, so a test can watch a compensation give up.
+//!   way a shard that stays down would, so a test can watch a compensation give up. Tests
+//!   arm `prepare_part.before=fail` and `commit_part.before=fail` the same way, to hold a
+//!   two-phase order between its plan and its prepare, or with its parts prepared.
 //!
 //! - The bucket mover's points: `copy_bucket.after_chunk` (after each heartbeated COPY
 //!   chunk), `freeze_bucket.after_freeze`, `cut_over_bucket.after_source` (the source fenced

@@ -46,7 +46,9 @@ pub enum FailureType {
     /// A two-phase order's phase two could not be carried out.
     TwoPhaseIncomplete,
     /// A two-phase order was planned for a shard that no longer owns some of its rows (their
-    /// bucket moved before the part was prepared); it was rolled back: submit it again.
+    /// bucket moved before the part was prepared), and kept meeting moved buckets after
+    /// planning again: it was rolled back, submit it again. PlaceOrder plans again by itself
+    /// (up to 8 plans), so a client sees this only if buckets keep moving under the order.
     ShardMapChanged,
     /// A step failed for a reason that is not a business rejection (it ran out of retries).
     StepFailed,
@@ -176,9 +178,10 @@ pub enum Rejection {
     ImportFileUnreadable { path: String, error: String },
     /// A two-phase part's rows are no longer owned by the shard it was planned on: a bucket
     /// moved between the plan and the prepare. Phase two must find every part where it was
-    /// prepared, so the part cannot follow the bucket; the order rolls back instead.
+    /// prepared, so the part cannot follow the bucket: the workflow rolls the round back and
+    /// plans again, and fails with this only when its rounds run out.
     #[error(
-        "bucket {bucket} moved from shard {planned} to shard {owner} after order {order_id} was planned; it was rolled back, nothing is written: submit it again"
+        "bucket {bucket} moved from shard {planned} to shard {owner} after order {order_id} was planned; the order was rolled back, nothing is written: submit it again"
     )]
     ShardMapChanged {
         order_id: i64,

@@ -28,11 +28,16 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::metrics::OrderMetrics;
 use crate::shards::{Shard, ShardError, Shards};
-use crate::store::two_phase::{self, Gid, GidParts, GidTooLong};
+use crate::store::two_phase::{self, FIRST_ROUND, Gid, GidParts, GidTooLong};
 use crate::two_phase::{commit_on, roll_back_on};
 
 /// The memo key under which PlaceOrder records its two-phase decision.
 pub const DECISION_MEMO: &str = "two_phase_decision";
+
+/// The memo key naming the round ([`GidParts::round`]) the decision is about, recorded with
+/// it from the second round on (absent means the first). A decision about a later round
+/// means every earlier round was rolled back.
+pub const ROUND_MEMO: &str = "two_phase_round";
 
 /// A two-phase order's decision, as recorded in its workflow's memo (and history).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,15 +255,30 @@ async fn verdict(
                 workflow_id: parts.workflow_id.clone(),
                 source: e.into(),
             })?;
-    match (decision, described.status()) {
-        (Some(Decision::Commit), _) => Ok(Verdict::Commit("the workflow decided commit".into())),
-        (Some(Decision::Rollback), _) => {
+    let round: Option<u32> = described
+        .memo()
+        .get(ROUND_MEMO)
+        .map_err(|e| RecoveryError::Memo {
+            workflow_id: parts.workflow_id.clone(),
+            source: e.into(),
+        })?;
+    let decided = decision.map(|d| (d, round.unwrap_or(FIRST_ROUND)));
+    match (decided, described.status()) {
+        (Some((_, round)), _) if parts.round < round => Ok(Verdict::Rollback(format!(
+            "the workflow planned the order again (round {round}), so round {} was rolled back",
+            parts.round
+        ))),
+        (Some((Decision::Commit, round)), _) if parts.round == round => {
+            Ok(Verdict::Commit("the workflow decided commit".into()))
+        }
+        (Some((Decision::Rollback, round)), _) if parts.round == round => {
             Ok(Verdict::Rollback("the workflow decided rollback".into()))
         }
-        (None, WorkflowExecutionStatus::Running) => Ok(Verdict::Leave(
+        // Undecided, or decided only about an earlier round.
+        (_, WorkflowExecutionStatus::Running) => Ok(Verdict::Leave(
             "the workflow is running and has not decided yet".into(),
         )),
-        (None, status) => {
+        (_, status) => {
             let why = format!("the workflow ended ({status:?}) without deciding");
             from_commit_record(shards, parts, &why).await
         }

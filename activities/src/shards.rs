@@ -39,6 +39,10 @@ pub const LOCK_TIMEOUT: &str = "3s";
 /// ROLLBACK PREPARED and their bookkeeping).
 pub const RESOLVER_CONNECTIONS: u32 = 3;
 
+/// How long [`Shards::through_moves`] keeps trying a write a bucket's fence refuses: a
+/// freeze lasts well under a second (see README, "Growing and shrinking a deployment").
+pub const THROUGH_MOVES_FOR: Duration = Duration::from_secs(30);
+
 /// A database error, tagged with the shard that produced it.
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard} ({url}): {source}")]
@@ -214,6 +218,32 @@ impl Shards {
     /// The shard that holds `order_id`: its customer's, named by the bucket the id carries.
     pub fn for_order(&self, order_id: i64) -> &Shard {
         self.for_customer(order_id)
+    }
+
+    /// Runs `write` (which routes by [`Self::map`] each time it is called) until no bucket's
+    /// fence refuses it: a write that meets a bucket frozen for its cut-over, or moved away,
+    /// is tried again on the map read again, for up to [`THROUGH_MOVES_FOR`]. For writes
+    /// outside activities (the CLI's), which Temporal does not retry.
+    pub async fn through_moves<T>(
+        &self,
+        mut write: impl AsyncFnMut(&Self) -> Result<T, ShardError>,
+    ) -> Result<T, ShardError> {
+        let started = std::time::Instant::now();
+        loop {
+            match write(self).await {
+                Err(e)
+                    if store::fences::is_refusal(&e.source)
+                        && started.elapsed() < THROUGH_MOVES_FOR =>
+                {
+                    tracing::info!(error = %e, "a bucket is moving: reading the shard map again");
+                    if let Err(map) = self.refresh_map().await {
+                        tracing::warn!(error = %map, "cannot read the shard map");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Adopts the highest map version any reachable shard holds, if it is newer than the

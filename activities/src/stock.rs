@@ -52,6 +52,11 @@ pub struct PlanInput {
     /// `<workflow key>/plan`: a run that repeats the plan (a retry, a reset) gets the same id.
     #[serde(default)]
     pub idempotency_key: String,
+    /// Read the newest shard map before planning: a two-phase order planning again because
+    /// a bucket moved under its first plan must not plan on the old map a second time.
+    /// Left out of the payload when false, so first plans record what they always did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub newest_map: bool,
 }
 
 /// Where an order's writes go, fixed once and recorded in the workflow's history.
@@ -181,6 +186,12 @@ impl StockActivities {
         _ctx: ActivityContext,
         input: PlanInput,
     ) -> Result<OrderPlan, ActivityError> {
+        if input.newest_map
+            && let Err(e) = self.shards.refresh_map().await
+        {
+            // The map in use is no worse than the first plan's: at most one more round.
+            tracing::warn!(error = %e, "planning on the shard map in use");
+        }
         let customer_shard = self.shards.for_customer(input.customer_id);
         let _timer = self.metrics.time(customer_shard, "PlanOrder");
         let order_id = if input.allocate_order_id {

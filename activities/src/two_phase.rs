@@ -144,6 +144,7 @@ impl TwoPhaseActivities {
         _ctx: ActivityContext,
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
+        failpoints::hit("prepare_part.before").await?;
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "PreparePart");
         let on = |e| shard.error(e);

@@ -28,7 +28,7 @@ const GUARDED: [(&str, &str); 7] = [
     ("idempotency_keys", "bucket"),
 ];
 
-const GUARD_FUNCTION: &str = r#"
+pub(crate) const GUARD_FUNCTION: &str = r#"
 CREATE FUNCTION orders_bucket_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
 DECLARE
     r record;

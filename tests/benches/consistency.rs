@@ -121,6 +121,7 @@ async fn commit_cost(shards: &Shards, prepare: bool) -> anyhow::Result<f64> {
                 run_id: "run".to_owned(),
                 shard: 0,
                 home_shard: 0,
+                round: two_phase::FIRST_ROUND,
             }
             .gid()?;
             two_phase::prepare(txn, &gid).await?;

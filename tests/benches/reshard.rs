@@ -9,7 +9,9 @@
 //! - the write pause per move (its buckets' freeze to their opening on the target), p50 /
 //!   p99 / max;
 //! - `orders load` orders/s during the move against before it;
-//! - the time to move the 204 buckets, and the worker's peak RSS (VmHWM) before and after.
+//! - the time to move the 204 buckets, and the worker's peak RSS (VmHWM) after a load alone
+//!   and after the move under load; then a drain back to 4 shards with no load, sampling the
+//!   worker's resident set throughout (the mover alone: it must stay flat).
 
 mod common;
 
@@ -64,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
     let (baseline_rows, baseline_secs) = psql_copy(&clusters, &urls, &moved).await?;
 
     let mut worker = start_worker(&orders_bin, &address, task_queue, &urls)?;
-    let before = load_for(&orders_bin, &address, task_queue, &urls, 2, None).await?;
+    // As many orders as the move lasts (about), so the worker's memory for orders alone is
+    // known before the mover runs.
+    let before = load_for(&orders_bin, &address, task_queue, &urls, 8, None).await?;
     let rss_before = peak_rss_kib(worker.pid());
 
     let mut reshard = Command::new(&orders_bin);
@@ -96,6 +100,26 @@ async fn main() -> anyhow::Result<()> {
         &urls,
         &["audit", "--grace", "0"],
     )?;
+    // The mover alone: the fifth shard drained back with no load, the worker's resident set
+    // sampled throughout. A mover holding a bucket (or a move) in memory would grow it.
+    let rss_idle = rss_kib(worker.pid());
+    let mut drain = Command::new(&orders_bin);
+    drain
+        .args(["reshard", "--to", "4", "--clean-up-after", "5", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    common::deployment_env(&mut drain, &address, task_queue, &urls);
+    let draining = Instant::now();
+    let mut running = drain.spawn()?;
+    let mut rss_draining = rss_idle;
+    while running.try_wait()?.is_none() {
+        rss_draining = rss_draining.max(rss_kib(worker.pid()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let drain_secs = draining.elapsed().as_secs_f64();
+    let drained = running.wait_with_output()?;
+    anyhow::ensure!(drained.status.success(), "orders reshard --to 4 failed");
+    let drained: serde_json::Value = serde_json::from_slice(&drained.stdout)?;
     worker.stop(Duration::from_secs(10));
 
     let rows = report["rows_copied"].as_f64().unwrap_or_default();
@@ -133,10 +157,21 @@ async fn main() -> anyhow::Result<()> {
         during.placed,
         during.failed
     );
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "  worker peak RSS: {:.0} MiB after the load before the move, {:.0} MiB after the move",
-        rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
+        "  worker peak RSS: {:.0} MiB after {} orders of load alone, {:.0} MiB after the move under load (+{:.0} MiB)",
+        mib(rss_before),
+        before.placed + before.failed,
+        mib(rss_after),
+        mib(rss_after.saturating_sub(rss_before))
+    );
+    println!(
+        "  drain 5 → 4 without load: {} buckets, {:.0} rows in {drain_secs:.0} s; worker RSS {:.0} MiB before, at most {:.0} MiB during (+{:.1} MiB)",
+        drained["buckets_moved"],
+        drained["rows_copied"].as_f64().unwrap_or_default(),
+        mib(rss_idle),
+        mib(rss_draining),
+        mib(rss_draining.saturating_sub(rss_idle))
     );
     drop(temporal);
     Ok(())
@@ -317,12 +352,21 @@ fn count_rows(url: &str, owned: &str) -> anyhow::Result<u64> {
 
 /// The process's peak resident set (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// The process's resident set now (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kib| kib.parse().ok())
         })

@@ -6,7 +6,6 @@
 //! Also a SIGTERM mid-load: the worker stops within its shutdown grace, and its successor
 //! finishes the load with nothing lost or duplicated.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use orders_activities::read::find_order;
@@ -14,6 +13,7 @@ use orders_entities::order::OrderStatus;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere};
 use crate::helpers::TestApp;
+use crate::load_process::LoadProcess;
 
 const ORDERS: u64 = 40;
 /// The shard whose postmaster is stopped mid-load.
@@ -36,7 +36,7 @@ async fn chaos_load(consistency: &str) {
         .as_nanos() as u64
         | 1;
     eprintln!("chaos seed {seed} ({consistency})");
-    let load = LoadProcess::start(&app, consistency);
+    let load = LoadProcess::start(&app, consistency, ORDERS, 8, 25);
 
     for round in 0..3 {
         tokio::time::sleep(pause(&mut seed)).await;
@@ -50,81 +50,14 @@ async fn chaos_load(consistency: &str) {
             cluster.restart().await;
         }
     }
-    load.finish_consistently(&app).await;
+    finish_consistently(load, &app).await;
 }
 
-/// `orders load` of [`ORDERS`] orders, killed if the test ends before it does (a panic must
-/// not leave it waiting forever for a worker that is gone).
-struct LoadProcess {
-    child: std::process::Child,
-    report_file: std::path::PathBuf,
-}
-
-impl LoadProcess {
-    /// Starts the load: 8 in flight over 8 customers and 6 products with little stock.
-    fn start(app: &TestApp, consistency: &str) -> Self {
-        let report_file = app.worker_log().with_extension("load.json");
-        let child = app
-            .orders_command()
-            .args([
-                "load",
-                "--orders",
-                &ORDERS.to_string(),
-                "--concurrency",
-                "8",
-            ])
-            .args([
-                "--consistency",
-                consistency,
-                "--customers",
-                "8",
-                "--products",
-                "6",
-            ])
-            .args(["--stock", "25", "--json"])
-            .stdout(std::fs::File::create(&report_file).expect("report file"))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("orders load starts");
-        Self { child, report_file }
-    }
-
-    /// Waits for the load, then checks that every order reached a terminal state that
-    /// agrees with the databases, nothing is left prepared, and the audit is clean.
-    async fn finish_consistently(mut self, app: &TestApp) {
-        let status = self.wait(Duration::from_secs(240)).await;
-        assert!(status.success(), "orders load failed ({status})");
-        let report: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&self.report_file).expect("the report was written"),
-        )
-        .expect("orders load --json prints JSON");
-        assert_consistent(app, &report).await;
-    }
-
-    async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .expect("orders load can be waited for")
-            {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the load did not finish within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for LoadProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for the load, then checks that every order reached a terminal state that agrees
+/// with the databases, nothing is left prepared, and the audit is clean.
+async fn finish_consistently(load: LoadProcess, app: &TestApp) {
+    let report = load.report(Duration::from_secs(240)).await;
+    assert_consistent(app, &report).await;
 }
 
 /// Every order of the load's `report` placed or refused for stock, one row per placed order,
@@ -190,7 +123,7 @@ async fn sigterm_mid_load_stops_the_worker_within_its_grace_and_no_order_is_lost
     ));
     // Every order's credit step takes a second, so SIGTERM finds steps in flight.
     app.start_worker(Some("reserve_credit.before=sleep:1000"));
-    let load = LoadProcess::start(&app, "saga");
+    let load = LoadProcess::start(&app, "saga", ORDERS, 8, 25);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let asked = Instant::now();
@@ -209,5 +142,5 @@ async fn sigterm_mid_load_stops_the_worker_within_its_grace_and_no_order_is_lost
     );
 
     app.start_worker(None);
-    load.finish_consistently(&app).await;
+    finish_consistently(load, &app).await;
 }

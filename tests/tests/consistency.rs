@@ -229,7 +229,7 @@ async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stoc
 
 /// Waits until PlaceOrder has published its order id (search attribute `OrderId`, where
 /// `orders cancel` finds it), and returns it.
-async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
+pub(crate) async fn wait_for_order_id(app: &TestApp, workflow_id: &str) -> i64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let described = app

@@ -756,3 +756,23 @@ pub(crate) fn expect_failure(outcome: &OrderOutcome, failure_type: &str) -> Stri
         other => panic!("expected a {failure_type} failure, got {other:?}"),
     }
 }
+
+/// Polls `check` every 100 ms until it gives a value, and returns it; fails the test naming
+/// `what` if `limit` passes first.
+pub(crate) async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -37,6 +37,7 @@ fn gid(workflow_id: &str, run_id: &str, shard: usize, home_shard: usize) -> Gid 
         run_id: run_id.to_owned(),
         shard,
         home_shard,
+        round: two_phase::FIRST_ROUND,
     }
     .gid()
     .expect("short enough")
@@ -61,7 +62,7 @@ async fn terminate(app: &TestApp, workflow_id: &str) {
 }
 
 /// Leaves an empty prepared transaction under `gid` on `shard`.
-async fn prepare_stray(app: &TestApp, shard: usize, gid: &Gid) {
+pub(crate) async fn prepare_stray(app: &TestApp, shard: usize, gid: &Gid) {
     let shard = app.shards.get(shard);
     let txn = shard.conn.begin().await.expect("a transaction starts");
     two_phase::prepare(txn, gid).await.expect("it prepares");
@@ -256,7 +257,7 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     }
     let home = app.shards.get(0);
     let txn = home.conn.begin().await.unwrap();
-    let home_key = two_phase::part_key("ghost-order", ghost_run, 0);
+    let home_key = two_phase::part_key("ghost-order", ghost_run, 0, two_phase::FIRST_ROUND);
     idempotency::claim(&txn, &home_key).await.unwrap();
     idempotency::record_result(&txn, &home_key, &serde_json::json!({}))
         .await

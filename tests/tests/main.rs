@@ -17,6 +17,7 @@ mod import;
 mod in_doubt;
 mod lifecycle;
 mod listing;
+mod load_process;
 mod metrics;
 mod migrations;
 mod observability;

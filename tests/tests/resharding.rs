@@ -5,17 +5,45 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use orders_activities::Shards;
+use orders_activities::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use orders_activities::routing::{bucket_of, tagged_id};
 use orders_activities::shard_map::ShardMap;
 use orders_activities::store::fences::{self, FenceState};
+use orders_activities::store::two_phase::{self, GidParts};
 use orders_worker::client::OrderOutcome;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on, wait_for_order_id};
+use crate::helpers::{TestApp, eventually};
+use crate::in_doubt::prepare_stray;
+use crate::load_process::LoadProcess;
+use crate::step_paths::recorded;
+
+/// A new customer whose bucket a test moves: from its shard to the one `hop` shards on.
+struct Mover {
+    customer: i64,
+    bucket: u16,
+    from: usize,
+    to: usize,
+}
+
+impl Mover {
+    async fn new(app: &TestApp, name: &str, credit_limit: &str, hop: usize) -> Self {
+        let customer = app.add_customer(name, credit_limit).await;
+        let from = app.shards.for_customer(customer).index;
+        Self {
+            customer,
+            bucket: bucket_of(customer),
+            from,
+            to: (from + hop) % app.shards.len(),
+        }
+    }
+}
 
 /// Orders placed for `customers` while a move runs: `count` orders, `in_flight` at a time,
 /// alternating saga and two-phase, each naming `products`.
@@ -54,17 +82,66 @@ async fn place_while_moving(
     outcomes
 }
 
-/// The ids of the placed orders; every other outcome must be a two-phase order refused
-/// because its bucket moved between its plan and its prepare (nothing written).
+/// The ids of the placed orders: every order must be placed, a two-phase one whose bucket
+/// moved between its plan and its prepare included (it plans again).
 fn placed_ids(outcomes: &[(String, OrderOutcome)]) -> Vec<i64> {
     outcomes
         .iter()
-        .filter_map(|(id, outcome)| match outcome {
-            OrderOutcome::Placed(placed) => Some(placed.order_id),
-            OrderOutcome::Failed { failure_type, .. } if failure_type == "ShardMapChanged" => None,
+        .map(|(id, outcome)| match outcome {
+            OrderOutcome::Placed(placed) => placed.order_id,
             other => panic!("{id} ended {other:?}"),
         })
         .collect()
+}
+
+/// `orders load` in `consistency` (as a user runs it, its own process and pool), one run of
+/// 12 orders after another until `moving` is cleared: every order must be placed, none
+/// refused or lost by the client. Returns their order ids.
+async fn load_while_moving(
+    app: Arc<TestApp>,
+    consistency: &'static str,
+    moving: Arc<AtomicBool>,
+) -> Vec<i64> {
+    let mut ids = Vec::new();
+    loop {
+        let report = LoadProcess::start(&app, consistency, 12, 3, 1_000_000)
+            .report(Duration::from_secs(180))
+            .await;
+        assert_eq!(
+            (report["placed"].as_u64(), report["client_errors"].as_u64()),
+            (Some(12), Some(0)),
+            "{consistency}: every order placed during the move: {}",
+            report["failures"]
+        );
+        ids.extend(
+            report["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["order_id"].as_i64().expect("a placed order's id")),
+        );
+        if !moving.load(Ordering::SeqCst) {
+            return ids;
+        }
+    }
+}
+
+/// Every one of `ids` once, on its bucket's owner and nowhere else, and no other order.
+async fn assert_each_once_on_its_owner(app: &TestApp, ids: &[i64]) {
+    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "an order id repeats");
+    let shards = routing_now(app).await;
+    let mut stored = BTreeSet::new();
+    for shard in 0..shards.len() {
+        for id in order_ids_on(&shards, shard).await {
+            assert_eq!(shards.for_order(id).index, shard, "order {id} is misplaced");
+            assert!(stored.insert(id), "order {id} is stored twice");
+        }
+    }
+    assert_eq!(
+        stored, distinct,
+        "stored orders differ from the placed ones"
+    );
 }
 
 async fn count(shards: &Shards, shard: usize, sql: &str, id: i64) -> i64 {
@@ -93,13 +170,36 @@ fn reshard_report(output: &std::process::Output) -> Value {
     })
 }
 
-/// After a move was undone: the newest map still gives `customer`'s bucket to `from`, and
-/// neither `from` nor `to` keeps a fence.
-async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize) {
+/// Waits (up to 2 minutes) for the detached reshard to finish, and returns its report.
+async fn finished(app: &TestApp) -> Value {
+    eventually(
+        "the reshard finishes",
+        Duration::from_secs(120),
+        async || {
+            let output = app.cli(&["reshard", "status", "--json"]);
+            output
+                .status
+                .success()
+                .then(|| reshard_report(&output))
+                .filter(|report| report["phase"] == "done")
+        },
+    )
+    .await
+}
+
+/// A fresh set of pools on the newest stored map, as a worker started now would route.
+async fn routing_now(app: &TestApp) -> Shards {
     let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
         .await
         .unwrap();
     shards.refresh_map().await.unwrap();
+    shards
+}
+
+/// After a move was undone: the newest map still gives `customer`'s bucket to `from`, and
+/// neither `from` nor `to` keeps a fence.
+async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize) {
+    let shards = routing_now(app).await;
     assert_eq!(shards.for_customer(customer).index, from);
     for shard in [from, to] {
         let fenced = fences::list(&shards.get(shard).conn).await.unwrap();
@@ -127,10 +227,12 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
     app.worker_env
         .push(("ORDERS_SHARD_MAP_REFRESH_SECS", "1".into()));
     app.restart_worker(None);
-    let customer = app.add_customer("Barbara Liskov", "100000.00").await;
-    let bucket = bucket_of(customer);
-    let from = app.shards.for_customer(customer).index;
-    let to = (from + 1) % app.shards.len();
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Barbara Liskov", "100000.00", 1).await;
     // A product in the same bucket, so the move carries its stock and holds too.
     let product = tagged_id(77, bucket);
     app.add_product(product, 10_000).await;
@@ -184,11 +286,7 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
 
     let outcomes = load.await.expect("the orders ran");
     let placed = placed_ids(&outcomes);
-    assert!(
-        placed.len() >= 20,
-        "only {} of 40 placed: {outcomes:?}",
-        placed.len()
-    );
+    assert_eq!(placed.len(), 40);
     let all: BTreeSet<i64> = before.iter().chain(&placed).copied().collect();
     assert_eq!(
         all.len(),
@@ -212,10 +310,7 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
         (0, 1)
     );
     // The product's stock moved with its bucket, and holds exactly what the orders took.
-    let routed = Shards::connect_lazy(&app.shard_urls, Default::default())
-        .await
-        .unwrap();
-    routed.refresh_map().await.unwrap();
+    let routed = routing_now(&app).await;
     assert_eq!(routed.for_customer(customer).index, to);
     let stock = app.stock(product).await;
     assert_eq!(stock.reserved, all.len() as i32, "{stock:?}");
@@ -264,10 +359,12 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
 async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key() {
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some("verify_bucket.corrupt_target=fail"));
-    let customer = app.add_customer("Butler Lampson", "1000.00").await;
-    let bucket = bucket_of(customer);
-    let from = app.shards.for_customer(customer).index;
-    let to = (from + 2) % app.shards.len();
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Butler Lampson", "1000.00", 2).await;
     let (_, placed) = app
         .place_confirmed_order(json!({"customer_id": customer, "items": [
             {"product_id": 3, "quantity": 2, "unit_price": "4.50"}]}))
@@ -326,10 +423,12 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
     let mut app = TestApp::spawn_without_worker().await;
     // One row per chunk, a second per chunk: the copy is still running when the cancel comes.
     app.start_worker(Some("copy_bucket.after_chunk=sleep:1000"));
-    let customer = app.add_customer("Frances Allen", "1000.00").await;
-    let bucket = bucket_of(customer);
-    let from = app.shards.for_customer(customer).index;
-    let to = (from + 3) % app.shards.len();
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Frances Allen", "1000.00", 3).await;
     for _ in 0..3 {
         app.insert_order(customer, &[(5, 1, "2.00")]).await;
     }
@@ -431,10 +530,10 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
 async fn get_while_moving(
     app: Arc<TestApp>,
     ids: Vec<i64>,
-    moving: Arc<std::sync::atomic::AtomicBool>,
+    moving: Arc<AtomicBool>,
 ) -> (usize, usize) {
     let (mut found, mut retried) = (0, 0);
-    while moving.load(std::sync::atomic::Ordering::SeqCst) {
+    while moving.load(Ordering::SeqCst) {
         for &id in &ids {
             let started = Instant::now();
             loop {
@@ -460,8 +559,8 @@ async fn get_while_moving(
     (found, retried)
 }
 
-/// Orders on `shard` whose bucket the current map gives to another shard.
-async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
+/// The ids of the orders stored on `shard`.
+async fn order_ids_on(shards: &Shards, shard: usize) -> Vec<i64> {
     let rows = shards
         .get(shard)
         .conn
@@ -473,8 +572,14 @@ async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
         .expect("orders are listed");
     rows.iter()
         .map(|r| r.try_get_by_index::<i64>(0).unwrap())
-        .filter(|&id| shards.for_order(id).index != shard)
         .collect()
+}
+
+/// Orders on `shard` whose bucket the current map gives to another shard.
+async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
+    let mut ids = order_ids_on(shards, shard).await;
+    ids.retain(|&id| shards.for_order(id).index != shard);
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -511,28 +616,28 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         app.shards.map().buckets_of(fifth).is_empty(),
         "a new shard owns nothing yet"
     );
-    app.place_confirmed_order(json!({"customer_id": customers[0], "items": [
-        {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+    let (_, extra) = app
+        .place_confirmed_order(json!({"customer_id": customers[0], "items": [
+            {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
         .await;
 
     let app = Arc::new(app);
     let planned = ShardMap::initial(4).grown_to(5);
     let expected = app.shards.map().moved_buckets(&planned).len();
-    let load = tokio::spawn(place_while_moving(
+    let moving = Arc::new(AtomicBool::new(true));
+    let loads = ["saga", "two_phase"]
+        .map(|mode| tokio::spawn(load_while_moving(app.clone(), mode, moving.clone())));
+    let reads = tokio::spawn(get_while_moving(
         app.clone(),
-        customers.clone(),
-        vec![2, 7],
-        40,
-        4,
+        earlier.clone(),
+        moving.clone(),
     ));
-    let moving = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let reads = tokio::spawn(get_while_moving(app.clone(), earlier, moving.clone()));
     let output = reshard(
         &app,
         &["--to", "5", "--clean-up-after", "3", "--chunk-rows", "1000"],
     )
     .await;
-    moving.store(false, std::sync::atomic::Ordering::SeqCst);
+    moving.store(false, Ordering::SeqCst);
     assert!(
         output.status.success(),
         "{}",
@@ -557,24 +662,26 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
     );
-    let placed = placed_ids(&load.await.expect("the orders ran"));
-    assert!(placed.len() >= 20, "only {} of 40 placed", placed.len());
+    let mut all = earlier;
+    all.push(extra.order_id);
+    for load in loads {
+        all.extend(load.await.expect("the load ran"));
+    }
+    eprintln!(
+        "orders load placed {} orders during the move",
+        all.len() - 9
+    );
 
     app.shards.refresh_map().await.unwrap();
     assert_eq!(app.shards.map().buckets_of(fifth).len(), expected);
-    for shard in 0..5 {
-        let misplaced = misplaced_orders(&app.shards, shard).await;
-        assert!(
-            misplaced.is_empty(),
-            "shard {shard} still holds orders it does not own: {misplaced:?}"
-        );
-    }
-    for id in &placed {
+    assert_each_once_on_its_owner(&app, &all).await;
+    for id in all.iter().rev().take(10) {
         let output = app.cli_ok(&["get", &id.to_string(), "--json"]);
         let order: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(order["id"], *id, "{order}");
     }
-    app.cli_ok(&["audit", "--grace", "0"]);
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
 
     // Drain the fifth shard back onto the others: it ends with nothing.
     let output = reshard(
@@ -602,10 +709,12 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
     let mut app = TestApp::spawn_without_worker().await;
-    let customer = app.add_customer("Jim Gray", "10000.00").await;
-    let bucket = bucket_of(customer);
-    let from = app.shards.for_customer(customer).index;
-    let to = (from + 1) % app.shards.len();
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Jim Gray", "10000.00", 1).await;
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(
@@ -639,21 +748,7 @@ async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
         "the worker died mid-cut-over"
     );
     app.start_worker(None);
-    let started = Instant::now();
-    let report = loop {
-        let output = app.cli(&["reshard", "status", "--json"]);
-        if output.status.success() {
-            let report = reshard_report(&output);
-            if report["phase"] == "done" {
-                break report;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the move did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let report = finished(&app).await;
     assert_eq!(report["buckets_moved"], 1, "{report}");
     let on = |shard, sql| count(&app.shards, shard, sql, customer);
     assert_eq!(
@@ -685,32 +780,17 @@ async fn status(app: &Arc<TestApp>) -> Value {
 
 /// Waits until the running reshard has moved more than `buckets` buckets.
 async fn moved_past(app: &Arc<TestApp>, buckets: u64) -> Value {
-    let started = Instant::now();
-    loop {
+    let what = format!("the reshard moves more than {buckets} buckets");
+    eventually(&what, Duration::from_secs(180), async || {
         let report = status(app).await;
-        if report["buckets_moved"].as_u64().unwrap_or_default() > buckets {
-            return report;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the reshard stalled: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (report["buckets_moved"].as_u64().unwrap_or_default() > buckets).then_some(report)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_growth_survives_a_killed_worker_and_a_cancel_and_restart_under_load() {
     let mut app = TestApp::spawn().await;
-    let mut customers = Vec::new();
-    for name in [
-        "Leslie Lamport",
-        "Nancy Lynch",
-        "Michael Stonebraker",
-        "Pat Helland",
-    ] {
-        customers.push(app.add_customer(name, "100000.00").await);
-    }
     let fifth = app.add_shard().await;
     app.worker_env
         .push(("ORDERS_SHARD_MAP_REFRESH_SECS", "1".into()));
@@ -720,13 +800,9 @@ async fn a_growth_survives_a_killed_worker_and_a_cancel_and_restart_under_load()
     let expected = ShardMap::initial(4)
         .moved_buckets(&ShardMap::initial(4).grown_to(5))
         .len();
-    let load = tokio::spawn(place_while_moving(
-        app.clone(),
-        customers,
-        vec![3, 8],
-        60,
-        4,
-    ));
+    let moving = Arc::new(AtomicBool::new(true));
+    let loads = ["saga", "two_phase"]
+        .map(|mode| tokio::spawn(load_while_moving(app.clone(), mode, moving.clone())));
 
     let started = reshard(
         &app,
@@ -778,13 +854,15 @@ async fn a_growth_survives_a_killed_worker_and_a_cancel_and_restart_under_load()
         "{finished}"
     );
 
-    let placed = placed_ids(&load.await.expect("the orders ran"));
-    assert!(placed.len() >= 30, "only {} of 60 placed", placed.len());
+    moving.store(false, Ordering::SeqCst);
+    let mut placed = Vec::new();
+    for load in loads {
+        placed.extend(load.await.expect("the load ran"));
+    }
     app.shards.refresh_map().await.unwrap();
     assert_eq!(app.shards.map().buckets_of(fifth).len(), expected);
+    assert_each_once_on_its_owner(&app, &placed).await;
     for shard in 0..5 {
-        let misplaced = misplaced_orders(&app.shards, shard).await;
-        assert!(misplaced.is_empty(), "shard {shard}: {misplaced:?}");
         let fenced: Vec<_> = fences::list(&app.shards.get(shard).conn)
             .await
             .unwrap()
@@ -796,8 +874,279 @@ async fn a_growth_survives_a_killed_worker_and_a_cancel_and_restart_under_load()
             "shard {shard} is left mid-move: {fenced:?}"
         );
     }
-    for id in &placed {
+    for id in placed.iter().rev().take(10) {
         app.cli_ok(&["get", &id.to_string()]);
     }
-    app.cli_ok(&["audit", "--grace", "0"]);
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
+
+/// Waits until `shard` fences `bucket` in `state`.
+async fn wait_for_fence(app: &TestApp, shard: usize, bucket: u16, state: FenceState) {
+    let what = format!("shard {shard} fences bucket {bucket} {state:?}");
+    eventually(&what, Duration::from_secs(60), async || {
+        let fenced = fences::list(&app.shards.get(shard).conn).await.unwrap();
+        fenced
+            .iter()
+            .any(|f| f.bucket == bucket && f.state == state)
+            .then_some(())
+    })
+    .await
+}
+
+/// The shard the newest stored map gives `customer`'s bucket to.
+async fn owner_now(app: &TestApp, customer: i64) -> usize {
+    routing_now(app).await.for_customer(customer).index
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_phase_order_planned_before_its_bucket_moved_plans_again_and_lands_on_the_new_owner()
+{
+    let mut app = TestApp::spawn_without_worker().await;
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Jim Gray", "1000.00", 1).await;
+    let product = tagged_id(78, bucket);
+    app.add_product(product, 100).await;
+    let elsewhere = product_on(&app, (from + 2) % app.shards.len(), &[]);
+    // The order is held between its plan and its prepare: every PreparePart attempt fails.
+    app.start_worker(Some("prepare_part.before=fail"));
+    let id = app
+        .start_order(
+            json!({"customer_id": customer, "consistency": "two_phase", "items": [
+            {"product_id": product, "quantity": 2, "unit_price": "3.00"},
+            {"product_id": elsewhere, "quantity": 1, "unit_price": "4.00"}]}),
+        )
+        .await;
+    let order_id = wait_for_order_id(&app, &id).await;
+    let output = app.cli_ok(&[
+        "reshard",
+        "--move-bucket",
+        &bucket.to_string(),
+        "--to",
+        &to.to_string(),
+        "--clean-up-after",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(reshard_report(&output)["buckets_moved"], 1);
+    assert_eq!(owner_now(&app, customer).await, to);
+
+    // Released, its first plan's parts are refused where they were planned (the customer's
+    // and the product's bucket now live on `to`); it plans again and commits there.
+    app.restart_worker(None);
+    let placed = match app.outcome_within(&id, Duration::from_secs(90)).await {
+        OrderOutcome::Placed(placed) => placed,
+        other => panic!("{id} ended {other:?}"),
+    };
+    assert_eq!((placed.order_id, placed.shard), (order_id, to));
+    let described = app
+        .client
+        .get_workflow_handle::<orders_workflows::PlaceOrderWorkflow>(&id)
+        .describe(temporalio_client::WorkflowDescribeOptions::default())
+        .await
+        .unwrap();
+    let round: Option<u32> = described.memo().get(ROUND_MEMO).unwrap();
+    let decision: Option<Decision> = described.memo().get(DECISION_MEMO).unwrap();
+    assert_eq!((round, decision), (Some(2), Some(Decision::Commit)));
+    // Its history (kept in target/test-artifacts) replays on the current workflows.
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let (history, shape) = recorded(&app, &id, &artifacts);
+    assert_eq!(shape.activity_tasks, 0, "{shape:?}");
+    let replay = app.cli(&["replay", history.to_str().unwrap()]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+
+    // A part of the superseded first round found prepared (as if a worker had died between
+    // its PREPARE and the round's rollback) is rolled back by `orders recover`.
+    let first_round = GidParts {
+        workflow_id: id.clone(),
+        run_id: described
+            .raw()
+            .workflow_execution_info
+            .as_ref()
+            .unwrap()
+            .first_run_id
+            .clone(),
+        shard: from,
+        home_shard: from,
+        round: two_phase::FIRST_ROUND,
+    }
+    .gid()
+    .unwrap();
+    prepare_stray(&app, from, &first_round).await;
+    let recovered: Value =
+        serde_json::from_slice(&app.cli_ok(&["recover", "--json"]).stdout).unwrap();
+    let resolution = &recovered["resolutions"][0];
+    assert_eq!(
+        (resolution["gid"].as_str(), resolution["action"].as_str()),
+        (Some(first_round.as_str()), Some("rolled_back")),
+        "{recovered}"
+    );
+    assert!(
+        resolution["reason"].as_str().unwrap().contains("round 2"),
+        "{recovered}"
+    );
+
+    let by_id = |shard, sql| count(&app.shards, shard, sql, order_id);
+    let orders_sql = "SELECT count(*) FROM orders WHERE id = $1 AND status = 'confirmed'";
+    assert_eq!(
+        (by_id(from, orders_sql).await, by_id(to, orders_sql).await),
+        (0, 1)
+    );
+    let items_sql = "SELECT count(*) FROM order_items WHERE order_id = $1";
+    assert_eq!(by_id(to, items_sql).await, 2);
+    let holds_sql = "SELECT count(*) FROM stock_holds WHERE order_id = $1";
+    assert_eq!(by_id(to, holds_sql).await, 1, "the moved product's hold");
+    let elsewhere_shard = app.shards.for_product(elsewhere).index;
+    assert_eq!(
+        by_id(elsewhere_shard, holds_sql).await,
+        1,
+        "the other product's hold"
+    );
+    let stock_sql = "SELECT reserved::bigint FROM inventory WHERE product_id = $1";
+    assert_eq!(count(&app.shards, to, stock_sql, product).await, 2);
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
+
+/// Waits until a two-phase part of workflow `workflow_id` is prepared on `shard`, and returns its gid.
+async fn wait_for_prepared(app: &TestApp, shard: usize, workflow_id: &str) -> String {
+    let what = format!("{workflow_id} prepares a part on shard {shard}");
+    eventually(&what, Duration::from_secs(30), async || {
+        let prepared = two_phase::in_doubt(&app.shards.get(shard).conn)
+            .await
+            .unwrap();
+        prepared
+            .into_iter()
+            .find(|p| p.gid.parts().workflow_id == workflow_id)
+            .map(|p| p.gid.to_string())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "C. Mohan", "1000.00", 3).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.insert_order(customer, &[(6, 1, "1.00")]).await);
+    }
+    // No commit gets through, and the copy is slow enough to place an order while it runs.
+    app.start_worker(Some(
+        "commit_part.before=fail,copy_bucket.after_chunk=sleep:700",
+    ));
+    let two_phase_order = json!({"customer_id": customer, "consistency": "two_phase", "items": [
+        {"product_id": 5, "quantity": 1, "unit_price": "7.00"}]});
+
+    // A part prepared before the move holds it before anything is copied: its rows were
+    // written before the change log began, so the copy must see them committed.
+    let first = app.start_order(two_phase_order.clone()).await;
+    wait_for_prepared(&app, from, &first).await;
+    app.cli_ok(&[
+        "reshard",
+        "--move-bucket",
+        &bucket.to_string(),
+        "--to",
+        &to.to_string(),
+        "--chunk-rows",
+        "1",
+        "--clean-up-after",
+        "1",
+        "--detach",
+    ]);
+    wait_for_fence(&app, from, bucket, FenceState::Copying).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = reshard_report(&app.cli_ok(&["reshard", "status", "--json"]));
+    assert_eq!(
+        held["rows_copied"], 0,
+        "copied past a prepared part: {held}"
+    );
+    // `orders recover` resolves it from the workflow's decision (commit, in its memo once
+    // the order's workflow task heartbeats), and the move goes on.
+    eventually(
+        "orders recover commits it",
+        Duration::from_secs(30),
+        async || {
+            let recovered: Value =
+                serde_json::from_slice(&app.cli_ok(&["recover", "--json"]).stdout).unwrap();
+            (recovered["resolutions"][0]["action"] == "committed").then_some(())
+        },
+    )
+    .await;
+
+    // A part prepared while the copy runs holds the freeze: the move waits, frozen.
+    let second = app.start_order(two_phase_order).await;
+    wait_for_prepared(&app, from, &second).await;
+    let fenced = fences::list(&app.shards.get(from).conn).await.unwrap();
+    assert!(
+        fenced
+            .iter()
+            .any(|f| f.bucket == bucket && f.state == FenceState::Copying),
+        "the second order was meant to prepare mid-copy: {fenced:?}"
+    );
+    wait_for_fence(&app, from, bucket, FenceState::Frozen).await;
+
+    // Meanwhile `orders shards` shows the bucket moving, and a second reshard is refused
+    // naming the one running.
+    let shards = app.cli_ok(&["shards"]);
+    let shards = String::from_utf8_lossy(&shards.stdout);
+    assert!(
+        shards.contains(&format!("bucket {bucket} moving to shard {to} (frozen)"))
+            && shards.contains(&format!(
+                "bucket {bucket} arriving from shard {from} (incoming)"
+            )),
+        "{shards}"
+    );
+    let refused = app.cli(&["reshard", "--move-bucket", "1", "--to", &from.to_string()]);
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && refusal.contains("a reshard is already running (orders-reshard, frozen"),
+        "{refusal}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_fence(&app, from, bucket, FenceState::Frozen).await;
+    assert_eq!(
+        owner_now(&app, customer).await,
+        from,
+        "cut over past a prepared part"
+    );
+
+    // Once the parts commit, the move takes both orders along and finishes.
+    app.restart_worker(None);
+    for id in [&first, &second] {
+        match app.outcome_within(id, Duration::from_secs(90)).await {
+            OrderOutcome::Placed(placed) => ids.push(placed.order_id),
+            other => panic!("{id} ended {other:?}"),
+        }
+    }
+    let report = finished(&app).await;
+    assert_eq!(report["buckets_moved"], 1, "{report}");
+    assert_eq!(owner_now(&app, customer).await, to);
+    let on = |shard, sql| count(&app.shards, shard, sql, customer);
+    let orders_sql = "SELECT count(*) FROM orders WHERE customer_id = $1";
+    assert_eq!(
+        (on(from, orders_sql).await, on(to, orders_sql).await),
+        (0, 5)
+    );
+    let confirmed_sql =
+        "SELECT count(*) FROM orders WHERE customer_id = $1 AND status = 'confirmed'";
+    assert_eq!(on(to, confirmed_sql).await, 2, "both two-phase orders");
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
 }

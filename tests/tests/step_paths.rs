@@ -12,8 +12,8 @@ use crate::helpers::{TestApp, expect_failure, orders_binary};
 
 /// What a PlaceOrder history shows of its cost.
 #[derive(Debug)]
-struct Shape {
-    activity_tasks: usize,
+pub(crate) struct Shape {
+    pub(crate) activity_tasks: usize,
     local_activities: usize,
     workflow_tasks: usize,
     /// Upserts of PlaceOrder's own search attributes.
@@ -23,7 +23,7 @@ struct Shape {
 
 /// Saves `workflow_id`'s history the way users do (`temporal workflow show --output json`)
 /// and returns the file and its shape.
-fn recorded(
+pub(crate) fn recorded(
     app: &TestApp,
     workflow_id: &str,
     dir: &std::path::Path,

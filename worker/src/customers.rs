@@ -18,19 +18,26 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
     );
     // credit_limit is NUMERIC(12,2), like an order total.
     check_money("credit limit", new.credit_limit, MAX_TOTAL)?;
-    let shard = match new.id {
-        Some(id) => shards.for_customer(id),
-        None => least_loaded(shards).await?,
+    let insert = async |shards: &Shards| {
+        let shard = match new.id {
+            Some(id) => shards.for_customer(id),
+            None => least_loaded(shards).await?,
+        };
+        customers::insert(&shard.conn, &shards.map().buckets_of(shard.index), &new)
+            .await
+            .map_err(|e| shard.error(e))
     };
-    customers::insert(&shard.conn, &shards.map().buckets_of(shard.index), &new)
+    shards
+        .through_moves(insert)
         .await
-        .map_err(|e| shard.error(e))
         .context("failed to add the customer")
 }
 
 /// The shard with the fewest customers among those owning buckets (a shard just added owns
 /// none until `orders reshard` moves some onto it, and a drained one none any more).
-async fn least_loaded(shards: &Shards) -> anyhow::Result<&orders_activities::shards::Shard> {
+async fn least_loaded(
+    shards: &Shards,
+) -> Result<&orders_activities::shards::Shard, orders_activities::shards::ShardError> {
     let map = shards.map();
     let owning = shards
         .iter()

@@ -14,15 +14,15 @@ pub async fn add(
 ) -> anyhow::Result<Stock> {
     ensure!(id > 0, "a product id must be positive, got {id}");
     ensure!(stock >= 0, "stock must not be negative, got {stock}");
-    let shard = shards.for_product(id);
-    inventory::put(&shard.conn, id, name, stock)
-        .await
-        .map_err(|e| shard.error(e))
-        .with_context(|| {
-            format!(
-                "cannot set product {id}'s stock to {stock} (it may not go below what is reserved)"
-            )
-        })
+    let put = async |shards: &Shards| {
+        let shard = shards.for_product(id);
+        inventory::put(&shard.conn, id, name, stock)
+            .await
+            .map_err(|e| shard.error(e))
+    };
+    shards.through_moves(put).await.with_context(|| {
+        format!("cannot set product {id}'s stock to {stock} (it may not go below what is reserved)")
+    })
 }
 
 /// Product `id`'s stock, from the shard owning it.

@@ -143,8 +143,13 @@ pub async fn transactions_now(conn: &impl ConnectionTrait) -> Result<String, DbE
     .try_get("", "snapshot")
 }
 
-/// Which transactions of `snapshot` are still running: how many, and the gids of those that
-/// are prepared two-phase parts (which only their coordinator, or `orders recover`, ends).
+/// Which transactions of `snapshot` are still running in this database: how many, and the
+/// gids of those that are prepared two-phase parts (which only their coordinator, or
+/// `orders recover`, ends).
+///
+/// Transaction ids are the cluster's, so the snapshot lists other databases' transactions
+/// too; those known to be elsewhere (a session or a prepared transaction of another
+/// database) cannot write here and are not waited for. One whose database cannot be told is.
 pub async fn still_running(
     conn: &impl ConnectionTrait,
     snapshot: &str,
@@ -153,13 +158,22 @@ pub async fn still_running(
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "WITH running AS (
-                 SELECT x FROM pg_snapshot_xip($1::pg_snapshot) AS x
+                 SELECT (x::text::bigint % 4294967296)::text AS xid
+                 FROM pg_snapshot_xip($1::pg_snapshot) AS x
                  WHERE pg_xact_status(x) = 'in progress'
+             ), elsewhere AS (
+                 SELECT backend_xid::text AS xid FROM pg_stat_activity
+                 WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()
+                 UNION
+                 SELECT transaction::text FROM pg_prepared_xacts
+                 WHERE database <> current_database()
+             ), here AS (
+                 SELECT xid FROM running WHERE xid NOT IN (SELECT xid FROM elsewhere)
              )
-             SELECT (SELECT count(*) FROM running) AS running,
+             SELECT (SELECT count(*) FROM here) AS running,
                     ARRAY(SELECT p.gid FROM pg_prepared_xacts p
-                          WHERE p.transaction::text IN
-                              (SELECT (x::text::bigint % 4294967296)::text FROM running)
+                          WHERE p.database = current_database()
+                            AND p.transaction::text IN (SELECT xid FROM here)
                           ORDER BY p.gid) AS prepared",
             [snapshot.into()],
         ))

@@ -6,7 +6,8 @@
 //! `COMMIT PREPARED` (or `ROLLBACK PREPARED`), which any session may run later.
 //!
 //! The global id names the workflow (its id and first run id, which a reset keeps), the
-//! shard, and the order's home shard (the customer's, which commits first), so whoever finds
+//! shard, the order's home shard (the customer's, which commits first) and the round (a
+//! workflow whose plan a bucket move made stale rolls back and plans again), so whoever finds
 //! a prepared transaction (`orders recover`, see [`crate::recovery`]) can ask that workflow
 //! what was decided, or read the outcome on the home shard. Utility statements take no
 //! parameters, so the gid is spliced into the SQL: a [`Gid`] holds only `[A-Za-z0-9._%:-]`
@@ -32,19 +33,26 @@ pub struct GidParts {
     pub run_id: String,
     pub shard: usize,
     pub home_shard: usize,
+    /// Which plan of the order this part belongs to: 1, or more when a bucket moved between
+    /// an earlier plan and its prepare (see [`FIRST_ROUND`]).
+    pub round: u32,
 }
+
+/// The round of an order's first plan: its gids and keys keep the layout they had before
+/// rounds existed, so parts prepared then are still understood.
+pub const FIRST_ROUND: u32 = 1;
 
 impl GidParts {
     /// The idempotency key of this part.
     pub fn part_key(&self) -> String {
-        part_key(&self.workflow_id, &self.run_id, self.shard)
+        part_key(&self.workflow_id, &self.run_id, self.shard, self.round)
     }
 
-    /// The idempotency key of the order's home part: committed exactly when the decision
-    /// was commit and phase two has begun (the home part commits first, in the workflow and
-    /// in recovery alike).
+    /// The idempotency key of the order's home part (in the same round): committed exactly
+    /// when the decision was commit and phase two has begun (the home part commits first, in
+    /// the workflow and in recovery alike).
     pub fn home_key(&self) -> String {
-        part_key(&self.workflow_id, &self.run_id, self.home_shard)
+        part_key(&self.workflow_id, &self.run_id, self.home_shard, self.round)
     }
 
     /// The same order's home part.
@@ -57,8 +65,12 @@ impl GidParts {
 
     /// This part's gid.
     pub fn gid(&self) -> Result<Gid, GidTooLong> {
+        let round = match self.round {
+            FIRST_ROUND => String::new(),
+            later => format!("r{later}:"),
+        };
         let text = format!(
-            "{GID_PREFIX}{}:{}:{}:{}",
+            "{GID_PREFIX}{}:{}:{}:{round}{}",
             encode(&self.run_id),
             self.shard,
             self.home_shard,
@@ -74,13 +86,19 @@ impl GidParts {
     }
 }
 
-/// The idempotency key of a two-phase part: `<workflow id>/<first run id>/two-phase/shard-<n>`.
-pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize) -> String {
-    format!("{workflow_id}/{first_run_id}/two-phase/shard-{shard}")
+/// The idempotency key of a two-phase part: `<workflow id>/<first run id>/two-phase/shard-<n>`
+/// in the first round, `…/two-phase/round-<r>/shard-<n>` in a later one.
+pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize, round: u32) -> String {
+    match round {
+        FIRST_ROUND => format!("{workflow_id}/{first_run_id}/two-phase/shard-{shard}"),
+        later => format!("{workflow_id}/{first_run_id}/two-phase/round-{later}/shard-{shard}"),
+    }
 }
 
 /// The global id of one of our prepared transactions:
-/// `orders2pc:<first run id>:<shard>:<home shard>:<percent-encoded workflow id>`.
+/// `orders2pc:<first run id>:<shard>:<home shard>:<percent-encoded workflow id>` in an
+/// order's first round, `…:<home shard>:r<round>:<workflow id>` in a later one (the encoded
+/// workflow id never holds a `:`, so the field count tells the layouts apart).
 ///
 /// Prepared but undecided ⇒ roll back; decided ⇒ commit. Whoever finds one asks the workflow
 /// it names for the decision, or reads the order's commit record on the home shard (see
@@ -144,12 +162,23 @@ impl FromStr for Gid {
         if !spliceable {
             return Err(malformed());
         }
-        let mut fields = rest.splitn(4, ':');
-        let mut next = || fields.next().ok_or_else(malformed);
-        let run_id = decode(next()?).ok_or_else(malformed)?;
-        let shard = next()?.parse().map_err(|_| malformed())?;
-        let home_shard = next()?.parse().map_err(|_| malformed())?;
-        let workflow_id = decode(next()?).ok_or_else(malformed)?;
+        let fields: Vec<&str> = rest.split(':').collect();
+        let (run_id, shard, home_shard, round, workflow_id) = match fields[..] {
+            [run, shard, home, workflow] => (run, shard, home, FIRST_ROUND, workflow),
+            [run, shard, home, round, workflow] => {
+                let round = round
+                    .strip_prefix('r')
+                    .and_then(|r| r.parse().ok())
+                    .filter(|&r| r > FIRST_ROUND)
+                    .ok_or_else(malformed)?;
+                (run, shard, home, round, workflow)
+            }
+            _ => return Err(malformed()),
+        };
+        let run_id = decode(run_id).ok_or_else(malformed)?;
+        let shard = shard.parse().map_err(|_| malformed())?;
+        let home_shard = home_shard.parse().map_err(|_| malformed())?;
+        let workflow_id = decode(workflow_id).ok_or_else(malformed)?;
         Ok(Gid {
             text: text.to_owned(),
             parts: GidParts {
@@ -157,6 +186,7 @@ impl FromStr for Gid {
                 run_id,
                 shard,
                 home_shard,
+                round,
             },
         })
     }
@@ -331,6 +361,7 @@ mod tests {
             run_id: "0198-abc".to_owned(),
             shard: 3,
             home_shard: 1,
+            round: FIRST_ROUND,
         }
     }
 
@@ -345,6 +376,36 @@ mod tests {
             assert_eq!(
                 parsed.parts().home_key(),
                 format!("{workflow_id}/0198-abc/two-phase/shard-1")
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_round_gets_its_own_gid_and_keys_and_the_first_keeps_the_old_layout() {
+        let first = parts("order-7").gid().unwrap();
+        assert_eq!(first.as_str(), "orders2pc:0198-abc:3:1:order-7");
+        let second = GidParts {
+            round: 2,
+            ..parts("order-7")
+        };
+        let gid = second.gid().unwrap();
+        assert_eq!(gid.as_str(), "orders2pc:0198-abc:3:1:r2:order-7");
+        let parsed: Gid = gid.as_str().parse().unwrap();
+        assert_eq!(parsed.parts(), &second);
+        assert_eq!(
+            second.part_key(),
+            "order-7/0198-abc/two-phase/round-2/shard-3"
+        );
+        assert_eq!(second.home().home_key(), second.home_key());
+        assert_ne!(second.part_key(), parts("order-7").part_key());
+        for bad in [
+            "orders2pc:run:3:1:r1:wf",
+            "orders2pc:run:3:1:x2:wf",
+            "orders2pc:run:3:1:r2:wf:more",
+        ] {
+            assert!(
+                matches!(bad.parse::<Gid>(), Err(GidError::Malformed(_))),
+                "{bad}"
             );
         }
     }

@@ -1,7 +1,10 @@
 //! PlaceOrder's two-phase path: the workflow is the coordinator, its history the log.
 //!
 //! 1. `PlanOrder` takes the order id and groups the products by shard (recorded, so replays
-//!    and retries follow the same plan whatever the shard map does meanwhile).
+//!    and retries follow the same plan whatever the shard map does meanwhile). If a bucket
+//!    of the order moves to another shard before its part is prepared, the part is refused
+//!    (`ShardMapChanged`): the round's parts are rolled back and the order planned again
+//!    (see [`place`]), so it lands on the new owner.
 //! 2. Every shard's part is prepared (`PreparePart`), one shard after another in shard order:
 //!    the customer's shard writes the order (`confirmed`, invisible until commit) and holds
 //!    the credit; each product shard holds the stock. Any refusal (`OutOfStock`,
@@ -24,9 +27,9 @@
 
 use futures::future::join_all;
 use orders_activities::metrics::OrderMetrics;
-use orders_activities::recovery::{DECISION_MEMO, Decision};
-use orders_activities::stock::{PlanInput, StockActivities, StockLine};
-use orders_activities::store::two_phase::{GidParts, GidTooLong};
+use orders_activities::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
+use orders_activities::stock::{OrderPlan, PlanInput, StockActivities, StockLine};
+use orders_activities::store::two_phase::{FIRST_ROUND, GidParts, GidTooLong};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
 use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
 use orders_entities::order::OrderStatus;
@@ -47,72 +50,92 @@ use crate::steps::{Phase, Steps};
 /// as activities.
 pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
 
+/// Patch under which an order whose plan a bucket move made stale (a part refused with
+/// `ShardMapChanged`) rolls that round back and plans again, instead of failing. Histories
+/// recorded before it replay with the failure.
+pub const REPLAN_PATCH: &str = "two-phase-replan";
+
+/// How many plans an order makes before it fails with `ShardMapChanged`. Each new plan means
+/// one of the order's buckets moved between a plan and its prepare; a reshard moves a
+/// bucket once, so more than a few rounds means buckets keep moving under the order.
+const MAX_ROUNDS: u32 = 8;
+
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
 /// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
 /// `steps` says how its steps run.
+///
+/// A part refused with `ShardMapChanged` (one of its buckets moved to another shard after
+/// the plan) ends the round: its parts are rolled back (the rollback decision recorded first,
+/// as for any rollback), the order is planned again on the map in use, keeping its order id,
+/// and the next round prepares parts with gids and keys of their own ([`GidParts::round`]).
+/// Every part of the round that commits is on its bucket's owner at that time.
 pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
     steps: Steps,
 ) -> WorkflowResult<PlacedOrder> {
-    set_step(ctx, "PlanOrder");
-    let input = PlanInput {
-        customer_id: order.customer_id,
-        items: order.items.clone(),
-        allocate_order_id: true,
-        idempotency_key: format!("{key}/plan"),
-    };
-    let plan = steps
-        .run(ctx, StockActivities::plan_order, input, Phase::Forward)
-        .await;
-    let plan = match plan {
-        Ok(plan) => plan,
-        Err(_) if ctx.cancellation_token().is_cancelled() => return Err(cancelled_order(ctx)),
-        Err(err) => return Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
-    };
+    let mut plan = make_plan(ctx, steps, &order, key, FIRST_ROUND).await?;
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
-    let parts = match parts(ctx, &order, order_id, plan.customer_shard, plan.stock) {
-        Ok(parts) => parts,
-        Err(too_long) => {
-            let failure = FailureType::InvalidOrder.failure(too_long.to_string());
+    let mut round = FIRST_ROUND;
+    let mut replan_allowed = None;
+    let (parts, refusal) = loop {
+        let parts = match parts(ctx, &order, order_id, &plan, round) {
+            Ok(parts) => parts,
+            Err(too_long) => {
+                let failure = FailureType::InvalidOrder.failure(too_long.to_string());
+                return Err(fail(ctx, Stage::Failed, failure).into());
+            }
+        };
+        set_attributes(
+            ctx,
+            [
+                ORDER_ID.value_set(order_id),
+                SHARD.value_set(plan.customer_shard as i64),
+            ],
+        );
+        publish(ctx);
+        let refusal = prepare_in_shard_order(ctx, steps, &parts).await;
+        let stale_plan = refusal.as_ref().is_some_and(|err| {
+            failures::rejection(err)
+                .is_some_and(|r| r.failure_type == FailureType::ShardMapChanged.as_str())
+        });
+        if !stale_plan
+            || ctx.cancellation_token().is_cancelled()
+            || round == MAX_ROUNDS
+            || !*replan_allowed.get_or_insert_with(|| ctx.patched(REPLAN_PATCH))
+        {
+            break (parts, refusal);
+        }
+        record_decision(ctx, Decision::Rollback, round)?;
+        set_step(ctx, "RollbackPart");
+        if let Some(problems) =
+            resolve(ctx, steps, &parts, || TwoPhaseActivities::rollback_part).await
+        {
+            outcomes::record(ctx, OrderMetrics::compensation_failed);
+            let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+                "order {order_id}: its plan went stale (a bucket moved) and round {round} could not be rolled back: {problems}"
+            ));
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
-    };
-    set_attributes(
-        ctx,
-        [
-            ORDER_ID.value_set(order_id),
-            SHARD.value_set(plan.customer_shard as i64),
-        ],
-    );
-    publish(ctx);
-
-    set_step(ctx, "PreparePart");
-    let mut refusal = None;
-    let mut in_shard_order: Vec<&TwoPhasePart> = parts.iter().collect();
-    in_shard_order.sort_by_key(|part| part.shard);
-    for part in in_shard_order {
-        let prepared = steps
-            .run(
-                ctx,
-                TwoPhaseActivities::prepare_part,
-                part.clone(),
-                Phase::Forward,
-            )
-            .await;
-        if let Err(err) = prepared {
-            refusal = Some(err);
-            break;
+        round += 1;
+        if !ctx.is_replaying() {
+            tracing::info!(
+                workflow_id = ctx.workflow_id(),
+                order_id,
+                round,
+                "a bucket of the order moved after it was planned: planning again"
+            );
         }
-    }
+        plan = make_plan(ctx, steps, &order, key, round).await?;
+    };
     let cancelled = ctx.cancellation_token().is_cancelled();
     let decision = if refusal.is_none() && !cancelled {
         Decision::Commit
     } else {
         Decision::Rollback
     };
-    ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(decision)))])?;
+    record_decision(ctx, decision, round)?;
 
     if decision == Decision::Commit {
         ctx.state_mut(|s| {
@@ -126,7 +149,7 @@ pub(crate) async fn place(
         {
             // The home part is gone, so no part committed: the decision becomes rollback,
             // recorded before any part is rolled back (recovery reads it).
-            ctx.upsert_memo([(DECISION_MEMO, Some(MemoValue::new(Decision::Rollback)))])?;
+            record_decision(ctx, Decision::Rollback, round)?;
             let rollback = resolve(ctx, steps, others, || TwoPhaseActivities::rollback_part).await;
             let failure = FailureType::TwoPhaseIncomplete.failure(format!(
                 "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
@@ -172,6 +195,78 @@ pub(crate) async fn place(
     }
 }
 
+/// Plans round `round` of the order: the first takes the order id, later ones (after a
+/// bucket moved) keep it and only group the products by shard again, on the map in use.
+/// A failure (or a cancellation) ends the workflow.
+async fn make_plan(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    steps: Steps,
+    order: &ValidOrder,
+    key: &str,
+    round: u32,
+) -> WorkflowResult<OrderPlan> {
+    set_step(ctx, "PlanOrder");
+    let input = PlanInput {
+        customer_id: order.customer_id,
+        items: order.items.clone(),
+        allocate_order_id: round == FIRST_ROUND,
+        idempotency_key: match round {
+            FIRST_ROUND => format!("{key}/plan"),
+            later => format!("{key}/plan/round-{later}"),
+        },
+        newest_map: round != FIRST_ROUND,
+    };
+    let plan = steps
+        .run(ctx, StockActivities::plan_order, input, Phase::Forward)
+        .await;
+    match plan {
+        Ok(plan) => Ok(plan),
+        Err(_) if ctx.cancellation_token().is_cancelled() => Err(cancelled_order(ctx)),
+        Err(err) => Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
+    }
+}
+
+/// Prepares every part, one shard after another in shard order (see the module docs), and
+/// stops at the first refusal, which it returns.
+async fn prepare_in_shard_order(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    steps: Steps,
+    parts: &[TwoPhasePart],
+) -> Option<ActivityExecutionError> {
+    set_step(ctx, "PreparePart");
+    let mut in_shard_order: Vec<&TwoPhasePart> = parts.iter().collect();
+    in_shard_order.sort_by_key(|part| part.shard);
+    for part in in_shard_order {
+        let prepared = steps
+            .run(
+                ctx,
+                TwoPhaseActivities::prepare_part,
+                part.clone(),
+                Phase::Forward,
+            )
+            .await;
+        if let Err(err) = prepared {
+            return Some(err);
+        }
+    }
+    None
+}
+
+/// Records `decision` about round `round` in the memo, where `orders recover` reads it. The
+/// round goes with it from the second round on, so first rounds keep the memo they had.
+fn record_decision(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    decision: Decision,
+    round: u32,
+) -> WorkflowResult<()> {
+    let mut memo = vec![(DECISION_MEMO, Some(MemoValue::new(decision)))];
+    if round != FIRST_ROUND {
+        memo.push((ROUND_MEMO, Some(MemoValue::new(round))));
+    }
+    ctx.upsert_memo(memo)?;
+    Ok(())
+}
+
 /// The order's parts: the home part first (the customer's shard: order, credit and any stock
 /// it holds), then every other shard stocking some of its products, in shard order. They are
 /// prepared in shard order (see the module docs) and committed home first.
@@ -179,15 +274,17 @@ fn parts(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: &ValidOrder,
     order_id: i64,
-    customer_shard: usize,
-    stock: Vec<orders_activities::stock::StockPart>,
+    plan: &OrderPlan,
+    round: u32,
 ) -> Result<Vec<TwoPhasePart>, GidTooLong> {
+    let customer_shard = plan.customer_shard;
     let part = |shard: usize, order: Option<ValidOrder>, stock: Vec<StockLine>| {
         let names = GidParts {
             workflow_id: ctx.workflow_id().to_owned(),
             run_id: ctx.info().first_execution_run_id().to_owned(),
             shard,
             home_shard: customer_shard,
+            round,
         };
         Ok::<_, GidTooLong>(TwoPhasePart {
             gid: names.gid()?,
@@ -200,11 +297,11 @@ fn parts(
     };
     let mut home_stock = Vec::new();
     let mut others = Vec::new();
-    for stock_part in stock {
+    for stock_part in &plan.stock {
         if stock_part.shard == customer_shard {
-            home_stock = stock_part.lines;
+            home_stock = stock_part.lines.clone();
         } else {
-            others.push(part(stock_part.shard, None, stock_part.lines)?);
+            others.push(part(stock_part.shard, None, stock_part.lines.clone())?);
         }
     }
     let mut parts = vec![part(customer_shard, Some(order.clone()), home_stock)?];

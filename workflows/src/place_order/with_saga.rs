@@ -88,6 +88,7 @@ async fn forward(
             items: order.items.clone(),
             allocate_order_id: false,
             idempotency_key: format!("{key}/plan"),
+            newest_map: false,
         };
         let plan = steps.run(ctx, StockActivities::plan_order, input, Phase::Forward);
         Some(plan.await?)
