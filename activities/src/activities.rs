@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
-use sea_orm::{DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -234,31 +234,58 @@ impl OrderActivities {
         let shard = self.shards.for_customer(input.customer_id);
         let _timer = self.time(shard, "ReserveCredit");
         let txn = shard.conn.begin().await.map_err(on(shard))?;
-        let outcome = credit::reserve(&txn, input.order_id, input.customer_id, input.amount)
-            .await
-            .map_err(on(shard))?;
-        let rejection = match outcome {
-            credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => None,
-            credit::Reserve::Declined { available } => Some(Rejection::PaymentDeclined {
-                customer_id: input.customer_id,
-                total: input.amount,
-                available,
-            }),
-            credit::Reserve::UnknownCustomer => Some(Rejection::UnknownCustomer {
-                customer_id: input.customer_id,
-                shard: shard.index,
-            }),
-            credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
-                step: format!("ReserveCredit of order {}", input.order_id),
-            }),
-        };
-        if let Some(rejection) = rejection {
+        if let Some(rejection) = hold_credit(&txn, shard, &input).await.map_err(on(shard))? {
             txn.rollback().await.map_err(on(shard))?;
             return Err(rejection.into_activity_error());
         }
         txn.commit().await.map_err(on(shard))?;
         tracing::info!(order_id = input.order_id, amount = %input.amount, "credit reserved");
         Ok(())
+    }
+
+    /// `ReserveCredit` and `ConfirmOrder` in one transaction on the customer's shard: the
+    /// order is confirmed exactly when its total is held. Declined (`PaymentDeclined`, …)
+    /// with nothing written; a retry after it committed finds both done and succeeds.
+    /// Compensated by `ReleaseCredit`, like `ReserveCredit`.
+    #[activity(name = "ReserveCreditAndConfirm")]
+    pub async fn reserve_credit_and_confirm(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        created: CreatedOrder,
+    ) -> Result<ConfirmedOrder, ActivityError> {
+        failpoints::hit("reserve_credit.before").await?;
+        let shard = self.shards.for_customer(created.customer_id);
+        let _timer = self.time(shard, "ReserveCreditAndConfirm");
+        let credit = CreditInput {
+            order_id: created.order_id,
+            customer_id: created.customer_id,
+            amount: created.total_amount,
+        };
+        let txn = shard.conn.begin().await.map_err(on(shard))?;
+        if let Some(rejection) = hold_credit(&txn, shard, &credit).await.map_err(on(shard))? {
+            txn.rollback().await.map_err(on(shard))?;
+            return Err(rejection.into_activity_error());
+        }
+        let status = orders::transition(
+            &txn,
+            created.order_id,
+            &[OrderStatus::Pending],
+            OrderStatus::Confirmed,
+        )
+        .await
+        .map_err(on(shard))?;
+        let confirmed = match confirmed(&created, status) {
+            Ok(confirmed) => confirmed,
+            Err(rejection) => {
+                txn.rollback().await.map_err(on(shard))?;
+                return Err(rejection.into_activity_error());
+            }
+        };
+        txn.commit().await.map_err(on(shard))?;
+        self.cache.invalidate(created.order_id).await;
+        failpoints::hit("reserve_credit_and_confirm.after_commit").await?;
+        tracing::info!(order_id = created.order_id, amount = %created.total_amount, "credit reserved, order confirmed");
+        Ok(confirmed)
     }
 
     /// Compensation of `ReserveCredit`: gives the held credit back, at most once.
@@ -301,20 +328,7 @@ impl OrderActivities {
         .await
         .map_err(on(shard))?;
         self.cache.invalidate(created.order_id).await;
-        match status {
-            Some(OrderStatus::Confirmed) => Ok(ConfirmedOrder {
-                order_id: created.order_id,
-                customer_id: created.customer_id,
-                shard: created.shard,
-                status: OrderStatus::Confirmed,
-                total_amount: created.total_amount,
-            }),
-            found => Err(Rejection::OrderNotPending {
-                order_id: created.order_id,
-                found,
-            }
-            .into_activity_error()),
-        }
+        confirmed(&created, status).map_err(Rejection::into_activity_error)
     }
 
     /// Moves an order to `to` if it is in one of `from`, bumping `updated_at`; a retry finds
@@ -348,5 +362,51 @@ impl OrderActivities {
             }
             .into_activity_error()),
         }
+    }
+}
+
+/// Holds `input`'s amount on the customer's credit inside `txn`, or says why not (the caller
+/// rolls back then).
+async fn hold_credit(
+    txn: &impl ConnectionTrait,
+    shard: &Shard,
+    input: &CreditInput,
+) -> Result<Option<Rejection>, DbErr> {
+    let outcome = credit::reserve(txn, input.order_id, input.customer_id, input.amount).await?;
+    Ok(match outcome {
+        credit::Reserve::Reserved | credit::Reserve::AlreadyHeld => None,
+        credit::Reserve::Declined { available } => Some(Rejection::PaymentDeclined {
+            customer_id: input.customer_id,
+            total: input.amount,
+            available,
+        }),
+        credit::Reserve::UnknownCustomer => Some(Rejection::UnknownCustomer {
+            customer_id: input.customer_id,
+            shard: shard.index,
+        }),
+        credit::Reserve::AlreadyReleased => Some(Rejection::AlreadyCompensated {
+            step: format!("ReserveCredit of order {}", input.order_id),
+        }),
+    })
+}
+
+/// The confirmed order, if the transition left `created` confirmed (now, or by an earlier
+/// attempt).
+fn confirmed(
+    created: &CreatedOrder,
+    status: Option<OrderStatus>,
+) -> Result<ConfirmedOrder, Rejection> {
+    match status {
+        Some(OrderStatus::Confirmed) => Ok(ConfirmedOrder {
+            order_id: created.order_id,
+            customer_id: created.customer_id,
+            shard: created.shard,
+            status: OrderStatus::Confirmed,
+            total_amount: created.total_amount,
+        }),
+        found => Err(Rejection::OrderNotPending {
+            order_id: created.order_id,
+            found,
+        }),
     }
 }

@@ -4,6 +4,8 @@
 //! - `create_order.after_commit` aborts the process there, the way a SIGKILL would: after
 //!   the database committed, before Temporal hears about it. Tests use it to prove a retried
 //!   activity neither duplicates nor loses rows.
+//! - `reserve_credit_and_confirm.after_commit` aborts there: the credit hold and the
+//!   confirmation committed together, and Temporal has not heard of it.
 //! - `delete_order.after_commit` aborts there: a compensation has left its tombstone, and the
 //!   workflow task that ran it has not completed.
 //! - `reserve_credit.before=sleep:3000` sleeps 3000 ms there, holding the step open so a test

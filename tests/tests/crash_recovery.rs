@@ -6,33 +6,34 @@ use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{ShardRows, TestApp};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_after_restart() {
+/// A worker armed to abort at `failpoint` dies there mid-saga, when the customer's shard shows
+/// what `written` checks (`what`, in words). A healthy worker then confirms the order after
+/// the step's timeout, and nothing is written twice.
+async fn confirms_once_after_dying_at(
+    failpoint: &str,
+    what: &str,
+    written: fn(&ShardRows) -> bool,
+) {
     let mut app = TestApp::spawn_without_worker().await;
-    // The first worker dies right after CreateOrder commits, before Temporal hears of it.
-    app.start_worker(Some("create_order.after_commit"));
+    app.start_worker(Some(failpoint));
     let customer = app.add_customer("Barbara Liskov", "300.00").await;
     let workflow_id = app
         .start_order(json!({"customer_id": customer, "items": [{"product_id": 5, "quantity": 4, "unit_price": "12.50"}]}))
         .await;
     assert!(
         app.worker_exits_within(Duration::from_secs(30)),
-        "the worker should have aborted at the failpoint; log: {}",
+        "the worker should have aborted at {failpoint}; log: {}",
         app.worker_log().display()
     );
     let home = app.shards.for_customer(customer).index;
-    assert_eq!(
-        app.rows_on_shard(home).await.orders,
-        1,
-        "the order was committed before the crash"
-    );
+    let before = app.rows_on_shard(home).await;
+    assert!(written(&before), "{what} before the crash: {before:?}");
 
-    // A healthy worker picks the saga up; CreateOrder runs again after its timeout.
+    // A healthy worker picks the saga up and runs the step again: it finds its work done.
     app.start_worker(None);
     let outcome = app.outcome(&workflow_id).await;
-
     let OrderOutcome::Placed(placed) = outcome else {
         panic!("expected a confirmed order, got {outcome:?}")
     };
@@ -52,6 +53,26 @@ async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_af
     let shown: serde_json::Value =
         serde_json::from_slice(&shown.stdout).expect("orders get prints JSON");
     assert_eq!(shown["status"], "confirmed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_after_committing_the_order_completes_it_exactly_once_after_restart() {
+    // It dies right after CreateOrder commits, before Temporal hears of it.
+    confirms_once_after_dying_at("create_order.after_commit", "the order committed", |rows| {
+        rows.orders == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_after_holding_credit_and_confirming_confirms_once_after_restart() {
+    // It dies right after the credit hold and the confirmation commit together.
+    confirms_once_after_dying_at(
+        "reserve_credit_and_confirm.after_commit",
+        "the credit held",
+        |rows| rows.held_credit == 1,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

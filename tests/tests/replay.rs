@@ -43,6 +43,8 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "one_task_payment_declined_compensated.json",
         "steps_remote_saga_confirmed.json",
         "two_phase_replanned_after_move.json",
+        "lean_saga_confirmed.json",
+        "lean_saga_payment_declined_compensated.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

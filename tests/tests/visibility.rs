@@ -63,7 +63,7 @@ async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progre
 
     let progress = progress_of(&app, &workflow_id).await;
     assert_eq!(progress.stage, Stage::Confirmed);
-    assert_eq!(progress.step.as_deref(), Some("ConfirmOrder"));
+    assert_eq!(progress.step.as_deref(), Some("ReserveCreditAndConfirm"));
     assert_eq!(progress.order_id, Some(placed.order_id));
     assert_eq!(
         progress.shard,

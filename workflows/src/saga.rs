@@ -13,7 +13,7 @@
 //!
 //! Steps and compensations run as [`Steps`] say: local activities, or activities of their own.
 
-use futures::future::LocalBoxFuture;
+use futures::future::{LocalBoxFuture, join_all};
 use std::time::Duration;
 use temporalio_common::data_converters::TemporalDeserializable;
 use temporalio_common::{ActivityDefinition, RetryPolicy};
@@ -115,15 +115,7 @@ impl<W: 'static> Saga<W> {
         U: ActivityDefinition<Output = ()> + 'static,
         U::Input: 'static,
     {
-        let ctx = self.ctx.clone();
-        let steps = self.steps;
-        let name = undo.name().to_owned();
-        self.compensations.push(Compensation {
-            name,
-            run: Box::pin(
-                async move { steps.run(&ctx, undo, undo_input, Phase::Compensate).await },
-            ),
-        });
+        self.register(undo, undo_input);
         let result = self
             .steps
             .run(&self.ctx, forward, input, Phase::Forward)
@@ -134,6 +126,60 @@ impl<W: 'static> Saga<W> {
             self.compensations.pop();
         }
         result
+    }
+
+    /// Steps that do not depend on each other (one per shard): registers each one's
+    /// `undo()`, then runs every `forward()` at once. Like [`Self::step`], a step that
+    /// rejected drops its compensation; the first failure (in input order) is returned once
+    /// every step has ended, so the compensations see what each wrote.
+    pub async fn steps_side_by_side<F, U>(
+        &mut self,
+        forward: impl Fn() -> F,
+        inputs: Vec<(F::Input, U::Input)>,
+        undo: impl Fn() -> U,
+    ) -> Result<Vec<F::Output>, ActivityExecutionError>
+    where
+        F: ActivityDefinition,
+        F::Output: TemporalDeserializable,
+        U: ActivityDefinition<Output = ()> + 'static,
+        U::Input: 'static,
+    {
+        let first = self.compensations.len();
+        let mut forward_inputs = Vec::with_capacity(inputs.len());
+        for (input, undo_input) in inputs {
+            self.register(undo(), undo_input);
+            forward_inputs.push(input);
+        }
+        let results = join_all(
+            forward_inputs
+                .into_iter()
+                .map(|input| self.steps.run(&self.ctx, forward(), input, Phase::Forward)),
+        )
+        .await;
+        for (i, result) in results.iter().enumerate().rev() {
+            if let Err(err) = result
+                && failures::rejection(err).is_some()
+            {
+                self.compensations.remove(first + i);
+            }
+        }
+        results.into_iter().collect()
+    }
+
+    /// Registers `undo(undo_input)`, to run if the saga compensates.
+    fn register<U>(&mut self, undo: U, undo_input: U::Input)
+    where
+        U: ActivityDefinition<Output = ()> + 'static,
+        U::Input: 'static,
+    {
+        let ctx = self.ctx.clone();
+        let steps = self.steps;
+        self.compensations.push(Compensation {
+            name: undo.name().to_owned(),
+            run: Box::pin(
+                async move { steps.run(&ctx, undo, undo_input, Phase::Compensate).await },
+            ),
+        });
     }
 
     /// Runs a step that needs no compensation.

@@ -53,7 +53,11 @@ pub const ONE_TASK_PATCH: &str = "one-task-order";
 /// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
 /// they run every step as an activity of its own, as orders did before these patches.
 /// Histories follow what they recorded either way.
-pub const LOCAL_STEP_PATCHES: [&str; 2] = [ONE_TASK_PATCH, two_phase::LOCAL_STEPS_PATCH];
+pub const LOCAL_STEP_PATCHES: [&str; 3] = [
+    with_saga::LEAN_SAGA_PATCH,
+    ONE_TASK_PATCH,
+    two_phase::LOCAL_STEPS_PATCH,
+];
 
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
@@ -114,7 +118,9 @@ impl PlaceOrderWorkflow {
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
-        let one_task = ctx.patched(ONE_TASK_PATCH);
+        // Newest first: a history carries at most one of these markers.
+        let lean = ctx.patched(with_saga::LEAN_SAGA_PATCH);
+        let one_task = lean || ctx.patched(ONE_TASK_PATCH);
         if one_task {
             ctx.state_mut(|s| s.attributes.hold());
         }
@@ -149,8 +155,13 @@ impl PlaceOrderWorkflow {
             Consistency::TwoPhase if ctx.patched(two_phase::LOCAL_STEPS_PATCH) => Steps::Local,
             _ => Steps::Remote,
         };
+        let shape = match (lean, with_stock) {
+            (true, _) => with_saga::Shape::Lean,
+            (false, true) => with_saga::Shape::WithStock,
+            (false, false) => with_saga::Shape::WithoutStock,
+        };
         let placed = match consistency {
-            Consistency::Saga => with_saga::place(ctx, order, &key, with_stock, steps).await?,
+            Consistency::Saga => with_saga::place(ctx, order, &key, shape, steps).await?,
             Consistency::TwoPhase => two_phase::place(ctx, order, &key, steps).await?,
         };
         set_stage(ctx, Stage::Confirmed);
