@@ -25,6 +25,7 @@ use crate::order_input::{Consistency, ValidOrder};
 use crate::read::OrderCache;
 use crate::routing::bucket_of;
 use crate::shards::{Shard, ShardError, Shards};
+use crate::stock::{StockPart, stock_plan};
 use crate::store::idempotency::{self, Finish, Once};
 use crate::store::{credit, customers, orders};
 
@@ -34,6 +35,10 @@ pub struct CreateOrderInput {
     /// Unique per workflow run and step; see the module docs.
     pub idempotency_key: String,
     pub order: ValidOrder,
+    /// Also plan the order's stock parts, on the map that routed the order (the lean saga's
+    /// CreateOrder does PlanOrder's work, one step fewer). Left out of the payload when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plan_stock: bool,
 }
 
 /// What `CreateOrder` wrote.
@@ -43,6 +48,10 @@ pub struct CreatedOrder {
     pub customer_id: i64,
     pub shard: usize,
     pub total_amount: Decimal,
+    /// The stock parts, when asked for ([`CreateOrderInput::plan_stock`]); stored with the
+    /// step's result, so a retry or a replay follows the same plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<Vec<StockPart>>,
 }
 
 /// Which order a compensation undoes: the create step's key and the customer routing it.
@@ -163,6 +172,9 @@ impl OrderActivities {
                 customer_id: order.customer_id,
                 shard: shard.index,
                 total_amount: order.total(),
+                stock: input
+                    .plan_stock
+                    .then(|| stock_plan(&self.shards, &order.items)),
             })
         })
         .await

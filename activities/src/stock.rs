@@ -92,6 +92,16 @@ pub fn wanted(lines: &[StockLine]) -> Wanted {
     wanted
 }
 
+/// An order's stock parts on the map in use: its products grouped by the shard stocking
+/// them, one part per shard, in shard order.
+pub(crate) fn stock_plan(shards: &Shards, items: &[OrderLine]) -> Vec<StockPart> {
+    let lines = items.iter().map(|item| StockLine {
+        product_id: item.product_id,
+        quantity: item.quantity,
+    });
+    parts(shards, lines)
+}
+
 /// Groups `items` by the shard stocking each product, summing per product.
 fn parts(shards: &Shards, items: impl IntoIterator<Item = StockLine>) -> Vec<StockPart> {
     let mut by_shard: BTreeMap<usize, Vec<StockLine>> = BTreeMap::new();
@@ -199,14 +209,10 @@ impl StockActivities {
         } else {
             None
         };
-        let lines = input.items.iter().map(|item| StockLine {
-            product_id: item.product_id,
-            quantity: item.quantity,
-        });
         Ok(OrderPlan {
             customer_shard: customer_shard.index,
             order_id,
-            stock: parts(&self.shards, lines),
+            stock: stock_plan(&self.shards, &input.items),
         })
     }
 

@@ -74,16 +74,16 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     let dir = tempfile_dir(&app);
     let customer = app.add_customer("Barbara Liskov", "500.00").await;
 
-    // Default worker: a three-shard saga (plan, create, two reservations side by side,
-    // credit and confirmation in one) and the lifecycle start, all local activities in the
-    // order's one workflow task.
+    // Default worker: a three-shard saga (create and plan in one, two reservations side by
+    // side, credit and confirmation in one) and the lifecycle start, all local activities in
+    // the order's one workflow task.
     let (input, _) = three_shard_order(&app, customer, "saga");
     let (local_id, placed) = app.place_confirmed_order(input).await;
     let (local_file, local) = recorded(&app, &local_id, &dir);
     assert_eq!(local.activity_tasks, 0, "{local:?}");
     assert_eq!(
-        local.local_activities, 6,
-        "five steps and the lifecycle start: {local:?}"
+        local.local_activities, 5,
+        "four steps and the lifecycle start: {local:?}"
     );
     assert_eq!(local.workflow_tasks, 1, "{local:?}");
     assert_eq!(
@@ -111,8 +111,8 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     let (declined_file, declined) = recorded(&app, &declined_id, &dir);
     assert_eq!(declined.activity_tasks, 0, "{declined:?}");
     assert_eq!(
-        declined.local_activities, 8,
-        "plan, create, two reservations, the declined credit, three compensations: {declined:?}"
+        declined.local_activities, 7,
+        "create, two reservations, the declined credit, three compensations: {declined:?}"
     );
     assert_eq!(
         declined.workflow_tasks, 2,

@@ -5,11 +5,12 @@
 //! runs (see [`crate::saga`]); a failure, or a cancellation, runs them newest first. The
 //! result says `saga`, the mode the order ran in.
 //!
-//! Under [`LEAN_SAGA_PATCH`] the stock parts are reserved side by side (one shard each, none
+//! Under [`LEAN_SAGA_PATCH`] CreateOrder also plans the stock (PlanOrder's routing, on the map
+//! that routed the order), the stock parts are reserved side by side (one shard each, none
 //! depending on another), and credit is reserved and the order confirmed in one transaction
 //! on the customer's shard (`ReserveCreditAndConfirm`): the order is confirmed exactly when
-//! its total is held, one step and one history marker fewer, and the steps in a row go from
-//! 6 + k to 5 whatever the number k of stock shards.
+//! its total is held. Two steps and two history markers fewer, and the steps in a row go
+//! from 6 + k to 4 whatever the number k of stock shards.
 
 use orders_activities::metrics::OrderMetrics;
 use orders_activities::stock::{PlanInput, StockActivities, StockInput};
@@ -103,7 +104,7 @@ async fn forward(
 ) -> Result<PlacedOrder, ActivityExecutionError> {
     let create_key = format!("{key}/create-order");
     let customer_id = order.customer_id;
-    let plan = if shape != Shape::WithoutStock {
+    let plan = if shape == Shape::WithStock {
         set_step(ctx, "PlanOrder");
         let input = PlanInput {
             customer_id,
@@ -113,17 +114,18 @@ async fn forward(
             newest_map: false,
         };
         let plan = steps.run(ctx, StockActivities::plan_order, input, Phase::Forward);
-        Some(plan.await?)
+        Some(plan.await?.stock)
     } else {
         None
     };
     set_step(ctx, "CreateOrder");
-    let created = saga
+    let mut created = saga
         .step(
             OrderActivities::create_order,
             CreateOrderInput {
                 idempotency_key: create_key.clone(),
                 order,
+                plan_stock: shape == Shape::Lean,
             },
             OrderActivities::delete_order,
             OrderRef {
@@ -138,11 +140,16 @@ async fn forward(
     });
     set_attributes(ctx, [SHARD.value_set(created.shard as i64)]);
     set_stage(ctx, Stage::Pending);
-    if let Some(plan) = plan {
+    // The lean saga's CreateOrder planned the stock too.
+    let stock = match shape {
+        Shape::Lean => Some(created.stock.take().unwrap_or_default()),
+        Shape::WithStock | Shape::WithoutStock => plan,
+    };
+    if let Some(stock) = stock {
         set_attributes(ctx, [ORDER_ID.value_set(created.order_id)]);
         publish(ctx);
         set_step(ctx, "ReserveStock");
-        let parts = plan.stock.into_iter().map(|part| StockInput {
+        let parts = stock.into_iter().map(|part| StockInput {
             idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
             order_id: created.order_id,
             part,
