@@ -422,7 +422,7 @@ impl ReshardActivities {
         Ok(progress)
     }
 
-    /// Applies the changes logged since `after`, until none are left.
+    /// Applies the changes logged on the source, until none are left.
     #[activity(name = "CatchUpBucket")]
     pub async fn catch_up_bucket(
         self: Arc<Self>,
@@ -434,7 +434,7 @@ impl ReshardActivities {
 
     /// The write stop and the switch, in one activity so the pause costs one round trip to
     /// Temporal: freezes the bucket on the source and waits out the transactions that began
-    /// before, applies the changes since `after`, verifies, and cuts over. A mismatch leaves
+    /// before, applies the changes still logged, verifies, and cuts over. A mismatch leaves
     /// the bucket frozen for the workflow to roll back. Safe to repeat: once the map gives the
     /// bucket to the target, a retry only finishes the cut-over.
     #[activity(name = "FreezeAndCutOver")]
@@ -535,7 +535,8 @@ impl ReshardActivities {
         mv.buckets.iter().all(|&b| map.shard_of_bucket(b) == mv.to)
     }
 
-    /// Applies the changes logged on the source since change `after`, until none are left.
+    /// Applies the changes logged on the source, until none are left (see
+    /// [`bucket_rows::catch_up`]); `after` is the newest change an earlier pass reported.
     async fn catch_up(
         &self,
         ctx: &ActivityContext,
@@ -550,19 +551,13 @@ impl ReshardActivities {
             changes: 0,
         };
         loop {
-            let batch = bucket_rows::catch_up(
-                &mut on_source,
-                &mut on_target,
-                &mv.buckets,
-                done.last_change,
-                5_000,
-            )
-            .await
-            .map_err(sql_error(target))?;
+            let batch = bucket_rows::catch_up(&mut on_source, &mut on_target, &mv.buckets, 5_000)
+                .await
+                .map_err(sql_error(target))?;
             if batch.changes == 0 {
                 return Ok(done);
             }
-            done.last_change = batch.last_change;
+            done.last_change = done.last_change.max(batch.last_change);
             done.changes += batch.changes;
             ctx.record_heartbeat(done.changes).await.ok();
             if ctx.is_cancelled() {

@@ -12,6 +12,7 @@ use orders_activities::Shards;
 use orders_activities::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use orders_activities::routing::{bucket_of, tagged_id};
 use orders_activities::shard_map::ShardMap;
+use orders_activities::store::bucket_rows;
 use orders_activities::store::fences::{self, FenceState};
 use orders_activities::store::two_phase::{self, GidParts};
 use orders_worker::client::OrderOutcome;
@@ -1149,4 +1150,68 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
     assert_eq!(on(to, confirmed_sql).await, 2, "both two-phase orders");
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_that_commits_after_a_later_one_is_still_caught_up() {
+    let app = TestApp::spawn_without_worker().await;
+    let Mover {
+        customer,
+        bucket,
+        from,
+        to,
+    } = Mover::new(&app, "Leslie Lamport", "1000.00", 1).await;
+    let (source, target) = (app.shards.get(from), app.shards.get(to));
+    fences::set_all(&source.conn, &[bucket], FenceState::Copying, to, "test")
+        .await
+        .unwrap();
+    fences::set_all(&target.conn, &[bucket], FenceState::Incoming, from, "test")
+        .await
+        .unwrap();
+    let pool = |shard: &orders_activities::shards::Shard| {
+        shard.conn.get_postgres_connection_pool().clone()
+    };
+    let (source_pool, target_pool) = (pool(source), pool(target));
+    let mut on_source = source_pool.acquire().await.unwrap();
+    let mut on_target = target_pool.acquire().await.unwrap();
+    let order = |n: i64| tagged_id(900_000 + n, bucket);
+    let insert =
+        "INSERT INTO orders (id, customer_id, status, total_amount, customer_name, customer_email)
+                  SELECT $1, id, 'pending', 1.00, first_name, email FROM customers WHERE id = $2";
+    // The customer, changed while copying, comes over with the first pass.
+    sea_orm::sqlx::query("UPDATE customers SET first_name = first_name WHERE id = $1")
+        .bind(customer)
+        .execute(&mut *on_source)
+        .await
+        .unwrap();
+    // The first order's change is logged first but commits last.
+    let mut early = source_pool.begin().await.unwrap();
+    sea_orm::sqlx::query(insert)
+        .bind(order(1))
+        .bind(customer)
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    sea_orm::sqlx::query(insert)
+        .bind(order(2))
+        .bind(customer)
+        .execute(&mut *on_source)
+        .await
+        .unwrap();
+    let first = bucket_rows::catch_up(&mut on_source, &mut on_target, &[bucket], 100)
+        .await
+        .unwrap();
+    assert!(first.changes >= 1, "{first:?}");
+    early.commit().await.unwrap();
+    bucket_rows::catch_up(&mut on_source, &mut on_target, &[bucket], 100)
+        .await
+        .unwrap();
+    for n in [1, 2] {
+        let sql = "SELECT count(*) FROM orders WHERE id = $1";
+        assert_eq!(
+            count(&app.shards, to, sql, order(n)).await,
+            1,
+            "order {n} on the target"
+        );
+    }
 }

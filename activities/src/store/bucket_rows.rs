@@ -336,38 +336,43 @@ pub async fn count_rows(conn: &mut PgConnection, buckets: &[u16]) -> Result<u64,
 /// What one [`catch_up`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CaughtUp {
-    /// The newest change applied (the next catch-up starts after it).
+    /// The newest change applied, for progress.
     pub last_change: i64,
     /// Changes read (a row changed twice counts twice).
     pub changes: u64,
 }
 
-/// Applies to `target` the next `limit` changes logged on `source` for `bucket` after change
-/// `after`: each named row is read from `source` as it is now and written again on `target`
-/// (or deleted there, if it is gone), in one transaction.
+/// Applies to `target` up to `limit` of the changes logged on `source` for `buckets`: each
+/// named row is read from `source` as it is now and written again on `target` (or deleted
+/// there, if it is gone), in one transaction; then those changes leave the log.
+///
+/// The log is drained, not read past a cursor: a change's id is taken when it is written but
+/// seen when its transaction commits, so a change committing late can have a lower id than
+/// one already applied. Left in the log, it is applied by a later pass (the last one runs
+/// frozen, once every writer has ended). Applying a change twice (a pass that dies before
+/// deleting) writes the same rows again.
 pub async fn catch_up(
     source: &mut PgConnection,
     target: &mut PgConnection,
     buckets: &[u16],
-    after: i64,
     limit: u32,
 ) -> Result<CaughtUp, sqlx::Error> {
     let changes = sqlx::query(
         "SELECT id, table_name, row_key FROM bucket_changes
-         WHERE bucket = ANY($1) AND id > $2 ORDER BY id LIMIT $3",
+         WHERE bucket = ANY($1) ORDER BY id LIMIT $2",
     )
     .bind(small(buckets))
-    .bind(after)
     .bind(i64::from(limit))
     .fetch_all(&mut *source)
     .await?;
-    let Some(last) = changes.last() else {
-        return Ok(CaughtUp {
-            last_change: after,
-            changes: 0,
-        });
-    };
-    let last_change: i64 = last.try_get("id")?;
+    if changes.is_empty() {
+        return Ok(CaughtUp::default());
+    }
+    let applied: Vec<i64> = changes
+        .iter()
+        .map(|change| change.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let last_change = applied.iter().copied().max().unwrap_or_default();
     let mut keys: Vec<Vec<String>> = vec![Vec::new(); TABLES.len()];
     for change in &changes {
         let name: String = change.try_get("table_name")?;
@@ -457,6 +462,10 @@ pub async fn catch_up(
         .await?;
     }
     write.commit().await?;
+    sqlx::query("DELETE FROM bucket_changes WHERE id = ANY($1)")
+        .bind(&applied)
+        .execute(&mut *source)
+        .await?;
     Ok(CaughtUp {
         last_change,
         changes: changes.len() as u64,
