@@ -71,14 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let before = load_for(&orders_bin, &address, task_queue, &urls, 8, None).await?;
     let rss_before = peak_rss_kib(worker.pid());
 
-    let mut reshard = Command::new(&orders_bin);
-    reshard
-        .args(["reshard", "--to", "5", "--clean-up-after", "5", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    common::deployment_env(&mut reshard, &address, task_queue, &urls);
     let moving = Instant::now();
-    let mut running = reshard.spawn()?;
+    let mut running = reshard_to(&orders_bin, &address, task_queue, &urls, 5).spawn()?;
     let during = load_for(
         &orders_bin,
         &address,
@@ -103,14 +97,8 @@ async fn main() -> anyhow::Result<()> {
     // The mover alone: the fifth shard drained back with no load, the worker's resident set
     // sampled throughout. A mover holding a bucket (or a move) in memory would grow it.
     let rss_idle = rss_kib(worker.pid());
-    let mut drain = Command::new(&orders_bin);
-    drain
-        .args(["reshard", "--to", "4", "--clean-up-after", "5", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    common::deployment_env(&mut drain, &address, task_queue, &urls);
     let draining = Instant::now();
-    let mut running = drain.spawn()?;
+    let mut running = reshard_to(&orders_bin, &address, task_queue, &urls, 4).spawn()?;
     let mut rss_draining = rss_idle;
     while running.try_wait()?.is_none() {
         rss_draining = rss_draining.max(rss_kib(worker.pid()));
@@ -199,6 +187,24 @@ fn run(
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
+}
+
+/// `orders reshard --to SHARDS --json` against the deployment, its report on stdout.
+fn reshard_to(
+    bin: &Path,
+    address: &str,
+    task_queue: &str,
+    urls: &[String],
+    shards: u32,
+) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args(["reshard", "--to", &shards.to_string()])
+        .args(["--clean-up-after", "5", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    common::deployment_env(&mut command, address, task_queue, urls);
+    command
 }
 
 /// A worker that re-reads the map every 2 s, so the clean-up delay can be short.

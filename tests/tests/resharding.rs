@@ -46,6 +46,20 @@ impl Mover {
     }
 }
 
+/// `count` pending orders of `customer`, written straight to its shard; their ids.
+async fn insert_orders(
+    app: &TestApp,
+    customer: i64,
+    count: usize,
+    items: &[(i64, i32, &str)],
+) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(app.insert_order(customer, items).await);
+    }
+    ids
+}
+
 /// Orders placed for `customers` while a move runs: `count` orders, `in_flight` at a time,
 /// alternating saga and two-phase, each naming `products`.
 async fn place_while_moving(
@@ -430,9 +444,7 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
         from,
         to,
     } = Mover::new(&app, "Frances Allen", "1000.00", 3).await;
-    for _ in 0..3 {
-        app.insert_order(customer, &[(5, 1, "2.00")]).await;
-    }
+    insert_orders(&app, customer, 3, &[(5, 1, "2.00")]).await;
     let app = Arc::new(app);
     let output = reshard(
         &app,
@@ -716,13 +728,7 @@ async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
         from,
         to,
     } = Mover::new(&app, "Jim Gray", "10000.00", 1).await;
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        ids.push(
-            app.insert_order(customer, &[(6, 1, "1.50"), (7, 2, "2.25")])
-                .await,
-        );
-    }
+    let ids = insert_orders(&app, customer, 6, &[(6, 1, "1.50"), (7, 2, "2.25")]).await;
     // The first worker dies (as a SIGKILL would) after its first COPY chunk, the second
     // after fencing the source `moved` and before publishing the map; the third finishes.
     app.start_worker(Some("copy_bucket.after_chunk"));
@@ -1043,10 +1049,7 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
         from,
         to,
     } = Mover::new(&app, "C. Mohan", "1000.00", 3).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(app.insert_order(customer, &[(6, 1, "1.00")]).await);
-    }
+    let mut ids = insert_orders(&app, customer, 3, &[(6, 1, "1.00")]).await;
     // No commit gets through, and the copy is slow enough to place an order while it runs.
     app.start_worker(Some(
         "commit_part.before=fail,copy_bucket.after_chunk=sleep:700",
