@@ -375,6 +375,27 @@ impl OrderActivities {
             .into_activity_error()),
         }
     }
+
+    /// The order as it stands on its shard, for a lifecycle started by a client's first
+    /// status change, which knows only the order id. Reads only, so safe to run again.
+    #[activity(name = "LoadPlacedOrder")]
+    pub async fn load_placed_order(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        order_id: i64,
+    ) -> Result<PlacedOrder, ActivityError> {
+        let Some((shard, order)) = crate::read::find_order(&self.shards, order_id).await? else {
+            return Err(Rejection::UnknownOrder { order_id }.into_activity_error());
+        };
+        Ok(PlacedOrder {
+            order_id,
+            customer_id: order.customer_id,
+            shard,
+            status: order.status,
+            total_amount: order.total_amount,
+            consistency: order.consistency.unwrap_or_default(),
+        })
+    }
 }
 
 /// Holds `input`'s amount on the customer's credit inside `txn`, or says why not (the caller

@@ -14,6 +14,8 @@
 //!   way a shard that stays down would, so a test can watch a compensation give up. Tests
 //!   arm `prepare_part.before=fail` and `commit_part.before=fail` the same way, to hold a
 //!   two-phase order between its plan and its prepare, or with its parts prepared.
+//!   `commit_stock_part.before=sleep:N` holds only the parts without the order: the order is
+//!   committed and confirmed, its stock parts still prepared.
 //!
 //! - The bucket mover's points: `copy_bucket.after_chunk` (after each heartbeated COPY
 //!   chunk), `freeze_bucket.after_freeze`, `cut_over_bucket.after_source` (the source fenced

@@ -31,6 +31,8 @@ pub enum FailureType {
     OrderNotPending,
     /// A status change the order's current status does not allow.
     InvalidTransition,
+    /// A status change names an order id no shard holds.
+    UnknownOrder,
     /// The worker cannot read the file an import names.
     ImportFileUnreadable,
     /// The order asks for more of a product than is available.
@@ -56,13 +58,14 @@ pub enum FailureType {
 
 impl FailureType {
     /// Every failure type, for documentation and tests.
-    pub const ALL: [FailureType; 15] = [
+    pub const ALL: [FailureType; 16] = [
         FailureType::InvalidOrder,
         FailureType::UnknownCustomer,
         FailureType::PaymentDeclined,
         FailureType::AlreadyCompensated,
         FailureType::OrderNotPending,
         FailureType::InvalidTransition,
+        FailureType::UnknownOrder,
         FailureType::ImportFileUnreadable,
         FailureType::OutOfStock,
         FailureType::UnknownProduct,
@@ -83,6 +86,7 @@ impl FailureType {
             FailureType::AlreadyCompensated => "AlreadyCompensated",
             FailureType::OrderNotPending => "OrderNotPending",
             FailureType::InvalidTransition => "InvalidTransition",
+            FailureType::UnknownOrder => "UnknownOrder",
             FailureType::ImportFileUnreadable => "ImportFileUnreadable",
             FailureType::OutOfStock => "OutOfStock",
             FailureType::UnknownProduct => "UnknownProduct",
@@ -149,6 +153,9 @@ pub enum Rejection {
         found: Option<OrderStatus>,
         allowed: Vec<OrderStatus>,
     },
+    /// No shard holds an order with this id.
+    #[error("order {order_id} does not exist on any shard")]
+    UnknownOrder { order_id: i64 },
     /// A product's available stock cannot cover the quantity ordered.
     #[error(
         "out of stock: product {product_id} has {available} available, the order needs {requested}"
@@ -201,6 +208,7 @@ impl Rejection {
             Rejection::AlreadyCompensated { .. } => FailureType::AlreadyCompensated,
             Rejection::OrderNotPending { .. } => FailureType::OrderNotPending,
             Rejection::InvalidTransition { .. } => FailureType::InvalidTransition,
+            Rejection::UnknownOrder { .. } => FailureType::UnknownOrder,
             Rejection::OutOfStock { .. } => FailureType::OutOfStock,
             Rejection::UnknownProduct { .. } => FailureType::UnknownProduct,
             Rejection::PreparedPartMissing { .. } => FailureType::PreparedPartMissing,

@@ -281,7 +281,9 @@ impl StockActivities {
             idempotency::mark_compensated(&txn, &input.idempotency_key)
                 .await
                 .map_err(on)?;
-            let released = inventory::release(&txn, input.order_id).await.map_err(on)?;
+            let released = inventory::release(&txn, input.order_id, &[])
+                .await
+                .map_err(on)?;
             txn.commit().await.map_err(on)?;
             tracing::info!(
                 order_id = input.order_id,
@@ -296,17 +298,27 @@ impl StockActivities {
     /// Gives back the stock a placed order holds, on every shard: cancelling a confirmed
     /// order. Holds are found by order id, so this needs no routing (and stays right after
     /// the shard map changes), and each shard's release happens once however often this runs.
+    ///
+    /// A two-phase order is confirmed once its home part commits, just before its stock
+    /// parts: a lifecycle started by a client in between must not miss their holds, so each
+    /// shard's release first waits for whatever still locks the order's products.
     #[activity(name = "ReleaseOrderStock")]
     pub async fn release_order_stock(
         self: Arc<Self>,
         _ctx: ActivityContext,
         order: OrderStockRef,
     ) -> Result<(), ActivityError> {
+        let ordered: Vec<i64> = crate::read::find_order(&self.shards, order.order_id)
+            .await?
+            .map(|(_, found)| found.items.iter().map(|item| item.product_id).collect())
+            .unwrap_or_default();
         for shard in self.shards.iter() {
             let _timer = self.metrics.time(shard, "ReleaseOrderStock");
             let on = |e| shard.error(e);
             let txn = shard.conn.begin().await.map_err(on)?;
-            let released = inventory::release(&txn, order.order_id).await.map_err(on)?;
+            let released = inventory::release(&txn, order.order_id, &ordered)
+                .await
+                .map_err(on)?;
             txn.commit().await.map_err(on)?;
             if !released.is_empty() {
                 tracing::info!(

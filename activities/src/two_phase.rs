@@ -186,6 +186,9 @@ impl TwoPhaseActivities {
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
         failpoints::hit("commit_part.before").await?;
+        if part.order.is_none() {
+            failpoints::hit("commit_stock_part.before").await?;
+        }
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "CommitPart");
         if !commit_on(shard, &part.gid, &part.idempotency_key)

@@ -23,6 +23,9 @@ pub struct Model {
     /// The import (workflow id) and line that wrote this order.
     pub import_id: Option<String>,
     pub import_line: Option<i64>,
+    /// How the order was placed: `saga` or `two_phase`. None for imported and synthetic
+    /// orders, and for orders placed before migration 16.
+    pub consistency: Option<String>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
 }

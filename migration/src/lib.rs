@@ -24,6 +24,7 @@ mod m20261202_000012_create_shard_identity;
 mod m20261202_000013_index_idempotency_keys_by_age;
 mod m20261202_000014_create_bucket_fences;
 mod m20261202_000015_bucket_guard_takes_xid;
+mod m20261203_000016_record_order_consistency;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000013_index_idempotency_keys_by_age::Migration),
             Box::new(m20261202_000014_create_bucket_fences::Migration),
             Box::new(m20261202_000015_bucket_guard_takes_xid::Migration),
+            Box::new(m20261203_000016_record_order_consistency::Migration),
         ]
     }
 }

@@ -9,12 +9,13 @@
 //! old worker, then through the new one, and the benchmark prints for each:
 //! - orders/s and p50/p95/p99 latency (from `orders load`);
 //! - worker and Temporal server CPU ms per order (from `/proc`, over the load);
-//! - history events and workflow tasks per order, PlaceOrder's and its lifecycle's (from the
-//!   histories of a sample of the orders);
+//! - history events and workflow tasks per order, PlaceOrder's and its lifecycle's where
+//!   PlaceOrder starts one (from the histories of a sample of the orders);
 //! - the server's billable actions per order (its own `action` metric, the count Temporal
 //!   documents for estimating Cloud usage);
 //!
-//! then the ratios new/old, and draws orders/s against orders in flight for both paths to
+//! then the ratios new/old, then what shipping a sample of the orders costs each path (the
+//! old path's lifecycle is running, the new path's starts with that change), and draws orders/s against orders in flight for both paths to
 //! `docs/throughput.svg` (`THROUGHPUT_PLOT` to write it elsewhere).
 
 mod common;
@@ -83,6 +84,18 @@ struct Cell {
     events: f64,
     workflow_tasks: f64,
     actions: f64,
+    /// Orders it placed whose histories were read.
+    sample: Vec<i64>,
+}
+
+/// What the first status change of placed orders (shipping them) cost through a path: the
+/// old path's lifecycle is already running, the new path's starts now.
+struct ShipCost {
+    orders: usize,
+    server_cpu_ms: f64,
+    worker_cpu_ms: f64,
+    events: f64,
+    workflow_tasks: f64,
 }
 
 /// The deployment under measurement.
@@ -158,6 +171,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     print_ratios(&cells);
+    println!("  first status change (ship) of orders placed by the saga loads at 64 in flight:");
+    let mut ships = Vec::new();
+    for path in [StepPath::Remote, StepPath::Local] {
+        let placed = cells
+            .iter()
+            .find(|c| c.path == path && c.mode == "saga" && c.in_flight == 64)
+            .expect("every cell ran");
+        let ship = bench.ship(path, &placed.sample).await?;
+        println!(
+            "    {:<13} {} orders: server CPU {:.1} ms/order, worker CPU {:.1} ms/order, {:.1} events and {:.1} workflow tasks per order; with the placement: {:.1} events, {:.1} tasks",
+            path.label(),
+            ship.orders,
+            ship.server_cpu_ms,
+            ship.worker_cpu_ms,
+            ship.events,
+            ship.workflow_tasks,
+            placed.events + ship.events,
+            placed.workflow_tasks + ship.workflow_tasks,
+        );
+        ships.push(ship);
+    }
+    println!(
+        "    new / old: server CPU {:.2}×  events {:.2}×  tasks {:.2}×",
+        ships[1].server_cpu_ms / ships[0].server_cpu_ms,
+        ships[1].events / ships[0].events,
+        ships[1].workflow_tasks / ships[0].workflow_tasks,
+    );
     let plot = std::env::var_os("THROUGHPUT_PLOT").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/throughput.svg"),
         PathBuf::from,
@@ -240,7 +280,7 @@ impl Bench {
             "orders load ({mode}, {}) met client errors: {report}",
             path.setting()
         );
-        let (events, workflow_tasks) = self.history_cost(&report).await?;
+        let (events, workflow_tasks, sample) = self.history_cost(&report).await?;
         let number = |key: &str| report[key].as_f64().unwrap_or_default();
         let per_order = |total: f64| total / orders as f64;
         Ok(Cell {
@@ -258,41 +298,107 @@ impl Bench {
             events,
             workflow_tasks,
             actions: per_order(actions),
+            sample,
         })
     }
 
-    /// Mean history events and workflow tasks per order over a sample of the load's orders:
-    /// PlaceOrder's history, plus the lifecycle's of an order it confirmed.
-    async fn history_cost(&self, report: &serde_json::Value) -> anyhow::Result<(f64, f64)> {
+    /// Ships `order_ids` through `path`'s task queue (`SetStatus`, 8 at a time), measured.
+    async fn ship(&self, path: StepPath, order_ids: &[i64]) -> anyhow::Result<ShipCost> {
+        use futures::StreamExt;
+        let lifecycles: Vec<String> = order_ids
+            .iter()
+            .map(|id| orders_workflows::order_lifecycle::workflow_id(*id))
+            .collect();
+        let (events_before, tasks_before) = self.lifecycle_cost(&lifecycles).await;
+        let server_pid = self.temporal.pid().context("own server")?;
+        let worker_pid = self.worker_pid(path);
+        let (server_before, worker_before) = (cpu_ms(server_pid)?, cpu_ms(worker_pid)?);
+        let task_queue = path.task_queue();
+        let shipped: Vec<anyhow::Result<_>> = futures::stream::iter(order_ids)
+            .map(|id| {
+                orders_worker::client::set_order_status(
+                    &self.client,
+                    &task_queue,
+                    *id,
+                    orders_entities::order::OrderStatus::Shipped,
+                )
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let (server_after, worker_after) = (cpu_ms(server_pid)?, cpu_ms(worker_pid)?);
+        for result in shipped {
+            result.with_context(|| format!("shipping through {}", path.setting()))?;
+        }
+        let (events_after, tasks_after) = self.lifecycle_cost(&lifecycles).await;
+        let n = order_ids.len().max(1) as f64;
+        Ok(ShipCost {
+            orders: order_ids.len(),
+            server_cpu_ms: (server_after - server_before) / n,
+            worker_cpu_ms: (worker_after - worker_before) / n,
+            events: (events_after - events_before) as f64 / n,
+            workflow_tasks: (tasks_after - tasks_before) as f64 / n,
+        })
+    }
+
+    /// History events and workflow tasks of these workflows, together; one that does not
+    /// exist (a lifecycle not started yet) counts nothing.
+    async fn lifecycle_cost(&self, workflow_ids: &[String]) -> (usize, usize) {
+        let (mut events, mut tasks) = (0, 0);
+        for id in workflow_ids {
+            if let Ok((e, t)) = self.history_of(id).await {
+                events += e;
+                tasks += t;
+            }
+        }
+        (events, tasks)
+    }
+
+    /// History events and workflow tasks of `workflow_id`.
+    async fn history_of(&self, workflow_id: &str) -> anyhow::Result<(usize, usize)> {
+        let history = self
+            .client
+            .get_workflow_handle::<UntypedWorkflow>(workflow_id)
+            .fetch_history(WorkflowFetchHistoryOptions::default())
+            .into_events()
+            .await
+            .with_context(|| format!("cannot read the history of {workflow_id}"))?;
+        let tasks = history
+            .iter()
+            .filter(|e| e.event_type == EventType::WorkflowTaskCompleted as i32)
+            .count();
+        Ok((history.len(), tasks))
+    }
+
+    /// Mean history events and workflow tasks per order over a sample of the load's orders
+    /// (PlaceOrder's history, plus the lifecycle's of an order it confirmed, where PlaceOrder
+    /// started one), and the sample's placed order ids.
+    async fn history_cost(
+        &self,
+        report: &serde_json::Value,
+    ) -> anyhow::Result<(f64, f64, Vec<i64>)> {
         let results = report["results"].as_array().context("no results")?;
         let step = (results.len() / HISTORY_SAMPLE).max(1);
         let sample: Vec<&serde_json::Value> = results.iter().step_by(step).collect();
         let (mut events, mut tasks) = (0usize, 0usize);
+        let mut placed = Vec::new();
         for order in &sample {
             let workflow_id = order["workflow_id"].as_str().context("no workflow id")?;
-            let mut ids = vec![workflow_id.to_owned()];
+            let (e, t) = self.history_of(workflow_id).await?;
+            events += e;
+            tasks += t;
             if order["outcome"] == "placed"
                 && let Some(order_id) = order["order_id"].as_i64()
             {
-                ids.push(orders_workflows::order_lifecycle::workflow_id(order_id));
-            }
-            for id in ids {
-                let history = self
-                    .client
-                    .get_workflow_handle::<UntypedWorkflow>(&id)
-                    .fetch_history(WorkflowFetchHistoryOptions::default())
-                    .into_events()
-                    .await
-                    .with_context(|| format!("cannot read the history of {id}"))?;
-                events += history.len();
-                tasks += history
-                    .iter()
-                    .filter(|e| e.event_type == EventType::WorkflowTaskCompleted as i32)
-                    .count();
+                placed.push(order_id);
+                let lifecycle = orders_workflows::order_lifecycle::workflow_id(order_id);
+                let (e, t) = self.lifecycle_cost(&[lifecycle]).await;
+                events += e;
+                tasks += t;
             }
         }
         let n = sample.len().max(1) as f64;
-        Ok((events as f64 / n, tasks as f64 / n))
+        Ok((events as f64 / n, tasks as f64 / n, placed))
     }
 }
 

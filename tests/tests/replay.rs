@@ -45,6 +45,11 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "two_phase_replanned_after_move.json",
         "lean_saga_confirmed.json",
         "lean_saga_payment_declined_compensated.json",
+        "lazy_lifecycle_saga_confirmed.json",
+        "lazy_lifecycle_two_phase_confirmed.json",
+        "lazy_lifecycle_payment_declined_compensated.json",
+        "started_by_update_shipped.json",
+        "started_by_update_cancelled_two_phase.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -75,33 +75,35 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     let customer = app.add_customer("Barbara Liskov", "500.00").await;
 
     // Default worker: a three-shard saga (create and plan in one, two reservations side by
-    // side, credit and confirmation in one) and the lifecycle start, all local activities in
-    // the order's one workflow task.
+    // side, credit and confirmation in one), all local activities in the order's one
+    // workflow task, and no lifecycle until the order's status changes.
     let (input, _) = three_shard_order(&app, customer, "saga");
     let (local_id, placed) = app.place_confirmed_order(input).await;
     let (local_file, local) = recorded(&app, &local_id, &dir);
     assert_eq!(local.activity_tasks, 0, "{local:?}");
-    assert_eq!(
-        local.local_activities, 5,
-        "four steps and the lifecycle start: {local:?}"
-    );
+    assert_eq!(local.local_activities, 4, "four steps: {local:?}");
     assert_eq!(local.workflow_tasks, 1, "{local:?}");
     assert_eq!(
         local.upserts, 2,
         "order id known, then confirmed: {local:?}"
     );
     assert_eq!(local.child_starts, 0, "{local:?}");
-    // The lifecycle started with its search attributes: nothing to upsert, and found by them.
+    // The first change starts the lifecycle (update-with-start): one workflow task reads the
+    // order and ships it, and the lifecycle is found by its search attributes.
+    app.cli_ok(&["set-status", &placed.order_id.to_string(), "shipped"]);
     let lifecycle_id = orders_workflows::order_lifecycle::workflow_id(placed.order_id);
-    let (_, lifecycle) = recorded(&app, &lifecycle_id, &dir);
-    assert_eq!(lifecycle.upserts, 0, "{lifecycle:?}");
+    let (lifecycle_file, lifecycle) = recorded(&app, &lifecycle_id, &dir);
     assert_eq!(lifecycle.workflow_tasks, 1, "{lifecycle:?}");
+    assert_eq!(lifecycle.activity_tasks, 0, "{lifecycle:?}");
+    assert_eq!(
+        lifecycle.local_activities, 2,
+        "read the order, change its status: {lifecycle:?}"
+    );
     let query = format!(
-        "WorkflowType = 'OrderLifecycle' AND CustomerId = {customer} AND OrderStatus = 'confirmed' AND Shard = {}",
+        "WorkflowType = 'OrderLifecycle' AND CustomerId = {customer} AND OrderStatus = 'shipped' AND Shard = {} AND Consistency = 'saga'",
         placed.shard
     );
     assert_eq!(listed(&app, &query).await, vec![lifecycle_id]);
-    app.cli_ok(&["set-status", &placed.order_id.to_string(), "shipped"]);
 
     // A declined payment: the refusal is recorded, then ReleaseStock twice and DeleteOrder.
     let (mut input, products) = three_shard_order(&app, customer, "saga");
@@ -150,7 +152,13 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     for steps in ["local", "remote"] {
         let output = Command::new(orders_binary())
             .arg("replay")
-            .args([&local_file, &declined_file, &two_phase_file, &remote_file])
+            .args([
+                &local_file,
+                &lifecycle_file,
+                &declined_file,
+                &two_phase_file,
+                &remote_file,
+            ])
             .env("ORDERS_STEPS", steps)
             .env("ORDERS_LOG", "error")
             .output()
@@ -160,7 +168,7 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
             output.status.success(),
             "replay with ORDERS_STEPS={steps}: {stdout}"
         );
-        assert_eq!(stdout.matches("ok    ").count(), 4, "{stdout}");
+        assert_eq!(stdout.matches("ok    ").count(), 5, "{stdout}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! Any Temporal client can place an order: here, the official `temporal` CLI.
+//! Any Temporal client can place an order and move it on: here, the official `temporal` CLI.
 
 use std::process::Command;
 
@@ -57,8 +57,42 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     assert_eq!(result["shard"], app.shards.for_customer(customer).index);
     assert_eq!(result["status"], "confirmed");
     assert_eq!(result["total_amount"], "7.50");
+    let order_id = result["order_id"].as_i64().expect("an order id");
+    assert!(order_id > 0, "{result}");
+
+    // The README's command: the first status change starts the order's lifecycle.
+    let shipped = Command::new(temporal_cli().expect("temporal CLI is installed"))
+        .args(["workflow", "execute-update-with-start"])
+        .args(["--workflow-id", &format!("order-{order_id}")])
+        .args(["--type", "OrderLifecycle", "--task-queue", &app.task_queue])
+        .args(["--id-conflict-policy", "UseExisting"])
+        .args(["--input", &json!({ "order_id": order_id }).to_string()])
+        .args([
+            "--update-name",
+            "SetStatus",
+            "--update-input",
+            "\"shipped\"",
+        ])
+        .args([
+            "--namespace",
+            &app.namespace,
+            "--address",
+            &app.temporal_address,
+        ])
+        .args(["--output", "json"])
+        .output()
+        .expect("temporal CLI runs");
     assert!(
-        result["order_id"].as_i64().is_some_and(|id| id > 0),
-        "{result}"
+        shipped.status.success(),
+        "temporal workflow execute-update-with-start failed: {}",
+        String::from_utf8_lossy(&shipped.stderr)
     );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&shipped.stdout).expect("the CLI prints JSON");
+    assert_eq!(printed["updateResult"]["status"], "shipped", "{printed}");
+    let (_, stored) = orders_activities::read::find_order(&app.shards, order_id)
+        .await
+        .unwrap()
+        .expect("the order exists");
+    assert_eq!(stored.status, orders_entities::order::OrderStatus::Shipped);
 }

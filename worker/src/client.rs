@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use orders_activities::{OrderRequest, PlacedOrder};
+use orders_workflows::order_lifecycle::LifecycleInput;
 use orders_workflows::progress::Acceptance;
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};
 use temporalio_client::{
-    Client, ClientOptions, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
-    WorkflowIdConflictPolicy, WorkflowStartOptions, WorkflowUpdateWithStartOptions,
-    errors::WorkflowGetResultError,
+    Client, ClientOptions, WorkflowGetResultOptions, WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy, WorkflowStartOptions, WorkflowUpdateWithStartOptions,
+    errors::{WorkflowGetResultError, WorkflowUpdateError, WorkflowUpdateWithStartError},
 };
 use temporalio_common::error::IncomingError;
 
@@ -129,24 +130,40 @@ pub async fn order_outcome(client: &Client, workflow_id: &str) -> anyhow::Result
 }
 
 /// Moves a confirmed order on (shipped, delivered, cancelled) through its lifecycle
-/// workflow's `SetStatus` update. A transition the lifecycle does not allow is refused by the
-/// update's validator, and the error says why.
+/// workflow's `SetStatus` update, starting the lifecycle on `task_queue` if it is not
+/// running (update-with-start): PlaceOrder leaves it to the first change. A transition the
+/// lifecycle does not allow is refused, and the error says why.
 pub async fn set_order_status(
     client: &Client,
+    task_queue: &str,
     order_id: i64,
     status: orders_entities::order::OrderStatus,
 ) -> anyhow::Result<PlacedOrder> {
     let workflow_id = orders_workflows::order_lifecycle::workflow_id(order_id);
+    let options = WorkflowUpdateWithStartOptions::new(
+        task_queue,
+        &workflow_id,
+        // A running lifecycle takes the change; a closed one leaves the order delivered or
+        // cancelled, which the new one reads from the shard and refuses to change.
+        WorkflowIdConflictPolicy::UseExisting,
+    )
+    .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
+    .build();
     client
-        .get_workflow_handle::<OrderLifecycleWorkflow>(&workflow_id)
-        .execute_update(OrderLifecycleWorkflow::set_status, status, WorkflowExecuteUpdateOptions::default())
+        .execute_update_with_start_workflow(
+            OrderLifecycleWorkflow::run,
+            LifecycleInput::ById { order_id },
+            OrderLifecycleWorkflow::set_status,
+            status,
+            options,
+        )
         .await
         .map_err(|e| match e {
-            temporalio_client::errors::WorkflowUpdateError::Failed(failure) => {
+            WorkflowUpdateWithStartError::Update(WorkflowUpdateError::Failed(failure)) => {
                 anyhow::anyhow!("order {order_id} was not changed: {}", failure.message)
             }
             other => anyhow::Error::new(other).context(format!(
-                "order {order_id} has no running lifecycle workflow {workflow_id} (it is delivered, cancelled, or was placed before lifecycles existed)"
+                "cannot change order {order_id} through its lifecycle workflow {workflow_id}"
             )),
         })
 }
@@ -186,8 +203,11 @@ pub async fn running_placement(client: &Client, order_id: i64) -> anyhow::Result
 
 /// Cancels order `order_id` wherever it stands: a pending order through its PlaceOrder
 /// workflow (Temporal cancellation), a confirmed one through its lifecycle (`SetStatus`).
-pub async fn cancel_order(client: &Client, order_id: i64) -> anyhow::Result<CancelOutcome> {
-    let mut just_confirmed = false;
+pub async fn cancel_order(
+    client: &Client,
+    task_queue: &str,
+    order_id: i64,
+) -> anyhow::Result<CancelOutcome> {
     if let Some(workflow_id) = running_placement(client, order_id).await? {
         let requested = client
             .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
@@ -206,28 +226,18 @@ pub async fn cancel_order(client: &Client, order_id: i64) -> anyhow::Result<Canc
                 return Ok(CancelOutcome::CancelledWhilePending { workflow_id });
             }
             // The commit (or confirmation) was already under way: cancel the confirmed order.
-            OrderOutcome::Placed(_) => just_confirmed = true,
+            OrderOutcome::Placed(_) => {}
             other => anyhow::bail!(
                 "order {order_id} was not placed ({workflow_id} ended {other:?}); there is nothing to cancel"
             ),
         }
     }
-    let mut attempts = if just_confirmed { 20 } else { 1 };
-    loop {
-        attempts -= 1;
-        match set_order_status(
-            client,
-            order_id,
-            orders_entities::order::OrderStatus::Cancelled,
-        )
-        .await
-        {
-            Ok(order) => return Ok(CancelOutcome::CancelledAfterConfirmation(order)),
-            // The lifecycle workflow starts right after confirmation.
-            Err(_) if attempts > 0 => {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let cancelled = set_order_status(
+        client,
+        task_queue,
+        order_id,
+        orders_entities::order::OrderStatus::Cancelled,
+    )
+    .await?;
+    Ok(CancelOutcome::CancelledAfterConfirmation(cancelled))
 }

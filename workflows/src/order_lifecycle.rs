@@ -1,24 +1,35 @@
 //! `OrderLifecycle`: a confirmed order, alive until it is delivered or cancelled.
 //!
-//! PlaceOrder starts it (workflow id `order-<order id>`) once the order is confirmed and does
-//! not wait for it. Order ids are unique within a deployment, and a deployment owns its
-//! Temporal namespace, so the id finds the order's lifecycle from the order id alone. Clients move the order on with the `SetStatus` update;
-//! its validator refuses transitions the order's lifecycle does not allow before anything is
-//! written:
+//! Its workflow id is `order-<order id>`. Order ids are unique within a deployment, and a
+//! deployment owns its Temporal namespace, so the id finds the order's lifecycle from the
+//! order id alone. Clients move the order on with the `SetStatus` update; its validator
+//! refuses transitions the order's lifecycle does not allow before anything is written:
 //!
 //! ```text
 //! confirmed ──► shipped ──► delivered
 //!     └───────► cancelled (credit and stock returned)
 //! ```
+//!
+//! Since the `lazy-lifecycle` patch PlaceOrder no longer starts it: the first status change
+//! does, with update-with-start (`orders set-status`, or any client: the input is
+//! `{"order_id": N}`). Such a lifecycle reads the order from its shard first, the shard being
+//! where an order's status lives, and runs its steps as local activities. An order nobody
+//! ships or cancels then costs Temporal no second workflow, and its first change costs one
+//! workflow task instead of a start, an empty first task and the change's own. A lifecycle
+//! started on an order that is not confirmed or shipped (still pending, or already delivered
+//! or cancelled) refuses the change and ends; a later change starts a new one. Lifecycles
+//! that PlaceOrder started with the confirmed order (before the patch) run as they did.
 
 use orders_activities::stock::{OrderStockRef, StockActivities};
 use orders_activities::{CreditInput, OrderActivities, PlacedOrder, StatusChange};
 use orders_entities::order::OrderStatus;
+use serde::{Deserialize, Serialize};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{WorkflowContext, WorkflowContextView, WorkflowResult};
 
-use crate::saga::forward_options;
+use crate::failures::{describe, workflow_failure};
 use crate::search_attributes::ORDER_STATUS;
+use crate::steps::{Phase, Steps};
 use orders_activities::search_attributes::{lifecycle_attributes, status_name};
 
 /// Patch guarding the release of stock when an order is cancelled.
@@ -38,10 +49,38 @@ pub fn allowed(from: OrderStatus, to: OrderStatus) -> bool {
     )
 }
 
+/// What a lifecycle starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LifecycleInput {
+    /// The confirmed order, from PlaceOrder (before the `lazy-lifecycle` patch).
+    Placed(PlacedOrder),
+    /// The order id alone, from a client's update-with-start: the order is read from its
+    /// shard.
+    ById { order_id: i64 },
+}
+
+/// Why a status change is refused, in the words the validator and the handler share.
+fn refusal(order: &PlacedOrder, to: OrderStatus) -> String {
+    format!(
+        "order {} is {}; it cannot become {} (allowed: confirmed → shipped → delivered, confirmed → cancelled)",
+        order.order_id,
+        status_name(order.status),
+        status_name(to)
+    )
+}
+
 #[workflow]
 #[derive(Default)]
 pub struct OrderLifecycleWorkflow {
+    order_id: i64,
+    /// The order as it stands; `None` until a lifecycle started by id has read it.
     order: Option<PlacedOrder>,
+    /// Reading the order found no such order: every change is refused.
+    unknown: bool,
+    /// Where its steps run: as activities for a lifecycle PlaceOrder started (so those
+    /// histories replay), in the workflow task for one started by id.
+    steps: Option<Steps>,
     /// A `SetStatus` update is running; another one is refused until it ends, so the
     /// validator always judges against the status the order really has.
     changing: bool,
@@ -50,31 +89,52 @@ pub struct OrderLifecycleWorkflow {
 #[workflow_methods]
 impl OrderLifecycleWorkflow {
     #[init]
-    fn new(_ctx: &WorkflowContextView, order: PlacedOrder) -> Self {
-        Self {
-            order: Some(order),
-            changing: false,
+    fn new(_ctx: &WorkflowContextView, input: LifecycleInput) -> Self {
+        match input {
+            LifecycleInput::Placed(order) => Self {
+                order_id: order.order_id,
+                order: Some(order),
+                steps: Some(Steps::Remote),
+                ..Self::default()
+            },
+            LifecycleInput::ById { order_id } => Self {
+                order_id,
+                steps: Some(Steps::Local),
+                ..Self::default()
+            },
         }
     }
 
     #[run(name = "OrderLifecycle")]
     pub async fn run(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<PlacedOrder> {
-        let order = ctx.state(|s| s.order.clone()).expect("set by init");
-        // Started by `StartOrderLifecycle`, it carries them from its start (recorded in its
-        // first event, so replay decides the same); started as a child, it sets them now.
-        if ctx.search_attributes().get(&ORDER_STATUS).is_none() {
-            ctx.upsert_search_attributes(lifecycle_attributes(&order));
-        }
-        ctx.wait_condition(|s| {
-            s.order.as_ref().is_some_and(|o| {
-                matches!(o.status, OrderStatus::Delivered | OrderStatus::Cancelled)
+        let order = match ctx.state(|s| s.order.clone()) {
+            Some(order) => {
+                // Started by `StartOrderLifecycle`, it carries them from its start (recorded
+                // in its first event, so replay decides the same); started as a child, it
+                // sets them now.
+                if ctx.search_attributes().get(&ORDER_STATUS).is_none() {
+                    ctx.upsert_search_attributes(lifecycle_attributes(&order));
+                }
+                order
+            }
+            None => match Self::load(ctx).await {
+                Ok(order) => order,
+                Err(failure) => {
+                    Self::let_handlers_finish(ctx).await?;
+                    return Err(failure.into());
+                }
+            },
+        };
+        if matches!(order.status, OrderStatus::Confirmed | OrderStatus::Shipped) {
+            ctx.wait_condition(|s| {
+                s.order.as_ref().is_some_and(|o| {
+                    matches!(o.status, OrderStatus::Delivered | OrderStatus::Cancelled)
+                })
             })
-        })
-        .await?;
-        let view = ctx.clone();
-        ctx.wait_condition(move |_| view.all_handlers_finished())
             .await?;
-        Ok(ctx.state(|s| s.order.clone()).expect("set by init"))
+        }
+        Self::let_handlers_finish(ctx).await?;
+        Ok(ctx.state(|s| s.order.clone()).expect("set by now"))
     }
 
     /// The order as it stands.
@@ -89,24 +149,20 @@ impl OrderLifecycleWorkflow {
         _ctx: &WorkflowContextView,
         to: &OrderStatus,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let order = self.order.as_ref().ok_or("the order is not known yet")?;
+        if self.unknown {
+            return Err(format!("order {} does not exist on any shard", self.order_id).into());
+        }
         if self.changing {
             return Err(format!(
                 "order {} is already changing status; retry in a moment",
-                order.order_id
+                self.order_id
             )
             .into());
         }
-        if allowed(order.status, *to) {
-            Ok(())
-        } else {
-            Err(format!(
-                "order {} is {}; it cannot become {} (allowed: confirmed → shipped → delivered, confirmed → cancelled)",
-                order.order_id,
-                status_name(order.status),
-                status_name(*to)
-            )
-            .into())
+        // A lifecycle started by id judges once it has read the order (in the handler).
+        match &self.order {
+            Some(order) if !allowed(order.status, *to) => Err(refusal(order, *to).into()),
+            _ => Ok(()),
         }
     }
 
@@ -124,40 +180,90 @@ impl OrderLifecycleWorkflow {
 }
 
 impl OrderLifecycleWorkflow {
+    /// Reads the order of a lifecycle started by id, and shows it in search attributes.
+    async fn load(
+        ctx: &mut WorkflowContext<Self>,
+    ) -> Result<PlacedOrder, temporalio_sdk::ApplicationFailure> {
+        let order_id = ctx.state(|s| s.order_id);
+        let loaded = Steps::Local
+            .run(
+                ctx,
+                OrderActivities::load_placed_order,
+                order_id,
+                Phase::Resolve,
+            )
+            .await;
+        match loaded {
+            Ok(order) => {
+                ctx.upsert_search_attributes(lifecycle_attributes(&order));
+                ctx.state_mut(|s| s.order = Some(order.clone()));
+                Ok(order)
+            }
+            Err(err) => {
+                ctx.state_mut(|s| s.unknown = true);
+                Err(workflow_failure(&err))
+            }
+        }
+    }
+
+    async fn let_handlers_finish(ctx: &mut WorkflowContext<Self>) -> WorkflowResult<()> {
+        let view = ctx.clone();
+        ctx.wait_condition(move |_| view.all_handlers_finished())
+            .await?;
+        Ok(())
+    }
+
     async fn change_status(
         ctx: &mut WorkflowContext<Self>,
         to: OrderStatus,
     ) -> Result<PlacedOrder, Box<dyn std::error::Error + Send + Sync>> {
-        let order = ctx
-            .state(|s| s.order.clone())
-            .ok_or("the order is not known yet")?;
+        let _ = ctx.wait_condition(|s| s.order.is_some() || s.unknown).await;
+        let (order, steps) = ctx.state(|s| (s.order.clone(), s.steps.unwrap_or(Steps::Remote)));
+        let order_id = ctx.state(|s| s.order_id);
+        let order = order.ok_or_else(|| format!("order {order_id} does not exist on any shard"))?;
+        if !allowed(order.status, to) {
+            return Err(refusal(&order, to).into());
+        }
+        let step = |err| describe(&err);
         let change = StatusChange {
             order_id: order.order_id,
             customer_id: order.customer_id,
             from: vec![order.status],
             to,
         };
-        ctx.execute_activity(OrderActivities::set_order_status, change, forward_options())
-            .await?;
+        steps
+            .run(
+                ctx,
+                OrderActivities::set_order_status,
+                change,
+                Phase::Forward,
+            )
+            .await
+            .map_err(step)?;
         if to == OrderStatus::Cancelled {
             let credit = CreditInput {
                 order_id: order.order_id,
                 customer_id: order.customer_id,
                 amount: order.total_amount,
             };
-            ctx.execute_activity(OrderActivities::release_credit, credit, forward_options())
-                .await?;
+            steps
+                .run(ctx, OrderActivities::release_credit, credit, Phase::Forward)
+                .await
+                .map_err(step)?;
             // Stock exists since this patch; lifecycles recorded before it replay without.
-            if ctx.patched(RELEASE_STOCK_PATCH) {
+            if steps == Steps::Local || ctx.patched(RELEASE_STOCK_PATCH) {
                 let stock = OrderStockRef {
                     order_id: order.order_id,
                 };
-                ctx.execute_activity(
-                    StockActivities::release_order_stock,
-                    stock,
-                    forward_options(),
-                )
-                .await?;
+                steps
+                    .run(
+                        ctx,
+                        StockActivities::release_order_stock,
+                        stock,
+                        Phase::Forward,
+                    )
+                    .await
+                    .map_err(step)?;
             }
         }
         ctx.upsert_search_attributes([ORDER_STATUS.value_set(status_name(to))]);

@@ -72,6 +72,7 @@ pub const TABLES: [BucketTable; 7] = [
             "order_ref",
             "import_id",
             "import_line",
+            "consistency",
         ],
         in_bucket: "(id % 1024) = ANY($1::bigint[])",
         parent_present: Some("EXISTS (SELECT 1 FROM customers p WHERE p.id = c.customer_id)"),

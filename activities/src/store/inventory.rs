@@ -177,15 +177,23 @@ pub async fn reserve(
 
 /// Gives back everything `order_id` holds on this shard, once. Must run inside a
 /// transaction. Returns the products and quantities released now (empty on a repeat).
+///
+/// `ordered` are the order's products: their inventory rows are locked too, which waits
+/// for a transaction still holding them, a two-phase stock part prepared and not yet
+/// committed among them. Its hold is invisible until it commits, and would be missed.
 #[tracing::instrument(skip_all, fields(order_id))]
-pub async fn release(txn: &impl ConnectionTrait, order_id: i64) -> Result<Wanted, DbErr> {
+pub async fn release(
+    txn: &impl ConnectionTrait,
+    order_id: i64,
+    ordered: &[i64],
+) -> Result<Wanted, DbErr> {
     // Lock the products in id order first, as `reserve` does, so the two never deadlock.
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT 1 FROM inventory WHERE product_id IN (
+        "SELECT 1 FROM inventory WHERE product_id = ANY($2) OR product_id IN (
              SELECT product_id FROM stock_holds WHERE order_id = $1 AND status = 'held'
          ) ORDER BY product_id FOR UPDATE",
-        [order_id.into()],
+        [order_id.into(), Value::from(ordered.to_vec())],
     ))
     .await?;
     let rows = txn

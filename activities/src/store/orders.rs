@@ -8,7 +8,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::order_input::ValidOrder;
+use crate::order_input::{Consistency, ValidOrder};
 use crate::routing::{ID_STRIDE, bucket_of};
 
 /// Creates the order (status `pending`) and all its items in one statement: the article's
@@ -63,9 +63,9 @@ async fn insert_with_items(
             DbBackend::Postgres,
             "WITH new_order AS (
                  INSERT INTO orders (id, customer_id, status, total_amount, notes,
-                                     customer_name, customer_email)
+                                     customer_name, customer_email, consistency)
                  SELECT COALESCE($9, nextval('order_id_seq') * $1 + $2), c.id, $10, $4, $5,
-                        btrim(c.first_name || ' ' || c.last_name), c.email
+                        btrim(c.first_name || ' ' || c.last_name), c.email, $11
                  FROM customers c
                  WHERE c.id = $3
                  RETURNING id
@@ -88,6 +88,7 @@ async fn insert_with_items(
                 Value::from(prices),
                 order_id.into(),
                 status.to_value().into(),
+                order.consistency.as_str().into(),
             ],
         ))
         .await?
@@ -178,6 +179,10 @@ pub struct OrderWithItems {
     pub status: OrderStatus,
     pub total_amount: Decimal,
     pub notes: Option<String>,
+    /// How the order was placed; none for imported and synthetic orders, and for orders
+    /// placed before migration 16.
+    #[serde(default)]
+    pub consistency: Option<Consistency>,
     pub created_at: DateTime<FixedOffset>,
     pub updated_at: DateTime<FixedOffset>,
     pub items: Vec<ItemView>,
@@ -201,6 +206,7 @@ pub const FIND_WITH_ITEMS: &str = "SELECT json_build_object(
                  'status', o.status,
                  'total_amount', o.total_amount::text,
                  'notes', o.notes,
+                 'consistency', o.consistency,
                  'created_at', o.created_at,
                  'updated_at', o.updated_at,
                  'items', COALESCE(

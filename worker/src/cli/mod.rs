@@ -158,13 +158,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let client = client::connect(&temporal).await?;
             emit(
-                &orders::set_status(&client, order_id, status.into()).await?,
+                &orders::set_status(&client, &temporal.task_queue, order_id, status.into()).await?,
                 json,
             )
         }
         Command::Cancel { order_id, temporal } => {
             let client = client::connect(&temporal).await?;
-            emit(&orders::cancel(&client, order_id).await?, json)
+            emit(
+                &orders::cancel(&client, &temporal.task_queue, order_id).await?,
+                json,
+            )
         }
         Command::Get { order_id, shards } => {
             let shards = shards.connect().await?;

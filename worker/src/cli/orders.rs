@@ -310,16 +310,22 @@ pub(super) enum Cancellation {
     AfterConfirmation { order: PlacedOrder },
 }
 
-pub(super) async fn cancel(client: &Client, order_id: i64) -> anyhow::Result<Cancellation> {
-    Ok(match client::cancel_order(client, order_id).await? {
-        CancelOutcome::CancelledWhilePending { workflow_id } => Cancellation::WhilePending {
-            order_id,
-            workflow_id,
+pub(super) async fn cancel(
+    client: &Client,
+    task_queue: &str,
+    order_id: i64,
+) -> anyhow::Result<Cancellation> {
+    Ok(
+        match client::cancel_order(client, task_queue, order_id).await? {
+            CancelOutcome::CancelledWhilePending { workflow_id } => Cancellation::WhilePending {
+                order_id,
+                workflow_id,
+            },
+            CancelOutcome::CancelledAfterConfirmation(order) => {
+                Cancellation::AfterConfirmation { order }
+            }
         },
-        CancelOutcome::CancelledAfterConfirmation(order) => {
-            Cancellation::AfterConfirmation { order }
-        }
-    })
+    )
 }
 
 impl fmt::Display for Cancellation {
@@ -350,11 +356,12 @@ pub(super) struct StatusChanged(PlacedOrder);
 
 pub(super) async fn set_status(
     client: &Client,
+    task_queue: &str,
     order_id: i64,
     status: OrderStatus,
 ) -> anyhow::Result<StatusChanged> {
     Ok(StatusChanged(
-        client::set_order_status(client, order_id, status).await?,
+        client::set_order_status(client, task_queue, order_id, status).await?,
     ))
 }
 

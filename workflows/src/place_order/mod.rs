@@ -37,7 +37,7 @@ use temporalio_sdk::{
     WorkflowTermination,
 };
 
-use crate::order_lifecycle::{self, OrderLifecycleWorkflow};
+use crate::order_lifecycle::{self, LifecycleInput, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, HeldAttributes, ORDER_STATUS};
@@ -53,11 +53,18 @@ pub const ONE_TASK_PATCH: &str = "one-task-order";
 /// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
 /// they run every step as an activity of its own, as orders did before these patches.
 /// Histories follow what they recorded either way.
-pub const LOCAL_STEP_PATCHES: [&str; 3] = [
+pub const LOCAL_STEP_PATCHES: [&str; 4] = [
+    LAZY_LIFECYCLE_PATCH,
     with_saga::LEAN_SAGA_PATCH,
     ONE_TASK_PATCH,
     two_phase::LOCAL_STEPS_PATCH,
 ];
+
+/// Patch under which PlaceOrder leaves the order's lifecycle to its first status change,
+/// which starts it with update-with-start (see [`crate::order_lifecycle`]): a placed order
+/// costs the server one workflow, not two. It implies [`with_saga::LEAN_SAGA_PATCH`] and so
+/// every patch that one implies.
+pub const LAZY_LIFECYCLE_PATCH: &str = "lazy-lifecycle";
 
 /// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
 /// orders carry since this change. Histories recorded before it replay without the memo.
@@ -119,7 +126,8 @@ impl PlaceOrderWorkflow {
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
         // Newest first: a history carries at most one of these markers.
-        let lean = ctx.patched(with_saga::LEAN_SAGA_PATCH);
+        let lazy_lifecycle = ctx.patched(LAZY_LIFECYCLE_PATCH);
+        let lean = lazy_lifecycle || ctx.patched(with_saga::LEAN_SAGA_PATCH);
         let one_task = lean || ctx.patched(ONE_TASK_PATCH);
         if one_task {
             ctx.state_mut(|s| s.attributes.hold());
@@ -170,7 +178,9 @@ impl PlaceOrderWorkflow {
         if one_task || ctx.patched(ORDER_MEMO_PATCH) {
             ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
         }
-        if one_task {
+        if lazy_lifecycle {
+            // Its first status change starts it.
+        } else if one_task {
             start_lifecycle_here(ctx, &placed).await;
         } else if ctx.patched(ORDER_LIFECYCLE_PATCH) {
             start_lifecycle(ctx, &placed).await;
@@ -214,7 +224,11 @@ async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &Pla
         .cancellation_token(WorkflowCancellationToken::new())
         .build();
     let started = ctx
-        .start_child_workflow(OrderLifecycleWorkflow::run, placed.clone(), options)
+        .start_child_workflow(
+            OrderLifecycleWorkflow::run,
+            LifecycleInput::Placed(placed.clone()),
+            options,
+        )
         .await;
     if let Err(err) = started
         && !ctx.is_replaying()
