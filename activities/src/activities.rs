@@ -378,6 +378,10 @@ impl OrderActivities {
 
     /// The order as it stands on its shard, for a lifecycle started by a client's first
     /// status change, which knows only the order id. Reads only, so safe to run again.
+    ///
+    /// An order placed before migration 16 records no consistency and is reported as a
+    /// saga; such orders got their lifecycle from PlaceOrder, so they reach this only if that
+    /// start failed.
     #[activity(name = "LoadPlacedOrder")]
     pub async fn load_placed_order(
         self: Arc<Self>,
@@ -387,6 +391,17 @@ impl OrderActivities {
         let Some((shard, order)) = crate::read::find_order(&self.shards, order_id).await? else {
             return Err(Rejection::UnknownOrder { order_id }.into_activity_error());
         };
+        let holder = self.shards.get(shard);
+        if let Some(import_id) = orders::import_of(&holder.conn, order_id)
+            .await
+            .map_err(on(holder))?
+        {
+            return Err(Rejection::ImportedOrder {
+                order_id,
+                import_id,
+            }
+            .into_activity_error());
+        }
         Ok(PlacedOrder {
             order_id,
             customer_id: order.customer_id,

@@ -153,9 +153,17 @@ pub enum Rejection {
         found: Option<OrderStatus>,
         allowed: Vec<OrderStatus>,
     },
-    /// No shard holds an order with this id.
-    #[error("order {order_id} does not exist on any shard")]
+    /// No shard holds an order with this id (a two-phase order whose home part has not
+    /// committed yet is not visible either).
+    #[error(
+        "order {order_id} does not exist on any shard (an order still being placed becomes visible once confirmed)"
+    )]
     UnknownOrder { order_id: i64 },
+    /// Imported orders are history: they move through no lifecycle.
+    #[error(
+        "order {order_id} was imported ({import_id}): imported orders are history and have no lifecycle"
+    )]
+    ImportedOrder { order_id: i64, import_id: String },
     /// A product's available stock cannot cover the quantity ordered.
     #[error(
         "out of stock: product {product_id} has {available} available, the order needs {requested}"
@@ -209,6 +217,7 @@ impl Rejection {
             Rejection::OrderNotPending { .. } => FailureType::OrderNotPending,
             Rejection::InvalidTransition { .. } => FailureType::InvalidTransition,
             Rejection::UnknownOrder { .. } => FailureType::UnknownOrder,
+            Rejection::ImportedOrder { .. } => FailureType::InvalidTransition,
             Rejection::OutOfStock { .. } => FailureType::OutOfStock,
             Rejection::UnknownProduct { .. } => FailureType::UnknownProduct,
             Rejection::PreparedPartMissing { .. } => FailureType::PreparedPartMissing,

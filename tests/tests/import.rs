@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -181,6 +182,28 @@ async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_
             "imports skip payment"
         );
     }
+    // Imported orders are history: no lifecycle moves them on.
+    let imported = app
+        .shards
+        .for_customer(customers[0])
+        .conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM orders WHERE customer_id = $1 AND import_id IS NOT NULL LIMIT 1",
+            [customers[0].into()],
+        ))
+        .await
+        .unwrap()
+        .expect("an imported order")
+        .try_get::<i64>("", "id")
+        .unwrap();
+    let refused = app.cli(&["set-status", &imported.to_string(), "shipped"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("imported orders are history"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     let (_, again) = import(&app, &path, "4");
     assert_eq!(

@@ -208,36 +208,60 @@ pub async fn cancel_order(
     task_queue: &str,
     order_id: i64,
 ) -> anyhow::Result<CancelOutcome> {
-    if let Some(workflow_id) = running_placement(client, order_id).await? {
-        let requested = client
-            .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
-            .cancel(
-                temporalio_client::WorkflowCancelOptions::builder()
-                    .reason(format!("orders cancel {order_id}"))
-                    .build(),
-            )
-            .await;
-        // The search index can lag: the workflow may have just ended. Its outcome says.
-        if let Err(e) = requested {
-            tracing::debug!(%workflow_id, error = %e, "cancel request refused; reading the outcome");
+    // The search index can lag behind a PlaceOrder that just started (or just published its
+    // order id): while the lifecycle finds the order pending, look for it again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(workflow_id) = running_placement(client, order_id).await?
+            && let Some(cancelled) = cancel_placement(client, order_id, workflow_id).await?
+        {
+            return Ok(cancelled);
         }
-        match order_outcome(client, &workflow_id).await? {
-            OrderOutcome::Cancelled => {
-                return Ok(CancelOutcome::CancelledWhilePending { workflow_id });
+        match set_order_status(
+            client,
+            task_queue,
+            order_id,
+            orders_entities::order::OrderStatus::Cancelled,
+        )
+        .await
+        {
+            Ok(cancelled) => return Ok(CancelOutcome::CancelledAfterConfirmation(cancelled)),
+            Err(e)
+                if orders_workflows::order_lifecycle::refused_as_pending(&e.to_string())
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            // The commit (or confirmation) was already under way: cancel the confirmed order.
-            OrderOutcome::Placed(_) => {}
-            other => anyhow::bail!(
-                "order {order_id} was not placed ({workflow_id} ended {other:?}); there is nothing to cancel"
-            ),
+            Err(e) => return Err(e),
         }
     }
-    let cancelled = set_order_status(
-        client,
-        task_queue,
-        order_id,
-        orders_entities::order::OrderStatus::Cancelled,
-    )
-    .await?;
-    Ok(CancelOutcome::CancelledAfterConfirmation(cancelled))
+}
+
+/// Cancels the running PlaceOrder `workflow_id` of `order_id`. Returns `None` when the
+/// order was confirmed meanwhile: it is to be cancelled through its lifecycle.
+async fn cancel_placement(
+    client: &Client,
+    order_id: i64,
+    workflow_id: String,
+) -> anyhow::Result<Option<CancelOutcome>> {
+    let requested = client
+        .get_workflow_handle::<PlaceOrderWorkflow>(&workflow_id)
+        .cancel(
+            temporalio_client::WorkflowCancelOptions::builder()
+                .reason(format!("orders cancel {order_id}"))
+                .build(),
+        )
+        .await;
+    // The search index can lag: the workflow may have just ended. Its outcome says.
+    if let Err(e) = requested {
+        tracing::debug!(%workflow_id, error = %e, "cancel request refused; reading the outcome");
+    }
+    match order_outcome(client, &workflow_id).await? {
+        OrderOutcome::Cancelled => Ok(Some(CancelOutcome::CancelledWhilePending { workflow_id })),
+        // The commit (or confirmation) was already under way: cancel the confirmed order.
+        OrderOutcome::Placed(_) => Ok(None),
+        other => anyhow::bail!(
+            "order {order_id} was not placed ({workflow_id} ended {other:?}); there is nothing to cancel"
+        ),
+    }
 }

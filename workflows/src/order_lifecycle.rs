@@ -1,9 +1,12 @@
-//! `OrderLifecycle`: a confirmed order, alive until it is delivered or cancelled.
+//! `OrderLifecycle`: a placed order's status changes after confirmation, until it is
+//! delivered or cancelled.
 //!
 //! Its workflow id is `order-<order id>`. Order ids are unique within a deployment, and a
 //! deployment owns its Temporal namespace, so the id finds the order's lifecycle from the
-//! order id alone. Clients move the order on with the `SetStatus` update; its validator
-//! refuses transitions the order's lifecycle does not allow before anything is written:
+//! order id alone. Clients move the order on with the `SetStatus` update, which refuses
+//! transitions the order's lifecycle does not allow before anything is written (its
+//! validator, or for the change that started the lifecycle, its handler once the order is
+//! read):
 //!
 //! ```text
 //! confirmed ──► shipped ──► delivered
@@ -17,8 +20,9 @@
 //! ships or cancels then costs Temporal no second workflow, and its first change costs one
 //! workflow task instead of a start, an empty first task and the change's own. A lifecycle
 //! started on an order that is not confirmed or shipped (still pending, or already delivered
-//! or cancelled) refuses the change and ends; a later change starts a new one. Lifecycles
-//! that PlaceOrder started with the confirmed order (before the patch) run as they did.
+//! or cancelled) refuses the change and ends; a later change starts a new one. One started
+//! on an id no shard holds, or on an imported order, refuses it and fails. Lifecycles that
+//! PlaceOrder started with the confirmed order (before the patch) run as they did.
 
 use orders_activities::stock::{OrderStockRef, StockActivities};
 use orders_activities::{CreditInput, OrderActivities, PlacedOrder, StatusChange};
@@ -60,6 +64,12 @@ pub enum LifecycleInput {
     ById { order_id: i64 },
 }
 
+/// Whether a refused change's `message` says the order is still pending: PlaceOrder has not
+/// confirmed it yet (a client cancelling it should cancel PlaceOrder instead).
+pub fn refused_as_pending(message: &str) -> bool {
+    message.contains(&format!(" is {};", status_name(OrderStatus::Pending)))
+}
+
 /// Why a status change is refused, in the words the validator and the handler share.
 fn refusal(order: &PlacedOrder, to: OrderStatus) -> String {
     format!(
@@ -76,8 +86,9 @@ pub struct OrderLifecycleWorkflow {
     order_id: i64,
     /// The order as it stands; `None` until a lifecycle started by id has read it.
     order: Option<PlacedOrder>,
-    /// Reading the order found no such order: every change is refused.
-    unknown: bool,
+    /// Why reading the order failed (no such order, an imported one): every change is
+    /// refused with it.
+    unreadable: Option<String>,
     /// Where its steps run: as activities for a lifecycle PlaceOrder started (so those
     /// histories replay), in the workflow task for one started by id.
     steps: Option<Steps>,
@@ -149,8 +160,8 @@ impl OrderLifecycleWorkflow {
         _ctx: &WorkflowContextView,
         to: &OrderStatus,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        if self.unknown {
-            return Err(format!("order {} does not exist on any shard", self.order_id).into());
+        if let Some(why) = &self.unreadable {
+            return Err(why.clone().into());
         }
         if self.changing {
             return Err(format!(
@@ -200,8 +211,9 @@ impl OrderLifecycleWorkflow {
                 Ok(order)
             }
             Err(err) => {
-                ctx.state_mut(|s| s.unknown = true);
-                Err(workflow_failure(&err))
+                let failure = workflow_failure(&err);
+                ctx.state_mut(|s| s.unreadable = Some(failure.to_string()));
+                Err(failure)
             }
         }
     }
@@ -217,10 +229,23 @@ impl OrderLifecycleWorkflow {
         ctx: &mut WorkflowContext<Self>,
         to: OrderStatus,
     ) -> Result<PlacedOrder, Box<dyn std::error::Error + Send + Sync>> {
-        let _ = ctx.wait_condition(|s| s.order.is_some() || s.unknown).await;
-        let (order, steps) = ctx.state(|s| (s.order.clone(), s.steps.unwrap_or(Steps::Remote)));
-        let order_id = ctx.state(|s| s.order_id);
-        let order = order.ok_or_else(|| format!("order {order_id} does not exist on any shard"))?;
+        // Ends with the order read, its reading failed, or the lifecycle cancelled.
+        let _ = ctx
+            .wait_condition(|s| s.order.is_some() || s.unreadable.is_some())
+            .await;
+        let (order, unreadable, steps) = ctx.state(|s| {
+            (
+                s.order.clone(),
+                s.unreadable.clone(),
+                s.steps.unwrap_or(Steps::Remote),
+            )
+        });
+        let Some(order) = order else {
+            let order_id = ctx.state(|s| s.order_id);
+            return Err(unreadable
+                .unwrap_or_else(|| format!("order {order_id} could not be read; retry"))
+                .into());
+        };
         if !allowed(order.status, to) {
             return Err(refusal(&order, to).into());
         }
@@ -279,6 +304,24 @@ impl OrderLifecycleWorkflow {
 mod tests {
     use super::*;
     use OrderStatus::*;
+
+    #[test]
+    fn a_refusal_of_a_pending_order_says_so() {
+        let order = PlacedOrder {
+            order_id: 7,
+            customer_id: 1,
+            shard: 0,
+            status: Pending,
+            total_amount: rust_decimal::Decimal::ONE,
+            consistency: Default::default(),
+        };
+        assert!(refused_as_pending(&refusal(&order, Cancelled)));
+        let confirmed = PlacedOrder {
+            status: Delivered,
+            ..order
+        };
+        assert!(!refused_as_pending(&refusal(&confirmed, Cancelled)));
+    }
 
     #[test]
     fn only_the_documented_transitions_are_allowed() {

@@ -167,6 +167,24 @@ pub async fn count(conn: &impl ConnectionTrait) -> Result<u64, DbErr> {
     orders_entities::order::Entity::find().count(conn).await
 }
 
+/// The import that wrote `order_id`, if an import did.
+pub async fn import_of(
+    conn: &impl ConnectionTrait,
+    order_id: i64,
+) -> Result<Option<String>, DbErr> {
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT import_id FROM orders WHERE id = $1",
+            [order_id.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => row.try_get("", "import_id"),
+        None => Ok(None),
+    }
+}
+
 /// An order with its items, as `orders get` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderWithItems {
