@@ -135,15 +135,10 @@ async fn write_part(
     }
 }
 
-#[activities]
 impl TwoPhaseActivities {
-    /// Phase one: writes this shard's part and prepares it under the part's gid.
-    #[activity(name = "PreparePart")]
-    pub async fn prepare_part(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        part: TwoPhasePart,
-    ) -> Result<(), ActivityError> {
+    /// Writes `part` and prepares it under its gid, once: a part found prepared, or committed
+    /// already, is done.
+    async fn prepare_one(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
         failpoints::hit("prepare_part.before").await?;
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "PreparePart");
@@ -160,8 +155,8 @@ impl TwoPhaseActivities {
             &part.idempotency_key,
             Finish::Prepare(&part.gid),
             async |txn| {
-                still_owned(&self.shards, &part)?;
-                write_part(txn, shard, &part).await?;
+                still_owned(&self.shards, part)?;
+                write_part(txn, shard, part).await?;
                 Ok::<_, StepError>(PreparedPart {
                     gid: part.gid.clone(),
                 })
@@ -178,6 +173,109 @@ impl TwoPhaseActivities {
         Ok(())
     }
 
+    /// Commits `part`: whether it is committed now (`false`: it is neither prepared nor
+    /// committed, see [`commit_on`]).
+    async fn commit_one(&self, part: &TwoPhasePart) -> Result<bool, ActivityError> {
+        failpoints::hit("commit_part.before").await?;
+        if part.order.is_none() {
+            failpoints::hit("commit_stock_part.before").await?;
+        }
+        let shard = self.shards.get(part.shard);
+        let _timer = self.metrics.time(shard, "CommitPart");
+        let committed = commit_on(shard, &part.gid, &part.idempotency_key)
+            .await
+            .map_err(|e| shard.error(e))?;
+        if committed {
+            tracing::info!(gid = %part.gid, order_id = part.order_id, "part committed");
+            if part.order.is_some() {
+                self.cache.invalidate(part.order_id).await;
+            }
+        }
+        Ok(committed)
+    }
+}
+
+/// A part that phase two found neither prepared nor committed: rolled back outside the
+/// workflow (see [`Rejection::PreparedPartMissing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingPart {
+    pub gid: String,
+    pub shard: usize,
+}
+
+impl MissingPart {
+    fn of(part: &TwoPhasePart) -> Self {
+        Self {
+            gid: part.gid.to_string(),
+            shard: part.shard,
+        }
+    }
+}
+
+impl std::fmt::Display for MissingPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rejection = Rejection::PreparedPartMissing {
+            gid: self.gid.clone(),
+            shard: self.shard,
+        };
+        write!(f, "{}: {rejection}", rejection.failure_type())
+    }
+}
+
+#[activities]
+impl TwoPhaseActivities {
+    /// Phase one: writes this shard's part and prepares it under the part's gid.
+    #[activity(name = "PreparePart")]
+    pub async fn prepare_part(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        part: TwoPhasePart,
+    ) -> Result<(), ActivityError> {
+        self.prepare_one(&part).await
+    }
+
+    /// Phase one for a whole round: prepares `parts` one after another, in the order given
+    /// (shard order, see the workflow), and stops at the first refusal, which it returns.
+    /// One step instead of one per part: the parts are prepared one after another either
+    /// way, and each is retry-safe on its own, so a retry finds the ones before it prepared.
+    #[activity(name = "PrepareParts")]
+    pub async fn prepare_parts(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        parts: Vec<TwoPhasePart>,
+    ) -> Result<(), ActivityError> {
+        for part in &parts {
+            self.prepare_one(part).await?;
+        }
+        Ok(())
+    }
+
+    /// Phase two, commit, of several parts at once (the home part's committed, the others
+    /// side by side). Returns the parts found neither prepared nor committed; a part that
+    /// failed otherwise fails the step, retried, once the others are done.
+    #[activity(name = "CommitParts")]
+    pub async fn commit_parts(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        parts: Vec<TwoPhasePart>,
+    ) -> Result<Vec<MissingPart>, ActivityError> {
+        let results =
+            futures::future::join_all(parts.iter().map(|part| self.commit_one(part))).await;
+        let mut missing = Vec::new();
+        let mut failed = None;
+        for (part, result) in parts.iter().zip(results) {
+            match result {
+                Ok(true) => {}
+                Ok(false) => missing.push(MissingPart::of(part)),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(missing),
+        }
+    }
+
     /// Phase two, commit: makes the part visible. Retried until it succeeds.
     #[activity(name = "CommitPart")]
     pub async fn commit_part(
@@ -185,27 +283,15 @@ impl TwoPhaseActivities {
         _ctx: ActivityContext,
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
-        failpoints::hit("commit_part.before").await?;
-        if part.order.is_none() {
-            failpoints::hit("commit_stock_part.before").await?;
-        }
-        let shard = self.shards.get(part.shard);
-        let _timer = self.metrics.time(shard, "CommitPart");
-        if !commit_on(shard, &part.gid, &part.idempotency_key)
-            .await
-            .map_err(|e| shard.error(e))?
-        {
-            return Err(Rejection::PreparedPartMissing {
+        if self.commit_one(&part).await? {
+            Ok(())
+        } else {
+            Err(Rejection::PreparedPartMissing {
                 gid: part.gid.to_string(),
-                shard: shard.index,
+                shard: part.shard,
             }
-            .into_activity_error());
+            .into_activity_error())
         }
-        tracing::info!(gid = %part.gid, order_id = part.order_id, "part committed");
-        if part.order.is_some() {
-            self.cache.invalidate(part.order_id).await;
-        }
-        Ok(())
     }
 
     /// Phase two, rollback: discards the part, prepared or not, and keeps it discarded.

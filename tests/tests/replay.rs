@@ -50,6 +50,9 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "lazy_lifecycle_payment_declined_compensated.json",
         "started_by_update_shipped.json",
         "started_by_update_cancelled_two_phase.json",
+        "grouped_two_phase_confirmed.json",
+        "grouped_saga_confirmed.json",
+        "grouped_payment_declined_compensated.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

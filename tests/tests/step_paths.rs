@@ -131,6 +131,10 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     let (two_phase_file, two_phase) = recorded(&app, &two_phase_id, &dir);
     assert_eq!(two_phase.activity_tasks, 0, "{two_phase:?}");
     assert_eq!(two_phase.workflow_tasks, 1, "{two_phase:?}");
+    assert_eq!(
+        two_phase.local_activities, 4,
+        "plan, the three parts prepared in one step, the home commit, the other two in one: {two_phase:?}"
+    );
 
     // A worker set to the old path: every step is an activity, the lifecycle a child.
     app.terminate_worker();

@@ -53,7 +53,8 @@ pub const ONE_TASK_PATCH: &str = "one-task-order";
 /// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
 /// they run every step as an activity of its own, as orders did before these patches.
 /// Histories follow what they recorded either way.
-pub const LOCAL_STEP_PATCHES: [&str; 4] = [
+pub const LOCAL_STEP_PATCHES: [&str; 5] = [
+    two_phase::GROUPED_STEPS_PATCH,
     LAZY_LIFECYCLE_PATCH,
     with_saga::LEAN_SAGA_PATCH,
     ONE_TASK_PATCH,
@@ -126,7 +127,8 @@ impl PlaceOrderWorkflow {
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
         // Newest first: a history carries at most one of these markers.
-        let lazy_lifecycle = ctx.patched(LAZY_LIFECYCLE_PATCH);
+        let grouped = ctx.patched(two_phase::GROUPED_STEPS_PATCH);
+        let lazy_lifecycle = grouped || ctx.patched(LAZY_LIFECYCLE_PATCH);
         let lean = lazy_lifecycle || ctx.patched(with_saga::LEAN_SAGA_PATCH);
         let one_task = lean || ctx.patched(ONE_TASK_PATCH);
         if one_task {
@@ -170,7 +172,7 @@ impl PlaceOrderWorkflow {
         };
         let placed = match consistency {
             Consistency::Saga => with_saga::place(ctx, order, &key, shape, steps).await?,
-            Consistency::TwoPhase => two_phase::place(ctx, order, &key, steps).await?,
+            Consistency::TwoPhase => two_phase::place(ctx, order, &key, steps, grouped).await?,
         };
         set_stage(ctx, Stage::Confirmed);
         outcomes::record(ctx, OrderMetrics::order_placed);

@@ -50,6 +50,13 @@ use crate::steps::{Phase, Steps};
 /// as activities.
 pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
 
+/// Patch under which a round's parts are prepared in one step (`PrepareParts`, still one
+/// shard after another) and the parts after the home part committed in one step
+/// (`CommitParts`, side by side): three steps fewer for a three-shard order, each a local
+/// activity the worker runs and records. It implies [`super::LAZY_LIFECYCLE_PATCH`], so new
+/// saga histories carry it too. Histories recorded before it replay a step per part.
+pub const GROUPED_STEPS_PATCH: &str = "two-phase-grouped-steps";
+
 /// Patch under which an order whose plan a bucket move made stale (a part refused with
 /// `ShardMapChanged`) rolls that round back and plans again, instead of failing. Histories
 /// recorded before it replay with the failure.
@@ -62,7 +69,8 @@ const MAX_ROUNDS: u32 = 8;
 
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
 /// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
-/// `steps` says how its steps run.
+/// `steps` says how its steps run, and `grouped` whether a round's parts are prepared, and
+/// the parts after the home part committed, in one step each ([`GROUPED_STEPS_PATCH`]).
 ///
 /// A part refused with `ShardMapChanged` (one of its buckets moved to another shard after
 /// the plan) ends the round: its parts are rolled back (the rollback decision recorded first,
@@ -74,6 +82,7 @@ pub(crate) async fn place(
     order: ValidOrder,
     key: &str,
     steps: Steps,
+    grouped: bool,
 ) -> WorkflowResult<PlacedOrder> {
     let mut plan = make_plan(ctx, steps, &order, key, FIRST_ROUND).await?;
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
@@ -95,7 +104,11 @@ pub(crate) async fn place(
             ],
         );
         publish(ctx);
-        let refusal = prepare_in_shard_order(ctx, steps, &parts).await;
+        let refusal = if grouped {
+            prepare_together(ctx, &parts).await
+        } else {
+            prepare_in_shard_order(ctx, steps, &parts).await
+        };
         let stale_plan = refusal.as_ref().is_some_and(|err| {
             failures::rejection(err)
                 .is_some_and(|r| r.failure_type == FailureType::ShardMapChanged.as_str())
@@ -159,7 +172,11 @@ pub(crate) async fn place(
             ));
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
-        let problems = resolve(ctx, steps, others, || TwoPhaseActivities::commit_part).await;
+        let problems = if grouped {
+            commit_together(ctx, others).await
+        } else {
+            resolve(ctx, steps, others, || TwoPhaseActivities::commit_part).await
+        };
         if let Some(problems) = problems {
             let failure = FailureType::TwoPhaseIncomplete.failure(format!(
                 "order {order_id}: commit was decided but not carried out: {problems}"
@@ -250,6 +267,62 @@ async fn prepare_in_shard_order(
         }
     }
     None
+}
+
+/// [`prepare_in_shard_order`] in one step ([`GROUPED_STEPS_PATCH`]).
+async fn prepare_together(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    parts: &[TwoPhasePart],
+) -> Option<ActivityExecutionError> {
+    set_step(ctx, "PreparePart");
+    let mut in_shard_order = parts.to_vec();
+    in_shard_order.sort_by_key(|part| part.shard);
+    Steps::Local
+        .run(
+            ctx,
+            TwoPhaseActivities::prepare_parts,
+            in_shard_order,
+            Phase::Forward,
+        )
+        .await
+        .err()
+}
+
+/// Commits `parts` side by side in one step ([`GROUPED_STEPS_PATCH`]). Returns what could
+/// not be done, as [`resolve`] does.
+async fn commit_together(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    parts: &[TwoPhasePart],
+) -> Option<String> {
+    if parts.is_empty() {
+        return None;
+    }
+    let committed = Steps::Local
+        .run(
+            ctx,
+            TwoPhaseActivities::commit_parts,
+            parts.to_vec(),
+            Phase::Resolve,
+        )
+        .await;
+    let problems: Vec<String> = match committed {
+        Ok(missing) => missing
+            .iter()
+            .map(|part| format!("shard {}: {part}", part.shard))
+            .collect(),
+        Err(err) => vec![failures::describe(&err)],
+    };
+    if problems.is_empty() {
+        return None;
+    }
+    if !ctx.is_replaying() {
+        tracing::error!(
+            workflow_id = ctx.workflow_id(),
+            ?problems,
+            "two-phase order left incomplete; run `orders recover` once the cause is fixed"
+        );
+    }
+    Some(problems.join("; "))
 }
 
 /// Records `decision` about round `round` in the memo, where `orders recover` reads it. The
