@@ -250,20 +250,28 @@ impl TwoPhaseActivities {
         Ok(())
     }
 
-    /// Phase two, commit, of several parts at once (the home part's committed, the others
-    /// side by side). Returns the parts found neither prepared nor committed; a part that
-    /// failed otherwise fails the step, retried, once the others are done.
+    /// Phase two, commit, of a whole round in one step: the first part (the home part, the
+    /// order's commit record), then the others side by side. Returns the parts found
+    /// neither prepared nor committed: the first alone if it is (the others are left as
+    /// they are, for the workflow to roll back). A part that failed otherwise fails the
+    /// step, retried once the others are done; a retry finds the committed ones committed.
     #[activity(name = "CommitParts")]
     pub async fn commit_parts(
         self: Arc<Self>,
         _ctx: ActivityContext,
         parts: Vec<TwoPhasePart>,
     ) -> Result<Vec<MissingPart>, ActivityError> {
+        let Some((home, others)) = parts.split_first() else {
+            return Ok(Vec::new());
+        };
+        if !self.commit_one(home).await? {
+            return Ok(vec![MissingPart::of(home)]);
+        }
         let results =
-            futures::future::join_all(parts.iter().map(|part| self.commit_one(part))).await;
+            futures::future::join_all(others.iter().map(|part| self.commit_one(part))).await;
         let mut missing = Vec::new();
         let mut failed = None;
-        for (part, result) in parts.iter().zip(results) {
+        for (part, result) in others.iter().zip(results) {
             match result {
                 Ok(true) => {}
                 Ok(false) => missing.push(MissingPart::of(part)),

@@ -16,7 +16,7 @@ use temporalio_client::WorkflowTerminateOptions;
 use crate::consistency::{
     assert_audit_clean, prepared_everywhere, three_shard_order, three_shard_order_avoiding,
 };
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, expect_failure};
 
 /// The gids of `workflow_id` that are prepared on some shard.
 async fn prepared_of(app: &TestApp, workflow_id: &str) -> Vec<String> {
@@ -359,4 +359,53 @@ async fn the_periodic_recovery_workflow_resolves_an_orphan_without_anyone_runnin
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A home part rolled back by hand (or by a recovery that could not ask the workflow) while
+/// the commit was held up: no part committed, so the order rolls its other parts back too
+/// and fails with `TwoPhaseIncomplete`, naming the home part, with nothing left prepared.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_home_part_rolled_back_behind_the_workflow_rolls_the_order_back() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.start_worker(Some("commit_part.before=sleep:3000"));
+    let customer = app.add_customer("Jim Gray", "500.00").await;
+    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let workflow_id = app.start_order(input).await;
+    let home = app.shards.for_customer(customer).index;
+    // All three parts prepared, the commit held up.
+    let home_part = crate::helpers::eventually(
+        "the order's three parts prepared",
+        Duration::from_secs(20),
+        async || {
+            let prepared = prepared_of(&app, &workflow_id).await;
+            if prepared.len() < 3 {
+                return None;
+            }
+            prepared
+                .into_iter()
+                .find(|gid| gid.parse::<Gid>().is_ok_and(|g| g.parts().shard == home))
+        },
+    )
+    .await;
+    app.shards
+        .get(home)
+        .conn
+        .execute_unprepared(&format!("ROLLBACK PREPARED '{home_part}'"))
+        .await
+        .expect("the home part rolls back");
+
+    let message = expect_failure(&app.outcome(&workflow_id).await, "TwoPhaseIncomplete");
+    assert!(
+        message.contains("its home part could not commit")
+            && message.contains("PreparedPartMissing"),
+        "{message}"
+    );
+    assert!(
+        prepared_of(&app, &workflow_id).await.is_empty(),
+        "nothing left prepared"
+    );
+    assert_eq!(app.rows_on_shard(home).await.orders, 0, "no order");
+    assert_eq!(app.stock(products[0]).await.reserved, 0);
+    assert_eq!(app.stock(products[1]).await.reserved, 0);
+    assert_eq!(app.credit_used(customer).await, Decimal::ZERO);
 }

@@ -132,8 +132,8 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     assert_eq!(two_phase.activity_tasks, 0, "{two_phase:?}");
     assert_eq!(two_phase.workflow_tasks, 1, "{two_phase:?}");
     assert_eq!(
-        two_phase.local_activities, 4,
-        "plan, the three parts prepared in one step, the home commit, the other two in one: {two_phase:?}"
+        two_phase.local_activities, 3,
+        "plan, the three parts prepared in one step, committed in one: {two_phase:?}"
     );
 
     // A worker set to the old path: every step is an activity, the lifecycle a child.

@@ -51,9 +51,9 @@ use crate::steps::{Phase, Steps};
 pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
 
 /// Patch under which a round's parts are prepared in one step (`PrepareParts`, still one
-/// shard after another) and the parts after the home part committed in one step
-/// (`CommitParts`, side by side): three steps fewer for a three-shard order, each a local
-/// activity the worker runs and records. It implies [`super::LAZY_LIFECYCLE_PATCH`], so new
+/// shard after another) and committed in one step (`CommitParts`: the home part, then the
+/// others side by side): four steps fewer for a three-shard order, each a local activity
+/// the worker runs and records. It implies [`super::LAZY_LIFECYCLE_PATCH`], so new
 /// saga histories carry it too. Histories recorded before it replay a step per part.
 pub const GROUPED_STEPS_PATCH: &str = "two-phase-grouped-steps";
 
@@ -157,31 +157,34 @@ pub(crate) async fn place(
         });
         set_stage(ctx, Stage::Pending);
         set_step(ctx, "CommitPart");
-        let (home, others) = parts.split_at(1);
-        if let Some(problems) = resolve(ctx, steps, home, || TwoPhaseActivities::commit_part).await
-        {
-            // The home part is gone, so no part committed: the decision becomes rollback,
-            // recorded before any part is rolled back (recovery reads it).
-            record_decision(ctx, Decision::Rollback, round)?;
-            let rollback = resolve(ctx, steps, others, || TwoPhaseActivities::rollback_part).await;
-            let failure = FailureType::TwoPhaseIncomplete.failure(format!(
-                "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
-                rollback
-                    .map(|p| format!("; the rollback failed too: {p}"))
-                    .unwrap_or_default()
-            ));
-            return Err(fail(ctx, Stage::Failed, failure).into());
-        }
-        let problems = if grouped {
-            commit_together(ctx, others).await
+        let others = &parts[1..];
+        let committed = if grouped {
+            commit_together(ctx, &parts).await
         } else {
-            resolve(ctx, steps, others, || TwoPhaseActivities::commit_part).await
+            commit_home_first(ctx, steps, &parts).await
         };
-        if let Some(problems) = problems {
-            let failure = FailureType::TwoPhaseIncomplete.failure(format!(
-                "order {order_id}: commit was decided but not carried out: {problems}"
-            ));
-            return Err(fail(ctx, Stage::Failed, failure).into());
+        match committed {
+            Committed::All => {}
+            Committed::NotHome(problems) => {
+                // The home part is gone, so no part committed: the decision becomes
+                // rollback, recorded before any part is rolled back (recovery reads it).
+                record_decision(ctx, Decision::Rollback, round)?;
+                let rollback =
+                    resolve(ctx, steps, others, || TwoPhaseActivities::rollback_part).await;
+                let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+                    "order {order_id}: its home part could not commit ({problems}), so the order was rolled back{}",
+                    rollback
+                        .map(|p| format!("; the rollback failed too: {p}"))
+                        .unwrap_or_default()
+                ));
+                return Err(fail(ctx, Stage::Failed, failure).into());
+            }
+            Committed::NotOthers(problems) => {
+                let failure = FailureType::TwoPhaseIncomplete.failure(format!(
+                    "order {order_id}: commit was decided but not carried out: {problems}"
+                ));
+                return Err(fail(ctx, Stage::Failed, failure).into());
+            }
         }
         return Ok(PlacedOrder {
             order_id,
@@ -288,15 +291,36 @@ async fn prepare_together(
         .err()
 }
 
-/// Commits `parts` side by side in one step ([`GROUPED_STEPS_PATCH`]). Returns what could
-/// not be done, as [`resolve`] does.
+/// What phase two's commit left undone.
+enum Committed {
+    All,
+    /// The home part did not commit (what could not be done): no part did.
+    NotHome(String),
+    /// The home part committed, some others did not.
+    NotOthers(String),
+}
+
+/// Commits the home part (`parts[0]`), then the others side by side, a step per part.
+async fn commit_home_first(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    steps: Steps,
+    parts: &[TwoPhasePart],
+) -> Committed {
+    let (home, others) = parts.split_at(1);
+    if let Some(problems) = resolve(ctx, steps, home, || TwoPhaseActivities::commit_part).await {
+        return Committed::NotHome(problems);
+    }
+    match resolve(ctx, steps, others, || TwoPhaseActivities::commit_part).await {
+        Some(problems) => Committed::NotOthers(problems),
+        None => Committed::All,
+    }
+}
+
+/// [`commit_home_first`] in one step ([`GROUPED_STEPS_PATCH`]).
 async fn commit_together(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     parts: &[TwoPhasePart],
-) -> Option<String> {
-    if parts.is_empty() {
-        return None;
-    }
+) -> Committed {
     let committed = Steps::Local
         .run(
             ctx,
@@ -305,16 +329,16 @@ async fn commit_together(
             Phase::Resolve,
         )
         .await;
-    let problems: Vec<String> = match committed {
-        Ok(missing) => missing
-            .iter()
-            .map(|part| format!("shard {}: {part}", part.shard))
-            .collect(),
-        Err(err) => vec![failures::describe(&err)],
+    let missing = match committed {
+        Ok(missing) if missing.is_empty() => return Committed::All,
+        Ok(missing) => missing,
+        // Retried until done, so only a bug ends here: nothing is known to have committed.
+        Err(err) => return Committed::NotOthers(failures::describe(&err)),
     };
-    if problems.is_empty() {
-        return None;
-    }
+    let problems: Vec<String> = missing
+        .iter()
+        .map(|part| format!("shard {}: {part}", part.shard))
+        .collect();
     if !ctx.is_replaying() {
         tracing::error!(
             workflow_id = ctx.workflow_id(),
@@ -322,7 +346,15 @@ async fn commit_together(
             "two-phase order left incomplete; run `orders recover` once the cause is fixed"
         );
     }
-    Some(problems.join("; "))
+    let problems = problems.join("; ");
+    if missing
+        .iter()
+        .any(|part| part.gid == parts[0].gid.to_string())
+    {
+        Committed::NotHome(problems)
+    } else {
+        Committed::NotOthers(problems)
+    }
 }
 
 /// Records `decision` about round `round` in the memo, where `orders recover` reads it. The
