@@ -173,27 +173,24 @@ async fn a_two_phase_order_cancelled_before_its_stock_parts_commit_gets_its_stoc
     let workflow_id = app.start_order(input).await;
 
     // The home part has committed: the order is confirmed, its stock parts still prepared.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let order_id = loop {
-        let home = app.shards.for_customer(customer);
-        let found = home
-            .conn
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT id FROM orders WHERE customer_id = $1 AND status = 'confirmed'",
-                [customer.into()],
-            ))
-            .await
-            .expect("the home shard answers");
-        if let Some(row) = found {
-            break row.try_get::<i64>("", "id").unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{workflow_id} never committed its home part"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let order_id = crate::helpers::eventually(
+        "the order's home part committed",
+        Duration::from_secs(20),
+        async || {
+            app.shards
+                .for_customer(customer)
+                .conn
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT id FROM orders WHERE customer_id = $1 AND status = 'confirmed'",
+                    [customer.into()],
+                ))
+                .await
+                .expect("the home shard answers")
+                .map(|row| row.try_get::<i64>("", "id").unwrap())
+        },
+    )
+    .await;
     assert_eq!(
         app.stock(products[0]).await.reserved,
         0,

@@ -254,9 +254,7 @@ async fn prepare_in_shard_order(
     parts: &[TwoPhasePart],
 ) -> Option<ActivityExecutionError> {
     set_step(ctx, "PreparePart");
-    let mut in_shard_order: Vec<&TwoPhasePart> = parts.iter().collect();
-    in_shard_order.sort_by_key(|part| part.shard);
-    for part in in_shard_order {
+    for part in in_shard_order(parts) {
         let prepared = steps
             .run(
                 ctx,
@@ -272,19 +270,24 @@ async fn prepare_in_shard_order(
     None
 }
 
+/// `parts` in the order they are prepared: shard order (see the module docs).
+fn in_shard_order(parts: &[TwoPhasePart]) -> Vec<TwoPhasePart> {
+    let mut ordered = parts.to_vec();
+    ordered.sort_by_key(|part| part.shard);
+    ordered
+}
+
 /// [`prepare_in_shard_order`] in one step ([`GROUPED_STEPS_PATCH`]).
 async fn prepare_together(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     parts: &[TwoPhasePart],
 ) -> Option<ActivityExecutionError> {
     set_step(ctx, "PreparePart");
-    let mut in_shard_order = parts.to_vec();
-    in_shard_order.sort_by_key(|part| part.shard);
     Steps::Local
         .run(
             ctx,
             TwoPhaseActivities::prepare_parts,
-            in_shard_order,
+            in_shard_order(parts),
             Phase::Forward,
         )
         .await
@@ -335,18 +338,14 @@ async fn commit_together(
         // Retried until done, so only a bug ends here: nothing is known to have committed.
         Err(err) => return Committed::NotOthers(failures::describe(&err)),
     };
-    let problems: Vec<String> = missing
-        .iter()
-        .map(|part| format!("shard {}: {part}", part.shard))
-        .collect();
-    if !ctx.is_replaying() {
-        tracing::error!(
-            workflow_id = ctx.workflow_id(),
-            ?problems,
-            "two-phase order left incomplete; run `orders recover` once the cause is fixed"
-        );
-    }
-    let problems = problems.join("; ");
+    let problems = left_incomplete(
+        ctx,
+        missing
+            .iter()
+            .map(|part| format!("shard {}: {part}", part.shard))
+            .collect(),
+    )
+    .unwrap_or_default();
     if missing
         .iter()
         .any(|part| part.gid == parts[0].gid.to_string())
@@ -439,16 +438,24 @@ where
                 .map(|err| format!("shard {}: {}", part.shard, failures::describe(&err)))
         })
         .collect();
+    left_incomplete(ctx, problems)
+}
+
+/// What phase two could not do, in one line, logged (once, not on replay) for whoever must
+/// run `orders recover`; `None` when it did everything.
+fn left_incomplete(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    problems: Vec<String>,
+) -> Option<String> {
     if problems.is_empty() {
-        None
-    } else {
-        if !ctx.is_replaying() {
-            tracing::error!(
-                workflow_id = ctx.workflow_id(),
-                ?problems,
-                "two-phase order left incomplete; run `orders recover` once the cause is fixed"
-            );
-        }
-        Some(problems.join("; "))
+        return None;
     }
+    if !ctx.is_replaying() {
+        tracing::error!(
+            workflow_id = ctx.workflow_id(),
+            ?problems,
+            "two-phase order left incomplete; run `orders recover` once the cause is fixed"
+        );
+    }
+    Some(problems.join("; "))
 }
