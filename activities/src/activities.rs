@@ -26,8 +26,8 @@ use crate::read::OrderCache;
 use crate::routing::bucket_of;
 use crate::shards::{Shard, ShardError, Shards};
 use crate::stock::{StockPart, stock_plan};
-use crate::store::idempotency::{self, Finish, Once};
-use crate::store::{credit, customers, orders};
+use crate::store::idempotency::{self, Once};
+use crate::store::{credit, orders};
 
 /// Input of [`OrderActivities::create_order`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,16 +159,16 @@ impl OrderActivities {
         let shard = self.shards.for_customer(order.customer_id);
         let _timer = self.time(shard, "CreateOrder");
         let key = &input.idempotency_key;
-        let created = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
-            if customers::find(txn, order.customer_id).await?.is_none() {
+        let created = idempotency::run_once(&shard.conn, key, async |txn| {
+            idempotency::assign_bucket(txn, key, bucket_of(order.customer_id)).await?;
+            let Some(order_id) = orders::create_with_items(txn, order).await? else {
                 return Err(StepError::from(Rejection::UnknownCustomer {
                     customer_id: order.customer_id,
                     shard: shard.index,
                 }));
-            }
-            idempotency::assign_bucket(txn, key, bucket_of(order.customer_id)).await?;
+            };
             Ok(CreatedOrder {
-                order_id: orders::create_with_items(txn, order).await?,
+                order_id,
                 customer_id: order.customer_id,
                 shard: shard.index,
                 total_amount: order.total(),

@@ -24,7 +24,7 @@ use crate::metrics::OrderMetrics;
 use crate::order_input::OrderLine;
 use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
-use crate::store::idempotency::{self, Finish, Once};
+use crate::store::idempotency::{self, Once};
 use crate::store::inventory::{self, Wanted};
 use crate::store::orders;
 
@@ -147,15 +147,9 @@ pub(crate) fn stock_rejection(outcome: inventory::Reserve) -> Option<Rejection> 
 
 /// Takes an order id for `input`'s key, or returns the one taken before under it.
 async fn allocate_once(shard: &Shard, input: &PlanInput) -> Result<i64, ActivityError> {
-    let taken = idempotency::run_once(
-        &shard.conn,
-        &input.idempotency_key,
-        Finish::Commit,
-        async |txn| Ok::<_, StepError>(orders::next_id(txn, input.customer_id).await?),
-    )
-    .await
-    .map_err(|e| e.on(shard))?;
-    Ok(taken.into_result())
+    orders::next_id_once::<StepError>(&shard.conn, &input.idempotency_key, input.customer_id)
+        .await
+        .map_err(|e| e.on(shard))
 }
 
 /// The stock activities' shared state.
@@ -234,7 +228,7 @@ impl StockActivities {
         for (shard, lines) in self.owners_now(&input.part) {
             let _timer = self.metrics.time(shard, "ReserveStock");
             let wanted = wanted(&lines);
-            let reserved = idempotency::run_once(&shard.conn, key, Finish::Commit, async |txn| {
+            let reserved = idempotency::run_once(&shard.conn, key, async |txn| {
                 let outcome = inventory::reserve(txn, input.order_id, &wanted).await?;
                 match stock_rejection(outcome) {
                     Some(rejection) => Err(StepError::from(rejection)),

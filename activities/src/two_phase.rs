@@ -3,10 +3,11 @@
 //! The PlaceOrder workflow is the coordinator and its history is the coordinator's log:
 //! it prepares every shard's part, records its decision, then commits (or rolls back) every
 //! part, retrying until each is done. Each activity is safe to run again at any point:
-//! - `PreparePart` returns at once if its gid is already prepared; otherwise it runs once per
-//!   part key ([`idempotency::run_once`]), the key inside the transaction it prepares. A duplicate attempt running
-//!   meanwhile waits on that key until the shard's `lock_timeout` (5 s, see
-//!   [`crate::shards`]) fails it; its retry then finds the part prepared or committed.
+//! - `PreparePart` runs once per part key ([`two_phase::prepare_once`]), the key inside the
+//!   transaction it prepares; it returns at once if its gid is already prepared (checked in
+//!   the claim's own statement). A duplicate attempt running meanwhile waits on that key
+//!   until the shard's `lock_timeout` (5 s, see [`crate::shards`]) fails it; its retry then
+//!   finds the part prepared or committed.
 //! - `CommitPart` commits the prepared gid, or finds the part's key committed: already done.
 //! - `RollbackPart` rolls the gid back if prepared, then tombstones the key, so an attempt
 //!   of `PreparePart` still in flight cannot prepare the part afterwards.
@@ -25,9 +26,9 @@ use crate::order_input::ValidOrder;
 use crate::read::OrderCache;
 use crate::shards::{Shard, Shards};
 use crate::stock::{StockLine, stock_rejection, wanted};
-use crate::store::idempotency::{self, Claim, Finish, Once};
-use crate::store::two_phase::{self, Gid};
-use crate::store::{credit, customers, inventory, orders};
+use crate::store::idempotency::{self, Claim};
+use crate::store::two_phase::{self, Gid, PrepareOnce};
+use crate::store::{credit, inventory, orders};
 
 /// One shard's part of a two-phase order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,12 +61,6 @@ impl TwoPhaseActivities {
             cache,
         }
     }
-}
-
-/// What a prepared part stores under its key: the gid it was prepared as.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PreparedPart {
-    gid: Gid,
 }
 
 /// Refuses the part if the map in use gives one of its rows' buckets to another shard than
@@ -101,10 +96,12 @@ async fn write_part(
             customer_id: order.customer_id,
             shard: shard.index,
         };
-        if customers::find(txn, order.customer_id).await?.is_none() {
+        if orders::create_confirmed_with_id(txn, order, part.order_id)
+            .await?
+            .is_none()
+        {
             return Err(unknown_customer().into());
         }
-        orders::create_confirmed_with_id(txn, order, part.order_id).await?;
         // Its created_at becomes its PREPARE time, which listings can see (a prepared
         // transaction's start is not shown anywhere).
         two_phase::stamp_at_prepare(txn, part.order_id).await?;
@@ -142,31 +139,23 @@ impl TwoPhaseActivities {
         failpoints::hit("prepare_part.before").await?;
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "PreparePart");
-        let on = |e| shard.error(e);
-        if two_phase::is_prepared(&shard.conn, &part.gid)
-            .await
-            .map_err(on)?
-        {
-            tracing::info!(gid = %part.gid, "part already prepared");
-            return Ok(());
-        }
-        let prepared = idempotency::run_once(
-            &shard.conn,
-            &part.idempotency_key,
-            Finish::Prepare(&part.gid),
-            async |txn| {
+        let prepared =
+            two_phase::prepare_once(&shard.conn, &part.idempotency_key, &part.gid, async |txn| {
                 still_owned(&self.shards, part)?;
-                write_part(txn, shard, part).await?;
-                Ok::<_, StepError>(PreparedPart {
-                    gid: part.gid.clone(),
-                })
-            },
-        )
-        .await
-        .map_err(|e| e.on(shard))?;
-        if let Once::AlreadyRan(_) = prepared {
-            tracing::info!(gid = %part.gid, "part already committed");
-            return Ok(());
+                write_part(txn, shard, part).await
+            })
+            .await
+            .map_err(|e| e.on(shard))?;
+        match prepared {
+            PrepareOnce::AlreadyPrepared => {
+                tracing::info!(gid = %part.gid, "part already prepared");
+                return Ok(());
+            }
+            PrepareOnce::AlreadyCommitted => {
+                tracing::info!(gid = %part.gid, "part already committed");
+                return Ok(());
+            }
+            PrepareOnce::Prepared => {}
         }
         failpoints::hit("prepare_part.after_prepare").await?;
         tracing::info!(gid = %part.gid, order_id = part.order_id, "part prepared");
@@ -328,20 +317,25 @@ impl TwoPhaseActivities {
 }
 
 /// Phase two's commit of one part (`gid`, whose idempotency key is `key`), for the workflow
-/// and for `orders recover` alike, on the shard's resolver connections: COMMIT PREPARED if it
-/// is prepared. Returns whether the part
+/// and for `orders recover` alike, on the shard's resolver connections: COMMIT PREPARED.
+/// Returns whether the part
 /// is committed now; `false` means it is neither prepared nor committed (it was rolled back
 /// outside its coordinator). Safe to run twice, and alongside another resolver.
 pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
-    if !two_phase::is_prepared(&shard.resolver, gid).await? {
-        return key_committed(shard, key).await;
+    // Prepared is the usual case, so try first and look only when that fails: the part is
+    // not prepared (committed by an earlier attempt or by someone else, a duplicate or
+    // `orders recover`, or rolled back), or the shard failed.
+    let Err(e) = two_phase::commit_prepared(&shard.resolver, gid).await else {
+        return Ok(true);
+    };
+    if key_committed(shard, key).await? {
+        return Ok(true);
     }
-    match two_phase::commit_prepared(&shard.resolver, gid).await {
-        Ok(()) => Ok(true),
-        // Someone else (a duplicate attempt, `orders recover`) may have just done it.
-        Err(e) if !key_committed(shard, key).await? => Err(e),
-        Err(_) => Ok(true),
+    if two_phase::is_prepared(&shard.resolver, gid).await? {
+        return Err(e);
     }
+    // Neither prepared nor committed; unless it committed between the two looks.
+    key_committed(shard, key).await
 }
 
 /// Phase two's rollback of one part: ROLLBACK PREPARED if it is prepared, then a tombstone on

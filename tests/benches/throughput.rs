@@ -34,7 +34,7 @@ use temporalio_common::protos::temporal::api::enums::v1::EventType;
 
 const MODES: [&str; 2] = ["saga", "two_phase"];
 /// Orders in flight, and how many orders each load places.
-const LOADS: [(usize, u64); 3] = [(1, 60), (16, 240), (64, 400)];
+const LOADS: [(usize, u64); 3] = [(1, 100), (16, 240), (64, 400)];
 /// Orders whose histories are read per load.
 const HISTORY_SAMPLE: usize = 40;
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ, 100 per second on Linux.
@@ -142,8 +142,11 @@ async fn main() -> anyhow::Result<()> {
     for path in [StepPath::Remote, StepPath::Local] {
         let worker = bench.start_worker(path)?;
         bench.workers.push((path, worker));
-        // Connections, caches and the server's task queue partitions warm up here.
-        bench.load(path, "saga", 8, 24).await?;
+        // Connections, each connection's prepared statements of both modes, caches and the
+        // server's task queue partitions warm up here.
+        for mode in MODES {
+            bench.load(path, mode, 8, 24).await?;
+        }
     }
     println!(
         "  {:<13} {:<9} {:>3}  {:>8}  {:>6} {:>6} {:>6}  {:>9} {:>9}  {:>6} {:>5} {:>7}  placed",

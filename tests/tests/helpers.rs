@@ -632,6 +632,7 @@ impl TestApp {
         orders_activities::store::orders::create_with_items(&shard.conn, &order)
             .await
             .expect("the order is inserted")
+            .expect("the customer is on its shard")
     }
 
     /// The customer's `credit_used`.

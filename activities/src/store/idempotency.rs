@@ -14,21 +14,10 @@ use sea_orm::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::two_phase::{self, Gid};
-
-/// How a step's transaction ends once its body succeeded.
-#[derive(Debug, Clone, Copy)]
-pub enum Finish<'a> {
-    /// `COMMIT`: the effect is visible at once.
-    Commit,
-    /// `PREPARE TRANSACTION` under this gid: durable, invisible until phase two decides.
-    Prepare(&'a Gid),
-}
-
 /// What [`run_once`] found: the step's result, and whether this attempt produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Once<T> {
-    /// The body ran now, and its effect and result are committed (or prepared).
+    /// The body ran now, and its effect and result are committed.
     Ran(T),
     /// An earlier attempt ran; this is the result it stored, and nothing was written now.
     AlreadyRan(T),
@@ -72,12 +61,12 @@ pub async fn assign_bucket(
 /// Runs a forward step at most once per `key`, in one transaction on `conn`: claims the key;
 /// returns the stored result if an earlier attempt committed, [`Compensated`] if a
 /// compensation tombstoned it; otherwise runs `body`, stores its result under the key and
-/// ends the transaction as `finish` says. If `body` fails (a rejection or a database error)
-/// the transaction rolls back and nothing of the step remains.
+/// commits. If `body` fails (a rejection or a database error) the transaction rolls back
+/// and nothing of the step remains. (A two-phase part uses
+/// [`super::two_phase::prepare_once`] instead.)
 pub async fn run_once<T, E>(
     conn: &DatabaseConnection,
     key: &str,
-    finish: Finish<'_>,
     body: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, E>,
 ) -> Result<Once<T>, E>
 where
@@ -88,12 +77,7 @@ where
     // Returning early drops `txn`, which rolls it back: the claim wrote nothing.
     match claim(&txn, key).await? {
         Claim::Done(stored) => return Ok(Once::AlreadyRan(from_json(stored)?)),
-        Claim::Compensated => {
-            return Err(Compensated {
-                key: key.to_owned(),
-            }
-            .into());
-        }
+        Claim::Compensated => return Err(compensated(key).into()),
         Claim::New => {}
     }
     let result = match body(&txn).await {
@@ -105,11 +89,14 @@ where
     };
     let stored = serde_json::to_value(&result).map_err(|e| DbErr::Json(e.to_string()))?;
     record_result(&txn, key, &stored).await?;
-    match finish {
-        Finish::Commit => txn.commit().await?,
-        Finish::Prepare(gid) => two_phase::prepare(txn, gid).await?,
-    }
+    txn.commit().await?;
     Ok(Once::Ran(result))
+}
+
+pub(crate) fn compensated(key: &str) -> Compensated {
+    Compensated {
+        key: key.to_owned(),
+    }
 }
 
 fn from_json<T: DeserializeOwned>(stored: serde_json::Value) -> Result<T, DbErr> {
@@ -140,23 +127,41 @@ pub async fn claim(txn: &impl ConnectionTrait, key: &str) -> Result<Claim, DbErr
     if inserted == 1 {
         return Ok(Claim::New);
     }
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
+    lookup(txn, key).await?.ok_or_else(|| {
+        DbErr::RecordNotFound(format!("idempotency key {key} vanished or has no result"))
+    })
+}
+
+/// Claims `key` for the current transaction, with `result` stored at once, unless the
+/// prepared transaction `gid` exists: `None` then. For a step whose result is known before
+/// it runs and which ends in `PREPARE TRANSACTION` (see
+/// [`super::two_phase::prepare_once`]): an earlier attempt's claim is inside its prepared
+/// transaction, invisible and locked, and claiming again would wait on it until the lock
+/// timeout. One statement, where a lookup of `gid` and a claim would be two.
+pub async fn claim_unless_prepared(
+    txn: &impl ConnectionTrait,
+    key: &str,
+    gid: &str,
+    result: &serde_json::Value,
+) -> Result<Option<Claim>, DbErr> {
+    let inserted = txn
+        .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT result, compensated FROM idempotency_keys WHERE key = $1",
-            [key.into()],
+            "INSERT INTO idempotency_keys (key, result)
+             SELECT $1, $3
+             WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts
+                               WHERE gid = $2 AND database = current_database())
+             ON CONFLICT (key) DO NOTHING",
+            [key.into(), gid.into(), result.clone().into()],
         ))
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key} vanished")))?;
-    if row.try_get::<bool>("", "compensated")? {
-        return Ok(Claim::Compensated);
+        .rows_affected();
+    if inserted == 1 {
+        return Ok(Some(Claim::New));
     }
-    match row.try_get::<Option<serde_json::Value>>("", "result")? {
-        Some(result) => Ok(Claim::Done(result)),
-        None => Err(DbErr::Custom(format!(
-            "idempotency key {key} has no result"
-        ))),
-    }
+    // Not inserted and no committed row: the part is prepared (or was rolled back just now,
+    // which phase two finds out).
+    lookup(txn, key).await
 }
 
 /// Stores the result a retry of the step will return.
@@ -193,7 +198,8 @@ pub async fn mark_compensated(
     row.try_get("", "result")
 }
 
-/// Reads `key` without claiming it: `None` if no committed row exists.
+/// Reads `key` without claiming it: `None` if no committed row (with a result or a
+/// tombstone) exists.
 pub async fn lookup(conn: &impl ConnectionTrait, key: &str) -> Result<Option<Claim>, DbErr> {
     let row = conn
         .query_one_raw(Statement::from_sql_and_values(

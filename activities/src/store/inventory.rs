@@ -2,7 +2,7 @@
 //!
 //! Reserving locks the order's products in id order (so two orders never deadlock on each
 //! other's rows), checks every one, and only then writes a `stock_holds` row per product and
-//! raises `reserved` in one statement. Releasing flips the order's held rows to `released`
+//! raises `reserved`, all in one statement. Releasing flips the order's held rows to `released`
 //! and lowers `reserved` by exactly what they held, so it gives stock back once however often
 //! it runs.
 
@@ -108,6 +108,10 @@ fn stock_of(row: &sea_orm::QueryResult) -> Result<Stock, DbErr> {
 
 /// Holds `wanted` for `order_id`. Must run inside a transaction; on anything but
 /// `Reserved` nothing was written and the caller rolls back.
+///
+/// One statement (one round trip on the order's critical path): it locks the products in
+/// id order, finds the first it cannot hold, and only if there is none writes the holds and
+/// raises `reserved`.
 #[tracing::instrument(skip_all, fields(order_id, products = wanted.len()))]
 pub async fn reserve(
     txn: &impl ConnectionTrait,
@@ -116,63 +120,57 @@ pub async fn reserve(
 ) -> Result<Reserve, DbErr> {
     let product_ids: Vec<i64> = wanted.keys().copied().collect();
     let quantities: Vec<i32> = wanted.values().copied().collect();
-    let locked = txn
-        .query_all_raw(Statement::from_sql_and_values(
+    let refused = txn
+        .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            // A product this order already holds (or held and released) is not checked:
-            // its hold row stands, and the insert below leaves it as it is.
-            "SELECT i.product_id, i.on_hand - i.reserved AS available,
-                    EXISTS (SELECT 1 FROM stock_holds h
-                            WHERE h.order_id = $2 AND h.product_id = i.product_id) AS held
-             FROM inventory i
-             WHERE i.product_id = ANY($1) ORDER BY i.product_id FOR UPDATE OF i",
-            [Value::from(product_ids.clone()), order_id.into()],
+            // A product this order already holds (or held and released) is not checked: its
+            // hold row stands, and the insert leaves it as it is. ON CONFLICT keeps a hold
+            // from ever being counted twice: a repeat on this shard is ruled out by the
+            // step's key, one on another shard after a bucket moved by this.
+            "WITH locked AS MATERIALIZED (
+                 SELECT i.product_id, i.on_hand - i.reserved AS available,
+                        EXISTS (SELECT 1 FROM stock_holds h
+                                WHERE h.order_id = $1 AND h.product_id = i.product_id) AS held
+                 FROM inventory i
+                 WHERE i.product_id = ANY($2) ORDER BY i.product_id FOR UPDATE OF i
+             ), wanted AS (
+                 SELECT * FROM unnest($2::bigint[], $3::integer[]) AS w(product_id, quantity)
+             ), refused AS MATERIALIZED (
+                 SELECT w.product_id, w.quantity AS requested, l.available
+                 FROM wanted w LEFT JOIN locked l USING (product_id)
+                 WHERE l.product_id IS NULL OR (NOT l.held AND l.available < w.quantity)
+                 ORDER BY w.product_id LIMIT 1
+             ), held AS (
+                 INSERT INTO stock_holds (order_id, product_id, quantity, status)
+                 SELECT $1, product_id, quantity, 'held' FROM wanted
+                 WHERE NOT EXISTS (SELECT 1 FROM refused)
+                 ON CONFLICT (order_id, product_id) DO NOTHING
+                 RETURNING product_id, quantity
+             ), raised AS (
+                 UPDATE inventory
+                 SET reserved = inventory.reserved + held.quantity, updated_at = now()
+                 FROM held WHERE inventory.product_id = held.product_id
+             )
+             SELECT product_id, requested, available FROM refused",
+            [
+                order_id.into(),
+                Value::from(product_ids),
+                Value::from(quantities),
+            ],
         ))
         .await?;
-    let available: BTreeMap<i64, (i32, bool)> = locked
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get("", "product_id")?,
-                (row.try_get("", "available")?, row.try_get("", "held")?),
-            ))
-        })
-        .collect::<Result<_, DbErr>>()?;
-    for (&product_id, &requested) in wanted {
-        match available.get(&product_id).copied() {
-            None => return Ok(Reserve::UnknownProduct { product_id }),
-            Some((_, true)) => {}
-            Some((available, false)) if available < requested => {
-                return Ok(Reserve::OutOfStock {
-                    product_id,
-                    requested,
-                    available,
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    // ON CONFLICT keeps a hold from ever being counted twice: a repeat on this shard is
-    // ruled out by the step's key, one on another shard after a bucket moved by this.
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "WITH held AS (
-             INSERT INTO stock_holds (order_id, product_id, quantity, status)
-             SELECT $1, wanted.product_id, wanted.quantity, 'held'
-             FROM unnest($2::bigint[], $3::integer[]) AS wanted(product_id, quantity)
-             ON CONFLICT (order_id, product_id) DO NOTHING
-             RETURNING product_id, quantity
-         )
-         UPDATE inventory SET reserved = inventory.reserved + held.quantity, updated_at = now()
-         FROM held WHERE inventory.product_id = held.product_id",
-        [
-            order_id.into(),
-            Value::from(product_ids),
-            Value::from(quantities),
-        ],
-    ))
-    .await?;
-    Ok(Reserve::Reserved)
+    let Some(refused) = refused else {
+        return Ok(Reserve::Reserved);
+    };
+    let product_id = refused.try_get("", "product_id")?;
+    Ok(match refused.try_get::<Option<i32>>("", "available")? {
+        None => Reserve::UnknownProduct { product_id },
+        Some(available) => Reserve::OutOfStock {
+            product_id,
+            requested: refused.try_get("", "requested")?,
+            available,
+        },
+    })
 }
 
 /// Gives back everything `order_id` holds on this shard, once. Must run inside a

@@ -4,35 +4,38 @@ use chrono::{DateTime, FixedOffset};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 use sea_orm::{
-    ActiveEnum, ConnectionTrait, DbBackend, DbErr, EntityTrait, PaginatorTrait, Statement, Value,
+    ActiveEnum, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, PaginatorTrait,
+    Statement, Value,
 };
 use serde::{Deserialize, Serialize};
 
+use super::idempotency::{self, Claim, Compensated};
 use crate::order_input::{Consistency, ValidOrder};
 use crate::routing::{ID_STRIDE, bucket_of};
 
 /// Creates the order (status `pending`) and all its items in one statement: the article's
 /// `CreateOrderWithItems`, a data-modifying CTE feeding `unnest`ed arrays into `order_items`.
 /// The id carries the customer's bucket (see [`crate::routing`]), and the customer's name
-/// and email are copied onto the order. Returns the new order id; fails if the customer is
-/// not on this shard.
+/// and email are copied onto the order. Returns the new order id, or `None` (nothing
+/// written) if the customer is not on this shard: the insert reads the customer anyway, so
+/// no separate lookup is needed.
 #[tracing::instrument(skip_all, fields(customer_id = order.customer_id))]
 pub async fn create_with_items(
     txn: &impl ConnectionTrait,
     order: &ValidOrder,
-) -> Result<i64, DbErr> {
+) -> Result<Option<i64>, DbErr> {
     insert_with_items(txn, order, None, OrderStatus::Pending).await
 }
 
 /// Creates the order as `confirmed` under an id taken earlier with [`next_id`]: the
 /// two-phase path, where the order becomes visible only when its prepared transaction
-/// commits, so nobody ever sees it pending.
+/// commits, so nobody ever sees it pending. `None`: the customer is not on this shard.
 #[tracing::instrument(skip_all, fields(customer_id = order.customer_id, order_id))]
 pub async fn create_confirmed_with_id(
     txn: &impl ConnectionTrait,
     order: &ValidOrder,
     order_id: i64,
-) -> Result<i64, DbErr> {
+) -> Result<Option<i64>, DbErr> {
     insert_with_items(txn, order, Some(order_id), OrderStatus::Confirmed).await
 }
 
@@ -49,12 +52,51 @@ pub async fn next_id(conn: &impl ConnectionTrait, customer_id: i64) -> Result<i6
     .try_get("", "id")
 }
 
+/// Takes a fresh order id for `customer_id` once per `key`: a repeat (a retry, a reset
+/// workflow planning again) gets the id the first took, and a tombstoned key
+/// [`Compensated`]. The key and its id go in together in one autocommitted statement; only a
+/// repeat reads the stored id afterwards.
+pub async fn next_id_once<E>(
+    conn: &DatabaseConnection,
+    key: &str,
+    customer_id: i64,
+) -> Result<i64, E>
+where
+    E: From<DbErr> + From<Compensated>,
+{
+    let taken = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO idempotency_keys (key, result)
+             VALUES ($1, to_jsonb(nextval('order_id_seq') * $2 + $3))
+             ON CONFLICT (key) DO NOTHING
+             RETURNING (result #>> '{}')::bigint AS id",
+            [
+                key.into(),
+                ID_STRIDE.into(),
+                i64::from(bucket_of(customer_id)).into(),
+            ],
+        ))
+        .await?;
+    if let Some(row) = taken {
+        return Ok(row.try_get("", "id")?);
+    }
+    match idempotency::lookup(conn, key).await? {
+        Some(Claim::Done(stored)) => Ok(serde_json::from_value(stored)
+            .map_err(|e| DbErr::Json(format!("order id stored under {key}: {e}")))?),
+        Some(Claim::Compensated) => Err(idempotency::compensated(key).into()),
+        None | Some(Claim::New) => {
+            Err(DbErr::RecordNotFound(format!("idempotency key {key} vanished")).into())
+        }
+    }
+}
+
 async fn insert_with_items(
     txn: &impl ConnectionTrait,
     order: &ValidOrder,
     order_id: Option<i64>,
     status: OrderStatus,
-) -> Result<i64, DbErr> {
+) -> Result<Option<i64>, DbErr> {
     let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
     let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity).collect();
     let prices: Vec<Decimal> = order.items.iter().map(|i| i.unit_price).collect();
@@ -91,14 +133,8 @@ async fn insert_with_items(
                 order.consistency.as_str().into(),
             ],
         ))
-        .await?
-        .ok_or_else(|| {
-            DbErr::RecordNotFound(format!(
-                "customer {} is not on this shard",
-                order.customer_id
-            ))
-        })?;
-    row.try_get("", "id")
+        .await?;
+    row.map(|row| row.try_get("", "id")).transpose()
 }
 
 /// The article's compensating delete: removes the order and its items. Deleting an order

@@ -16,8 +16,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
+
+use super::idempotency::{self, Claim, Compensated};
 
 /// Every gid this project creates starts with this; others' are left alone.
 pub const GID_PREFIX: &str = "orders2pc:";
@@ -273,6 +278,49 @@ pub async fn prepare(txn: DatabaseTransaction, gid: &Gid) -> Result<(), DbErr> {
     ))
     .await?;
     txn.commit().await
+}
+
+/// What [`prepare_once`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrepareOnce {
+    /// The body ran now and its transaction is prepared.
+    Prepared,
+    /// An earlier attempt prepared the part: it is waiting for phase two.
+    AlreadyPrepared,
+    /// An earlier attempt's part is committed already.
+    AlreadyCommitted,
+}
+
+/// Writes a two-phase part at most once per `key` and prepares it under `gid`, in one
+/// transaction on `conn`: the part's version of [`idempotency::run_once`]. The claim finds
+/// an earlier attempt's part prepared (its claim inside, invisible), committed (its key
+/// stored with the gid as result), or compensated (a rollback tombstoned the key:
+/// [`Compensated`]); only a new claim runs `body` and prepares. If `body` fails the
+/// transaction rolls back and nothing of the part remains.
+pub async fn prepare_once<E>(
+    conn: &DatabaseConnection,
+    key: &str,
+    gid: &Gid,
+    body: impl AsyncFnOnce(&DatabaseTransaction) -> Result<(), E>,
+) -> Result<PrepareOnce, E>
+where
+    E: From<DbErr> + From<Compensated>,
+{
+    let txn = conn.begin().await?;
+    let result = serde_json::json!({ "gid": gid.as_str() });
+    // Returning early drops `txn`, which rolls it back: the claim wrote nothing.
+    match idempotency::claim_unless_prepared(&txn, key, gid.as_str(), &result).await? {
+        None => return Ok(PrepareOnce::AlreadyPrepared),
+        Some(Claim::Done(_)) => return Ok(PrepareOnce::AlreadyCommitted),
+        Some(Claim::Compensated) => return Err(idempotency::compensated(key).into()),
+        Some(Claim::New) => {}
+    }
+    if let Err(e) = body(&txn).await {
+        txn.rollback().await?;
+        return Err(e);
+    }
+    prepare(txn, gid).await?;
+    Ok(PrepareOnce::Prepared)
 }
 
 /// Whether `gid` is prepared (and so still undecided) in this database.
