@@ -99,6 +99,22 @@ pub(crate) fn compensated(key: &str) -> Compensated {
     }
 }
 
+/// The result an earlier attempt stored under `key`, for a step that found its key taken
+/// by a committed row: [`Compensated`] if a compensation tombstoned it.
+pub async fn stored_result<T, E>(conn: &impl ConnectionTrait, key: &str) -> Result<T, E>
+where
+    T: DeserializeOwned,
+    E: From<DbErr> + From<Compensated>,
+{
+    match lookup(conn, key).await? {
+        Some(Claim::Done(stored)) => Ok(from_json(stored)?),
+        Some(Claim::Compensated) => Err(compensated(key).into()),
+        None | Some(Claim::New) => {
+            Err(DbErr::RecordNotFound(format!("idempotency key {key} vanished")).into())
+        }
+    }
+}
+
 fn from_json<T: DeserializeOwned>(stored: serde_json::Value) -> Result<T, DbErr> {
     serde_json::from_value(stored).map_err(|e| DbErr::Json(e.to_string()))
 }

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::idempotency::{self, Claim, Compensated};
+use super::idempotency::{self, Compensated};
 use crate::order_input::{Consistency, ValidOrder};
 use crate::routing::{ID_STRIDE, bucket_of};
 
@@ -27,7 +27,7 @@ pub async fn create_with_items(
     insert_with_items(txn, order, None, OrderStatus::Pending).await
 }
 
-/// Creates the order as `confirmed` under an id taken earlier with [`next_id`]: the
+/// Creates the order as `confirmed` under an id taken earlier with [`next_id_once`]: the
 /// two-phase path, where the order becomes visible only when its prepared transaction
 /// commits, so nobody ever sees it pending. `None`: the customer is not on this shard.
 #[tracing::instrument(skip_all, fields(customer_id = order.customer_id, order_id))]
@@ -81,14 +81,7 @@ where
     if let Some(row) = taken {
         return Ok(row.try_get("", "id")?);
     }
-    match idempotency::lookup(conn, key).await? {
-        Some(Claim::Done(stored)) => Ok(serde_json::from_value(stored)
-            .map_err(|e| DbErr::Json(format!("order id stored under {key}: {e}")))?),
-        Some(Claim::Compensated) => Err(idempotency::compensated(key).into()),
-        None | Some(Claim::New) => {
-            Err(DbErr::RecordNotFound(format!("idempotency key {key} vanished")).into())
-        }
-    }
+    idempotency::stored_result(conn, key).await
 }
 
 async fn insert_with_items(
