@@ -604,6 +604,20 @@ impl TestApp {
         }
     }
 
+    /// The ids of this test's workflows that Temporal's visibility store lists for `query`
+    /// now (it lags the histories by a moment).
+    pub(crate) async fn workflow_ids(&self, query: &str) -> Vec<String> {
+        use futures::StreamExt;
+        self.client
+            .list_workflows(
+                query.to_owned(),
+                temporalio_client::WorkflowListOptions::builder().build(),
+            )
+            .filter_map(|found| async move { found.ok().map(|w| w.id().to_owned()) })
+            .collect()
+            .await
+    }
+
     /// Row counts of every shard, in order.
     pub(crate) async fn rows_everywhere(&self) -> Vec<ShardRows> {
         let mut all = Vec::new();

@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use orders_worker::local::{self, process::ChildService};
 
 use crate::certificates;
-use crate::helpers::{TestApp, services};
+use crate::helpers::{TestApp, eventually, services};
 
 /// The name on the proxy's certificate; the address connected to is 127.0.0.1.
 const SERVER_NAME: &str = "temporal.orders.test";
@@ -281,19 +281,34 @@ async fn a_worker_that_may_not_register_search_attributes_refuses_with_the_comma
 async fn a_load_that_loses_its_connection_counts_client_errors_apart_and_finishes() {
     let mut proxy = TlsProxy::start();
     // The worker talks to Temporal directly; only the load goes through the proxy.
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     let report_file = app.worker_log().with_extension("load.json");
     let stderr_file = app.worker_log().with_extension("load.stderr");
     let mut load = app
         .orders_command()
-        .args(["load", "--orders", "60", "--concurrency", "4", "--json"])
+        .args(["load", "--orders", "24", "--concurrency", "4", "--json"])
         .args(["--customers", "4", "--products", "4"])
         .envs(proxy.api_key_env())
         .stdout(std::fs::File::create(&report_file).unwrap())
         .stderr(std::fs::File::create(&stderr_file).unwrap())
         .spawn()
         .expect("orders load starts");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The break comes after the first order completes and the worker is gone, so some
+    // orders are placed and the rest cannot be, however fast orders go.
+    eventually(
+        "an order of the load completes",
+        Duration::from_secs(60),
+        async || {
+            (!app
+                .workflow_ids("ExecutionStatus = 'Completed'")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    app.kill_worker();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.stop();
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {
@@ -327,7 +342,7 @@ async fn a_load_that_loses_its_connection_counts_client_errors_apart_and_finishe
         .map(|n| n.as_u64().unwrap())
         .sum();
     assert_eq!(
-        report["orders"], 60,
+        report["orders"], 24,
         "every order is accounted for: {report}"
     );
     assert!(placed > 0, "orders were placed before the break: {report}");
@@ -335,7 +350,7 @@ async fn a_load_that_loses_its_connection_counts_client_errors_apart_and_finishe
         client_errors > 0,
         "the break shows as client errors: {report}"
     );
-    assert_eq!(placed + failed + client_errors, 60, "{report}");
+    assert_eq!(placed + failed + client_errors, 24, "{report}");
     for reason in report["failures"].as_object().unwrap().keys() {
         assert!(
             orders_activities::FailureType::from_wire(reason).is_some(),

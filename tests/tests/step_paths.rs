@@ -178,18 +178,9 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
 
 /// Workflow ids matching `query`, once the visibility store has caught up (up to 10 s).
 async fn listed(app: &TestApp, query: &str) -> Vec<String> {
-    use futures::StreamExt;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let ids: Vec<String> = app
-            .client
-            .list_workflows(
-                query.to_owned(),
-                temporalio_client::WorkflowListOptions::builder().build(),
-            )
-            .filter_map(|found| async move { found.ok().map(|w| w.id().to_owned()) })
-            .collect()
-            .await;
+        let ids = app.workflow_ids(query).await;
         if !ids.is_empty() || std::time::Instant::now() > deadline {
             return ids;
         }
