@@ -8,7 +8,8 @@
 //! each number of orders in flight (1, 16, 64), the same seeded `orders load` runs through the
 //! old worker, then through the new one, and the benchmark prints for each:
 //! - orders/s and p50/p95/p99 latency (from `orders load`);
-//! - worker and Temporal server CPU ms per order (from `/proc`, over the load);
+//! - worker, Temporal server and shard (all four PostgreSQL servers) CPU ms per order (from
+//!   `/proc`, over the load);
 //! - history events and workflow tasks per order, PlaceOrder's and its lifecycle's where
 //!   PlaceOrder starts one (from the histories of a sample of the orders);
 //! - the server's billable actions per order (its own `action` metric, the count Temporal
@@ -81,6 +82,7 @@ struct Cell {
     p99_ms: f64,
     worker_cpu_ms: f64,
     server_cpu_ms: f64,
+    shards_cpu_ms: f64,
     events: f64,
     workflow_tasks: f64,
     actions: f64,
@@ -105,6 +107,8 @@ struct Bench {
     client: Client,
     orders_bin: PathBuf,
     urls: Vec<String>,
+    /// The shards' postmasters, whose CPU (and their backends') is the shards' cost.
+    postmasters: Vec<u32>,
     workers: Vec<(StepPath, local::process::ChildService)>,
 }
 
@@ -131,12 +135,22 @@ async fn main() -> anyhow::Result<()> {
         tls: TemporalTls::default(),
     })
     .await?;
+    let postmasters = clusters
+        .clusters
+        .iter()
+        .map(|cluster| {
+            cluster
+                .pid()
+                .context("the benchmark starts its own clusters")
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut bench = Bench {
         temporal,
         metrics_port,
         client,
         orders_bin,
         urls,
+        postmasters,
         workers: Vec::new(),
     };
     for path in [StepPath::Remote, StepPath::Local] {
@@ -149,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "  {:<13} {:<9} {:>3}  {:>8}  {:>6} {:>6} {:>6}  {:>9} {:>9}  {:>6} {:>5} {:>7}  placed",
+        "  {:<13} {:<9} {:>3}  {:>8}  {:>6} {:>6} {:>6}  {:>9} {:>9} {:>9}  {:>6} {:>5} {:>7}  placed",
         "path",
         "mode",
         "in",
@@ -159,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         "p99",
         "worker ms",
         "server ms",
+        "shards ms",
         "events",
         "tasks",
         "actions"
@@ -240,6 +255,29 @@ impl Bench {
         );
     }
 
+    /// CPU the shards have used so far, in ms: each postmaster's own, its ended backends'
+    /// (counted into it when it reaps them) and its live backends'.
+    fn shards_cpu_ms(&self) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for &postmaster in &self.postmasters {
+            let stat = ProcStat::read(postmaster)?;
+            total += stat.own_ms() + stat.reaped_children_ms();
+        }
+        for entry in std::fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // A backend may end between the listing and the read: it is then counted in
+            // its postmaster's reaped children at the next reading.
+            if let Ok(stat) = ProcStat::read(pid)
+                && self.postmasters.contains(&stat.parent)
+            {
+                total += stat.own_ms();
+            }
+        }
+        Ok(total)
+    }
+
     fn worker_pid(&self, path: StepPath) -> u32 {
         self.workers
             .iter()
@@ -262,6 +300,7 @@ impl Bench {
             .context("the benchmark starts its own server")?;
         let worker_pid = self.worker_pid(path);
         let (server_before, worker_before) = (cpu_ms(server_pid)?, cpu_ms(worker_pid)?);
+        let shards_before = self.shards_cpu_ms()?;
         let actions_before = server_actions(self.metrics_port)?;
         let mut load = Command::new(&self.orders_bin);
         load.args(["load", "--orders", &orders.to_string()])
@@ -273,6 +312,7 @@ impl Bench {
         self.point_at(&mut load, path);
         let output = load.output()?;
         let (server_after, worker_after) = (cpu_ms(server_pid)?, cpu_ms(worker_pid)?);
+        let shards_after = self.shards_cpu_ms()?;
         let actions = server_actions(self.metrics_port)? - actions_before;
         let report: serde_json::Value =
             serde_json::from_slice(&output.stdout).with_context(|| {
@@ -298,6 +338,7 @@ impl Bench {
             p99_ms: number("p99_ms"),
             worker_cpu_ms: per_order(worker_after - worker_before),
             server_cpu_ms: per_order(server_after - server_before),
+            shards_cpu_ms: per_order(shards_after - shards_before),
             events,
             workflow_tasks,
             actions: per_order(actions),
@@ -407,18 +448,47 @@ impl Bench {
 
 /// CPU time (user + system) a process has used so far, in ms.
 fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
-    // stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("unexpected /proc stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 * 1000.0 / TICKS_PER_SEC)
+    Ok(ProcStat::read(pid)?.own_ms())
+}
+
+/// The fields of `/proc/<pid>/stat` the benchmark reads.
+struct ProcStat {
+    parent: u32,
+    /// utime, stime, cutime, cstime, in clock ticks.
+    ticks: [u64; 4],
+}
+
+impl ProcStat {
+    fn read(pid: u32) -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("process {pid} is gone"))?;
+        // Fields after the command name (which may hold spaces), numbered from 3 (state):
+        // ppid is field 4, utime 14, stime 15, cutime 16, cstime 17.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("unexpected /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let tick = |i: usize| -> anyhow::Result<u64> { Ok(fields[i].parse()?) };
+        Ok(Self {
+            parent: fields[1].parse()?,
+            ticks: [tick(11)?, tick(12)?, tick(13)?, tick(14)?],
+        })
+    }
+
+    fn own_ms(&self) -> f64 {
+        ticks_ms(self.ticks[0] + self.ticks[1])
+    }
+
+    /// What its children that ended (and were waited for) used.
+    fn reaped_children_ms(&self) -> f64 {
+        ticks_ms(self.ticks[2] + self.ticks[3])
+    }
+}
+
+fn ticks_ms(ticks: u64) -> f64 {
+    ticks as f64 * 1000.0 / TICKS_PER_SEC
 }
 
 /// The dev server's `action` counter for the `default` namespace, from its `/metrics`.
@@ -437,7 +507,7 @@ fn server_actions(metrics_port: u16) -> anyhow::Result<f64> {
 
 fn print_cell(cell: &Cell) {
     println!(
-        "  {:<13} {:<9} {:>3}  {:>8.1}  {:>6.0} {:>6.0} {:>6.0}  {:>9.1} {:>9.1}  {:>6.1} {:>5.1} {:>7.1}  {}/{}",
+        "  {:<13} {:<9} {:>3}  {:>8.1}  {:>6.0} {:>6.0} {:>6.0}  {:>9.1} {:>9.1} {:>9.1}  {:>6.1} {:>5.1} {:>7.1}  {}/{}",
         cell.path.label(),
         cell.mode,
         cell.in_flight,
@@ -447,6 +517,7 @@ fn print_cell(cell: &Cell) {
         cell.p99_ms,
         cell.worker_cpu_ms,
         cell.server_cpu_ms,
+        cell.shards_cpu_ms,
         cell.events,
         cell.workflow_tasks,
         cell.actions,
@@ -467,12 +538,13 @@ fn print_ratios(cells: &[Cell]) {
             };
             let (old, new) = (find(StepPath::Remote), find(StepPath::Local));
             println!(
-                "    {mode:<9} {in_flight:>2} in flight: orders/s {:.2}×  p50 {:.2}×  p99 {:.2}×  server CPU/order {:.2}×  worker CPU/order {:.2}×  events {:.2}×  tasks {:.2}×  actions {:.2}×",
+                "    {mode:<9} {in_flight:>2} in flight: orders/s {:.2}×  p50 {:.2}×  p99 {:.2}×  server CPU/order {:.2}×  worker CPU/order {:.2}×  shards CPU/order {:.2}×  events {:.2}×  tasks {:.2}×  actions {:.2}×",
                 new.orders_per_sec / old.orders_per_sec,
                 new.p50_ms / old.p50_ms,
                 new.p99_ms / old.p99_ms,
                 new.server_cpu_ms / old.server_cpu_ms,
                 new.worker_cpu_ms / old.worker_cpu_ms,
+                new.shards_cpu_ms / old.shards_cpu_ms,
                 new.events / old.events,
                 new.workflow_tasks / old.workflow_tasks,
                 new.actions / old.actions,

@@ -196,6 +196,11 @@ impl PostgresCluster {
         Ok(())
     }
 
+    /// The postmaster's process id, when we started it (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildService::pid)
+    }
+
     /// Stops the postmaster if we started it (fast shutdown: active transactions roll back,
     /// prepared transactions survive).
     pub fn stop(&mut self) {
