@@ -261,7 +261,7 @@ impl Bench {
         let mut total = 0.0;
         for &postmaster in &self.postmasters {
             let stat = ProcStat::read(postmaster)?;
-            total += stat.own_ms() + stat.reaped_children_ms();
+            total += stat.own_ms + stat.reaped_children_ms;
         }
         for entry in std::fs::read_dir("/proc")? {
             let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -272,7 +272,7 @@ impl Bench {
             if let Ok(stat) = ProcStat::read(pid)
                 && self.postmasters.contains(&stat.parent)
             {
-                total += stat.own_ms();
+                total += stat.own_ms;
             }
         }
         Ok(total)
@@ -448,14 +448,16 @@ impl Bench {
 
 /// CPU time (user + system) a process has used so far, in ms.
 fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    Ok(ProcStat::read(pid)?.own_ms())
+    Ok(ProcStat::read(pid)?.own_ms)
 }
 
-/// The fields of `/proc/<pid>/stat` the benchmark reads.
+/// What `/proc/<pid>/stat` says of a process, as the benchmark reads it.
 struct ProcStat {
     parent: u32,
-    /// utime, stime, cutime, cstime, in clock ticks.
-    ticks: [u64; 4],
+    /// CPU time (user + system) it has used itself, in ms.
+    own_ms: f64,
+    /// CPU time its children that ended (and were waited for) used, in ms.
+    reaped_children_ms: f64,
 }
 
 impl ProcStat {
@@ -470,25 +472,16 @@ impl ProcStat {
             .1
             .split_whitespace()
             .collect();
-        let tick = |i: usize| -> anyhow::Result<u64> { Ok(fields[i].parse()?) };
+        let ms = |a: usize, b: usize| -> anyhow::Result<f64> {
+            let ticks = fields[a].parse::<u64>()? + fields[b].parse::<u64>()?;
+            Ok(ticks as f64 * 1000.0 / TICKS_PER_SEC)
+        };
         Ok(Self {
             parent: fields[1].parse()?,
-            ticks: [tick(11)?, tick(12)?, tick(13)?, tick(14)?],
+            own_ms: ms(11, 12)?,
+            reaped_children_ms: ms(13, 14)?,
         })
     }
-
-    fn own_ms(&self) -> f64 {
-        ticks_ms(self.ticks[0] + self.ticks[1])
-    }
-
-    /// What its children that ended (and were waited for) used.
-    fn reaped_children_ms(&self) -> f64 {
-        ticks_ms(self.ticks[2] + self.ticks[3])
-    }
-}
-
-fn ticks_ms(ticks: u64) -> f64 {
-    ticks as f64 * 1000.0 / TICKS_PER_SEC
 }
 
 /// The dev server's `action` counter for the `default` namespace, from its `/metrics`.
