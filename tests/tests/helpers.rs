@@ -779,14 +779,25 @@ pub(crate) async fn eventually<T>(
     limit: Duration,
     mut check: impl AsyncFnMut() -> Option<T>,
 ) -> T {
+    until(what, limit, async || check().await.ok_or("nothing yet")).await
+}
+
+/// [`eventually`] for a check that says what it saw instead of a value: a test that runs out
+/// of time fails with the last of those, so it tells why.
+pub(crate) async fn until<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        if let Some(found) = check().await {
-            return found;
-        }
+        let seen = match check().await {
+            Ok(found) => return found,
+            Err(seen) => seen,
+        };
         assert!(
             std::time::Instant::now() < deadline,
-            "{what} within {limit:?}"
+            "{what} within {limit:?}; last seen: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -16,7 +16,7 @@ use temporalio_client::WorkflowTerminateOptions;
 use crate::consistency::{
     assert_audit_clean, prepared_everywhere, three_shard_order, three_shard_order_avoiding,
 };
-use crate::helpers::{TestApp, expect_failure};
+use crate::helpers::{TestApp, expect_failure, until};
 
 /// The gids of `workflow_id` that are prepared on some shard.
 async fn prepared_of(app: &TestApp, workflow_id: &str) -> Vec<String> {
@@ -68,29 +68,36 @@ pub(crate) async fn prepare_stray(app: &TestApp, shard: usize, gid: &Gid) {
     two_phase::prepare(txn, gid).await.expect("it prepares");
 }
 
-/// Waits until `workflow_id`'s two-phase decision is in its memo (so in its history).
-async fn wait_for_decision(app: &TestApp, workflow_id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+/// Waits until `workflow_id`'s two-phase decision, commit, is in its memo (so in its history,
+/// where `orders recover` reads it). A local step's decision gets there when the workflow
+/// task completes or heartbeats; the failure says what the workflow was doing instead.
+pub(crate) async fn wait_for_commit_decision(app: &TestApp, workflow_id: &str) {
+    let what = format!("{workflow_id} records its commit decision");
+    until(&what, Duration::from_secs(60), async || {
         let described = app
             .client
             .get_workflow_handle::<PlaceOrderWorkflow>(workflow_id)
             .describe(temporalio_client::WorkflowDescribeOptions::default())
             .await
-            .expect("the workflow can be described");
+            .map_err(|e| format!("describe failed: {e}"))?;
         let decision: Option<Decision> = described
             .memo()
             .get(DECISION_MEMO)
             .expect("the decision memo is readable");
         if decision == Some(Decision::Commit) {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{workflow_id} never recorded its decision"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let raw = described.raw();
+        Err(format!(
+            "decision {decision:?}, status {:?}, {} history events, pending workflow task {:?}",
+            described.status(),
+            raw.workflow_execution_info
+                .as_ref()
+                .map_or(0, |info| info.history_length),
+            raw.pending_workflow_task
+        ))
+    })
+    .await
 }
 
 fn recover(app: &TestApp, grace: &str) -> serde_json::Value {
@@ -221,7 +228,7 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     app.start_worker(Some("commit_part.before=sleep:30000"));
     let (input, committed_products) = three_shard_order(&app, customer, "two_phase");
     let decided = app.start_order(input).await;
-    wait_for_decision(&app, &decided).await;
+    wait_for_commit_decision(&app, &decided).await;
     app.kill_worker();
     terminate(&app, &decided).await;
 

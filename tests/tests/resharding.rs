@@ -20,8 +20,8 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on, wait_for_order_id};
-use crate::helpers::{TestApp, eventually};
-use crate::in_doubt::prepare_stray;
+use crate::helpers::{TestApp, eventually, until};
+use crate::in_doubt::{prepare_stray, wait_for_commit_decision};
 use crate::load_process::LoadProcess;
 use crate::step_paths::recorded;
 
@@ -1082,13 +1082,18 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
     );
     // `orders recover` resolves it from the workflow's decision (commit, in its memo once
     // the order's workflow task heartbeats), and the move goes on.
-    eventually(
+    wait_for_commit_decision(&app, &first).await;
+    until(
         "orders recover commits it",
         Duration::from_secs(30),
         async || {
             let recovered: Value =
                 serde_json::from_slice(&app.cli_ok(&["recover", "--json"]).stdout).unwrap();
-            (recovered["resolutions"][0]["action"] == "committed").then_some(())
+            if recovered["resolutions"][0]["action"] == "committed" {
+                Ok(())
+            } else {
+                Err(recovered)
+            }
         },
     )
     .await;
