@@ -1089,11 +1089,9 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
         async || {
             let recovered: Value =
                 serde_json::from_slice(&app.cli_ok(&["recover", "--json"]).stdout).unwrap();
-            if recovered["resolutions"][0]["action"] == "committed" {
-                Ok(())
-            } else {
-                Err(recovered)
-            }
+            (recovered["resolutions"][0]["action"] == "committed")
+                .then_some(())
+                .ok_or(recovered)
         },
     )
     .await;
