@@ -18,15 +18,15 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::failpoints;
-use crate::failure::{Rejection, StepError};
-use crate::metrics::OrderMetrics;
-use crate::order_input::OrderLine;
-use crate::read::OrderCache;
-use crate::shards::{Shard, Shards};
-use crate::store::idempotency::{self, Once};
-use crate::store::inventory::{self, Wanted};
-use crate::store::orders;
+use orders_core::failpoints;
+use orders_core::failure::{Rejection, StepError};
+use orders_core::metrics::OrderMetrics;
+use orders_core::order_input::OrderLine;
+use orders_core::shards::{Shard, Shards};
+use orders_core::store::idempotency::{self, Once};
+use orders_core::store::inventory::{self, Wanted};
+use orders_core::store::orders;
+use orders_read::OrderCache;
 
 /// A quantity of one product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,7 +302,7 @@ impl StockActivities {
         _ctx: ActivityContext,
         order: OrderStockRef,
     ) -> Result<(), ActivityError> {
-        let ordered: Vec<i64> = crate::read::find_order(&self.shards, order.order_id)
+        let ordered: Vec<i64> = orders_read::find_order(&self.shards, order.order_id)
             .await?
             .map(|(_, found)| found.items.iter().map(|item| item.product_id).collect())
             .unwrap_or_default();

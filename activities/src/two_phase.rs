@@ -6,7 +6,7 @@
 //! - `PreparePart` runs once per part key ([`two_phase::prepare_once`]), the key inside the
 //!   transaction it prepares; it returns at once if its gid is already prepared (checked in
 //!   the claim's own statement). A duplicate attempt running meanwhile waits on that key
-//!   until the shard's `lock_timeout` (5 s, see [`crate::shards`]) fails it; its retry then
+//!   until the shard's `lock_timeout` (5 s, see [`orders_core::shards`]) fails it; its retry then
 //!   finds the part prepared or committed.
 //! - `CommitPart` commits the prepared gid, or finds the part's key committed: already done.
 //! - `RollbackPart` rolls the gid back if prepared, then tombstones the key, so an attempt
@@ -19,16 +19,16 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::failpoints;
-use crate::failure::{Rejection, StepError};
-use crate::metrics::OrderMetrics;
-use crate::order_input::ValidOrder;
-use crate::read::OrderCache;
-use crate::shards::{Shard, Shards};
 use crate::stock::{StockLine, stock_rejection, wanted};
-use crate::store::idempotency::{self, Claim};
-use crate::store::two_phase::{self, Gid, PrepareOnce};
-use crate::store::{credit, inventory, orders};
+use orders_core::failpoints;
+use orders_core::failure::{Rejection, StepError};
+use orders_core::metrics::OrderMetrics;
+use orders_core::order_input::ValidOrder;
+use orders_core::shards::{Shard, Shards};
+use orders_core::store::idempotency::{self, Claim};
+use orders_core::store::two_phase::{self, Gid, PrepareOnce};
+use orders_core::store::{credit, inventory, orders};
+use orders_read::OrderCache;
 
 /// One shard's part of a two-phase order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,7 +76,7 @@ fn still_owned(shards: &Shards, part: &TwoPhasePart) -> Result<(), Rejection> {
         if owner != part.shard {
             return Err(Rejection::ShardMapChanged {
                 order_id: part.order_id,
-                bucket: crate::routing::bucket_of(id),
+                bucket: orders_core::routing::bucket_of(id),
                 planned: part.shard,
                 owner,
             });
@@ -321,7 +321,7 @@ impl TwoPhaseActivities {
 /// Returns whether the part
 /// is committed now; `false` means it is neither prepared nor committed (it was rolled back
 /// outside its coordinator). Safe to run twice, and alongside another resolver.
-pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
+pub async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
     // Prepared is the usual case, so try first and look only when that fails: the part is
     // not prepared (committed by an earlier attempt or by someone else, a duplicate or
     // `orders recover`, or rolled back), or the shard failed.
@@ -341,7 +341,7 @@ pub(crate) async fn commit_on(shard: &Shard, gid: &Gid, key: &str) -> Result<boo
 /// Phase two's rollback of one part: ROLLBACK PREPARED if it is prepared, then a tombstone on
 /// its key, so an attempt of `PreparePart` still in flight cannot prepare it again. Returns
 /// `false`, changing nothing, if the part had committed.
-pub(crate) async fn roll_back_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
+pub async fn roll_back_on(shard: &Shard, gid: &Gid, key: &str) -> Result<bool, DbErr> {
     if two_phase::is_prepared(&shard.resolver, gid).await?
         && let Err(e) = two_phase::rollback_prepared(&shard.resolver, gid).await
         && two_phase::is_prepared(&shard.resolver, gid).await?

@@ -14,9 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orders_activities::store::{credit, idempotency, orders, two_phase};
-use orders_activities::{Consistency, OrderLine, Shards, ValidOrder};
-use orders_worker::local::TemporalDevServer;
+use orders_core::store::{credit, idempotency, orders, two_phase};
+use orders_core::{Consistency, OrderLine, Shards, ValidOrder};
+use orders_dev::TemporalDevServer;
 use rust_decimal::Decimal;
 use sea_orm::TransactionTrait;
 
@@ -77,7 +77,7 @@ async fn commit_cost(shards: &Shards, prepare: bool) -> anyhow::Result<f64> {
     let shard = shards.get(0);
     let customer = orders_worker::customers::add(
         shards,
-        orders_activities::store::customers::NewCustomer {
+        orders_core::store::customers::NewCustomer {
             id: None,
             first_name: "Bench".into(),
             last_name: "Mark".into(),

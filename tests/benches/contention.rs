@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use orders_worker::local::TemporalDevServer;
+use orders_dev::TemporalDevServer;
 
 /// One `orders load`: how many orders, how many in flight, over how many products.
 #[derive(Clone, Copy)]

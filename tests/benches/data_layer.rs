@@ -11,12 +11,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orders_activities::metrics::OrderMetrics;
-use orders_activities::read::{CacheSettings, OrderCache};
-use orders_activities::read::{lookup, pages};
-use orders_activities::store::{listing, orders};
-use orders_activities::{OrderLine, Shards, ValidOrder};
+use orders_core::metrics::OrderMetrics;
+use orders_core::store::{listing, orders};
+use orders_core::{OrderLine, Shards, ValidOrder};
 use orders_entities::{order, order_item};
+use orders_read::{CacheSettings, OrderCache};
+use orders_read::{lookup, pages};
 use orders_worker::synthetic;
 use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
@@ -159,10 +159,8 @@ async fn create_with_sea_orm(
         .one(&txn)
         .await?
         .expect("customer exists");
-    let id = orders_activities::routing::tagged_id(
-        seq,
-        orders_activities::routing::bucket_of(order.customer_id),
-    );
+    let id =
+        orders_core::routing::tagged_id(seq, orders_core::routing::bucket_of(order.customer_id));
     order::ActiveModel {
         id: Set(id),
         customer_id: Set(order.customer_id),

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orders_activities::store::batch::{self, NewItem};
-use orders_activities::store::listing;
-use orders_worker::local::TemporalDevServer;
+use orders_core::store::batch::{self, NewItem};
+use orders_core::store::listing;
+use orders_dev::TemporalDevServer;
 use orders_worker::synthetic;
 use rust_decimal::Decimal;
 

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orders_activities::shard_map::ShardMap;
-use orders_activities::store::bucket_rows::TABLES;
+use orders_core::shard_map::ShardMap;
+use orders_core::store::bucket_rows::TABLES;
 
 /// Orders per load batch, and how many at a time.
 const LOAD_BATCH: u64 = 150;
@@ -213,7 +213,7 @@ fn start_worker(
     address: &str,
     task_queue: &str,
     urls: &[String],
-) -> anyhow::Result<orders_worker::local::process::ChildService> {
+) -> anyhow::Result<orders_dev::process::ChildService> {
     let mut command = Command::new(bin);
     command
         .arg("worker")
@@ -221,7 +221,7 @@ fn start_worker(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     common::deployment_env(&mut command, address, task_queue, urls);
-    orders_worker::local::process::ChildService::spawn(
+    orders_dev::process::ChildService::spawn(
         "orders worker",
         command,
         nix::sys::signal::Signal::SIGTERM,
@@ -292,11 +292,9 @@ async fn psql_copy(
 ) -> anyhow::Result<(u64, f64)> {
     clusters.clusters[4].create_database("baseline").await?;
     let baseline = clusters.clusters[4].url("baseline");
-    let pools = orders_activities::Shards::connect_lazy(
-        std::slice::from_ref(&baseline),
-        Default::default(),
-    )
-    .await?;
+    let pools =
+        orders_core::Shards::connect_lazy(std::slice::from_ref(&baseline), Default::default())
+            .await?;
     orders_worker::migrate::run(&pools, orders_worker::migrate::Plan::Up(None)).await?;
     let map = ShardMap::initial(4);
     let list = |shard: usize| {

@@ -27,8 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use orders_dev::TemporalDevServer;
 use orders_worker::config::{TemporalSettings, TemporalTls};
-use orders_worker::local::{self, TemporalDevServer};
 use plotters::prelude::*;
 use temporalio_client::{Client, UntypedWorkflow, WorkflowFetchHistoryOptions};
 use temporalio_common::protos::temporal::api::enums::v1::EventType;
@@ -109,7 +109,7 @@ struct Bench {
     urls: Vec<String>,
     /// The shards' postmasters, whose CPU (and their backends') is the shards' cost.
     postmasters: Vec<u32>,
-    workers: Vec<(StepPath, local::process::ChildService)>,
+    workers: Vec<(StepPath, orders_dev::process::ChildService)>,
 }
 
 #[tokio::main]
@@ -117,9 +117,9 @@ async fn main() -> anyhow::Result<()> {
     println!("\nthroughput benchmark (release workers; 2 cores shared by all)");
     let clusters = common::Clusters::start("throughput", 4)?;
     let orders_bin = common::build_release_orders()?;
-    let metrics_port = local::free_port()?;
-    let temporal = TemporalDevServer::start(local::TemporalOptions {
-        port: local::free_port()?,
+    let metrics_port = orders_dev::free_port()?;
+    let temporal = TemporalDevServer::start(orders_dev::TemporalOptions {
+        port: orders_dev::free_port()?,
         ui_port: None,
         db_file: Some(clusters.root.join("temporal.db")),
         metrics_port: Some(metrics_port),
@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
-    fn start_worker(&self, path: StepPath) -> anyhow::Result<local::process::ChildService> {
+    fn start_worker(&self, path: StepPath) -> anyhow::Result<orders_dev::process::ChildService> {
         let mut command = Command::new(&self.orders_bin);
         command
             .arg("worker")
@@ -238,7 +238,7 @@ impl Bench {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.point_at(&mut command, path);
-        local::process::ChildService::spawn(
+        orders_dev::process::ChildService::spawn(
             &format!("orders worker ({})", path.setting()),
             command,
             nix::sys::signal::Signal::SIGTERM,

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use orders_activities::read::find_order;
 use orders_entities::order::OrderStatus;
+use orders_read::find_order;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere};
 use crate::helpers::TestApp;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use orders_activities::store::two_phase;
-use orders_activities::{Consistency, PlacedOrder};
+use orders_activities::PlacedOrder;
+use orders_core::Consistency;
+use orders_core::store::two_phase;
 use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -314,7 +315,7 @@ async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_
         "nothing left prepared"
     );
     assert!(
-        orders_activities::read::find_order(&app.shards, order_id)
+        orders_read::find_order(&app.shards, order_id)
             .await
             .unwrap()
             .is_none(),

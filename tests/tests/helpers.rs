@@ -12,15 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use orders_activities::shards::PoolSettings;
-use orders_activities::store::customers::NewCustomer;
-use orders_activities::{OrderLine, PlacedOrder, Shards, ValidOrder};
+use orders_activities::PlacedOrder;
+use orders_core::shards::PoolSettings;
+use orders_core::store::customers::NewCustomer;
+use orders_core::{OrderLine, Shards, ValidOrder};
+use orders_dev::process::ChildService;
+use orders_dev::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::TemporalSettings;
-use orders_worker::local::process::ChildService;
-use orders_worker::local::{
-    self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions,
-};
 use orders_worker::migrate;
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
@@ -67,8 +66,8 @@ fn start_services() -> anyhow::Result<Services> {
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let orders_bin = orders_binary().to_owned();
     let temporal = TemporalDevServer::start(TemporalOptions {
-        port: local::free_port()?,
-        ui_port: Some(local::free_port()?),
+        port: orders_dev::free_port()?,
+        ui_port: Some(orders_dev::free_port()?),
         db_file: None,
         metrics_port: None,
         log_file: root.join("temporal.log"),
@@ -81,7 +80,7 @@ fn start_services() -> anyhow::Result<Services> {
         .map(|i| {
             PostgresCluster::start(PostgresOptions {
                 data_dir: root.join(format!("shard-{i}")),
-                port: local::free_port()?,
+                port: orders_dev::free_port()?,
                 ephemeral: true,
             })
         })
@@ -181,7 +180,7 @@ impl TestApp {
                 "own-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             )),
-            port: local::free_port().expect("a free port"),
+            port: orders_dev::free_port().expect("a free port"),
             ephemeral: true,
         };
         let own = OwnCluster::start(options).await;
@@ -213,7 +212,7 @@ impl TestApp {
     }
 
     /// Product `id`'s stock as its shard has it.
-    pub(crate) async fn stock(&self, id: i64) -> orders_activities::store::inventory::Stock {
+    pub(crate) async fn stock(&self, id: i64) -> orders_core::store::inventory::Stock {
         orders_worker::products::get(&self.shards, id)
             .await
             .expect("stock can be read")
@@ -355,8 +354,8 @@ impl TestApp {
     /// Starts `orders worker` as a separate process, with `failpoints` armed if given.
     pub(crate) fn start_worker(&mut self, failpoints: Option<&str>) {
         let mut command = self.orders_command();
-        self.metrics_port = local::free_port().expect("a free port for metrics");
-        self.api_port = local::free_port().expect("a free port for the read API");
+        self.metrics_port = orders_dev::free_port().expect("a free port for metrics");
+        self.api_port = orders_dev::free_port().expect("a free port for the read API");
         command
             .arg("worker")
             .env(
@@ -399,7 +398,10 @@ impl TestApp {
             .arg("worker")
             .env(
                 "ORDERS_METRICS_ADDR",
-                format!("127.0.0.1:{}", local::free_port().expect("a free port")),
+                format!(
+                    "127.0.0.1:{}",
+                    orders_dev::free_port().expect("a free port")
+                ),
             )
             .env("ORDERS_API_ADDR", "off")
             .envs(self.worker_env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -498,8 +500,8 @@ impl TestApp {
     /// This test's shard URLs with shard `down` replaced by a port nothing listens on.
     pub(crate) fn urls_with_shard_down(&self, down: usize) -> Vec<String> {
         let mut urls = self.shard_urls.clone();
-        let dead_port = local::free_port().expect("a free port");
-        urls[down] = local::shard_url(dead_port, "nowhere");
+        let dead_port = orders_dev::free_port().expect("a free port");
+        urls[down] = orders_dev::shard_url(dead_port, "nowhere");
         urls
     }
 
@@ -643,7 +645,7 @@ impl TestApp {
             consistency: Default::default(),
         };
         let shard = self.shards.for_customer(customer_id);
-        orders_activities::store::orders::create_with_items(&shard.conn, &order)
+        orders_core::store::orders::create_with_items(&shard.conn, &order)
             .await
             .expect("the order is inserted")
             .expect("the customer is on its shard")
@@ -652,7 +654,7 @@ impl TestApp {
     /// The customer's `credit_used`.
     pub(crate) async fn credit_used(&self, customer_id: i64) -> Decimal {
         let shard = self.shards.for_customer(customer_id);
-        orders_activities::store::customers::find(&shard.conn, customer_id)
+        orders_core::store::customers::find(&shard.conn, customer_id)
             .await
             .expect("customer query runs")
             .expect("customer exists")

@@ -297,7 +297,7 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_in_savepoint_chunks_keeps_every_good_row_and_names_each_bad_one() {
-    use orders_activities::store::batch::{self, NewItem};
+    use orders_core::store::batch::{self, NewItem};
 
     let app = TestApp::spawn_without_worker().await;
     let customer = app.add_customer("Niklaus Wirth", "100.00").await;

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use orders_activities::recovery::{DECISION_MEMO, Decision};
-use orders_activities::store::two_phase::{Gid, GidParts};
-use orders_activities::store::{idempotency, two_phase};
+use orders_core::store::two_phase::{Gid, GidParts};
+use orders_core::store::{idempotency, two_phase};
+use orders_operations::recovery::{DECISION_MEMO, Decision};
 use orders_worker::client::OrderOutcome;
 use orders_workflows::PlaceOrderWorkflow;
 use rust_decimal::Decimal;

@@ -17,7 +17,7 @@ use crate::consistency::{assert_audit_clean, three_shard_order};
 use crate::helpers::TestApp;
 
 async fn status_in_database(app: &TestApp, order_id: i64) -> OrderStatus {
-    orders_activities::read::find_order(&app.shards, order_id)
+    orders_read::find_order(&app.shards, order_id)
         .await
         .unwrap()
         .expect("order exists")
@@ -201,10 +201,7 @@ async fn a_two_phase_order_cancelled_before_its_stock_parts_commit_gets_its_stoc
         .await
         .expect("a confirmed order can be cancelled");
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
-    assert_eq!(
-        cancelled.consistency,
-        orders_activities::Consistency::TwoPhase
-    );
+    assert_eq!(cancelled.consistency, orders_core::Consistency::TwoPhase);
     app.outcome(&workflow_id).await;
     assert_eq!(app.stock(products[0]).await.reserved, 0, "stock returned");
     assert_eq!(app.stock(products[1]).await.reserved, 0, "stock returned");

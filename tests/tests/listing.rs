@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orders_activities::Shards;
-use orders_activities::read::pages::{self, ListError};
+use orders_core::Shards;
+use orders_read::pages::{self, ListError};
 
 use crate::helpers::TestApp;
 

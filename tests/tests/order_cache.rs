@@ -65,7 +65,7 @@ async fn reads_hit_the_cache_and_the_workers_own_status_change_is_seen_at_once()
         Value::Null,
         "served from the cache, as documented"
     );
-    let in_db = orders_activities::store::orders::find_with_items(&shard.conn, placed.order_id)
+    let in_db = orders_core::store::orders::find_with_items(&shard.conn, placed.order_id)
         .await
         .unwrap()
         .unwrap();

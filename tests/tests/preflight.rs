@@ -4,8 +4,8 @@
 //! transactions, and shards listed out of their order or from another deployment
 //! (README, "Running in production").
 
-use orders_activities::shards::PoolSettings;
-use orders_activities::{Shards, store};
+use orders_core::shards::PoolSettings;
+use orders_core::{Shards, store};
 use orders_migration::{Migrator, MigratorTrait};
 use orders_worker::{preflight, shard_identity};
 use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};

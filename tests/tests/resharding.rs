@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orders_activities::Shards;
-use orders_activities::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
-use orders_activities::routing::{bucket_of, tagged_id};
-use orders_activities::shard_map::ShardMap;
-use orders_activities::store::bucket_rows;
-use orders_activities::store::fences::{self, FenceState};
-use orders_activities::store::two_phase::{self, GidParts};
+use orders_core::Shards;
+use orders_core::routing::{bucket_of, tagged_id};
+use orders_core::shard_map::ShardMap;
+use orders_core::store::bucket_rows;
+use orders_core::store::fences::{self, FenceState};
+use orders_core::store::two_phase::{self, GidParts};
+use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use orders_worker::client::OrderOutcome;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
@@ -1174,9 +1174,8 @@ async fn a_change_that_commits_after_a_later_one_is_still_caught_up() {
     fences::set_all(&target.conn, &[bucket], FenceState::Incoming, from, "test")
         .await
         .unwrap();
-    let pool = |shard: &orders_activities::shards::Shard| {
-        shard.conn.get_postgres_connection_pool().clone()
-    };
+    let pool =
+        |shard: &orders_core::shards::Shard| shard.conn.get_postgres_connection_pool().clone();
     let (source_pool, target_pool) = (pool(source), pool(target));
     let mut on_source = source_pool.acquire().await.unwrap();
     let mut on_target = target_pool.acquire().await.unwrap();

@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use orders_activities::failure::StepError;
-use orders_activities::store::credit::{self, Release, Reserve};
-use orders_activities::store::two_phase::{self, PrepareOnce};
-use orders_activities::store::{idempotency, orders};
-use orders_activities::{Rejection, ValidOrder, routing};
+use orders_core::failure::StepError;
+use orders_core::store::credit::{self, Release, Reserve};
+use orders_core::store::two_phase::{self, PrepareOnce};
+use orders_core::store::{idempotency, orders};
+use orders_core::{Rejection, ValidOrder, routing};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 use sea_orm::TransactionTrait;

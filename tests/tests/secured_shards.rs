@@ -4,8 +4,8 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use orders_activities::Shards;
-use orders_activities::shards::PoolSettings;
+use orders_core::Shards;
+use orders_core::shards::PoolSettings;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::certificates;

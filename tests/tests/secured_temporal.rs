@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use orders_worker::local::{self, process::ChildService};
+use orders_dev::process::ChildService;
 
 use crate::certificates;
 use crate::helpers::{TestApp, eventually, services};
@@ -41,8 +41,8 @@ impl TlsProxy {
         certificates::make_ca(&dir, "other-ca");
         certificates::make_signed(&dir, "server", &format!("DNS:{SERVER_NAME}"), "serverAuth");
         certificates::make_signed(&dir, "client", "DNS:orders-worker", "clientAuth");
-        let mtls_port = local::free_port().unwrap();
-        let api_key_port = local::free_port().unwrap();
+        let mtls_port = orders_dev::free_port().unwrap();
+        let api_key_port = orders_dev::free_port().unwrap();
         let temporal_port = services().temporal.address();
         let d = dir.display();
         let config = format!(
@@ -90,7 +90,7 @@ http {{
             .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap());
         let nginx = ChildService::spawn("nginx", command, Signal::SIGQUIT).expect("nginx starts");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(local::port_is_open(mtls_port) && local::port_is_open(api_key_port)) {
+        while !(orders_dev::port_is_open(mtls_port) && orders_dev::port_is_open(api_key_port)) {
             assert!(
                 Instant::now() < deadline,
                 "nginx did not listen within 20 s: {}",
@@ -353,7 +353,7 @@ async fn a_load_that_loses_its_connection_counts_client_errors_apart_and_finishe
     assert_eq!(placed + failed + client_errors, 24, "{report}");
     for reason in report["failures"].as_object().unwrap().keys() {
         assert!(
-            orders_activities::FailureType::from_wire(reason).is_some(),
+            orders_core::FailureType::from_wire(reason).is_some(),
             "only orders' own failures count as failures, not {reason:?}: {report}"
         );
     }

@@ -2,9 +2,9 @@
 //! appears on any shard, refused when it does not fit the configured shards; and the
 //! `orders shards` report.
 
-use orders_activities::shard_map::ShardMap;
-use orders_activities::shards::MapError;
-use orders_activities::store::shard_map;
+use orders_core::shard_map::ShardMap;
+use orders_core::shards::MapError;
+use orders_core::store::shard_map;
 use orders_migration::MigratorTrait;
 
 use crate::helpers::TestApp;

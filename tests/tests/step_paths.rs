@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use orders_worker::local::temporal::temporal_cli;
+use orders_dev::temporal::temporal_cli;
 use serde_json::Value;
 
 use crate::consistency::three_shard_order;

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use orders_worker::local::temporal::temporal_cli;
+use orders_dev::temporal::temporal_cli;
 use serde_json::json;
 
 use crate::helpers::TestApp;
@@ -90,7 +90,7 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     let printed: serde_json::Value =
         serde_json::from_slice(&shipped.stdout).expect("the CLI prints JSON");
     assert_eq!(printed["updateResult"]["status"], "shipped", "{printed}");
-    let (_, stored) = orders_activities::read::find_order(&app.shards, order_id)
+    let (_, stored) = orders_read::find_order(&app.shards, order_id)
         .await
         .unwrap()
         .expect("the order exists");

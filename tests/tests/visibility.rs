@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orders_worker::local::temporal::temporal_cli;
+use orders_dev::temporal::temporal_cli;
 use orders_workflows::PlaceOrderWorkflow;
 use orders_workflows::progress::{Progress, Stage};
 use serde_json::json;

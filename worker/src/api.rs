@@ -23,9 +23,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use orders_activities::Shards;
-use orders_activities::read::OrderCache;
-use orders_activities::read::pages::{self, ListError};
+use orders_core::Shards;
+use orders_read::OrderCache;
+use orders_read::pages::{self, ListError};
 use serde::Deserialize;
 
 #[derive(Clone)]

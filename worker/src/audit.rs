@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use orders_activities::Shards;
-use orders_activities::store::{audit, inventory, two_phase};
+use orders_core::Shards;
+use orders_core::store::{audit, inventory, two_phase};
 use serde::Serialize;
 
 /// One broken invariant.

@@ -1,7 +1,8 @@
 //! Client-side operations: connecting to Temporal, submitting PlaceOrder, reading results.
 
 use anyhow::Context;
-use orders_activities::{OrderRequest, PlacedOrder};
+use orders_activities::PlacedOrder;
+use orders_core::OrderRequest;
 use orders_workflows::order_lifecycle::LifecycleInput;
 use orders_workflows::progress::Acceptance;
 use orders_workflows::{OrderLifecycleWorkflow, PlaceOrderWorkflow};

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use orders_activities::Shards;
-use orders_activities::read::CacheSettings;
-use orders_activities::retention::RetentionPolicy;
-use orders_activities::shards::PoolSettings;
+use orders_core::Shards;
+use orders_core::shards::PoolSettings;
+use orders_operations::retention::RetentionPolicy;
+use orders_read::CacheSettings;
 use orders_workflows::idempotency_retention::RetentionSchedule;
 use orders_workflows::in_doubt_recovery::RecoverySchedule;
 
@@ -113,14 +113,25 @@ pub struct ShardSettings {
     pub map_refresh_secs: u64,
 }
 
+/// How to point a command at the shards `orders dev` runs, in a build that has it.
+fn dev_shards_hint() -> String {
+    #[cfg(feature = "dev")]
+    return format!(
+        "; for the local shards `orders dev` runs, that is\n  export ORDERS_SHARDS={}",
+        orders_dev::dev_shard_urls().join(",")
+    );
+    #[cfg(not(feature = "dev"))]
+    String::new()
+}
+
 impl ShardSettings {
     /// The configured URLs. None configured is an error that says how to configure them:
     /// a deployment must never find itself writing to shards it was not pointed at.
     pub fn urls(&self) -> anyhow::Result<&[String]> {
         anyhow::ensure!(
             !self.urls.is_empty(),
-            "ORDERS_SHARDS is not set: set it (or --shards) to the shards' PostgreSQL URLs, comma-separated, shard i being the i-th URL; for the local shards `orders dev` runs, that is\n  export ORDERS_SHARDS={}",
-            crate::local::dev_shard_urls().join(",")
+            "ORDERS_SHARDS is not set: set it (or --shards) to the shards' PostgreSQL URLs, comma-separated, shard i being the i-th URL{}",
+            dev_shards_hint()
         );
         Ok(&self.urls)
     }

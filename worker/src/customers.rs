@@ -2,9 +2,9 @@
 
 use anyhow::{Context, ensure};
 use futures::future::try_join_all;
-use orders_activities::Shards;
-use orders_activities::order_input::{MAX_TOTAL, check_money};
-use orders_activities::store::customers::{self, NewCustomer};
+use orders_core::Shards;
+use orders_core::order_input::{MAX_TOTAL, check_money};
+use orders_core::store::customers::{self, NewCustomer};
 use orders_entities::customer;
 
 /// Creates `new` and returns it. Without an explicit id, the customer goes to the shard with
@@ -37,7 +37,7 @@ pub async fn add(shards: &Shards, new: NewCustomer) -> anyhow::Result<customer::
 /// none until `orders reshard` moves some onto it, and a drained one none any more).
 async fn least_loaded(
     shards: &Shards,
-) -> Result<&orders_activities::shards::Shard, orders_activities::shards::ShardError> {
+) -> Result<&orders_core::shards::Shard, orders_core::shards::ShardError> {
     let map = shards.map();
     let owning = shards
         .iter()

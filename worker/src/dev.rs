@@ -10,14 +10,14 @@ use rust_decimal::Decimal;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use orders_activities::shards::PoolSettings;
-use orders_activities::store::customers::{self, NewCustomer};
-use orders_activities::{Consistency, OrderRequest, Shards};
+use orders_core::shards::PoolSettings;
+use orders_core::store::customers::{self, NewCustomer};
+use orders_core::{Consistency, OrderRequest, Shards};
 
 use crate::client::{self, OrderOutcome};
 use crate::config::TemporalSettings;
-use crate::local::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 use crate::migrate;
+use orders_dev::{PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 
 /// gRPC port of the dev Temporal server; its Web UI is on this + 1000.
 pub const TEMPORAL_PORT: u16 = 7233;
@@ -70,8 +70,8 @@ impl DevStack {
         })?;
         temporal.register_search_attributes("default", &search_attribute_flags())?;
         let mut clusters = Vec::new();
-        for shard in 0..local::DEV_SHARD_COUNT {
-            let port = local::DEV_SHARD_BASE_PORT + shard as u16;
+        for shard in 0..orders_dev::DEV_SHARD_COUNT {
+            let port = orders_dev::DEV_SHARD_BASE_PORT + shard as u16;
             eprintln!("▶ PostgreSQL shard {shard} on 127.0.0.1:{port}");
             let cluster = tokio::task::block_in_place(|| {
                 PostgresCluster::start(PostgresOptions {
@@ -80,7 +80,7 @@ impl DevStack {
                     ephemeral: false,
                 })
             })?;
-            cluster.create_database(local::DEV_DATABASE).await?;
+            cluster.create_database(orders_dev::DEV_DATABASE).await?;
             clusters.push(cluster);
         }
         Ok(Self { temporal, clusters })
@@ -98,7 +98,7 @@ pub async fn run(
         address: stack.temporal.address(),
         ..temporal_settings
     };
-    let urls = local::dev_shard_urls();
+    let urls = orders_dev::dev_shard_urls();
     let shards = Shards::connect_lazy(&urls, PoolSettings::default()).await?;
     eprintln!("▶ migrating {} shards", shards.len());
     for v in migrate::run(&shards, migrate::Plan::Up(None)).await? {

@@ -2,11 +2,11 @@
 //! parameters sampled from the shard's own data, so the plans are the ones production gets.
 
 use futures::future::join_all;
-use orders_activities::Shards;
-use orders_activities::shards::Shard;
-use orders_activities::store::listing;
-use orders_activities::store::orders::FIND_WITH_ITEMS;
-use orders_activities::store::plans;
+use orders_core::Shards;
+use orders_core::shards::Shard;
+use orders_core::store::listing;
+use orders_core::store::orders::FIND_WITH_ITEMS;
+use orders_core::store::plans;
 use sea_orm::{DbErr, Value};
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! The `orders` binary's library: configuration, local services, migrations across shards,
+//! The `orders` binary's library: configuration, migrations across shards,
 //! the Temporal worker and the client-side commands. `main.rs` only parses the command line
 //! and calls [`cli::run`]; the integration tests use the same functions.
 //!
@@ -11,12 +11,12 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod customers;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod explain;
 pub mod history_json;
 pub mod import;
 pub mod load;
-pub mod local;
 pub mod migrate;
 pub mod preflight;
 pub mod products;

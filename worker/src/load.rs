@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use orders_activities::store::customers::NewCustomer;
-use orders_activities::{Consistency, OrderRequest, RequestedItem, Shards};
+use orders_core::store::customers::NewCustomer;
+use orders_core::{Consistency, OrderRequest, RequestedItem, Shards};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use temporalio_client::Client;

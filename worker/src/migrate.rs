@@ -6,8 +6,8 @@
 
 use anyhow::bail;
 use futures::future::join_all;
-use orders_activities::store::table_exists;
-use orders_activities::{Shard, Shards};
+use orders_core::store::table_exists;
+use orders_core::{Shard, Shards};
 use orders_migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::MigrationStatus;

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, ensure};
 use futures::future::try_join_all;
-use orders_activities::Shards;
-use orders_activities::store::inventory::{self, Stock};
+use orders_core::Shards;
+use orders_core::store::inventory::{self, Stock};
 
 /// Sets product `id`'s stock on hand (creating the product), on the shard owning `id`.
 pub async fn add(

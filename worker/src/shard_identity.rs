@@ -8,8 +8,8 @@
 
 use anyhow::bail;
 use futures::future::join_all;
-use orders_activities::Shards;
-use orders_activities::store::shard_identity::{self, ShardIdentity};
+use orders_core::Shards;
+use orders_core::store::shard_identity::{self, ShardIdentity};
 
 /// How one shard's recorded identity relates to where `ORDERS_SHARDS` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]

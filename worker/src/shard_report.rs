@@ -3,11 +3,11 @@
 use std::fmt;
 
 use futures::future::join_all;
-use orders_activities::Shards;
-use orders_activities::shard_map::ShardMap;
-use orders_activities::shards::Shard;
-use orders_activities::store::fences::{self, Fence, FenceState};
-use orders_activities::store::{connections, customers, orders};
+use orders_core::Shards;
+use orders_core::shard_map::ShardMap;
+use orders_core::shards::Shard;
+use orders_core::store::fences::{self, Fence, FenceState};
+use orders_core::store::{connections, customers, orders};
 use sea_orm::DbErr;
 use serde::Serialize;
 
@@ -120,7 +120,7 @@ pub struct GrowthPlan {
 }
 
 pub fn growth_plan(current: &ShardMap, shard_count: usize) -> anyhow::Result<GrowthPlan> {
-    let most = usize::from(orders_activities::routing::BUCKETS);
+    let most = usize::from(orders_core::routing::BUCKETS);
     anyhow::ensure!(
         shard_count <= most,
         "at most {most} shards are possible (one bucket each), not {shard_count}"
@@ -207,7 +207,7 @@ impl fmt::Display for GrowthPlan {
             self.to_version,
             self.to_shards,
             self.buckets_moved,
-            orders_activities::routing::BUCKETS,
+            orders_core::routing::BUCKETS,
             self.fraction_moved * 100.0,
             (1.0 - 1.0 / self.to_shards as f64) * 100.0,
         )?;

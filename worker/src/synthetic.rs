@@ -1,11 +1,11 @@
 //! `orders fill`: synthetic customers and orders at volume on every shard, for
-//! `orders explain` and the benchmarks (the SQL is [`orders_activities::store::synthetic`]).
+//! `orders explain` and the benchmarks (the SQL is [`orders_core::store::synthetic`]).
 //! Meant for development and load-test databases, not for production.
 
 use futures::future::try_join_all;
-use orders_activities::Shards;
-use orders_activities::shards::{Shard, ShardError};
-use orders_activities::store::synthetic;
+use orders_core::Shards;
+use orders_core::shards::{Shard, ShardError};
+use orders_core::store::synthetic;
 
 /// How much to make on each shard (`orders fill`'s flags).
 #[derive(Debug, Clone, Copy, clap::Args)]

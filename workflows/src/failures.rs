@@ -4,7 +4,7 @@
 //! Clients should not have to dig through that wrapper, so the workflow fails with a fresh
 //! non-retryable application failure carrying the same type (`PaymentDeclined`, …) and message.
 
-use orders_activities::FailureType;
+use orders_core::FailureType;
 use temporalio_common::error::IncomingError;
 use temporalio_common::protos::temporal::api::failure::v1::failure::FailureInfo;
 use temporalio_sdk::{ActivityExecutionError, ApplicationFailure};

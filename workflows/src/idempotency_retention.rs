@@ -1,4 +1,4 @@
-//! `IdempotencyRetention`: one retention pass (see `orders_activities::retention`) every
+//! `IdempotencyRetention`: one retention pass (see `orders_operations::retention`) every
 //! `every_secs`, for as long as workers run, so `idempotency_keys` stops growing forever.
 //!
 //! Like [`crate::in_doubt_recovery`], each worker makes sure one instance runs (workflow id
@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use orders_activities::retention::{RetentionActivities, RetentionPolicy};
+use orders_operations::retention::{RetentionActivities, RetentionPolicy};
 use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orders_activities::import::activities::ImportFile;
-use orders_activities::import::{ImportActivities, RejectedLine, SegmentInput};
+use orders_operations::import::activities::ImportFile;
+use orders_operations::import::{ImportActivities, RejectedLine, SegmentInput};
 use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};

@@ -4,12 +4,12 @@
 //! with the schedule of the worker that started it; to change it, terminate the workflow and
 //! the next worker to start begins a new one),
 //! so prepared transactions left behind by terminated or crashed two-phase orders are
-//! resolved without anyone watching (see `orders_activities::recovery`). The loop continues
+//! resolved without anyone watching (see `orders_operations::recovery`). The loop continues
 //! as new every [`PASSES_PER_RUN`] passes, so its history stays short.
 
 use std::time::Duration;
 
-use orders_activities::recovery::{Action, RecoveryActivities};
+use orders_operations::recovery::{Action, RecoveryActivities};
 use serde::{Deserialize, Serialize};
 use temporalio_common::RetryPolicy;
 use temporalio_macros::{workflow, workflow_methods};

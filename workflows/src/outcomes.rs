@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use orders_activities::metrics::OrderMetrics;
+use orders_core::metrics::OrderMetrics;
 use temporalio_sdk::WorkflowContext;
 
 static METRICS: OnceLock<Arc<OrderMetrics>> = OnceLock::new();

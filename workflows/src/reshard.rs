@@ -1,5 +1,5 @@
 //! `Reshard`: moves buckets between shards while orders keep flowing, one bucket at a time,
-//! each through the phases of [`orders_activities::reshard`]. The history is the mover's log:
+//! each through the phases of [`orders_operations::reshard`]. The history is the mover's log:
 //! a worker that dies mid-move is replaced by another that resumes the phase in flight (a
 //! copy resumes after its last heartbeated chunk).
 //!
@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use orders_activities::reshard::{
+use orders_operations::reshard::{
     BucketMove, CatchUp, CatchUpInput, CopyInput, Mismatch, PlanInput, ReshardActivities,
     ReshardRequest,
 };

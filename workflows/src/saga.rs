@@ -32,7 +32,7 @@ use crate::steps::{Phase, Steps};
 ///
 /// The steps are short database transactions, so their start-to-close is short too: it is
 /// how long Temporal waits before it retries a step whose worker died (a step blocked on a
-/// row lock fails by itself sooner, see `orders_activities::shards::LOCK_TIMEOUT`). Retries
+/// row lock fails by itself sooner, see `orders_core::shards::LOCK_TIMEOUT`). Retries
 /// come back within two seconds at most: a step that met a busy row or a shard restarting
 /// should try again soon, not after a long back-off.
 pub fn forward_options() -> ActivityOptions {

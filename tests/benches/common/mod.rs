@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use orders_activities::Shards;
-use orders_activities::shards::PoolSettings;
-use orders_worker::local::{self, PostgresCluster, PostgresOptions};
+use orders_core::Shards;
+use orders_core::shards::PoolSettings;
+use orders_dev::{PostgresCluster, PostgresOptions};
 use orders_worker::migrate;
 
 #[path = "../../support/nested_cargo.rs"]
@@ -36,7 +36,7 @@ impl Clusters {
             .map(|i| {
                 PostgresCluster::start(PostgresOptions {
                     data_dir: root.join(format!("shard-{i}")),
-                    port: local::free_port()?,
+                    port: orders_dev::free_port()?,
                     ephemeral,
                 })
             })
@@ -118,14 +118,14 @@ pub(crate) fn start_worker(
     temporal_address: &str,
     task_queue: &str,
     urls: &[String],
-) -> anyhow::Result<orders_worker::local::process::ChildService> {
+) -> anyhow::Result<orders_dev::process::ChildService> {
     let mut command = std::process::Command::new(orders_bin);
     command
         .arg("worker")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     deployment_env(&mut command, temporal_address, task_queue, urls);
-    orders_worker::local::process::ChildService::spawn(
+    orders_dev::process::ChildService::spawn(
         "orders worker",
         command,
         nix::sys::signal::Signal::SIGTERM,
@@ -136,9 +136,9 @@ impl Clusters {
     /// A headless Temporal dev server with its default settings (history in memory), its log
     /// beside the clusters, and the search attributes the workflows set.
     #[allow(dead_code)] // Not every benchmark runs Temporal.
-    pub(crate) fn temporal(&self) -> anyhow::Result<local::TemporalDevServer> {
-        local::TemporalDevServer::start(local::TemporalOptions {
-            port: local::free_port()?,
+    pub(crate) fn temporal(&self) -> anyhow::Result<orders_dev::TemporalDevServer> {
+        orders_dev::TemporalDevServer::start(orders_dev::TemporalOptions {
+            port: orders_dev::free_port()?,
             ui_port: None,
             db_file: None,
             metrics_port: None,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use orders_activities::{Consistency, RequestedItem};
+use orders_core::{Consistency, RequestedItem};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 
@@ -48,6 +48,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start local Temporal + 4 PostgreSQL shards, the worker and sample orders; Ctrl-C stops.
+    #[cfg(feature = "dev")]
     Dev {
         /// Where clusters, Temporal history and logs live.
         #[arg(long, env = "ORDERS_STATE_DIR", default_value = ".orders-dev")]
@@ -423,6 +424,6 @@ mod tests {
             panic!("parsed as submit");
         };
         assert_eq!(items[0].product_id, 7);
-        assert_eq!(consistency, orders_activities::Consistency::TwoPhase);
+        assert_eq!(consistency, orders_core::Consistency::TwoPhase);
     }
 }

@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use orders_activities::Shards;
-use orders_activities::store::customers::NewCustomer;
-use orders_activities::store::inventory::Stock;
+use orders_core::Shards;
+use orders_core::store::customers::NewCustomer;
+use orders_core::store::inventory::Stock;
 use orders_entities::customer;
 use serde::Serialize;
 

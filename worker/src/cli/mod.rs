@@ -17,22 +17,25 @@ mod shards;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use orders_activities::OrderRequest;
-use orders_activities::recovery;
-use orders_activities::reshard::ReshardRequest;
-use orders_activities::store::customers::NewCustomer;
+use orders_core::OrderRequest;
+use orders_core::store::customers::NewCustomer;
+use orders_operations::recovery;
+use orders_operations::reshard::ReshardRequest;
 use orders_workflows::reshard::ReshardInput;
 
 pub use args::{Cli, LogFormat};
 use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand, ShardsCommand};
 use report::emit;
 
-use crate::{audit, client, dev, explain, load, migrate, shard_report, worker};
+#[cfg(feature = "dev")]
+use crate::dev;
+use crate::{audit, client, explain, load, migrate, shard_report, worker};
 
 /// Runs the command `cli` names and returns the exit status it calls for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     match cli.command {
+        #[cfg(feature = "dev")]
         Command::Dev {
             state_dir,
             temporal,
@@ -283,7 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &shards,
                     &client,
                     grace,
-                    &orders_activities::metrics::OrderMetrics::disabled(),
+                    &orders_core::metrics::OrderMetrics::disabled(),
                 )
                 .await,
                 json,

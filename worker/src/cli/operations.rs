@@ -1,11 +1,11 @@
 //! Reports of the commands for whoever runs the deployment: `recover`, `audit`, `load`
-//! (which run [`orders_activities::recovery::recover`], [`crate::audit::run`] and
+//! (which run [`orders_operations::recovery::recover`], [`crate::audit::run`] and
 //! [`crate::load::run`]), and `replay`.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use orders_activities::recovery::RecoveryReport;
+use orders_operations::recovery::RecoveryReport;
 use serde::Serialize;
 
 use super::report::Report;

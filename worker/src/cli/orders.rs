@@ -3,10 +3,11 @@
 
 use std::fmt;
 
-use orders_activities::read::{self, OrderPage, StatusCounts, pages};
-use orders_activities::store::orders::OrderWithItems;
-use orders_activities::{OrderRequest, PlacedOrder, Shards};
+use orders_activities::PlacedOrder;
+use orders_core::store::orders::OrderWithItems;
+use orders_core::{OrderRequest, Shards};
 use orders_entities::order::OrderStatus;
+use orders_read::{OrderPage, StatusCounts, pages};
 use orders_workflows::progress::Acceptance;
 use sea_orm::ActiveEnum;
 use serde::{Serialize, Serializer};
@@ -161,7 +162,7 @@ pub(super) struct ShownOrder {
 
 /// Finds order `order_id` by id alone.
 pub(super) async fn get(shards: &Shards, order_id: i64) -> anyhow::Result<ShownOrder> {
-    let Some((shard, order)) = read::find_order(shards, order_id).await? else {
+    let Some((shard, order)) = orders_read::find_order(shards, order_id).await? else {
         anyhow::bail!(
             "order {order_id} does not exist on any of the {} shards",
             shards.len()

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orders_activities::reshard::ReshardRequest;
+use orders_operations::reshard::ReshardRequest;
 use orders_workflows::ReshardWorkflow;
 use orders_workflows::reshard::{Phase, ReshardInput, ReshardProgress, WORKFLOW_ID};
 use serde::Serialize;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use orders_activities::Shards;
+use orders_core::Shards;
 use serde::Serialize;
 
 use super::report::Report;

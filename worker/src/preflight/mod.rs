@@ -14,7 +14,7 @@ mod search_attributes;
 
 use std::fmt;
 
-use orders_activities::Shards;
+use orders_core::Shards;
 use temporalio_client::Client;
 
 /// One thing wrong with the deployment, and what fixes it.

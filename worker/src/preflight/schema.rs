@@ -2,8 +2,8 @@
 //! shard `ORDERS_SHARDS` says it is.
 
 use futures::future::join_all;
-use orders_activities::store::shard_identity;
-use orders_activities::{Shard, Shards};
+use orders_core::store::shard_identity;
+use orders_core::{Shard, Shards};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
 use super::Problem;

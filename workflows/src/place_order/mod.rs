@@ -10,7 +10,7 @@
 //! only they call into it.
 //!
 //! Input and result are plain JSON (see README, "Public contract"; clients build it as an
-//! [`orders_activities::OrderRequest`]), so any Temporal client can start it. The input is
+//! [`orders_core::OrderRequest`]), so any Temporal client can start it. The input is
 //! taken as raw JSON and validated here, so malformed input fails the workflow with
 //! `InvalidOrder` instead of failing workflow tasks forever.
 //!
@@ -25,9 +25,10 @@
 pub mod two_phase;
 pub mod with_saga;
 
+use orders_activities::PlacedOrder;
 use orders_activities::lifecycle::{LifecycleActivities, LifecycleStart};
-use orders_activities::metrics::OrderMetrics;
-use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
+use orders_core::metrics::OrderMetrics;
+use orders_core::{Consistency, FailureType, ValidOrder};
 use temporalio_common::WorkflowDefinition;
 use temporalio_common::search_attributes::SearchAttributeUpdate;
 use temporalio_macros::{workflow, workflow_methods};

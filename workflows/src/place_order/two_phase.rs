@@ -26,13 +26,14 @@
 //!    `orders recover` relies on that when the workflow itself can no longer be asked.
 
 use futures::future::join_all;
-use orders_activities::metrics::OrderMetrics;
-use orders_activities::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
+use orders_activities::PlacedOrder;
 use orders_activities::stock::{OrderPlan, PlanInput, StockActivities, StockLine};
-use orders_activities::store::two_phase::{FIRST_ROUND, GidParts, GidTooLong};
 use orders_activities::two_phase::{TwoPhaseActivities, TwoPhasePart};
-use orders_activities::{Consistency, FailureType, PlacedOrder, ValidOrder};
+use orders_core::metrics::OrderMetrics;
+use orders_core::store::two_phase::{FIRST_ROUND, GidParts, GidTooLong};
+use orders_core::{Consistency, FailureType, ValidOrder};
 use orders_entities::order::OrderStatus;
+use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use temporalio_common::ActivityDefinition;
 use temporalio_sdk::{ActivityExecutionError, MemoValue, WorkflowContext, WorkflowResult};
 

@@ -12,12 +12,10 @@
 //! its total is held. Two steps and two history markers fewer, and the steps in a row go
 //! from 6 + k to 4 whatever the number k of stock shards.
 
-use orders_activities::metrics::OrderMetrics;
 use orders_activities::stock::{PlanInput, StockActivities, StockInput};
-use orders_activities::{
-    Consistency, CreateOrderInput, CreditInput, FailureType, OrderActivities, OrderRef,
-    PlacedOrder, ValidOrder,
-};
+use orders_activities::{CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder};
+use orders_core::metrics::OrderMetrics;
+use orders_core::{Consistency, FailureType, ValidOrder};
 use temporalio_sdk::{ActivityExecutionError, WorkflowContext, WorkflowResult};
 
 use super::{

@@ -14,8 +14,8 @@ use chrono::DateTime;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
-use crate::shards::{Shard, ShardError, Shards};
-use crate::store::listing::{self, OrderSummary, Position, Served};
+use orders_core::shards::{Shard, ShardError, Shards};
+use orders_core::store::listing::{self, OrderSummary, Position, Served};
 
 /// The largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: u64 = 500;

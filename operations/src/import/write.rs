@@ -15,10 +15,10 @@ use sea_orm::sqlx::{self, PgConnection, PgPool, Row};
 
 use super::RejectedLine;
 use super::file::ImportLine;
-use crate::copy_text::CopyText;
-use crate::failure::FailureType;
-use crate::routing::{bucket_of, tagged_id};
-use crate::store::batch::{self, copy_in};
+use orders_core::copy_text::CopyText;
+use orders_core::failure::FailureType;
+use orders_core::routing::{bucket_of, tagged_id};
+use orders_core::store::batch::{self, copy_in};
 
 /// What happened to one shard's lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

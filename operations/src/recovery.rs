@@ -26,10 +26,10 @@ use temporalio_client::{
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::metrics::OrderMetrics;
-use crate::shards::{Shard, ShardError, Shards};
-use crate::store::two_phase::{self, FIRST_ROUND, Gid, GidParts, GidTooLong};
-use crate::two_phase::{commit_on, roll_back_on};
+use orders_activities::two_phase::{commit_on, roll_back_on};
+use orders_core::metrics::OrderMetrics;
+use orders_core::shards::{Shard, ShardError, Shards};
+use orders_core::store::two_phase::{self, FIRST_ROUND, Gid, GidParts, GidTooLong};
 
 /// The memo key under which PlaceOrder records its two-phase decision.
 pub const DECISION_MEMO: &str = "two_phase_decision";

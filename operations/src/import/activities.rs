@@ -12,8 +12,8 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 use super::RejectedLine;
 use super::file::{self, ImportLine};
 use super::write::{self, ShardImport};
-use crate::failpoints;
-use crate::failure::Rejection;
+use orders_core::failpoints;
+use orders_core::failure::Rejection;
 
 /// The import cannot go on with this file: not there, unreadable, or changed.
 fn unreadable(path: &str, e: &std::io::Error) -> ActivityError {
@@ -23,8 +23,8 @@ fn unreadable(path: &str, e: &std::io::Error) -> ActivityError {
     }
     .into_activity_error()
 }
-use crate::metrics::OrderMetrics;
-use crate::shards::Shards;
+use orders_core::metrics::OrderMetrics;
+use orders_core::shards::Shards;
 
 /// The activities' shared state.
 pub struct ImportActivities {
@@ -148,7 +148,7 @@ impl ImportActivities {
                     .await
                     .map_err(|e| shard.error(sea_orm::DbErr::Custom(e.to_string())))?;
                 ctx.record_heartbeat(segment.next_offset).await.ok();
-                Ok::<_, crate::shards::ShardError>((index, done))
+                Ok::<_, orders_core::shards::ShardError>((index, done))
             }
         });
         let mut outcome = SegmentOutcome {

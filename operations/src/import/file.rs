@@ -7,8 +7,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::RejectedLine;
-use crate::failure::FailureType;
-use crate::order_input::ValidOrder;
+use orders_core::failure::FailureType;
+use orders_core::order_input::ValidOrder;
 
 /// The failure type every rejected line of a file carries.
 const INVALID: FailureType = FailureType::InvalidOrder;

@@ -19,9 +19,9 @@ use temporalio_client::{
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::metrics::OrderMetrics;
-use crate::shards::{Shard, Shards};
-use crate::store::idempotency;
+use orders_core::metrics::OrderMetrics;
+use orders_core::shards::{Shard, Shards};
+use orders_core::store::idempotency;
 
 /// What one pass deletes, at most, per shard: it comes back for the rest.
 pub const MAX_KEYS_PER_PASS: u64 = 10_000;

@@ -2,8 +2,8 @@
 
 use futures::future::join_all;
 
-use crate::shards::{ShardError, Shards};
-use crate::store::orders::{self, OrderWithItems};
+use orders_core::shards::{ShardError, Shards};
+use orders_core::store::orders::{self, OrderWithItems};
 
 /// The order with `order_id` and the shard holding it.
 ///

@@ -18,16 +18,16 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use crate::failpoints;
-use crate::failure::{Rejection, StepError};
-use crate::metrics::{OrderMetrics, ShardTimer};
-use crate::order_input::{Consistency, ValidOrder};
-use crate::read::OrderCache;
-use crate::routing::bucket_of;
-use crate::shards::{Shard, ShardError, Shards};
 use crate::stock::{StockPart, stock_plan};
-use crate::store::idempotency::{self, Once};
-use crate::store::{credit, orders};
+use orders_core::failpoints;
+use orders_core::failure::{Rejection, StepError};
+use orders_core::metrics::{OrderMetrics, ShardTimer};
+use orders_core::order_input::{Consistency, ValidOrder};
+use orders_core::routing::bucket_of;
+use orders_core::shards::{Shard, ShardError, Shards};
+use orders_core::store::idempotency::{self, Once};
+use orders_core::store::{credit, orders};
+use orders_read::OrderCache;
 
 /// Input of [`OrderActivities::create_order`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -388,7 +388,7 @@ impl OrderActivities {
         _ctx: ActivityContext,
         order_id: i64,
     ) -> Result<PlacedOrder, ActivityError> {
-        let Some((shard, order)) = crate::read::find_order(&self.shards, order_id).await? else {
+        let Some((shard, order)) = orders_read::find_order(&self.shards, order_id).await? else {
             return Err(Rejection::UnknownOrder { order_id }.into_activity_error());
         };
         let holder = self.shards.get(shard);

@@ -14,9 +14,9 @@ use moka::future::Cache;
 use serde::Serialize;
 
 use super::lookup;
-use crate::metrics::OrderMetrics;
-use crate::shards::{ShardError, Shards};
-use crate::store::orders::OrderWithItems;
+use orders_core::metrics::OrderMetrics;
+use orders_core::shards::{ShardError, Shards};
+use orders_core::store::orders::OrderWithItems;
 
 /// How big the cache may grow and how long an entry lives.
 #[derive(Debug, Clone, Copy)]
