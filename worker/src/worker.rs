@@ -94,7 +94,7 @@ fn step_patches(steps: StepPlacement) -> Option<PatchActivationCallback> {
 /// The shutdown grace of `orders dev` (`orders worker` reads `ORDERS_SHUTDOWN_GRACE_SECS`).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Checks the deployment (see [`crate::preflight`]), then runs the worker until `shutdown`
+/// Checks the deployment (see [`crate::deployment::preflight`]), then runs the worker until `shutdown`
 /// resolves, drains in-flight tasks and returns.
 pub async fn run(
     client: Client,
@@ -103,7 +103,7 @@ pub async fn run(
     serving: Serving,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    crate::preflight::check(&client, &shards).await?;
+    crate::deployment::preflight::check(&client, &shards).await?;
     let meter: Option<Arc<dyn CoreMeter>> = match serving.metrics_addr {
         Some(addr) => {
             let server = start_prometheus_metric_exporter(

@@ -8,11 +8,11 @@ use orders_core::{Consistency, RequestedItem};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 
+use crate::cli::shards::synthetic::Volume;
 use crate::config::{
     MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings, ShardSettings,
     ShutdownSettings, StepSettings, TemporalSettings,
 };
-use crate::synthetic::Volume;
 
 /// `orders`: the worker, the local stack and the commands that use them.
 #[derive(Debug, Parser)]

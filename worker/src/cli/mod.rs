@@ -6,13 +6,17 @@
 //! the process exit 1. `main.rs` only parses, sets up logging and calls [`run`].
 
 pub mod args;
-mod catalog;
-mod imports;
-mod operations;
+pub mod catalog;
+#[cfg(feature = "dev")]
+pub mod dev;
+pub mod imports;
+pub mod load;
+pub mod operations;
 mod orders;
+mod progress_bar;
 mod report;
 mod reshards;
-mod shards;
+pub mod shards;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,9 +31,11 @@ pub use args::{Cli, LogFormat};
 use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand, ShardsCommand};
 use report::emit;
 
-#[cfg(feature = "dev")]
-use crate::dev;
-use crate::{audit, client, explain, load, migrate, shard_report, worker};
+use crate::cli::operations::audit;
+use crate::cli::shards::explain;
+use crate::client;
+use crate::deployment::migrate;
+use crate::worker;
 
 /// Runs the command `cli` names and returns the exit status it calls for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -194,10 +200,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             match command {
                 Some(ShardsCommand::Plan { to }) => {
-                    emit(&shard_report::growth_plan(&shards.map(), to)?, json)
+                    emit(&shards::report::growth_plan(&shards.map(), to)?, json)
                 }
                 None => emit(
-                    &shard_report::report(&shards, settings.pool_size).await,
+                    &shards::report::report(&shards, settings.pool_size).await,
                     json,
                 ),
             }

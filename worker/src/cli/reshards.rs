@@ -16,7 +16,7 @@ use temporalio_client::{
 };
 
 use super::report::Report;
-use crate::progress_bar::{bar, eta};
+use crate::cli::progress_bar::{bar, eta};
 
 /// Where a Reshard stands, as `orders reshard` prints it.
 #[derive(Debug, Serialize)]
@@ -76,7 +76,7 @@ pub(super) fn pause_percentiles(pauses: &[i64]) -> Option<(i64, i64)> {
     }
     let mut sorted: Vec<f64> = pauses.iter().map(|&ms| ms as f64).collect();
     sorted.sort_by(f64::total_cmp);
-    let at = |p| crate::load::percentile(&sorted, p) as i64;
+    let at = |p| crate::cli::load::percentile(&sorted, p) as i64;
     Some((at(50.0), at(99.0)))
 }
 

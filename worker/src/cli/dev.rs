@@ -16,7 +16,7 @@ use orders_core::{Consistency, OrderRequest, Shards};
 
 use crate::client::{self, OrderOutcome};
 use crate::config::TemporalSettings;
-use crate::migrate;
+use crate::deployment::migrate;
 use orders_dev::{PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 
 /// gRPC port of the dev Temporal server; its Web UI is on this + 1000.
@@ -162,7 +162,7 @@ async fn seed_customers(shards: &Shards) -> anyhow::Result<()> {
             email: email.to_owned(),
             credit_limit: Decimal::from_str(limit)?,
         };
-        crate::customers::add(shards, new).await?;
+        crate::cli::catalog::customers::add(shards, new).await?;
         eprintln!(
             "  seeded customer {id} ({name}, credit {limit}) on shard {}",
             shard.index
@@ -182,10 +182,13 @@ const DEMO_PRODUCTS: [(i64, &str, i32); 4] = [
 /// Stocks the demo's products, leaving any that already exist as they are.
 async fn seed_products(shards: &Shards) -> anyhow::Result<()> {
     for (id, name, stock) in DEMO_PRODUCTS {
-        if crate::products::get(shards, id).await?.is_some() {
+        if crate::cli::catalog::products::get(shards, id)
+            .await?
+            .is_some()
+        {
             continue;
         }
-        crate::products::add(shards, id, Some(name), stock).await?;
+        crate::cli::catalog::products::add(shards, id, Some(name), stock).await?;
         eprintln!(
             "  seeded product {id} ({name}, {stock} in stock) on shard {}",
             shards.for_product(id).index

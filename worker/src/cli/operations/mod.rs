@@ -1,6 +1,10 @@
 //! Reports of the commands for whoever runs the deployment: `recover`, `audit`, `load`
-//! (which run [`orders_operations::recovery::recover`], [`crate::audit::run`] and
-//! [`crate::load::run`]), and `replay`.
+//! (which run [`orders_operations::recovery::recover`], [`crate::cli::operations::audit::run`] and
+//! [`crate::cli::load::run`]), and `replay`.
+
+pub mod audit;
+pub mod history_json;
+pub mod replay;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,9 +13,9 @@ use orders_operations::recovery::RecoveryReport;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::audit::AuditReport;
-use crate::load::LoadReport;
-use crate::replay::{self, Replayed};
+use crate::cli::load::LoadReport;
+use crate::cli::operations::audit::AuditReport;
+use crate::cli::operations::replay::Replayed;
 
 impl Report for RecoveryReport {
     fn failure(&self) -> Option<String> {

@@ -12,36 +12,10 @@
 mod schema;
 mod search_attributes;
 
-use std::fmt;
-
 use orders_core::Shards;
 use temporalio_client::Client;
 
-/// One thing wrong with the deployment, and what fixes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub what: String,
-    pub fix: String,
-}
-
-/// Why the worker will not start: every problem found, each with its fix.
-#[derive(Debug, thiserror::Error)]
-pub struct Refusal(pub Vec<Problem>);
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.0.len();
-        write!(
-            f,
-            "the worker did not start: {count} problem{} with this deployment",
-            if count == 1 { "" } else { "s" }
-        )?;
-        for problem in &self.0 {
-            write!(f, "\n  - {}\n    fix: {}", problem.what, problem.fix)?;
-        }
-        Ok(())
-    }
-}
+pub use super::problem::{Problem, Refusal};
 
 /// Checks the namespace and every reachable shard; `Err` lists everything that must be fixed
 /// before this worker may poll.

@@ -11,7 +11,7 @@ use orders_core::store::{connections, customers, orders};
 use sea_orm::DbErr;
 use serde::Serialize;
 
-use crate::migrate;
+use crate::deployment::migrate;
 
 /// One shard as `orders shards` prints it.
 #[derive(Debug, Clone, Serialize)]

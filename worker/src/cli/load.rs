@@ -18,9 +18,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use temporalio_client::Client;
 
+use crate::cli::catalog::customers;
+use crate::cli::catalog::products;
+use crate::cli::progress_bar::{bar, eta};
 use crate::client::{self, OrderOutcome};
-use crate::progress_bar::{bar, eta};
-use crate::{customers, products};
 
 /// What to load.
 #[derive(Debug, Clone)]

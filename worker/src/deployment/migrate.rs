@@ -12,7 +12,7 @@ use orders_migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::MigrationStatus;
 
-use crate::preflight::Problem;
+use super::Problem;
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion
     if matches!(plan, Plan::Up(None)) {
         // New shards learn who they are; then a fresh deployment gets its first shard map,
         // and a shard that missed a version gets it.
-        crate::shard_identity::record_missing(shards).await?;
+        crate::deployment::shard_identity::record_missing(shards).await?;
         shards.refresh_map().await?;
         let version = shards.publish_map().await?;
         tracing::info!(version, "shard map stored on every shard");

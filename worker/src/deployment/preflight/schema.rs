@@ -7,8 +7,8 @@ use orders_core::{Shard, Shards};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
 use super::Problem;
-use crate::migrate;
-use crate::shard_identity::{Membership, membership};
+use crate::deployment::migrate;
+use crate::deployment::shard_identity::{Membership, membership};
 
 /// Checks every shard; shards that do not answer are logged and skipped.
 pub(super) async fn check(shards: &Shards) -> Vec<Problem> {

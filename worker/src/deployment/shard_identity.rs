@@ -1,6 +1,6 @@
 //! Which shards belong together, and in what order. `orders migrate up` records each shard's
 //! deployment and index the first time it migrates it; the worker checks them before it
-//! polls (see [`crate::preflight`]). A shard appended to `ORDERS_SHARDS` is new, not a
+//! polls (see [`crate::deployment::preflight`]). A shard appended to `ORDERS_SHARDS` is new, not a
 //! stranger: migrating it records the next index.
 //!
 //! Shards migrated before identities existed are recorded in the order of the first

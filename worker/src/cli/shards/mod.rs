@@ -1,5 +1,9 @@
 //! Commands about the shards themselves: `shards` and `shards plan` (reports of
-//! [`crate::shard_report`]), `migrate`, `fill`, `explain` (of [`crate::explain`]).
+//! [`crate::cli::shards::report`]), `migrate`, `fill`, `explain` (of [`crate::cli::shards::explain`]).
+
+pub mod explain;
+pub mod report;
+pub mod synthetic;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -8,10 +12,9 @@ use orders_core::Shards;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::explain::QueryPlans;
-use crate::migrate::{self, ShardVersion};
-use crate::shard_report::{GrowthPlan, ShardsReport};
-use crate::synthetic;
+use crate::cli::shards::explain::QueryPlans;
+use crate::cli::shards::report::{GrowthPlan, ShardsReport};
+use crate::deployment::migrate::{self, ShardVersion};
 
 impl Report for ShardsReport {
     fn failure(&self) -> Option<String> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::progress_bar::{bar, eta};
+use crate::cli::progress_bar::{bar, eta};
 use orders_workflows::ImportOrdersWorkflow;
 use orders_workflows::import_orders::{ImportInput, ImportProgress, ImportReport};
 use temporalio_client::{

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// `[#####-------]  42%`, 24 cells wide.
-pub fn bar(fraction: f64) -> String {
+pub(crate) fn bar(fraction: f64) -> String {
     let width = 24;
     let fraction = fraction.clamp(0.0, 1.0);
     let filled = (fraction * width as f64).round() as usize;
@@ -16,7 +16,7 @@ pub fn bar(fraction: f64) -> String {
 }
 
 /// `ETA 12s` from the time spent so far, or `ETA -` before there is anything to go on.
-pub fn eta(fraction: f64, elapsed: Duration) -> String {
+pub(crate) fn eta(fraction: f64, elapsed: Duration) -> String {
     if fraction > 0.0 && fraction < 1.0 {
         format!(
             "ETA {:.0}s",

@@ -1,6 +1,9 @@
 //! Commands about customers and products: `customer add|update`, `product add|get`, each on
 //! the shard that owns the id.
 
+pub mod customers;
+pub mod products;
+
 use std::fmt;
 
 use orders_core::Shards;
@@ -10,7 +13,6 @@ use orders_entities::customer;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::{customers, products};
 
 /// A customer just created. As JSON: the stored customer; for people: its id.
 #[derive(Debug, Serialize)]

@@ -1,0 +1,11 @@
+//! What a worker checks about its deployment before it polls, and how the schema of every
+//! shard is brought to this build's: [`migrate`] (apply, compare, roll back),
+//! [`shard_identity`] (which deployment and index each shard belongs to) and [`preflight`]
+//! (the checks, each problem with its fix; see [`Problem`]).
+
+pub mod migrate;
+pub mod preflight;
+mod problem;
+pub mod shard_identity;
+
+pub use problem::{Problem, Refusal};
