@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
 /// PREPARE TRANSACTION + COMMIT PREPARED.
 async fn commit_cost(shards: &Shards, prepare: bool) -> anyhow::Result<f64> {
     let shard = shards.get(0);
-    let customer = orders_worker::customers::add(
+    let customer = orders_worker::cli::catalog::customers::add(
         shards,
         orders_core::store::customers::NewCustomer {
             id: None,

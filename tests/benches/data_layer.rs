@@ -17,7 +17,7 @@ use orders_core::{OrderLine, Shards, ValidOrder};
 use orders_entities::{order, order_item};
 use orders_read::{CacheSettings, OrderCache};
 use orders_read::{lookup, pages};
-use orders_worker::synthetic;
+use orders_worker::cli::shards::synthetic;
 use rust_decimal::Decimal;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
 

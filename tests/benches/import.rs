@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use orders_core::store::batch::{self, NewItem};
 use orders_core::store::listing;
 use orders_dev::TemporalDevServer;
-use orders_worker::synthetic;
+use orders_worker::cli::shards::synthetic;
 use rust_decimal::Decimal;
 
 mod common;

@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         db_file: Some(clusters.root.join("temporal.db")),
         metrics_port: Some(metrics_port),
         log_file: clusters.root.join("temporal.log"),
-        search_attributes: orders_worker::dev::search_attribute_flags(),
+        search_attributes: orders_worker::cli::dev::search_attribute_flags(),
         namespaces: vec![],
     })?;
     let (urls, _) = clusters.deployment("throughput", 4).await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use orders_core::Shards;
 use orders_core::shards::PoolSettings;
 use orders_dev::{PostgresCluster, PostgresOptions};
-use orders_worker::migrate;
+use orders_worker::deployment::migrate;
 
 #[path = "../../support/nested_cargo.rs"]
 mod nested_cargo;
@@ -143,7 +143,7 @@ impl Clusters {
             db_file: None,
             metrics_port: None,
             log_file: self.root.join("temporal.log"),
-            search_attributes: orders_worker::dev::search_attribute_flags(),
+            search_attributes: orders_worker::cli::dev::search_attribute_flags(),
             namespaces: vec![],
         })
     }
