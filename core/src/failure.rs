@@ -54,11 +54,16 @@ pub enum FailureType {
     ShardMapChanged,
     /// A step failed for a reason that is not a business rejection (it ran out of retries).
     StepFailed,
+    /// A reshard request the deployment cannot carry out (another move running, a shard count
+    /// it cannot reach); the message says what to do instead.
+    ReshardRefused,
+    /// A reshard stopped: a bucket move failed and was rolled back; the message names it.
+    ReshardFailed,
 }
 
 impl FailureType {
     /// Every failure type, for documentation and tests.
-    pub const ALL: [FailureType; 16] = [
+    pub const ALL: [FailureType; 18] = [
         FailureType::InvalidOrder,
         FailureType::UnknownCustomer,
         FailureType::PaymentDeclined,
@@ -75,6 +80,8 @@ impl FailureType {
         FailureType::TwoPhaseIncomplete,
         FailureType::ShardMapChanged,
         FailureType::StepFailed,
+        FailureType::ReshardRefused,
+        FailureType::ReshardFailed,
     ];
 
     /// The wire name: the Temporal application failure's type.
@@ -96,6 +103,8 @@ impl FailureType {
             FailureType::TwoPhaseIncomplete => "TwoPhaseIncomplete",
             FailureType::ShardMapChanged => "ShardMapChanged",
             FailureType::StepFailed => "StepFailed",
+            FailureType::ReshardRefused => "ReshardRefused",
+            FailureType::ReshardFailed => "ReshardFailed",
         }
     }
 

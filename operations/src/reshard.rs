@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use orders_core::failpoints;
+use orders_core::{FailureType, failpoints};
 use orders_core::shard_map::ShardMap;
 use orders_core::shards::{Shard, ShardError, Shards};
 use orders_core::store::bucket_rows::{self, TABLES};
@@ -221,12 +221,7 @@ fn sql_error(shard: &Shard) -> impl Fn(sea_orm::sqlx::Error) -> ShardError + '_ 
 
 /// A request the deployment cannot carry out, with what to do instead.
 fn refused(message: String) -> ActivityError {
-    ActivityError::application(
-        temporalio_sdk::ApplicationFailure::builder(message)
-            .type_name("ReshardRefused".to_owned())
-            .non_retryable(true)
-            .build(),
-    )
+    ActivityError::application(FailureType::ReshardRefused.failure(message))
 }
 
 #[activities]

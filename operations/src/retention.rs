@@ -20,7 +20,7 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use orders_core::metrics::OrderMetrics;
-use orders_core::shards::{Shard, Shards};
+use orders_core::shards::{Shard, ShardError, Shards};
 use orders_core::store::idempotency;
 
 /// What one pass deletes, at most, per shard: it comes back for the rest.
@@ -112,7 +112,7 @@ pub async fn prune(
     for shard in shards.iter() {
         let pass = prune_shard(shard, client, cutoff, metrics, &mut verdicts, &mut report);
         if let Err(e) = pass.await {
-            report.errors.push(e);
+            report.errors.push(e.to_string());
         }
     }
     report
@@ -125,7 +125,7 @@ async fn prune_shard(
     metrics: &OrderMetrics,
     verdicts: &mut HashMap<Owner, bool>,
     report: &mut PruneReport,
-) -> Result<(), String> {
+) -> Result<(), ShardError> {
     let mut after = None;
     let mut seen = 0;
     while seen < MAX_KEYS_PER_PASS {
@@ -133,7 +133,7 @@ async fn prune_shard(
             let _timer = metrics.time(shard, "PruneIdempotencyKeys");
             idempotency::written_before(&shard.conn, cutoff, after.as_ref(), BATCH)
                 .await
-                .map_err(|e| shard.error(e).to_string())?
+                .map_err(|e| shard.error(e))?
         };
         let Some(last) = batch.last().cloned() else {
             break;
@@ -167,7 +167,7 @@ async fn prune_shard(
         let _timer = metrics.time(shard, "PruneIdempotencyKeys");
         report.deleted += idempotency::delete(&shard.conn, &doomed)
             .await
-            .map_err(|e| shard.error(e).to_string())?;
+            .map_err(|e| shard.error(e))?;
         if (batch.len() as u64) < BATCH {
             break;
         }

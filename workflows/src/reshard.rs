@@ -25,6 +25,8 @@ use temporalio_sdk::{
     WorkflowTermination,
 };
 
+use orders_core::FailureType;
+
 use crate::failures::describe;
 
 /// The workflow id every `orders reshard` uses, so a second one finds the first running.
@@ -359,10 +361,7 @@ fn failed(ctx: &WorkflowContext<ReshardWorkflow>, message: String) -> Applicatio
         s.progress.phase = Phase::Failed;
         s.progress.stopped = Some(message.clone());
     });
-    ApplicationFailure::builder(message)
-        .type_name("ReshardFailed".to_owned())
-        .non_retryable(true)
-        .build()
+    FailureType::ReshardFailed.failure(message)
 }
 
 /// A token no cancellation reaches: for undoing, cutting over and cleaning up.

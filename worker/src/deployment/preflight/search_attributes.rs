@@ -96,12 +96,26 @@ async fn list(
         .collect())
 }
 
+/// Why registering missing search attributes did not work.
+#[derive(Debug, thiserror::Error)]
+enum RegistrationError {
+    /// The server refused to add them (no permission, a bad name, …).
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    /// Listing the namespace's attributes afterwards failed.
+    #[error("{}", .0.message())]
+    NotListed(tonic::Status),
+    /// The server accepted them but did not list them in time.
+    #[error("the server accepted them but did not list them within {}s", .0.as_secs())]
+    NotVisible(Duration),
+}
+
 /// Adds `missing` and waits until the namespace lists them.
 async fn register(
     client: &Client,
     namespace: &str,
     missing: &[(&str, IndexedValueType)],
-) -> Result<(), String> {
+) -> Result<(), RegistrationError> {
     client
         .connection()
         .operator_service()
@@ -113,20 +127,17 @@ async fn register(
                 .collect(),
         }))
         .await
-        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
+        .map_err(RegistrationError::Refused)?;
     let deadline = tokio::time::Instant::now() + REGISTRATION_VISIBLE_WITHIN;
     loop {
         let known = list(client, namespace)
             .await
-            .map_err(|status| status.message().to_owned())?;
+            .map_err(RegistrationError::NotListed)?;
         if missing.iter().all(|(name, _)| known.contains_key(*name)) {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "the server accepted them but did not list them within {}s",
-                REGISTRATION_VISIBLE_WITHIN.as_secs()
-            ));
+            return Err(RegistrationError::NotVisible(REGISTRATION_VISIBLE_WITHIN));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
