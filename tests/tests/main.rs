@@ -13,6 +13,7 @@ mod compose;
 mod configuration;
 mod consistency;
 mod crash_recovery;
+mod docs;
 mod import;
 mod in_doubt;
 mod lifecycle;
