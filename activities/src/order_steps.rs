@@ -80,7 +80,7 @@ pub struct ConfirmedOrder {
     pub total_amount: Decimal,
 }
 
-/// PlaceOrder's result, as documented in the README.
+/// PlaceOrder's result, as documented in docs/contract.md.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedOrder {
     pub order_id: i64,

@@ -71,7 +71,7 @@ pub enum InvalidMoney {
     },
 }
 
-/// How an order's writes across shards are kept consistent (see README, "Consistency").
+/// How an order's writes across shards are kept consistent (see docs/architecture.md, "Consistency").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
@@ -100,7 +100,7 @@ impl std::fmt::Display for Consistency {
     }
 }
 
-/// PlaceOrder's input, the documented JSON (README, "Public contract") as a type: what
+/// PlaceOrder's input, the documented JSON (docs/contract.md) as a type: what
 /// `orders submit`, `orders load` and `orders dev` send, and what the workflow parses.
 /// Clients in other languages send the same JSON. Unknown fields are refused, so a typo such
 /// as `"qty"` is reported instead of silently ignored.

@@ -40,7 +40,7 @@ pub const LOCK_TIMEOUT: &str = "3s";
 pub const RESOLVER_CONNECTIONS: u32 = 3;
 
 /// How long [`Shards::through_moves`] keeps trying a write a bucket's fence refuses: a
-/// freeze lasts well under a second (see README, "Growing and shrinking a deployment").
+/// freeze lasts well under a second (see docs/operations.md, "Growing and shrinking a deployment").
 pub const THROUGH_MOVES_FOR: Duration = Duration::from_secs(30);
 
 /// A database error, tagged with the shard that produced it.

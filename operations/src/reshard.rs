@@ -1,6 +1,6 @@
 //! The bucket mover's steps: one activity per phase of moving one bucket between shards,
 //! each safe to run again at any point. The `Reshard` workflow runs them in order, and its
-//! history is the mover's log (see the README, "Growing and shrinking a deployment").
+//! history is the mover's log (see docs/operations.md, "Growing and shrinking a deployment").
 //!
 //! Per bucket: [`ReshardActivities::begin_bucket_move`] fences the target (`incoming`) and
 //! the source (`copying`: every change from now on is logged), `copy_bucket` copies the rows

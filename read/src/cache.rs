@@ -4,7 +4,7 @@
 //! `capacity` (moka's TinyLFU). This worker drops an order's entry whenever one of its own
 //! activities changes or deletes that order, so its readers see its writes at once. Writes
 //! made by *other* workers are not seen until the entry expires: with several workers, a read
-//! can be up to `ttl` stale (see README, "Order cache").
+//! can be up to `ttl` stale (see docs/architecture.md, "Read API and order cache").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

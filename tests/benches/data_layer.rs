@@ -1,5 +1,5 @@
 //! Data-layer benchmark: prints figures, asserts nothing. Run with
-//! `cargo bench -p orders-tests --bench data_layer` (see README, "Benchmarks").
+//! `cargo bench --workspace --bench data_layer` (see docs/benchmarks.md).
 //!
 //! It starts four throwaway PostgreSQL clusters (fsync off, as in the tests), migrates them,
 //! fills each with synthetic orders, and measures, in one run:

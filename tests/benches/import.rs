@@ -1,5 +1,5 @@
 //! Bulk-write benchmark: prints figures, asserts nothing. Run with
-//! `cargo bench -p orders-tests --bench import` (see README, "Benchmarks").
+//! `cargo bench --workspace --bench import` (see docs/benchmarks.md).
 //!
 //! In one run, on throwaway PostgreSQL clusters (fsync off) and a Temporal dev server:
 //! - item rows/s into one shard: one INSERT per row, multi-row INSERT, INSERT … SELECT

@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?;
     println!("  filled in {:.0} s", started.elapsed().as_secs_f64());
-    // The fifth shard the README's way: a database, its URL appended, `orders migrate up`.
+    // The fifth shard the documented way (docs/operations.md): a database, its URL appended, `orders migrate up`.
     clusters.clusters[4].create_database("reshard").await?;
     urls.push(clusters.clusters[4].url("reshard"));
     run(&orders_bin, &address, task_queue, &urls, &["migrate", "up"])?;

@@ -1,5 +1,5 @@
 //! Settings shared by every subcommand, from flags with environment fallbacks.
-//! These names are part of the public contract (README, "Public contract").
+//! These names are part of the public contract (docs/contract.md, "Environment").
 
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ pub struct ShardSettings {
         default_value_t = 5
     )]
     pub connect_timeout_secs: u64,
-    /// Seconds between the worker's reads of the shard map (see README, "Routing").
+    /// Seconds between the worker's reads of the shard map (see docs/architecture.md, "Routing").
     #[arg(
         long = "shard-map-refresh",
         env = "ORDERS_SHARD_MAP_REFRESH_SECS",

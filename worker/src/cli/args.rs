@@ -1,5 +1,5 @@
 //! The command line's shape: every subcommand, flag and environment fallback, and nothing
-//! that runs. These names are part of the public contract (README, "Command line").
+//! that runs. These names are part of the public contract (docs/contract.md, "Command line").
 
 use std::path::PathBuf;
 

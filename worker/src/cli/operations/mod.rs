@@ -86,7 +86,7 @@ impl Report for ReplayReport {
         let failed = self.failed();
         (failed > 0).then(|| {
             format!(
-                "{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see README)",
+                "{failed} of {} histories no longer replay: the workflow change is not deterministic (guard it with ctx.patched, see docs/operations.md, \"Replaying recorded histories\")",
                 self.0.len()
             )
         })
