@@ -10,6 +10,7 @@ pub mod credit;
 pub mod customers;
 pub mod fences;
 pub mod idempotency;
+pub mod imports;
 pub mod inventory;
 pub mod listing;
 pub mod orders;

@@ -11,14 +11,13 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 
-use sea_orm::sqlx::{self, PgConnection, PgPool, Row};
+use sea_orm::sqlx::{self, PgPool};
 
 use super::RejectedLine;
 use super::file::ImportLine;
-use orders_core::copy_text::CopyText;
 use orders_core::failure::FailureType;
-use orders_core::routing::{bucket_of, tagged_id};
-use orders_core::store::batch::{self, copy_in};
+use orders_core::store::batch;
+use orders_core::store::imports::{self, ImportedOrder, Provenance};
 
 /// What happened to one shard's lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,26 +93,31 @@ async fn write_chunk(
         return Ok(outcome);
     }
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
-        .bind(import_id)
-        .bind(lock)
-        .execute(&mut *tx)
-        .await?;
-    let customers = customers_of(&mut tx, &lines).await?;
-    let present = present_refs(&mut tx, &lines).await?;
+    imports::lock_chunk(&mut tx, import_id, lock).await?;
+    let customer_ids: Vec<i64> = lines.iter().map(|l| l.order.customer_id).collect();
+    let contacts = imports::contacts(&mut tx, &customer_ids).await?;
+    let keys: Vec<(i64, &str)> = lines
+        .iter()
+        .map(|l| (l.order.customer_id, l.order_ref.as_str()))
+        .collect();
+    let present = imports::present_refs(&mut tx, &keys).await?;
     let mut to_write = Vec::with_capacity(lines.len());
     for line in lines {
         let key = (line.order.customer_id, line.order_ref.clone());
         match present.get(&key) {
             // Written by an earlier attempt of this very segment.
-            Some((Some(by), Some(at))) if by == import_id && *at == line.line as i64 => {
-                outcome.imported += 1
-            }
-            Some((Some(by), Some(at))) if by == import_id => {
+            Some(Provenance {
+                import_id: Some(by),
+                line: Some(at),
+            }) if by == import_id && *at == line.line as i64 => outcome.imported += 1,
+            Some(Provenance {
+                import_id: Some(by),
+                line: Some(at),
+            }) if by == import_id => {
                 outcome.rejected.push(used_again(&line, *at as u64));
             }
             Some(_) => outcome.already_present += 1,
-            None if !customers.contains_key(&line.order.customer_id) => {
+            None if !contacts.contains_key(&line.order.customer_id) => {
                 outcome.rejected.push(RejectedLine {
                     line: line.line,
                     reason: format!(
@@ -127,19 +131,30 @@ async fn write_chunk(
             None => to_write.push(line),
         }
     }
-    let ids = order_ids(&mut tx, &to_write).await?;
-    let rows: Vec<(i64, &ImportLine)> = ids.into_iter().zip(&to_write).collect();
+    let owners: Vec<i64> = to_write.iter().map(|l| l.order.customer_id).collect();
+    let ids = imports::order_ids(&mut tx, &owners).await?;
+    let rows: Vec<ImportedOrder> = ids
+        .into_iter()
+        .zip(&to_write)
+        .map(|(id, line)| ImportedOrder {
+            id,
+            order: &line.order,
+            contact: &contacts[&line.order.customer_id],
+            order_ref: &line.order_ref,
+            line: line.line,
+        })
+        .collect();
     let failed = batch::isolate_failures(&mut tx, &rows, rows.len().max(1), |conn, rows| {
-        Box::pin(copy_orders(conn, rows, &customers, import_id))
+        Box::pin(imports::copy_orders(conn, rows, import_id))
     })
     .await?;
     tx.commit().await?;
     outcome.imported += (rows.len() - failed.len()) as u64;
     for failure in failed {
-        let line = rows[failure.index].1;
+        let row = &rows[failure.index];
         outcome.rejected.push(RejectedLine {
-            line: line.line,
-            order_ref: Some(line.order_ref.clone()),
+            line: row.line,
+            order_ref: Some(row.order_ref.to_owned()),
             reason: format!("database: {}", failure.error),
         });
     }
@@ -158,114 +173,4 @@ fn used_again(line: &ImportLine, first: u64) -> RejectedLine {
             line.order.customer_id
         ),
     }
-}
-
-/// The customer's "first last" name and email, for the lines' customers found on this shard.
-async fn customers_of(
-    conn: &mut PgConnection,
-    lines: &[ImportLine],
-) -> Result<HashMap<i64, (String, String)>, sqlx::Error> {
-    let ids: Vec<i64> = lines.iter().map(|l| l.order.customer_id).collect();
-    let rows = sqlx::query(
-        "SELECT id, btrim(first_name || ' ' || last_name) AS name, email
-         FROM customers WHERE id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("id")?, (r.try_get("name")?, r.try_get("email")?))))
-        .collect()
-}
-
-/// The lines' (customer, reference) pairs already on this shard, with the import and line
-/// that wrote each.
-async fn present_refs(
-    conn: &mut PgConnection,
-    lines: &[ImportLine],
-) -> Result<HashMap<(i64, String), (Option<String>, Option<i64>)>, sqlx::Error> {
-    let customers: Vec<i64> = lines.iter().map(|l| l.order.customer_id).collect();
-    let refs: Vec<&str> = lines.iter().map(|l| l.order_ref.as_str()).collect();
-    let rows = sqlx::query(
-        "SELECT o.customer_id, o.order_ref, o.import_id, o.import_line
-         FROM orders o
-         JOIN unnest($1::bigint[], $2::text[]) AS wanted(customer_id, order_ref)
-           ON o.customer_id = wanted.customer_id AND o.order_ref = wanted.order_ref",
-    )
-    .bind(customers)
-    .bind(refs)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                (r.try_get("customer_id")?, r.try_get("order_ref")?),
-                (r.try_get("import_id")?, r.try_get("import_line")?),
-            ))
-        })
-        .collect()
-}
-
-/// A new order id per line, from this shard's sequence, carrying the customer's bucket.
-async fn order_ids(conn: &mut PgConnection, lines: &[ImportLine]) -> Result<Vec<i64>, sqlx::Error> {
-    let sequence: Vec<i64> =
-        sqlx::query_scalar("SELECT nextval('order_id_seq') FROM generate_series(1, $1)")
-            .bind(lines.len() as i64)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(sequence
-        .into_iter()
-        .zip(lines)
-        .map(|(seq, line)| tagged_id(seq, bucket_of(line.order.customer_id)))
-        .collect())
-}
-
-/// COPYs the orders, then their items. Imported orders are `confirmed`: they are history,
-/// so they skip payment (no credit is reserved).
-async fn copy_orders(
-    conn: &mut PgConnection,
-    rows: &[(i64, &ImportLine)],
-    customers: &HashMap<i64, (String, String)>,
-    import_id: &str,
-) -> Result<(), sqlx::Error> {
-    let mut orders = CopyText::new();
-    let mut items = CopyText::new();
-    for &(id, line) in rows {
-        let order = &line.order;
-        let (name, email) = &customers[&order.customer_id];
-        orders
-            .plain(id)
-            .plain(order.customer_id)
-            .plain("confirmed")
-            .plain(order.total())
-            .text(order.notes.as_deref())
-            .text(Some(name))
-            .text(Some(email))
-            .text(Some(&line.order_ref))
-            .text(Some(import_id))
-            .plain(line.line)
-            .end_row();
-        for item in &order.items {
-            items
-                .plain(id)
-                .plain(item.product_id)
-                .plain(item.quantity)
-                .plain(item.unit_price)
-                .end_row();
-        }
-    }
-    copy_in(
-        conn,
-        "COPY orders (id, customer_id, status, total_amount, notes, customer_name,
-                      customer_email, order_ref, import_id, import_line) FROM STDIN",
-        orders,
-    )
-    .await?;
-    copy_in(
-        conn,
-        "COPY order_items (order_id, product_id, quantity, price) FROM STDIN",
-        items,
-    )
-    .await?;
-    Ok(())
 }
