@@ -9,7 +9,10 @@ use orders_worker::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(cli.log_format);
+    if let Err(error) = cli::init_tracing(cli.log_format, cli.log_file().as_deref()) {
+        eprintln!("error: {error:#}");
+        return ExitCode::FAILURE;
+    }
     match cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

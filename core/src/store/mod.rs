@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod listing;
 pub mod orders;
 pub mod plans;
+pub mod server;
 pub mod shard_identity;
 pub mod shard_map;
 pub mod synthetic;

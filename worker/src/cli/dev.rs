@@ -41,8 +41,33 @@ pub fn search_attribute_flags() -> Vec<String> {
         .collect()
 }
 
+/// The worker's log under `orders dev`: a file in the state directory, so the terminal shows
+/// the narration (services, sample orders, where to look) and only warnings and errors.
+pub fn log_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("worker.log")
+}
+
+/// How to run this binary from the current directory: `target/debug/orders` from the
+/// repository root, where `scripts/dev.sh` runs it; `orders` if it is on the `PATH`.
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "orders".into();
+    };
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("orders") == exe));
+    if on_path {
+        return "orders".into();
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.display().to_string()))
+        .unwrap_or_else(|| exe.display().to_string())
+}
+
 /// The services `orders dev` runs; dropping it stops what it started.
 pub struct DevStack {
+    /// Where clusters, Temporal's history and the logs live (absolute).
+    pub state_dir: PathBuf,
     pub temporal: TemporalDevServer,
     pub clusters: Vec<PostgresCluster>,
 }
@@ -83,7 +108,11 @@ impl DevStack {
             cluster.create_database(orders_dev::DEV_DATABASE).await?;
             clusters.push(cluster);
         }
-        Ok(Self { temporal, clusters })
+        Ok(Self {
+            state_dir,
+            temporal,
+            clusters,
+        })
     }
 }
 
@@ -324,8 +353,14 @@ fn print_where_to_look(
     if let Some(addr) = serving.api_addr {
         eprintln!("  read API        : http://{addr}/orders  (and /orders/ID, /orders/counts)");
     }
-    eprintln!("  try             : orders submit --customer 1 --item 7:1:19.99 --wait");
-    eprintln!("                    orders shards; orders list; orders explain");
+    eprintln!(
+        "  worker log      : {}",
+        log_file(&stack.state_dir).display()
+    );
+    let orders = this_binary();
+    eprintln!("  try (after the export above, from this directory):");
+    eprintln!("                    {orders} submit --customer 1 --item 7:1:19.99 --wait");
+    eprintln!("                    {orders} shards; {orders} list; {orders} explain");
     eprintln!(
         "                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'"
     );

@@ -19,6 +19,8 @@ mod reshards;
 pub mod shards;
 
 use std::process::ExitCode;
+
+use anyhow::Context;
 use std::time::Duration;
 
 use orders_core::OrderRequest;
@@ -340,18 +342,64 @@ fn seed_from_clock() -> u64 {
         .unwrap_or(1)
 }
 
-/// Logs go to stderr through `tracing`, filtered by `ORDERS_LOG` (an `EnvFilter`).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn",
-        )
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Logs go through `tracing`, filtered by `ORDERS_LOG` (an `EnvFilter`): to stderr, except
+/// under `orders dev`, whose narration would drown in every step's INFO line: there they go
+/// to `log_file` (`orders dev` prints its path) and only warnings and errors reach stderr.
+pub fn init_tracing(format: LogFormat, log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("ORDERS_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,sqlx=warn,sea_orm_migration=warn,temporalio_sdk_core=warn",
+            )
+        })
+    };
+    let Some(path) = log_file else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(());
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open the log file {}", path.display()))?;
+    let to_file = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    let to_file = match format {
+        LogFormat::Text => to_file.with_filter(filter()).boxed(),
+        LogFormat::Json => to_file.json().with_filter(filter()).boxed(),
+    };
+    let to_stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::registry()
+        .with(to_file)
+        .with(to_stderr)
+        .init();
+    Ok(())
+}
+
+impl Cli {
+    /// Where this command's logs go instead of stderr: `orders dev`'s worker log.
+    pub fn log_file(&self) -> Option<std::path::PathBuf> {
+        match &self.command {
+            #[cfg(feature = "dev")]
+            Command::Dev { state_dir, .. } => Some(dev::log_file(state_dir)),
+            _ => None,
+        }
     }
 }

@@ -6,10 +6,10 @@
 
 use anyhow::bail;
 use futures::future::join_all;
-use orders_core::store::table_exists;
+use orders_core::store::server;
 use orders_core::{Shard, Shards};
 use orders_migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::MigrationStatus;
 
 use super::Problem;
@@ -161,18 +161,7 @@ impl SchemaComparison {
 /// Compares the migrations recorded on a shard with this build's, without failing on
 /// unknown ones as sea-orm's own status does.
 pub async fn compare_with_build(conn: &impl ConnectionTrait) -> Result<SchemaComparison, DbErr> {
-    let applied: Vec<String> = if table_exists(conn, "seaql_migrations").await? {
-        conn.query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT version FROM seaql_migrations ORDER BY version",
-        ))
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String>("", "version"))
-        .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    let applied = server::applied_migrations(conn).await?;
     let known: Vec<String> = Migrator::migrations()
         .iter()
         .map(|m| m.name().to_owned())

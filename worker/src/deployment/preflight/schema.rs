@@ -2,9 +2,10 @@
 //! shard `ORDERS_SHARDS` says it is.
 
 use futures::future::join_all;
+use orders_core::store::server::max_prepared_transactions;
 use orders_core::store::shard_identity;
 use orders_core::{Shard, Shards};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::DbErr;
 
 use super::Problem;
 use crate::deployment::migrate;
@@ -130,16 +131,4 @@ fn recorded_order(
         .map(|(_, url)| url)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// The server's `max_prepared_transactions`.
-async fn max_prepared_transactions(conn: &impl ConnectionTrait) -> Result<i32, DbErr> {
-    let row = conn
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT current_setting('max_prepared_transactions')::int AS setting",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("current_setting returned no row".into()))?;
-    row.try_get("", "setting")
 }
