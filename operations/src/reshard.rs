@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
-use orders_core::{FailureType, failpoints};
 use orders_core::shard_map::ShardMap;
 use orders_core::shards::{Shard, ShardError, Shards};
 use orders_core::store::bucket_rows::{self, TABLES};
 use orders_core::store::fences::{self, FenceState};
+use orders_core::{FailureType, failpoints};
 
 /// One move: buckets going from one shard to another together, so the copy, the checks and
 /// the round trips to Temporal are paid once for all of them.
