@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use orders_activities::PlacedOrder;
 use orders_core::Consistency;
+use orders_core::OrderRequest;
 use orders_core::store::two_phase;
 use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
-use serde_json::json;
 
-use crate::helpers::{STOCKED_PRODUCTS, TestApp, expect_failure};
+use crate::helpers::{BuildOrder, STOCKED_PRODUCTS, TestApp, expect_failure, item, order};
 
 /// A stocked product on shard `shard`, other than those in `not`.
 pub(crate) fn product_on(app: &TestApp, shard: usize, not: &[i64]) -> i64 {
@@ -21,12 +21,12 @@ pub(crate) fn product_on(app: &TestApp, shard: usize, not: &[i64]) -> i64 {
 }
 
 /// An order of `customer` for one unit of a product on two shards other than the customer's:
-/// three shards in one order. Returns the input and the two products.
+/// three shards in one order. Returns the request and the two products.
 pub(crate) fn three_shard_order(
     app: &TestApp,
     customer: i64,
-    consistency: &str,
-) -> (serde_json::Value, [i64; 2]) {
+    consistency: Consistency,
+) -> (OrderRequest, [i64; 2]) {
     three_shard_order_avoiding(app, customer, consistency, &[])
 }
 
@@ -35,24 +35,20 @@ pub(crate) fn three_shard_order(
 pub(crate) fn three_shard_order_avoiding(
     app: &TestApp,
     customer: i64,
-    consistency: &str,
+    consistency: Consistency,
     avoid: &[i64],
-) -> (serde_json::Value, [i64; 2]) {
+) -> (OrderRequest, [i64; 2]) {
     let home = app.shards.for_customer(customer).index;
     let others: Vec<usize> = (0..app.shards.len()).filter(|s| *s != home).collect();
     let products = [
         product_on(app, others[0], avoid),
         product_on(app, others[1], avoid),
     ];
-    let input = json!({
-        "customer_id": customer,
-        "consistency": consistency,
-        "items": [
-            {"product_id": products[0], "quantity": 2, "unit_price": "10.00"},
-            {"product_id": products[1], "quantity": 1, "unit_price": "5.50"},
-        ],
-    });
-    (input, products)
+    let request = order(customer)
+        .in_mode(consistency)
+        .item(products[0], 2, "10.00")
+        .item(products[1], 1, "5.50");
+    (request, products)
 }
 
 /// Our prepared transactions on every shard.
@@ -83,19 +79,14 @@ pub(crate) fn assert_audit_clean(app: &TestApp) {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_modes_place_one_order_across_three_shards_and_echo_their_mode() {
     let app = TestApp::spawn().await;
-    for consistency in ["saga", "two_phase"] {
+    for consistency in [Consistency::Saga, Consistency::TwoPhase] {
         let customer = app.add_customer("Edsger Dijkstra", "100.00").await;
         let (input, products) = three_shard_order(&app, customer, consistency);
         let before = [app.stock(products[0]).await, app.stock(products[1]).await];
 
         let (_, placed) = app.place_confirmed_order(input).await;
 
-        let expected_mode = if consistency == "saga" {
-            Consistency::Saga
-        } else {
-            Consistency::TwoPhase
-        };
-        assert_eq!(placed.consistency, expected_mode, "{placed:?}");
+        assert_eq!(placed.consistency, consistency, "{placed:?}");
         assert_eq!(placed.total_amount, Decimal::new(2550, 2));
         assert_eq!(
             app.stock(products[0]).await.reserved - before[0].reserved,
@@ -122,12 +113,12 @@ async fn both_modes_place_one_order_across_three_shards_and_echo_their_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_stock_fails_either_mode_naming_the_product_and_writes_nothing() {
     let app = TestApp::spawn().await;
-    for consistency in ["saga", "two_phase"] {
+    for consistency in [Consistency::Saga, Consistency::TwoPhase] {
         let customer = app.add_customer("Frances Allen", "1000.00").await;
         let (mut input, products) = three_shard_order(&app, customer, consistency);
         let scarce = 900 + products[1];
         app.add_product(scarce, 2).await;
-        input["items"][1] = json!({"product_id": scarce, "quantity": 3, "unit_price": "1.00"});
+        input.items[1] = item(scarce, 3, "1.00");
         let before = app.stock(products[0]).await;
 
         let outcome = app.place_order(input).await;
@@ -164,13 +155,12 @@ async fn an_unknown_product_and_a_declined_payment_roll_a_two_phase_order_back()
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Barbara Liskov", "10.00").await;
     let outcome = app
-        .place_order(json!({"customer_id": customer, "consistency": "two_phase",
-            "items": [{"product_id": 987_654, "quantity": 1, "unit_price": "1.00"}]}))
+        .place_order(order(customer).two_phase().item(987_654, 1, "1.00"))
         .await;
     let message = expect_failure(&outcome, "UnknownProduct");
     assert!(message.contains("987654"), "{message}");
 
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let outcome = app.place_order(input).await;
     expect_failure(&outcome, "PaymentDeclined");
     assert_eq!(app.stock(products[0]).await.reserved, 0);
@@ -206,7 +196,7 @@ async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stoc
     // until the cancellation reaches it. Two-phase orders do not use that step.
     app.start_worker(Some("reserve_credit.before=fail"));
     let customer = app.add_customer("Ken Thompson", "500.00").await;
-    let (input, products) = three_shard_order(&app, customer, "saga");
+    let (input, products) = three_shard_order(&app, customer, Consistency::Saga);
     let workflow_id = app.start_order(input).await;
     let order_id = wait_for_order_id(&app, &workflow_id).await;
 
@@ -217,7 +207,7 @@ async fn orders_cancel_undoes_a_pending_saga_and_returns_a_confirmed_orders_stoc
     assert_eq!(app.credit_used(customer).await, Decimal::ZERO);
 
     // A confirmed two-phase order: cancelled through its lifecycle.
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let (_, placed): (String, PlacedOrder) = app.place_confirmed_order(input).await;
     assert_eq!(app.stock(products[0]).await.reserved, 2);
     let cancelled = app.cli_ok(&["cancel", &placed.order_id.to_string()]);
@@ -266,10 +256,11 @@ async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_
     // activities inside the task, and a cancellation reaches the workflow with the next one.
     app.start_worker(Some("prepare_part.after_prepare=sleep:6000"));
     let customer = app.add_customer("Jim Gray", "500.00").await;
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, Consistency::TwoPhase);
 
-    let item = |i: usize| {
-        let line = &input["items"][i];
+    // The same lines as `--item PRODUCT:QUANTITY:UNIT_PRICE`, read from their JSON.
+    let item_arg = |i: usize| {
+        let line = serde_json::to_value(&input.items[i]).unwrap();
         format!(
             "{}:{}:{}",
             line["product_id"],
@@ -282,9 +273,9 @@ async fn submit_echoes_two_phase_and_cancelling_a_pending_two_phase_order_rolls_
         "--customer",
         &customer.to_string(),
         "--item",
-        &item(0),
+        &item_arg(0),
         "--item",
-        &item(1),
+        &item_arg(1),
         "--consistency",
         "two_phase",
         "--wait",

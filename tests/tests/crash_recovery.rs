@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
-use serde_json::json;
 
-use crate::helpers::{ShardRows, TestApp};
+use crate::helpers::{BuildOrder, ShardRows, TestApp, order};
 
 /// A worker armed to abort at `failpoint` dies there mid-saga, when the customer's shard shows
 /// what `written` checks (`what`, in words). A healthy worker then confirms the order after
@@ -19,9 +18,7 @@ async fn confirms_once_after_dying_at(
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some(failpoint));
     let customer = app.add_customer("Barbara Liskov", "300.00").await;
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 5, "quantity": 4, "unit_price": "12.50"}]}))
-        .await;
+    let workflow_id = app.start_order(order(customer).item(5, 4, "12.50")).await;
     assert!(
         app.worker_exits_within(Duration::from_secs(30)),
         "the worker should have aborted at {failpoint}; log: {}",
@@ -83,9 +80,7 @@ async fn a_worker_killed_mid_compensation_keeps_the_refusals_reason_and_undoes_o
     app.start_worker(Some("delete_order.after_commit"));
     let customer = app.add_customer("Jim Gray", "10.00").await;
     let home = app.shards.for_customer(customer).index;
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 5, "quantity": 1, "unit_price": "25.00"}]}))
-        .await;
+    let workflow_id = app.start_order(order(customer).item(5, 1, "25.00")).await;
     assert!(
         app.worker_exits_within(Duration::from_secs(30)),
         "the worker should have aborted at the failpoint; log: {}",

@@ -15,12 +15,13 @@ use nix::sys::signal::Signal;
 use orders_activities::PlacedOrder;
 use orders_core::shards::PoolSettings;
 use orders_core::store::customers::NewCustomer;
-use orders_core::{OrderLine, Shards, ValidOrder};
+use orders_core::store::inventory::Stock;
+use orders_core::{Consistency, OrderLine, OrderRequest, RequestedItem, Shards, ValidOrder};
 use orders_dev::process::ChildService;
 use orders_dev::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 use orders_worker::client::{self, OrderOutcome};
 use orders_worker::config::TemporalSettings;
-use orders_worker::migrate;
+use orders_worker::deployment::migrate;
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use std::str::FromStr;
@@ -71,7 +72,7 @@ fn start_services() -> anyhow::Result<Services> {
         db_file: None,
         metrics_port: None,
         log_file: root.join("temporal.log"),
-        search_attributes: orders_worker::dev::search_attribute_flags(),
+        search_attributes: orders_worker::cli::dev::search_attribute_flags(),
         namespaces: (0..NAMESPACES)
             .map(|n| format!("orders-test-{n}"))
             .collect(),
@@ -206,14 +207,14 @@ impl TestApp {
 
     /// Sets product `id`'s stock on hand, on its shard.
     pub(crate) async fn add_product(&self, id: i64, stock: i32) {
-        orders_worker::products::add(&self.shards, id, None, stock)
+        orders_worker::cli::catalog::products::add(&self.shards, id, None, stock)
             .await
             .expect("product is stocked");
     }
 
     /// Product `id`'s stock as its shard has it.
     pub(crate) async fn stock(&self, id: i64) -> orders_core::store::inventory::Stock {
-        orders_worker::products::get(&self.shards, id)
+        orders_worker::cli::catalog::products::get(&self.shards, id)
             .await
             .expect("stock can be read")
             .unwrap_or_else(|| panic!("product {id} exists"))
@@ -530,14 +531,25 @@ impl TestApp {
             email: format!("{}@example.com", first_name_lower(name)),
             credit_limit: Decimal::from_str(credit_limit).expect("credit limit is a decimal"),
         };
-        orders_worker::customers::add(&self.shards, new)
+        orders_worker::cli::catalog::customers::add(&self.shards, new)
             .await
             .expect("customer is added")
             .id
     }
 
-    /// Starts PlaceOrder with `input` and returns its workflow id.
-    pub(crate) async fn start_order(&self, input: serde_json::Value) -> String {
+    /// Starts PlaceOrder for `request` and returns its workflow id.
+    pub(crate) async fn start_order(&self, request: OrderRequest) -> String {
+        let workflow_id = format!("order-{}", uuid::Uuid::new_v4());
+        client::start_order(&self.client, &self.task_queue, &workflow_id, &request)
+            .await
+            .expect("PlaceOrder starts");
+        workflow_id
+    }
+
+    /// Starts PlaceOrder with `input` sent as it is, valid or not, as a client in another
+    /// language may send it; returns its workflow id. For tests of the wire format only:
+    /// every other test builds an [`OrderRequest`] with [`order`].
+    pub(crate) async fn start_order_raw(&self, input: serde_json::Value) -> String {
         let workflow_id = format!("order-{}", uuid::Uuid::new_v4());
         client::start_order_raw(&self.client, &self.task_queue, &workflow_id, input)
             .await
@@ -567,9 +579,9 @@ impl TestApp {
     /// Places an order that must be confirmed, and returns it with its workflow id.
     pub(crate) async fn place_confirmed_order(
         &self,
-        input: serde_json::Value,
+        request: OrderRequest,
     ) -> (String, PlacedOrder) {
-        let workflow_id = self.start_order(input).await;
+        let workflow_id = self.start_order(request).await;
         match self.outcome(&workflow_id).await {
             OrderOutcome::Placed(placed) => (workflow_id, placed),
             other => panic!("expected {workflow_id} to be confirmed, got {other:?}"),
@@ -577,8 +589,8 @@ impl TestApp {
     }
 
     /// Places an order and waits for its outcome.
-    pub(crate) async fn place_order(&self, input: serde_json::Value) -> OrderOutcome {
-        let workflow_id = self.start_order(input).await;
+    pub(crate) async fn place_order(&self, request: OrderRequest) -> OrderOutcome {
+        let workflow_id = self.start_order(request).await;
         self.outcome(&workflow_id).await
     }
 
@@ -604,6 +616,79 @@ impl TestApp {
             held_credit: row.try_get("", "holds").unwrap(),
             idempotency_keys: row.try_get("", "keys").unwrap(),
         }
+    }
+
+    /// What shard `shard` holds of customer `customer_id`: wherever its bucket lives now.
+    pub(crate) async fn customer_rows_on_shard(
+        &self,
+        customer_id: i64,
+        shard: usize,
+    ) -> CustomerRows {
+        let row = self
+            .count_on_shard(
+                shard,
+                "SELECT (SELECT count(*) FROM customers WHERE id = $1) AS customers,
+                        (SELECT count(*) FROM orders WHERE customer_id = $1) AS orders,
+                        (SELECT count(*) FROM orders
+                          WHERE customer_id = $1 AND status = 'confirmed') AS confirmed,
+                        (SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id
+                          WHERE o.customer_id = $1) AS items,
+                        (SELECT count(*) FROM credit_holds
+                          WHERE customer_id = $1 AND status = 'held') AS holds",
+                customer_id,
+            )
+            .await;
+        CustomerRows {
+            customer: row.try_get("", "customers").unwrap(),
+            orders: row.try_get("", "orders").unwrap(),
+            confirmed_orders: row.try_get("", "confirmed").unwrap(),
+            items: row.try_get("", "items").unwrap(),
+            held_credit: row.try_get("", "holds").unwrap(),
+        }
+    }
+
+    /// What shard `shard` holds of order `order_id`.
+    pub(crate) async fn order_rows_on_shard(&self, order_id: i64, shard: usize) -> OrderRows {
+        let row = self
+            .count_on_shard(
+                shard,
+                "SELECT (SELECT count(*) FROM orders WHERE id = $1) AS orders,
+                        (SELECT count(*) FROM orders
+                          WHERE id = $1 AND status = 'confirmed') AS confirmed,
+                        (SELECT count(*) FROM order_items WHERE order_id = $1) AS items,
+                        (SELECT count(*) FROM stock_holds WHERE order_id = $1) AS stock_holds",
+                order_id,
+            )
+            .await;
+        OrderRows {
+            orders: row.try_get("", "orders").unwrap(),
+            confirmed: row.try_get("", "confirmed").unwrap(),
+            items: row.try_get("", "items").unwrap(),
+            stock_holds: row.try_get("", "stock_holds").unwrap(),
+        }
+    }
+
+    /// Product `product_id`'s stock on shard `shard`, if that shard has the product (whoever
+    /// the map says owns it).
+    pub(crate) async fn stock_on_shard(&self, product_id: i64, shard: usize) -> Option<Stock> {
+        orders_core::store::inventory::find(&self.shards.get(shard).conn, product_id)
+            .await
+            .expect("stock can be read")
+    }
+
+    /// Runs the counts `sql` (one row, `$1` bound to `id`) on shard `shard`.
+    async fn count_on_shard(&self, shard: usize, sql: &str, id: i64) -> sea_orm::QueryResult {
+        self.shards
+            .get(shard)
+            .conn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                [id.into()],
+            ))
+            .await
+            .expect("counts query runs")
+            .expect("one row")
     }
 
     /// The ids of this test's workflows that Temporal's visibility store lists for `query`
@@ -760,6 +845,88 @@ pub(crate) struct ShardRows {
     pub(crate) items: i64,
     pub(crate) held_credit: i64,
     pub(crate) idempotency_keys: i64,
+}
+
+/// What one shard holds of one customer (see [`TestApp::customer_rows_on_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct CustomerRows {
+    /// The customer's own row: 0 or 1.
+    pub(crate) customer: i64,
+    pub(crate) orders: i64,
+    /// Those of [`Self::orders`] that are confirmed.
+    pub(crate) confirmed_orders: i64,
+    /// The items of its orders.
+    pub(crate) items: i64,
+    /// Its credit holds still `held`.
+    pub(crate) held_credit: i64,
+}
+
+/// What one shard holds of one order (see [`TestApp::order_rows_on_shard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct OrderRows {
+    /// The order's row: 0 or 1.
+    pub(crate) orders: i64,
+    /// The order's row if it is confirmed: 0 or 1.
+    pub(crate) confirmed: i64,
+    pub(crate) items: i64,
+    /// Its stock holds, whatever their status.
+    pub(crate) stock_holds: i64,
+}
+
+/// A saga order of customer `customer_id`, no items yet; the [`BuildOrder`] verbs add the
+/// rest: `order(42).item(7, 2, "19.99").two_phase()`. What a Rust client sends; a test of
+/// the wire format itself sends JSON through [`TestApp::start_order_raw`] instead.
+pub(crate) fn order(customer_id: i64) -> OrderRequest {
+    OrderRequest {
+        customer_id,
+        items: Vec::new(),
+        notes: None,
+        consistency: Consistency::default(),
+    }
+}
+
+/// `quantity` of product `product_id` at `unit_price`, a decimal such as `"19.99"`.
+pub(crate) fn item(product_id: i64, quantity: i64, unit_price: &str) -> RequestedItem {
+    RequestedItem {
+        product_id,
+        quantity,
+        unit_price: Decimal::from_str(unit_price)
+            .unwrap_or_else(|_| panic!("unit price {unit_price:?} is a decimal"))
+            .into(),
+    }
+}
+
+/// The verbs that build an [`OrderRequest`] started with [`order`].
+pub(crate) trait BuildOrder {
+    /// Adds `quantity` of `product_id` at `unit_price` (see [`item`]).
+    fn item(self, product_id: i64, quantity: i64, unit_price: &str) -> Self;
+    /// Places the order in `consistency` mode.
+    fn in_mode(self, consistency: Consistency) -> Self;
+    /// Places the order with two-phase commit.
+    fn two_phase(self) -> Self;
+    /// Attaches `notes`.
+    fn notes(self, notes: &str) -> Self;
+}
+
+impl BuildOrder for OrderRequest {
+    fn item(mut self, product_id: i64, quantity: i64, unit_price: &str) -> Self {
+        self.items.push(item(product_id, quantity, unit_price));
+        self
+    }
+
+    fn in_mode(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    fn two_phase(self) -> Self {
+        self.in_mode(Consistency::TwoPhase)
+    }
+
+    fn notes(mut self, notes: &str) -> Self {
+        self.notes = Some(notes.to_owned());
+        self
+    }
 }
 
 /// Asserts that `outcome` is a failure of type `failure_type` and returns its message.

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use orders_core::Consistency;
 use orders_core::store::two_phase::{Gid, GidParts};
 use orders_core::store::{idempotency, two_phase};
 use orders_operations::recovery::{DECISION_MEMO, Decision};
@@ -121,7 +122,7 @@ async fn a_worker_killed_between_prepare_and_commit_hides_the_order_until_a_new_
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some("commit_part.before"));
     let customer = app.add_customer("Jim Gray", "100.00").await;
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let workflow_id = app.start_order(input).await;
     assert!(
         app.worker_exits_within(Duration::from_secs(60)),
@@ -172,8 +173,8 @@ async fn a_prepare_or_a_stock_reservation_that_runs_twice_takes_effect_once() {
     // The worker dies right after a part is PREPAREd, before Temporal hears of it (two-phase),
     // then right after ReserveStock commits (saga). Each time the retry finds the work done.
     for (failpoint, consistency) in [
-        ("prepare_part.after_prepare", "two_phase"),
-        ("reserve_stock.after_commit", "saga"),
+        ("prepare_part.after_prepare", Consistency::TwoPhase),
+        ("reserve_stock.after_commit", Consistency::Saga),
     ] {
         app.start_worker(Some(failpoint));
         let (input, products) = three_shard_order(&app, customer, consistency);
@@ -226,7 +227,7 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     // and the workflow was terminated. The steps run inside the workflow task, so the
     // decision reaches the history with the task's heartbeat while the commit is held up.
     app.start_worker(Some("commit_part.before=sleep:30000"));
-    let (input, committed_products) = three_shard_order(&app, customer, "two_phase");
+    let (input, committed_products) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let decided = app.start_order(input).await;
     wait_for_commit_decision(&app, &decided).await;
     app.kill_worker();
@@ -237,7 +238,7 @@ async fn orders_recover_commits_decided_parts_rolls_back_undecided_ones_and_leav
     app.start_worker(Some("prepare_part.after_prepare"));
     let other = app.add_customer("Pat Helland", "500.00").await;
     let (input, undecided_products) =
-        three_shard_order_avoiding(&app, other, "two_phase", &committed_products);
+        three_shard_order_avoiding(&app, other, Consistency::TwoPhase, &committed_products);
     let undecided = app.start_order(input).await;
     assert!(app.worker_exits_within(Duration::from_secs(60)));
     assert!(!prepared_of(&app, &undecided).await.is_empty());
@@ -376,7 +377,7 @@ async fn a_home_part_rolled_back_behind_the_workflow_rolls_the_order_back() {
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some("commit_part.before=sleep:3000"));
     let customer = app.add_customer("Jim Gray", "500.00").await;
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let workflow_id = app.start_order(input).await;
     let home = app.shards.for_customer(customer).index;
     // All three parts prepared, the commit held up.

@@ -10,11 +10,10 @@ use orders_workflows::OrderLifecycleWorkflow;
 use orders_workflows::order_lifecycle::workflow_id;
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use serde_json::json;
 use temporalio_client::{WorkflowDescribeOptions, WorkflowGetResultOptions};
 
 use crate::consistency::{assert_audit_clean, three_shard_order};
-use crate::helpers::TestApp;
+use crate::helpers::{BuildOrder, TestApp, order};
 
 async fn status_in_database(app: &TestApp, order_id: i64) -> OrderStatus {
     orders_read::find_order(&app.shards, order_id)
@@ -45,7 +44,9 @@ async fn set_status(
 async fn a_confirmed_order_is_shipped_then_delivered_and_invalid_moves_are_refused() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Radia Perlman", "100.00").await;
-    let (_, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 1, "unit_price": "20.00"}]})).await;
+    let (_, placed) = app
+        .place_confirmed_order(order(customer).item(6, 1, "20.00"))
+        .await;
     assert!(
         !lifecycle_exists(&app, placed.order_id).await,
         "placing an order starts no lifecycle"
@@ -134,7 +135,9 @@ async fn a_status_change_for_an_order_no_shard_holds_is_refused() {
 async fn cancelling_a_confirmed_order_returns_its_credit_through_the_cli() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Sophie Wilson", "100.00").await;
-    let (_, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 3, "unit_price": "10.00"}]})).await;
+    let (_, placed) = app
+        .place_confirmed_order(order(customer).item(6, 3, "10.00"))
+        .await;
     assert_eq!(app.credit_used(customer).await, Decimal::new(3000, 2));
 
     let output = app.cli_ok(&[
@@ -169,7 +172,7 @@ async fn a_two_phase_order_cancelled_before_its_stock_parts_commit_gets_its_stoc
     let mut app = TestApp::spawn_without_worker().await;
     app.start_worker(Some("commit_stock_part.before=sleep:3000"));
     let customer = app.add_customer("Leslie Lamport", "500.00").await;
-    let (input, products) = three_shard_order(&app, customer, "two_phase");
+    let (input, products) = three_shard_order(&app, customer, orders_core::Consistency::TwoPhase);
     let workflow_id = app.start_order(input).await;
 
     // The home part has committed: the order is confirmed, its stock parts still prepared.

@@ -3,9 +3,8 @@
 use std::time::{Duration, Instant};
 
 use orders_worker::client::OrderOutcome;
-use serde_json::json;
 
-use crate::helpers::{TestApp, http_get};
+use crate::helpers::{BuildOrder, TestApp, http_get, order};
 
 fn scrape(port: u16) -> String {
     let (status, body) = http_get(port, "/metrics");
@@ -26,20 +25,16 @@ async fn the_worker_serves_order_outcomes_shard_timings_pool_use_and_sdk_metrics
     let app = TestApp::spawn().await;
     let rich = app.add_customer("Hedy Lamarr", "100.00").await;
     let poor = app.add_customer("Ada Byron", "1.00").await;
-    let item = json!([{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]);
     assert!(matches!(
-        app.place_order(json!({"customer_id": rich, "items": item}))
-            .await,
+        app.place_order(order(rich).item(4, 1, "3.00")).await,
         OrderOutcome::Placed(_)
     ));
     assert!(matches!(
-        app.place_order(json!({"customer_id": poor, "items": item}))
-            .await,
+        app.place_order(order(poor).item(4, 1, "3.00")).await,
         OrderOutcome::Failed { .. }
     ));
     assert!(matches!(
-        app.place_order(json!({"customer_id": rich, "items": []}))
-            .await,
+        app.place_order(order(rich)).await,
         OrderOutcome::Failed { .. }
     ));
 

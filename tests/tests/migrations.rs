@@ -1,11 +1,10 @@
 //! Migrations on every shard: up → down → up keeps data; failures name the shard.
 
 use orders_migration::{Migrator, MigratorTrait};
-use orders_worker::migrate::{self, Plan};
+use orders_worker::deployment::migrate::{self, Plan};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{BuildOrder, TestApp, order};
 
 /// How many migrations this build has.
 fn migration_count() -> usize {
@@ -50,9 +49,7 @@ async fn down_then_up_on_every_shard_keeps_customers_orders_and_split_names() {
         app.add_customer(name, "100.00").await;
     }
     let customer = app.add_customer("Niklaus Wirth", "100.00").await;
-    let placed = app
-        .place_order(json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "9.99"}]}))
-        .await;
+    let placed = app.place_order(order(customer).item(1, 1, "9.99")).await;
     assert!(
         matches!(placed, orders_worker::client::OrderOutcome::Placed(_)),
         "{placed:?}"

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use orders_core::Consistency;
 
-use crate::helpers::{TestApp, http_get};
+use crate::helpers::{BuildOrder, TestApp, http_get, order};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,13 +94,9 @@ async fn every_metric_the_alerts_and_dashboard_name_is_served_by_a_worker_that_p
     );
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Margaret Hamilton", "500.00").await;
-    for consistency in ["saga", "two_phase"] {
-        app.place_confirmed_order(json!({
-            "customer_id": customer,
-            "items": [{"product_id": 8, "quantity": 1, "unit_price": "5.00"}],
-            "consistency": consistency,
-        }))
-        .await;
+    for consistency in [Consistency::Saga, Consistency::TwoPhase] {
+        app.place_confirmed_order(order(customer).item(8, 1, "5.00").in_mode(consistency))
+            .await;
     }
     // A read through the order cache, for the hit-ratio panel.
     http_get(app.api_port, "/orders/1");

@@ -5,7 +5,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, http_get, http_get_with};
+use crate::helpers::{BuildOrder, TestApp, http_get, http_get_with, order};
 
 fn get_json(port: u16, path: &str) -> (u16, Value) {
     let (status, body) = http_get(port, path);
@@ -19,7 +19,7 @@ async fn reads_hit_the_cache_and_the_workers_own_status_change_is_seen_at_once()
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Edsger Dijkstra", "500.00").await;
     let (_, placed) = app
-        .place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 3, "quantity": 2, "unit_price": "12.50"}]}))
+        .place_confirmed_order(order(customer).item(3, 2, "12.50"))
         .await;
     let path = format!("/orders/{}", placed.order_id);
 
@@ -106,7 +106,7 @@ async fn the_api_pages_all_orders_and_counts_them_by_status() {
         customers.push(app.add_customer(name, "500.00").await);
     }
     for &customer in &customers {
-        app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "5.00"}]}))
+        app.place_confirmed_order(order(customer).item(1, 1, "5.00"))
             .await;
     }
     let (status, first) = get_json(app.api_port, "/orders?limit=3");
@@ -134,7 +134,7 @@ async fn with_orders_api_token_set_the_read_api_answers_only_requests_bearing_it
     app.start_worker(None);
     let customer = app.add_customer("Barbara Liskov", "500.00").await;
     let (_, placed) = app
-        .place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "7.00"}]}))
+        .place_confirmed_order(order(customer).item(4, 1, "7.00"))
         .await;
     let path = format!("/orders/{}", placed.order_id);
 

@@ -5,21 +5,21 @@
 //! (README, "Running in production").
 
 use orders_core::shards::PoolSettings;
-use orders_core::{Shards, store};
+use orders_core::{OrderRequest, Shards, store};
 use orders_migration::{Migrator, MigratorTrait};
-use orders_worker::{preflight, shard_identity};
+use orders_worker::deployment::preflight;
+use orders_worker::deployment::shard_identity;
 use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use serde_json::json;
 use temporalio_client::tonic;
 use temporalio_common::protos::temporal::api::operatorservice::v1::ListSearchAttributesRequest;
 
-use crate::helpers::{TestApp, services};
+use crate::helpers::{BuildOrder, TestApp, order, services};
 
 /// A one-item order for a new customer of this app.
-async fn an_order(app: &TestApp) -> serde_json::Value {
+async fn an_order(app: &TestApp) -> OrderRequest {
     let customer = app.add_customer("Edsger Dijkstra", "500.00").await;
-    json!({"customer_id": customer, "items": [{"product_id": 3, "quantity": 1, "unit_price": "9.99"}]})
+    order(customer).item(3, 1, "9.99")
 }
 
 #[track_caller]

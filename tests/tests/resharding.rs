@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orders_core::Shards;
 use orders_core::routing::{bucket_of, tagged_id};
 use orders_core::shard_map::ShardMap;
 use orders_core::store::bucket_rows;
 use orders_core::store::fences::{self, FenceState};
 use orders_core::store::two_phase::{self, GidParts};
+use orders_core::{Consistency, Shards};
 use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use orders_worker::client::OrderOutcome;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on, wait_for_order_id};
-use crate::helpers::{TestApp, eventually, until};
+use crate::helpers::{BuildOrder, TestApp, eventually, order, until};
 use crate::in_doubt::{prepare_stray, wait_for_commit_decision};
 use crate::load_process::LoadProcess;
 use crate::step_paths::recorded;
@@ -76,14 +76,18 @@ async fn place_while_moving(
             .map(|i| {
                 let app = app.clone();
                 let customer = customers[i % customers.len()];
-                let items: Vec<Value> = products
+                let consistency = if i % 2 == 0 {
+                    Consistency::Saga
+                } else {
+                    Consistency::TwoPhase
+                };
+                let request = products
                     .iter()
-                    .map(|&p| json!({"product_id": p, "quantity": 1, "unit_price": "1.00"}))
-                    .collect();
-                let consistency = if i % 2 == 0 { "saga" } else { "two_phase" };
+                    .fold(order(customer).in_mode(consistency), |request, &p| {
+                        request.item(p, 1, "1.00")
+                    });
                 tokio::spawn(async move {
-                    let input = json!({"customer_id": customer, "items": items, "consistency": consistency});
-                    let id = app.start_order(input).await;
+                    let id = app.start_order(request).await;
                     let outcome = app.outcome_within(&id, Duration::from_secs(120)).await;
                     (id, outcome)
                 })
@@ -157,22 +161,6 @@ async fn assert_each_once_on_its_owner(app: &TestApp, ids: &[i64]) {
         stored, distinct,
         "stored orders differ from the placed ones"
     );
-}
-
-async fn count(shards: &Shards, shard: usize, sql: &str, id: i64) -> i64 {
-    shards
-        .get(shard)
-        .conn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            [id.into()],
-        ))
-        .await
-        .expect("the count runs")
-        .expect("one row")
-        .try_get_by_index(0)
-        .expect("a count")
 }
 
 fn reshard_report(output: &std::process::Output) -> Value {
@@ -254,10 +242,8 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
     let before: Vec<i64> = {
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let input = json!({"customer_id": customer, "items": [
-                {"product_id": product, "quantity": 1, "unit_price": "1.00"},
-                {"product_id": 1, "quantity": 1, "unit_price": "1.00"}]});
-            ids.push(app.place_confirmed_order(input).await.1.order_id);
+            let request = order(customer).item(product, 1, "1.00").item(1, 1, "1.00");
+            ids.push(app.place_confirmed_order(request).await.1.order_id);
         }
         ids
     };
@@ -311,26 +297,19 @@ async fn a_bucket_moves_under_live_orders_and_every_order_ends_on_its_new_owner(
 
     app.shards.refresh_map().await.expect("the map is readable");
     // Every order, its items and credit hold on the new owner, none left on the old one.
-    let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    let orders_sql = "SELECT count(*) FROM orders WHERE customer_id = $1";
-    assert_eq!(on(to, orders_sql).await, all.len() as i64);
-    assert_eq!(on(from, orders_sql).await, 0);
-    let items_sql = "SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = $1";
-    assert_eq!(on(to, items_sql).await, 2 * all.len() as i64);
-    let holds_sql = "SELECT count(*) FROM credit_holds WHERE customer_id = $1 AND status = 'held'";
-    assert_eq!(on(to, holds_sql).await, all.len() as i64);
-    let customers_sql = "SELECT count(*) FROM customers WHERE id = $1";
-    assert_eq!(
-        (on(from, customers_sql).await, on(to, customers_sql).await),
-        (0, 1)
-    );
+    let at_from = app.customer_rows_on_shard(customer, from).await;
+    let at_to = app.customer_rows_on_shard(customer, to).await;
+    assert_eq!(at_to.orders, all.len() as i64);
+    assert_eq!(at_from.orders, 0);
+    assert_eq!(at_to.items, 2 * all.len() as i64);
+    assert_eq!(at_to.held_credit, all.len() as i64);
+    assert_eq!((at_from.customer, at_to.customer), (0, 1));
     // The product's stock moved with its bucket, and holds exactly what the orders took.
     let routed = routing_now(&app).await;
     assert_eq!(routed.for_customer(customer).index, to);
     let stock = app.stock(product).await;
     assert_eq!(stock.reserved, all.len() as i32, "{stock:?}");
-    let stock_sql = "SELECT count(*) FROM inventory WHERE product_id = $1";
-    assert_eq!(count(&app.shards, from, stock_sql, product).await, 0);
+    assert_eq!(app.stock_on_shard(product, from).await, None);
 
     for id in all.iter().take(5) {
         let output = app.cli_ok(&["get", &id.to_string(), "--json"]);
@@ -381,8 +360,7 @@ async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key()
         to,
     } = Mover::new(&app, "Butler Lampson", "1000.00", 2).await;
     let (_, placed) = app
-        .place_confirmed_order(json!({"customer_id": customer, "items": [
-            {"product_id": 3, "quantity": 2, "unit_price": "4.50"}]}))
+        .place_confirmed_order(order(customer).item(3, 2, "4.50"))
         .await;
     let app = Arc::new(app);
     let output = reshard(
@@ -412,23 +390,13 @@ async fn a_checksum_mismatch_rolls_the_bucket_back_and_names_the_table_and_key()
 
     // The source still owns the bucket and serves it; the target holds nothing of it.
     assert_rolled_back(&app, customer, from, to).await;
-    let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    assert_eq!(
-        on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
-        0
-    );
-    assert_eq!(
-        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        0
-    );
-    assert_eq!(
-        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        1
-    );
+    let at_to = app.customer_rows_on_shard(customer, to).await;
+    assert_eq!(at_to.customer, 0);
+    assert_eq!(at_to.orders, 0);
+    assert_eq!(app.customer_rows_on_shard(customer, from).await.orders, 1);
     let output = app.cli_ok(&["get", &placed.order_id.to_string(), "--json"]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("confirmed"));
-    app.place_confirmed_order(json!({"customer_id": customer, "items": [
-        {"product_id": 3, "quantity": 1, "unit_price": "4.50"}]}))
+    app.place_confirmed_order(order(customer).item(3, 1, "4.50"))
         .await;
 }
 
@@ -467,8 +435,7 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
     // Wait until the copy has brought orders to the target: they are on two shards now,
     // and listings and counts across shards still show each once.
     let started = Instant::now();
-    let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    while on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await == 0 {
+    while app.customer_rows_on_shard(customer, to).await.orders == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "the copy never reached the orders"
@@ -494,21 +461,12 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
     );
 
     assert_rolled_back(&app, customer, from, to).await;
-    assert_eq!(
-        on(to, "SELECT count(*) FROM customers WHERE id = $1").await,
-        0
-    );
-    assert_eq!(
-        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        0
-    );
-    assert_eq!(
-        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        3
-    );
+    let at_to = app.customer_rows_on_shard(customer, to).await;
+    assert_eq!(at_to.customer, 0);
+    assert_eq!(at_to.orders, 0);
+    assert_eq!(app.customer_rows_on_shard(customer, from).await.orders, 3);
     // Writes go on at the old owner.
-    app.place_confirmed_order(json!({"customer_id": customer, "items": [
-        {"product_id": 5, "quantity": 1, "unit_price": "2.00"}]}))
+    app.place_confirmed_order(order(customer).item(5, 1, "2.00"))
         .await;
 
     // Started again, the move finishes: all four orders on the new owner.
@@ -528,14 +486,8 @@ async fn a_cancelled_reshard_leaves_the_bucket_in_flight_with_its_old_owner_and_
     .await;
     let report = reshard_report(&output);
     assert_eq!(report["phase"], "done", "{report}");
-    assert_eq!(
-        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        4
-    );
-    assert_eq!(
-        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        0
-    );
+    assert_eq!(app.customer_rows_on_shard(customer, to).await.orders, 4);
+    assert_eq!(app.customer_rows_on_shard(customer, from).await.orders, 0);
 }
 
 /// `orders get` of each of `ids`, over and over while `moving` holds: each must find its
@@ -614,8 +566,7 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
     let mut earlier = Vec::new();
     for &customer in &customers {
         let (_, placed) = app
-            .place_confirmed_order(json!({"customer_id": customer, "items": [
-                {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+            .place_confirmed_order(order(customer).item(2, 1, "3.00"))
             .await;
         earlier.push(placed.order_id);
     }
@@ -630,8 +581,7 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         "a new shard owns nothing yet"
     );
     let (_, extra) = app
-        .place_confirmed_order(json!({"customer_id": customers[0], "items": [
-            {"product_id": 2, "quantity": 1, "unit_price": "3.00"}]}))
+        .place_confirmed_order(order(customers[0]).item(2, 1, "3.00"))
         .await;
 
     let app = Arc::new(app);
@@ -757,17 +707,10 @@ async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
     app.start_worker(None);
     let report = finished(&app).await;
     assert_eq!(report["buckets_moved"], 1, "{report}");
-    let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    assert_eq!(
-        on(to, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        6
-    );
-    assert_eq!(
-        on(from, "SELECT count(*) FROM orders WHERE customer_id = $1").await,
-        0
-    );
-    let items_sql = "SELECT count(*) FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.customer_id = $1";
-    assert_eq!(on(to, items_sql).await, 12, "no item copied twice");
+    let at_to = app.customer_rows_on_shard(customer, to).await;
+    assert_eq!(at_to.orders, 6);
+    assert_eq!(app.customer_rows_on_shard(customer, from).await.orders, 0);
+    assert_eq!(at_to.items, 12, "no item copied twice");
     for id in ids {
         app.cli_ok(&["get", &id.to_string()]);
     }
@@ -923,9 +866,10 @@ async fn a_two_phase_order_planned_before_its_bucket_moved_plans_again_and_lands
     app.start_worker(Some("prepare_part.before=fail"));
     let id = app
         .start_order(
-            json!({"customer_id": customer, "consistency": "two_phase", "items": [
-            {"product_id": product, "quantity": 2, "unit_price": "3.00"},
-            {"product_id": elsewhere, "quantity": 1, "unit_price": "4.00"}]}),
+            order(customer)
+                .two_phase()
+                .item(product, 2, "3.00")
+                .item(elsewhere, 1, "4.00"),
         )
         .await;
     let order_id = wait_for_order_id(&app, &id).await;
@@ -1003,24 +947,25 @@ async fn a_two_phase_order_planned_before_its_bucket_moved_plans_again_and_lands
         "{recovered}"
     );
 
-    let by_id = |shard, sql| count(&app.shards, shard, sql, order_id);
-    let orders_sql = "SELECT count(*) FROM orders WHERE id = $1 AND status = 'confirmed'";
-    assert_eq!(
-        (by_id(from, orders_sql).await, by_id(to, orders_sql).await),
-        (0, 1)
-    );
-    let items_sql = "SELECT count(*) FROM order_items WHERE order_id = $1";
-    assert_eq!(by_id(to, items_sql).await, 2);
-    let holds_sql = "SELECT count(*) FROM stock_holds WHERE order_id = $1";
-    assert_eq!(by_id(to, holds_sql).await, 1, "the moved product's hold");
+    let at_from = app.order_rows_on_shard(order_id, from).await;
+    let at_to = app.order_rows_on_shard(order_id, to).await;
+    assert_eq!((at_from.confirmed, at_to.confirmed), (0, 1));
+    assert_eq!(at_to.items, 2);
+    assert_eq!(at_to.stock_holds, 1, "the moved product's hold");
     let elsewhere_shard = app.shards.for_product(elsewhere).index;
     assert_eq!(
-        by_id(elsewhere_shard, holds_sql).await,
+        app.order_rows_on_shard(order_id, elsewhere_shard)
+            .await
+            .stock_holds,
         1,
         "the other product's hold"
     );
-    let stock_sql = "SELECT reserved::bigint FROM inventory WHERE product_id = $1";
-    assert_eq!(count(&app.shards, to, stock_sql, product).await, 2);
+    assert_eq!(
+        app.stock_on_shard(product, to)
+            .await
+            .map(|stock| stock.reserved),
+        Some(2)
+    );
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
 }
@@ -1054,8 +999,7 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
     app.start_worker(Some(
         "commit_part.before=fail,copy_bucket.after_chunk=sleep:700",
     ));
-    let two_phase_order = json!({"customer_id": customer, "consistency": "two_phase", "items": [
-        {"product_id": 5, "quantity": 1, "unit_price": "7.00"}]});
+    let two_phase_order = order(customer).two_phase().item(5, 1, "7.00");
 
     // A part prepared before the move holds it before anything is copied: its rows were
     // written before the change log began, so the copy must see them committed.
@@ -1145,15 +1089,10 @@ async fn prepared_parts_hold_a_move_until_they_are_resolved_never_skipped() {
     let report = finished(&app).await;
     assert_eq!(report["buckets_moved"], 1, "{report}");
     assert_eq!(owner_now(&app, customer).await, to);
-    let on = |shard, sql| count(&app.shards, shard, sql, customer);
-    let orders_sql = "SELECT count(*) FROM orders WHERE customer_id = $1";
-    assert_eq!(
-        (on(from, orders_sql).await, on(to, orders_sql).await),
-        (0, 5)
-    );
-    let confirmed_sql =
-        "SELECT count(*) FROM orders WHERE customer_id = $1 AND status = 'confirmed'";
-    assert_eq!(on(to, confirmed_sql).await, 2, "both two-phase orders");
+    let at_from = app.customer_rows_on_shard(customer, from).await;
+    let at_to = app.customer_rows_on_shard(customer, to).await;
+    assert_eq!((at_from.orders, at_to.orders), (0, 5));
+    assert_eq!(at_to.confirmed_orders, 2, "both two-phase orders");
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
 }
@@ -1212,9 +1151,8 @@ async fn a_change_that_commits_after_a_later_one_is_still_caught_up() {
         .await
         .unwrap();
     for n in [1, 2] {
-        let sql = "SELECT count(*) FROM orders WHERE id = $1";
         assert_eq!(
-            count(&app.shards, to, sql, order(n)).await,
+            app.order_rows_on_shard(order(n), to).await.orders,
             1,
             "order {n} on the target"
         );

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use serde_json::json;
 
 use orders_workflows::in_doubt_recovery;
 use temporalio_client::{UntypedWorkflow, WorkflowDescribeOptions, WorkflowTerminateOptions};
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{BuildOrder, TestApp, eventually, order};
 
 /// Keys on every shard whose key starts with `prefix`.
 async fn keys_of(app: &TestApp, prefix: &str) -> i64 {
@@ -68,7 +67,7 @@ async fn old_keys_of_finished_workflows_go_while_a_running_workflows_and_odd_key
         .push(("ORDERS_IDEMPOTENCY_RETENTION_DAYS", "30".into()));
     app.start_worker(None);
     let customer = app.add_customer("Tony Hoare", "500.00").await;
-    let order = json!({"customer_id": customer, "items": [{"product_id": 6, "quantity": 1, "unit_price": "2.00"}]});
+    let order = order(customer).item(6, 1, "2.00");
     let finished = app.place_confirmed_order(order).await.0;
 
     // A step key of a workflow that keeps running: the in-doubt recovery loop the worker

@@ -8,13 +8,13 @@ use orders_core::failure::StepError;
 use orders_core::store::credit::{self, Release, Reserve};
 use orders_core::store::two_phase::{self, PrepareOnce};
 use orders_core::store::{idempotency, orders};
-use orders_core::{Rejection, ValidOrder, routing};
+use orders_core::{Rejection, routing};
 use orders_entities::order::OrderStatus;
 use rust_decimal::Decimal;
 use sea_orm::TransactionTrait;
 use serde_json::json;
 
-use crate::helpers::TestApp;
+use crate::helpers::{BuildOrder, TestApp, order};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_release_racing_an_uncommitted_reserve_waits_for_it_and_gives_the_credit_back() {
@@ -78,7 +78,7 @@ async fn a_status_change_racing_its_own_earlier_attempt_reports_the_committed_st
     let app = TestApp::spawn_without_worker().await;
     let customer = app.add_customer("Barbara Liskov", "100.00").await;
     let shard = app.shards.for_customer(customer).clone();
-    let order = ValidOrder::from_json(&json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "5.00"}]})).unwrap();
+    let order = order(customer).item(1, 1, "5.00").validate().unwrap();
     let txn = shard.conn.begin().await.unwrap();
     let order_id = orders::create_with_items(&txn, &order)
         .await

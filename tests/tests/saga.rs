@@ -4,7 +4,7 @@ use orders_worker::client::OrderOutcome;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::helpers::{SHARD_COUNT, ShardRows, TestApp, expect_failure};
+use crate::helpers::{BuildOrder, SHARD_COUNT, ShardRows, TestApp, expect_failure, order};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_reserved() {
@@ -13,11 +13,7 @@ async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_re
     let home = app.shards.for_customer(customer).index;
 
     let outcome = app
-        .place_order(json!({
-            "customer_id": customer,
-            "items": [{"product_id": 7, "quantity": 2, "unit_price": "19.99"}],
-            "notes": "optional"
-        }))
+        .place_order(order(customer).item(7, 2, "19.99").notes("optional"))
         .await;
 
     let OrderOutcome::Placed(placed) = outcome else {
@@ -66,17 +62,13 @@ async fn a_confirmed_order_is_written_once_on_its_customers_shard_with_credit_re
 async fn a_declined_payment_fails_the_order_deletes_it_and_gives_the_credit_back() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Alan Turing", "50.00").await;
-    let earlier = app
-        .place_order(json!({"customer_id": customer, "items": [{"product_id": 1, "quantity": 1, "unit_price": "30.00"}]}))
-        .await;
+    let earlier = app.place_order(order(customer).item(1, 1, "30.00")).await;
     assert!(
         matches!(earlier, OrderOutcome::Placed(_)),
         "the first order fits the limit: {earlier:?}"
     );
 
-    let outcome = app
-        .place_order(json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 3, "unit_price": "7.00"}]}))
-        .await;
+    let outcome = app.place_order(order(customer).item(2, 3, "7.00")).await;
 
     let message = expect_failure(&outcome, "PaymentDeclined");
     assert!(
@@ -106,9 +98,7 @@ async fn a_cancelled_order_runs_its_compensations_and_leaves_nothing() {
     app.start_worker(Some("reserve_credit.before=fail"));
     let customer = app.add_customer("Grace Hopper", "100.00").await;
     let home = app.shards.for_customer(customer).index;
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 3, "quantity": 1, "unit_price": "10.00"}]}))
-        .await;
+    let workflow_id = app.start_order(order(customer).item(3, 1, "10.00")).await;
     // Wait until the order exists, i.e. the saga is inside its credit step.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while app.rows_on_shard(home).await.orders == 0 {
@@ -153,9 +143,7 @@ async fn a_compensation_that_keeps_failing_fails_the_order_loudly_instead_of_dro
     let customer = app.add_customer("Tony Hoare", "5.00").await;
     let home = app.shards.for_customer(customer).index;
 
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 1, "unit_price": "9.00"}]}))
-        .await;
+    let workflow_id = app.start_order(order(customer).item(2, 1, "9.00")).await;
     let outcome = app
         .outcome_within(&workflow_id, std::time::Duration::from_secs(240))
         .await;

@@ -9,7 +9,7 @@ use orders_core::shards::PoolSettings;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::certificates;
-use crate::helpers::TestApp;
+use crate::helpers::{BuildOrder, TestApp, order};
 
 const TLS_SHARD: usize = 2;
 /// Trust authentication ignores it; it is there to be kept out of output and logs.
@@ -92,7 +92,7 @@ async fn a_shard_reached_with_verify_full_serves_orders_and_its_url_password_sta
     while app.shards.for_customer(customer).index != TLS_SHARD {
         customer = app.add_customer("Frances Allen", "300.00").await;
     }
-    let order = serde_json::json!({"customer_id": customer, "items": [{"product_id": 2, "quantity": 1, "unit_price": "4.00"}]});
+    let order = order(customer).item(2, 1, "4.00");
     app.place_confirmed_order(order).await;
 
     app.shard_urls[TLS_SHARD] = with_ca("other-ca.pem");

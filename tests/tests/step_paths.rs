@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
+use orders_core::Consistency;
 use orders_dev::temporal::temporal_cli;
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::consistency::three_shard_order;
@@ -77,7 +79,7 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     // Default worker: a three-shard saga (create and plan in one, two reservations side by
     // side, credit and confirmation in one), all local activities in the order's one
     // workflow task, and no lifecycle until the order's status changes.
-    let (input, _) = three_shard_order(&app, customer, "saga");
+    let (input, _) = three_shard_order(&app, customer, Consistency::Saga);
     let (local_id, placed) = app.place_confirmed_order(input).await;
     let (local_file, local) = recorded(&app, &local_id, &dir);
     assert_eq!(local.activity_tasks, 0, "{local:?}");
@@ -106,8 +108,8 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     assert_eq!(listed(&app, &query).await, vec![lifecycle_id]);
 
     // A declined payment: the refusal is recorded, then ReleaseStock twice and DeleteOrder.
-    let (mut input, products) = three_shard_order(&app, customer, "saga");
-    input["items"][0]["unit_price"] = "9999.00".into();
+    let (mut input, products) = three_shard_order(&app, customer, Consistency::Saga);
+    input.items[0].unit_price = "9999.00".parse::<Decimal>().unwrap().into();
     let declined_id = app.start_order(input).await;
     expect_failure(&app.outcome(&declined_id).await, "PaymentDeclined");
     let (declined_file, declined) = recorded(&app, &declined_id, &dir);
@@ -126,7 +128,7 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
         "only the confirmed order's"
     );
 
-    let (input, _) = three_shard_order(&app, customer, "two_phase");
+    let (input, _) = three_shard_order(&app, customer, Consistency::TwoPhase);
     let (two_phase_id, _) = app.place_confirmed_order(input).await;
     let (two_phase_file, two_phase) = recorded(&app, &two_phase_id, &dir);
     assert_eq!(two_phase.activity_tasks, 0, "{two_phase:?}");
@@ -140,7 +142,7 @@ async fn an_order_costs_one_workflow_task_and_orders_steps_remote_keeps_the_acti
     app.terminate_worker();
     app.worker_env.push(("ORDERS_STEPS", "remote".to_owned()));
     app.start_worker(None);
-    let (input, _) = three_shard_order(&app, customer, "saga");
+    let (input, _) = three_shard_order(&app, customer, Consistency::Saga);
     let (remote_id, placed) = app.place_confirmed_order(input).await;
     let (remote_file, remote) = recorded(&app, &remote_id, &dir);
     assert_eq!(remote.activity_tasks, 6, "{remote:?}");

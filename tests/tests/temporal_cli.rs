@@ -11,6 +11,7 @@ use crate::helpers::TestApp;
 async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Edsger Dijkstra", "100.00").await;
+    // Written by hand, as a client with none of our types would write the documented JSON.
     let input = json!({"customer_id": customer, "items": [{"product_id": 9, "quantity": 3, "unit_price": "2.50"}]});
 
     let output = tokio::task::spawn_blocking({

@@ -2,12 +2,15 @@
 
 use serde_json::json;
 
-use crate::helpers::{ShardRows, TestApp, expect_failure};
+use crate::helpers::{BuildOrder, ShardRows, TestApp, expect_failure, order};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_invalid_order_fails_with_its_reason_and_writes_nothing_anywhere() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Katherine Johnson", "1000.00").await;
+    // Raw JSON on purpose: the workflow must refuse whatever any client sends, including
+    // inputs an `OrderRequest` cannot express (no customer, not an object, a price that is
+    // not a number).
     let item = |quantity: i64, price: &str| json!({"product_id": 7, "quantity": quantity, "unit_price": price});
     let oversized: Vec<_> = (0..1001).map(|_| item(1, "1.00")).collect();
     let cases = [
@@ -57,7 +60,7 @@ async fn each_invalid_order_fails_with_its_reason_and_writes_nothing_anywhere() 
     let starts = futures::future::join_all(
         cases
             .iter()
-            .map(|(_, input, _)| app.start_order(input.clone())),
+            .map(|(_, input, _)| app.start_order_raw(input.clone())),
     )
     .await;
     for ((name, _, reason), workflow_id) in cases.iter().zip(starts) {
@@ -77,9 +80,7 @@ async fn each_invalid_order_fails_with_its_reason_and_writes_nothing_anywhere() 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_customer_fails_the_order_and_writes_nothing_anywhere() {
     let app = TestApp::spawn().await;
-    let outcome = app
-        .place_order(json!({"customer_id": 424242, "items": [{"product_id": 7, "quantity": 1, "unit_price": "1.00"}]}))
-        .await;
+    let outcome = app.place_order(order(424242).item(7, 1, "1.00")).await;
     let message = expect_failure(&outcome, "UnknownCustomer");
     assert!(message.contains("424242"), "{message}");
     assert_eq!(

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 use orders_dev::temporal::temporal_cli;
 use orders_workflows::PlaceOrderWorkflow;
 use orders_workflows::progress::{Progress, Stage};
-use serde_json::json;
 use temporalio_client::WorkflowQueryOptions;
 
-use crate::helpers::TestApp;
+use crate::helpers::{BuildOrder, TestApp, order};
 
 fn list_workflow_ids(app: &TestApp, query: &str) -> Vec<String> {
     let output = Command::new(temporal_cli().unwrap())
@@ -59,7 +58,9 @@ async fn progress_of(app: &TestApp, workflow_id: &str) -> Progress {
 async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progress() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Frances Allen", "100.00").await;
-    let (workflow_id, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]})).await;
+    let (workflow_id, placed) = app
+        .place_confirmed_order(order(customer).item(4, 1, "3.00"))
+        .await;
 
     let progress = progress_of(&app, &workflow_id).await;
     assert_eq!(progress.stage, Stage::Confirmed);
@@ -93,9 +94,7 @@ async fn a_placed_order_is_found_by_its_search_attributes_and_reports_its_progre
 async fn a_declined_order_reports_failure_and_the_compensations_that_ran() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Jean Sammet", "1.00").await;
-    let workflow_id = app
-        .start_order(json!({"customer_id": customer, "items": [{"product_id": 4, "quantity": 1, "unit_price": "3.00"}]}))
-        .await;
+    let workflow_id = app.start_order(order(customer).item(4, 1, "3.00")).await;
     app.outcome(&workflow_id).await;
 
     let progress = progress_of(&app, &workflow_id).await;

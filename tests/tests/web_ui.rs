@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::json;
-
-use crate::helpers::{TestApp, services};
+use crate::helpers::{BuildOrder, TestApp, order, services};
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("CHROMIUM")
@@ -82,7 +80,9 @@ fn text_of(html: &str) -> String {
 async fn the_web_ui_finds_a_place_order_run_and_shows_its_type_status_and_search_attributes() {
     let app = TestApp::spawn().await;
     let customer = app.add_customer("Margaret Hamilton", "100.00").await;
-    let (workflow_id, placed) = app.place_confirmed_order(json!({"customer_id": customer, "items": [{"product_id": 8, "quantity": 2, "unit_price": "4.25"}]})).await;
+    let (workflow_id, placed) = app
+        .place_confirmed_order(order(customer).item(8, 2, "4.25"))
+        .await;
     let ui = services()
         .temporal
         .ui_url()
