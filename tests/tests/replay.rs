@@ -8,7 +8,7 @@ use orders_activities::{CreditInput, OrderActivities, PlacedOrder};
 use orders_core::FailureType;
 use orders_core::ValidOrder;
 use orders_worker::cli::operations::replay::{history_files, replay_files, worker_workflows};
-use orders_workflows::saga::forward_options;
+use orders_workflows::steps::forward_options;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflow_replayer::WorkflowReplayerOptions;
 use temporalio_sdk::{WorkflowContext, WorkflowResult};

@@ -14,57 +14,12 @@
 //! Steps and compensations run as [`Steps`] say: local activities, or activities of their own.
 
 use futures::future::{LocalBoxFuture, join_all};
-use std::time::Duration;
+use temporalio_common::ActivityDefinition;
 use temporalio_common::data_converters::TemporalDeserializable;
-use temporalio_common::{ActivityDefinition, RetryPolicy};
-use temporalio_sdk::{
-    ActivityCancellationType, ActivityExecutionError, ActivityOptions, WorkflowCancellationToken,
-    WorkflowContext,
-};
+use temporalio_sdk::{ActivityExecutionError, WorkflowContext};
 
 use crate::failures;
 use crate::steps::{Phase, Steps};
-
-/// Options of forward steps: retried until they succeed or reject, and on cancellation the
-/// workflow waits until the running attempt has really stopped before compensating. An older
-/// attempt that timed out may still be running; the compensations leave tombstones (see the
-/// activities) that such a late attempt respects.
-///
-/// The steps are short database transactions, so their start-to-close is short too: it is
-/// how long Temporal waits before it retries a step whose worker died (a step blocked on a
-/// row lock fails by itself sooner, see `orders_core::shards::LOCK_TIMEOUT`). Retries
-/// come back within two seconds at most: a step that met a busy row or a shard restarting
-/// should try again soon, not after a long back-off.
-pub fn forward_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(5))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(200))
-                .maximum_interval(Duration::from_secs(2))
-                .build(),
-        )
-        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-        .build()
-}
-
-/// Options of compensations: immune to workflow cancellation, retried with backoff for
-/// about two minutes, then reported as failed.
-pub fn compensation_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
-        .retry_policy(compensation_retry())
-        .cancellation_token(WorkflowCancellationToken::new())
-        .build()
-}
-
-/// How compensations retry, as activities or local activities: with backoff for about two
-/// minutes, then they are reported as failed.
-pub(crate) fn compensation_retry() -> RetryPolicy {
-    RetryPolicy::builder()
-        .initial_interval(Duration::from_secs(1))
-        .maximum_interval(Duration::from_secs(15))
-        .maximum_attempts(12)
-        .build()
-}
 
 struct Compensation {
     name: String,

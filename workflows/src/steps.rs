@@ -1,11 +1,12 @@
 //! How PlaceOrder's database steps run, in both consistency modes.
 //!
-//! [`Steps::Local`] (every order since [`crate::place_order::ONE_TASK_PATCH`]): as local
-//! activities, inside the workflow task. The worker runs the step at once and the result goes
-//! into the history as a marker when the task completes, so a whole order usually costs the
-//! server one workflow task: no activity task to schedule, dispatch and complete, and no
-//! workflow task to wake the workflow after each step. That is also why a two-phase order's
-//! prepared parts hold their rows for milliseconds instead of several server round trips.
+//! [`Steps::Local`] (every order since the `one-task-order` patch, see
+//! [`crate::place_order::version`]): as local activities, inside the workflow task. The
+//! worker runs the step at once and the result goes into the history as a marker when the
+//! task completes, so a whole order usually costs the server one workflow task: no activity
+//! task to schedule, dispatch and complete, and no workflow task to wake the workflow after
+//! each step. That is also why a two-phase order's prepared parts hold their rows for
+//! milliseconds instead of several server round trips.
 //!
 //! Local activities are at-least-once like any activity: if the worker dies mid-task, the
 //! task times out (`ORDER_TASK_TIMEOUT`, 5 s) and the next worker replays it from the
@@ -15,19 +16,22 @@
 //! threshold (one minute) becomes a timer instead.
 //!
 //! [`Steps::Remote`] (histories recorded before the patch, and workers started with
-//! `ORDERS_STEPS=remote`): as activities, each scheduled, dispatched and completed by the
-//! server, followed by a workflow task.
+//! `ORDERS_STEPS=remote`, whose orders take `Version::Remote`, see
+//! [`crate::place_order::version`]): as activities, each scheduled, dispatched and completed
+//! by the server, followed by a workflow task.
+
+mod options;
 
 use std::time::Duration;
 
+use temporalio_common::ActivityDefinition;
 use temporalio_common::data_converters::TemporalDeserializable;
-use temporalio_common::{ActivityDefinition, RetryPolicy};
 use temporalio_sdk::{
-    ActivityCancellationType, ActivityExecutionError, ActivityOptions, LocalActivityOptions,
-    TimerOptions, WorkflowCancellationToken, WorkflowContext,
+    ActivityExecutionError, TimerOptions, WorkflowCancellationToken, WorkflowContext,
 };
 
-use crate::saga::{compensation_options, compensation_retry, forward_options};
+pub use options::{compensation_options, forward_options};
+use options::{local_options, remote_options};
 
 /// Where a step runs: in the workflow task, or as an activity of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,55 +102,4 @@ impl Steps {
             let _ = ctx.timer(timer).await;
         }
     }
-}
-
-/// A local step's options. Steps are short transactions, so the start-to-close is short (a
-/// worker that dies mid-step costs at most that long), and retries come back quickly: a step
-/// that met a row lock of another order finds it released within milliseconds, not after an
-/// exponential back-off.
-fn local_options(phase: Phase) -> LocalActivityOptions {
-    let quick = RetryPolicy::builder()
-        .initial_interval(Duration::from_millis(50))
-        .backoff_coefficient(2.0)
-        .maximum_interval(Duration::from_secs(1))
-        .build();
-    let options = LocalActivityOptions::builder();
-    match phase {
-        Phase::Forward => options
-            .start_to_close_timeout(Duration::from_secs(5))
-            .retry_policy(quick)
-            .cancel_type(ActivityCancellationType::WaitCancellationCompleted)
-            .build(),
-        Phase::Compensate | Phase::AfterConfirmation => options
-            .start_to_close_timeout(Duration::from_secs(10))
-            .retry_policy(compensation_retry())
-            .cancellation_token(WorkflowCancellationToken::new())
-            .build(),
-        Phase::Resolve => options
-            .start_to_close_timeout(Duration::from_secs(5))
-            .retry_policy(quick)
-            .cancellation_token(WorkflowCancellationToken::new())
-            .build(),
-    }
-}
-
-fn remote_options(phase: Phase) -> ActivityOptions {
-    match phase {
-        Phase::Forward => forward_options(),
-        Phase::Compensate | Phase::AfterConfirmation => compensation_options(),
-        Phase::Resolve => resolve_options(),
-    }
-}
-
-/// Phase two's options as activities: retried until done, and never cancelled.
-fn resolve_options() -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
-        .retry_policy(
-            RetryPolicy::builder()
-                .initial_interval(Duration::from_millis(200))
-                .maximum_interval(Duration::from_secs(10))
-                .build(),
-        )
-        .cancellation_token(WorkflowCancellationToken::new())
-        .build()
 }

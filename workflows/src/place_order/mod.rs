@@ -5,11 +5,16 @@
 //! - `two_phase`: every shard's part is prepared, then all commit or all roll back
 //!   ([`two_phase`]).
 //!
+//! Which shape a run takes is its `version::Version`, read from its patch markers before
+//! its first command: today's shape is the straight path below, `ORDERS_STEPS=remote`'s is
+//! `remote_steps`, and the shapes only recorded histories have are in `legacy` (with the
+//! policy for deleting them). See `docs/decisions/patch-versioning.md`.
+//!
 //! This module holds what both modes share: the workflow's definition, its query and update,
 //! and how a stage, a failure or a cancellation is recorded. The modes are its children and
 //! only they call into it.
 //!
-//! Input and result are plain JSON (see README, "Public contract"; clients build it as an
+//! Input and result are plain JSON (see docs/contract.md, "Workflows"; clients build it as an
 //! [`orders_core::OrderRequest`]), so any Temporal client can start it. The input is
 //! taken as raw JSON and validated here, so malformed input fails the workflow with
 //! `InvalidOrder` instead of failing workflow tasks forever.
@@ -22,63 +27,29 @@
 //! Progress is visible three ways: the `progress` query, the search attributes of
 //! [`crate::search_attributes`], and the history itself.
 
+mod legacy;
+mod remote_steps;
 pub mod two_phase;
+pub mod version;
 pub mod with_saga;
 
+pub use version::LOCAL_STEP_PATCHES;
+
 use orders_activities::PlacedOrder;
-use orders_activities::lifecycle::{LifecycleActivities, LifecycleStart};
 use orders_core::metrics::OrderMetrics;
 use orders_core::{Consistency, FailureType, ValidOrder};
-use temporalio_common::WorkflowDefinition;
 use temporalio_common::search_attributes::SearchAttributeUpdate;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ApplicationFailure, ChildWorkflowOptions, MemoValue, ParentClosePolicy,
-    WorkflowCancellationToken, WorkflowContext, WorkflowContextView, WorkflowResult,
+    ApplicationFailure, MemoValue, WorkflowContext, WorkflowContextView, WorkflowResult,
     WorkflowTermination,
 };
 
-use crate::order_lifecycle::{self, LifecycleInput, OrderLifecycleWorkflow};
 use crate::outcomes;
 use crate::progress::{Acceptance, Progress, Stage};
 use crate::search_attributes::{CONSISTENCY, CUSTOMER_ID, HeldAttributes, ORDER_STATUS};
-use crate::steps::{Phase, Steps};
-
-/// Patch under which an order costs the server one workflow task: every step runs as a local
-/// activity (see [`crate::steps`]), search attributes go out together when a client may look
-/// for them (see [`publish`]), and a local activity starts the lifecycle (see
-/// [`orders_activities::lifecycle`]). It implies every patch below, which such histories do
-/// not mark one by one.
-pub const ONE_TASK_PATCH: &str = "one-task-order";
-
-/// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
-/// they run every step as an activity of its own, as orders did before these patches.
-/// Histories follow what they recorded either way.
-pub const LOCAL_STEP_PATCHES: [&str; 5] = [
-    two_phase::GROUPED_STEPS_PATCH,
-    LAZY_LIFECYCLE_PATCH,
-    with_saga::LEAN_SAGA_PATCH,
-    ONE_TASK_PATCH,
-    two_phase::LOCAL_STEPS_PATCH,
-];
-
-/// Patch under which PlaceOrder leaves the order's lifecycle to its first status change,
-/// which starts it with update-with-start (see [`crate::order_lifecycle`]): a placed order
-/// costs the server one workflow, not two. It implies [`with_saga::LEAN_SAGA_PATCH`] and so
-/// every patch that one implies.
-pub const LAZY_LIFECYCLE_PATCH: &str = "lazy-lifecycle";
-
-/// Patch guarding the `order` memo (the placed order, shown in the Web UI), which confirmed
-/// orders carry since this change. Histories recorded before it replay without the memo.
-pub const ORDER_MEMO_PATCH: &str = "order-memo";
-
-/// Patch guarding the start of the order's [`OrderLifecycleWorkflow`] (as a child workflow,
-/// before [`ONE_TASK_PATCH`]).
-pub const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
-
-/// Patch guarding stock (the `PlanOrder` and `ReserveStock` steps, the `OrderId` search
-/// attribute) and two-phase commit. Histories recorded before it replay as they ran.
-pub const INVENTORY_PATCH: &str = "inventory";
+use two_phase::PartSteps;
+use version::Version;
 
 #[workflow]
 #[derive(Default)]
@@ -123,121 +94,90 @@ impl PlaceOrderWorkflow {
 }
 
 impl PlaceOrderWorkflow {
+    /// Validates the input, reads the run's [`Version`] and places the order in that shape:
+    /// today's below, `ORDERS_STEPS=remote`'s in `remote_steps`, replayed ones in
+    /// `legacy`.
     async fn process(
         ctx: &mut WorkflowContext<Self>,
         input: serde_json::Value,
     ) -> WorkflowResult<PlacedOrder> {
-        // Newest first: a history carries at most one of these markers.
-        let grouped = ctx.patched(two_phase::GROUPED_STEPS_PATCH);
-        let lazy_lifecycle = grouped || ctx.patched(LAZY_LIFECYCLE_PATCH);
-        let lean = lazy_lifecycle || ctx.patched(with_saga::LEAN_SAGA_PATCH);
-        let one_task = lean || ctx.patched(ONE_TASK_PATCH);
-        if one_task {
+        let order = ValidOrder::from_json(&input);
+        let version = Version::of(ctx, order.is_ok());
+        if version.holds_attributes() {
             ctx.state_mut(|s| s.attributes.hold());
         }
-        let order = match ValidOrder::from_json(&input) {
+        let order = match order {
             Ok(order) => order,
             Err(invalid) => {
                 let failure = FailureType::InvalidOrder.failure(invalid.to_string());
                 return Err(fail(ctx, Stage::Failed, failure).into());
             }
         };
-        let with_stock = one_task || ctx.patched(INVENTORY_PATCH);
-        let consistency = if with_stock {
-            order.consistency
-        } else {
-            Consistency::Saga
-        };
-        set_attributes(
-            ctx,
-            [
-                CUSTOMER_ID.value_set(order.customer_id),
-                CONSISTENCY.value_set(consistency.as_str().to_owned()),
-            ],
-        );
-        let key = format!(
-            "{}/{}",
-            ctx.workflow_id(),
-            ctx.info().first_execution_run_id()
-        );
-        // Two-phase steps were local before the one-task patch, behind a patch of their own.
-        let steps = match consistency {
-            _ if one_task => Steps::Local,
-            Consistency::TwoPhase if ctx.patched(two_phase::LOCAL_STEPS_PATCH) => Steps::Local,
-            _ => Steps::Remote,
-        };
-        let shape = match (lean, with_stock) {
-            (true, _) => with_saga::Shape::Lean,
-            (false, true) => with_saga::Shape::WithStock,
-            (false, false) => with_saga::Shape::WithoutStock,
-        };
-        let placed = match consistency {
-            Consistency::Saga => with_saga::place(ctx, order, &key, shape, steps).await?,
-            Consistency::TwoPhase => two_phase::place(ctx, order, &key, steps, grouped).await?,
-        };
-        set_stage(ctx, Stage::Confirmed);
-        outcomes::record(ctx, OrderMetrics::order_placed);
-        // Added after the first histories were recorded: guarded so those replay.
-        if one_task || ctx.patched(ORDER_MEMO_PATCH) {
-            ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
+        match version {
+            Version::Current => Self::place(ctx, order).await,
+            Version::Remote => remote_steps::place(ctx, order).await,
+            Version::Legacy(shape) => legacy::place(ctx, order, shape).await,
         }
-        if lazy_lifecycle {
-            // Its first status change starts it.
-        } else if one_task {
-            start_lifecycle_here(ctx, &placed).await;
-        } else if ctx.patched(ORDER_LIFECYCLE_PATCH) {
-            start_lifecycle(ctx, &placed).await;
-        }
+    }
+
+    /// Places the order as every worker with local steps does: in the mode it asks for, then
+    /// the placed order in the `order` memo. Its lifecycle starts with its first status
+    /// change (see [`crate::order_lifecycle`]).
+    async fn place(
+        ctx: &mut WorkflowContext<Self>,
+        order: ValidOrder,
+    ) -> WorkflowResult<PlacedOrder> {
+        show_order(ctx, &order, order.consistency);
+        let key = idempotency_key(ctx);
+        let placed = match order.consistency {
+            Consistency::Saga => with_saga::place(ctx, order, &key).await?,
+            Consistency::TwoPhase => two_phase::place(ctx, order, &key, PartSteps::Grouped).await?,
+        };
+        record_confirmed(ctx);
+        record_order_memo(ctx, &placed)?;
         Ok(placed)
     }
 }
 
-/// Starts the confirmed order's lifecycle from this worker, inside the workflow task (see
-/// [`orders_activities::lifecycle`]). The order is confirmed whatever happens here, so a
-/// start that still fails after its retries is logged, not raised.
-async fn start_lifecycle_here(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &PlacedOrder) {
-    let start = LifecycleStart {
-        workflow_type: OrderLifecycleWorkflow::run.name().to_owned(),
-        workflow_id: order_lifecycle::workflow_id(placed.order_id),
-        order: placed.clone(),
-    };
-    let started = Steps::Local
-        .run(
-            ctx,
-            LifecycleActivities::start_lifecycle,
-            start,
-            Phase::AfterConfirmation,
-        )
-        .await;
-    if let Err(err) = started
-        && !ctx.is_replaying()
-    {
-        tracing::warn!(order_id = placed.order_id, %err, "could not start the order's lifecycle workflow");
-    }
+/// Shows the order's customer and mode in search attributes. `consistency` is the mode it
+/// runs in, which histories from before two-phase commit did not ask.
+pub(crate) fn show_order(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    order: &ValidOrder,
+    consistency: Consistency,
+) {
+    set_attributes(
+        ctx,
+        [
+            CUSTOMER_ID.value_set(order.customer_id),
+            CONSISTENCY.value_set(consistency.as_str().to_owned()),
+        ],
+    );
 }
 
-/// Starts the confirmed order's lifecycle as a child workflow and leaves it running on its
-/// own (histories before [`ONE_TASK_PATCH`]). The
-/// order is confirmed whatever happens here, so a failure to start is logged, not raised.
-async fn start_lifecycle(ctx: &WorkflowContext<PlaceOrderWorkflow>, placed: &PlacedOrder) {
-    let options = ChildWorkflowOptions::builder()
-        .workflow_id(order_lifecycle::workflow_id(placed.order_id))
-        .parent_close_policy(ParentClosePolicy::Abandon)
-        // The order is confirmed: a cancellation arriving now must not stop its lifecycle.
-        .cancellation_token(WorkflowCancellationToken::new())
-        .build();
-    let started = ctx
-        .start_child_workflow(
-            OrderLifecycleWorkflow::run,
-            LifecycleInput::Placed(placed.clone()),
-            options,
-        )
-        .await;
-    if let Err(err) = started
-        && !ctx.is_replaying()
-    {
-        tracing::warn!(order_id = placed.order_id, %err, "could not start the order's lifecycle workflow");
-    }
+/// `<workflow id>/<first run id>`, the prefix of every step's idempotency key (see the
+/// module docs).
+pub(crate) fn idempotency_key(ctx: &WorkflowContext<PlaceOrderWorkflow>) -> String {
+    format!(
+        "{}/{}",
+        ctx.workflow_id(),
+        ctx.info().first_execution_run_id()
+    )
+}
+
+/// Records that the order is confirmed.
+pub(crate) fn record_confirmed(ctx: &WorkflowContext<PlaceOrderWorkflow>) {
+    set_stage(ctx, Stage::Confirmed);
+    outcomes::record(ctx, OrderMetrics::order_placed);
+}
+
+/// Puts the placed order into the `order` memo, which the Web UI shows.
+pub(crate) fn record_order_memo(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    placed: &PlacedOrder,
+) -> WorkflowResult<()> {
+    ctx.upsert_memo([("order", Some(MemoValue::new(placed.clone())))])?;
+    Ok(())
 }
 
 pub(crate) fn set_step(ctx: &WorkflowContext<PlaceOrderWorkflow>, step: &str) {
@@ -254,8 +194,8 @@ pub(crate) fn set_stage(ctx: &WorkflowContext<PlaceOrderWorkflow>, stage: Stage)
     }
 }
 
-/// Sets search attributes: held until [`publish`] under [`ONE_TASK_PATCH`], sent at once in
-/// histories recorded before it.
+/// Sets search attributes: held until [`publish`] where the [`Version`] holds them, sent at
+/// once otherwise.
 pub(crate) fn set_attributes(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     updates: impl IntoIterator<Item = SearchAttributeUpdate>,

@@ -4,7 +4,7 @@
 //!    and retries follow the same plan whatever the shard map does meanwhile). If a bucket
 //!    of the order moves to another shard before its part is prepared, the part is refused
 //!    (`ShardMapChanged`): the round's parts are rolled back and the order planned again
-//!    (see [`place`]), so it lands on the new owner.
+//!    (see `place`), so it lands on the new owner.
 //! 2. Every shard's part is prepared (`PreparePart`), one shard after another in shard order:
 //!    the customer's shard writes the order (`confirmed`, invisible until commit) and holds
 //!    the credit; each product shard holds the stock. Any refusal (`OutOfStock`,
@@ -16,7 +16,8 @@
 //!    rows in id order within a shard) makes such a cycle impossible, at the price of
 //!    preparing parts one after another instead of side by side.
 //! 3. The decision goes into the memo ([`DECISION_MEMO`]), which `orders recover` reads. The
-//!    steps run as local activities (see [`crate::steps`]), inside the workflow task, so the memo
+//!    steps run as local activities (see [`crate::steps`]; `PartSteps` for
+//!    `ORDERS_STEPS=remote`), inside the workflow task, so the memo
 //!    reaches the history when the task completes (or heartbeats), possibly after parts
 //!    committed: until then, the home part's committed key (point 4) is the decision.
 //! 4. Every part is committed (or rolled back), retried until done, immune to cancellation:
@@ -37,6 +38,7 @@ use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use temporalio_common::ActivityDefinition;
 use temporalio_sdk::{ActivityExecutionError, MemoValue, WorkflowContext, WorkflowResult};
 
+use super::version::Version;
 use super::{
     PlaceOrderWorkflow, cancelled_order, fail, publish, set_attributes, set_stage, set_step,
 };
@@ -46,22 +48,26 @@ use crate::progress::Stage;
 use crate::search_attributes::{ORDER_ID, SHARD};
 use crate::steps::{Phase, Steps};
 
-/// Patch under which the two-phase steps run as local activities (see [`crate::steps`]),
-/// implied by [`super::ONE_TASK_PATCH`]. Histories recorded before it replay with the steps
-/// as activities.
-pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
+/// How a round's parts are prepared and committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartSteps {
+    /// In one local activity each: `PrepareParts` (still one shard after another) and
+    /// `CommitParts` (the home part, then the others side by side). Every order today.
+    Grouped,
+    /// A step per part, run as the [`Steps`] say: orders of `ORDERS_STEPS=remote`, and
+    /// histories recorded before [`super::version::GROUPED_STEPS_PATCH`].
+    OnePerPart(Steps),
+}
 
-/// Patch under which a round's parts are prepared in one step (`PrepareParts`, still one
-/// shard after another) and committed in one step (`CommitParts`: the home part, then the
-/// others side by side): four steps fewer for a three-shard order, each a local activity
-/// the worker runs and records. It implies [`super::LAZY_LIFECYCLE_PATCH`], so new
-/// saga histories carry it too. Histories recorded before it replay a step per part.
-pub const GROUPED_STEPS_PATCH: &str = "two-phase-grouped-steps";
-
-/// Patch under which an order whose plan a bucket move made stale (a part refused with
-/// `ShardMapChanged`) rolls that round back and plans again, instead of failing. Histories
-/// recorded before it replay with the failure.
-pub const REPLAN_PATCH: &str = "two-phase-replan";
+impl PartSteps {
+    /// How the plan, the rollbacks and each part's step run.
+    fn steps(self) -> Steps {
+        match self {
+            PartSteps::Grouped => Steps::Local,
+            PartSteps::OnePerPart(steps) => steps,
+        }
+    }
+}
 
 /// How many plans an order makes before it fails with `ShardMapChanged`. Each new plan means
 /// one of the order's buckets moved between a plan and its prepare; a reshard moves a
@@ -70,8 +76,7 @@ const MAX_ROUNDS: u32 = 8;
 
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
 /// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
-/// `steps` says how its steps run, and `grouped` whether a round's parts are prepared, and
-/// the parts after the home part committed, in one step each ([`GROUPED_STEPS_PATCH`]).
+/// `part_steps` says how its steps run.
 ///
 /// A part refused with `ShardMapChanged` (one of its buckets moved to another shard after
 /// the plan) ends the round: its parts are rolled back (the rollback decision recorded first,
@@ -82,13 +87,12 @@ pub(crate) async fn place(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
-    steps: Steps,
-    grouped: bool,
+    part_steps: PartSteps,
 ) -> WorkflowResult<PlacedOrder> {
+    let steps = part_steps.steps();
     let mut plan = make_plan(ctx, steps, &order, key, FIRST_ROUND).await?;
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
     let mut round = FIRST_ROUND;
-    let mut replan_allowed = None;
     let (parts, refusal) = loop {
         let parts = match parts(ctx, &order, order_id, &plan, round) {
             Ok(parts) => parts,
@@ -105,10 +109,9 @@ pub(crate) async fn place(
             ],
         );
         publish(ctx);
-        let refusal = if grouped {
-            prepare_together(ctx, &parts).await
-        } else {
-            prepare_in_shard_order(ctx, steps, &parts).await
+        let refusal = match part_steps {
+            PartSteps::Grouped => prepare_together(ctx, &parts).await,
+            PartSteps::OnePerPart(steps) => prepare_in_shard_order(ctx, steps, &parts).await,
         };
         let stale_plan = refusal.as_ref().is_some_and(|err| {
             failures::rejection(err)
@@ -117,7 +120,7 @@ pub(crate) async fn place(
         if !stale_plan
             || ctx.cancellation_token().is_cancelled()
             || round == MAX_ROUNDS
-            || !*replan_allowed.get_or_insert_with(|| ctx.patched(REPLAN_PATCH))
+            || !Version::replans(ctx)
         {
             break (parts, refusal);
         }
@@ -159,10 +162,9 @@ pub(crate) async fn place(
         set_stage(ctx, Stage::Pending);
         set_step(ctx, "CommitPart");
         let others = &parts[1..];
-        let committed = if grouped {
-            commit_together(ctx, &parts).await
-        } else {
-            commit_home_first(ctx, steps, &parts).await
+        let committed = match part_steps {
+            PartSteps::Grouped => commit_together(ctx, &parts).await,
+            PartSteps::OnePerPart(steps) => commit_home_first(ctx, steps, &parts).await,
         };
         match committed {
             Committed::All => {}
@@ -278,7 +280,7 @@ fn in_shard_order(parts: &[TwoPhasePart]) -> Vec<TwoPhasePart> {
     ordered
 }
 
-/// [`prepare_in_shard_order`] in one step ([`GROUPED_STEPS_PATCH`]).
+/// [`prepare_in_shard_order`] in one step ([`PartSteps::Grouped`]).
 async fn prepare_together(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     parts: &[TwoPhasePart],
@@ -320,7 +322,7 @@ async fn commit_home_first(
     }
 }
 
-/// [`commit_home_first`] in one step ([`GROUPED_STEPS_PATCH`]).
+/// [`commit_home_first`] in one step ([`PartSteps::Grouped`]).
 async fn commit_together(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     parts: &[TwoPhasePart],

@@ -1,22 +1,25 @@
 //! PlaceOrder's saga: one local transaction per step, each on the shard it writes.
 //!
-//! plan → create the order (pending, customer's shard) → reserve stock (each product's
-//! shard) → reserve credit → confirm. Each step's compensation is registered before the step
-//! runs (see [`crate::saga`]); a failure, or a cancellation, runs them newest first. The
-//! result says `saga`, the mode the order ran in.
+//! create the order (pending, customer's shard; it also plans the stock, on the map that
+//! routed the order) → reserve stock (each product's shard, side by side: none depends on
+//! another) → reserve credit and confirm (one transaction on the customer's shard: the order
+//! is confirmed exactly when its total is held). Each step's compensation is registered
+//! before the step runs (see [`crate::saga`]); a failure, or a cancellation, runs them newest
+//! first. The result says `saga`, the mode the order ran in.
 //!
-//! Under [`LEAN_SAGA_PATCH`] CreateOrder also plans the stock (PlanOrder's routing, on the map
-//! that routed the order), the stock parts are reserved side by side (one shard each, none
-//! depending on another), and credit is reserved and the order confirmed in one transaction
-//! on the customer's shard (`ReserveCreditAndConfirm`): the order is confirmed exactly when
-//! its total is held. Two steps and two history markers fewer, and the steps in a row go
-//! from 6 + k to 4 whatever the number k of stock shards.
+//! The steps are local activities: three in a row whatever the number of stock shards. The
+//! step-by-step saga of `ORDERS_STEPS=remote` is in `remote_steps`; the helpers here
+//! are shared with it.
 
-use orders_activities::stock::{PlanInput, StockActivities, StockInput};
-use orders_activities::{CreateOrderInput, CreditInput, OrderActivities, OrderRef, PlacedOrder};
+use orders_activities::stock::{StockActivities, StockInput, StockPart};
+use orders_activities::{
+    CreateOrderInput, CreatedOrder, CreditInput, OrderActivities, OrderRef, PlacedOrder,
+};
 use orders_core::metrics::OrderMetrics;
 use orders_core::{Consistency, FailureType, ValidOrder};
-use temporalio_sdk::{ActivityExecutionError, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{
+    ActivityExecutionError, WorkflowContext, WorkflowResult, WorkflowTermination,
+};
 
 use super::{
     PlaceOrderWorkflow, cancelled_order, fail, publish, set_attributes, set_stage, set_step,
@@ -26,23 +29,126 @@ use crate::outcomes;
 use crate::progress::Stage;
 use crate::saga::Saga;
 use crate::search_attributes::{ORDER_ID, SHARD};
-use crate::steps::{Phase, Steps};
+use crate::steps::Steps;
 
 /// Places `order` as a saga: forward steps, and compensations in reverse if one fails.
-/// `key` is `<workflow id>/<first run id>`; `with_stock` is the `inventory` patch; `steps`
-/// says how steps and compensations run.
+/// `key` is `<workflow id>/<first run id>`.
 pub(super) async fn place(
-    ctx: &mut WorkflowContext<PlaceOrderWorkflow>,
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
     order: ValidOrder,
     key: &str,
-    shape: Shape,
-    steps: Steps,
 ) -> WorkflowResult<PlacedOrder> {
-    let mut saga = Saga::new(ctx, steps);
-    let err = match forward(ctx, &mut saga, order, key, shape, steps).await {
-        Ok(placed) => return Ok(placed),
-        Err(err) => err,
-    };
+    let mut saga = Saga::new(ctx, Steps::Local);
+    match forward(ctx, &mut saga, order, key).await {
+        Ok(placed) => Ok(placed),
+        Err(err) => Err(undo(ctx, saga, Steps::Local, err).await),
+    }
+}
+
+/// The forward path. Each step registers its compensation before it runs.
+async fn forward(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    saga: &mut Saga<PlaceOrderWorkflow>,
+    order: ValidOrder,
+    key: &str,
+) -> Result<PlacedOrder, ActivityExecutionError> {
+    let mut created = create_order(ctx, saga, order, key, true).await?;
+    let stock = created.stock.take().unwrap_or_default();
+    let inputs = stock_inputs(ctx, key, created.order_id, stock)
+        .map(|input| (input.clone(), input))
+        .collect();
+    saga.steps_side_by_side(
+        || StockActivities::reserve_stock,
+        inputs,
+        || StockActivities::release_stock,
+    )
+    .await?;
+    set_step(ctx, "ReserveCreditAndConfirm");
+    let credit = credit(&created);
+    let confirmed = saga
+        .step(
+            OrderActivities::reserve_credit_and_confirm,
+            created,
+            OrderActivities::release_credit,
+            credit,
+        )
+        .await?;
+    Ok(confirmed.placed(Consistency::Saga))
+}
+
+/// Writes the order, pending, on the customer's shard (and, with `plan_stock`, plans its
+/// stock), then shows its id and shard.
+pub(super) async fn create_order(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    saga: &mut Saga<PlaceOrderWorkflow>,
+    order: ValidOrder,
+    key: &str,
+    plan_stock: bool,
+) -> Result<CreatedOrder, ActivityExecutionError> {
+    let create_key = format!("{key}/create-order");
+    let customer_id = order.customer_id;
+    set_step(ctx, "CreateOrder");
+    let created = saga
+        .step(
+            OrderActivities::create_order,
+            CreateOrderInput {
+                idempotency_key: create_key.clone(),
+                order,
+                plan_stock,
+            },
+            OrderActivities::delete_order,
+            OrderRef {
+                idempotency_key: create_key,
+                customer_id,
+            },
+        )
+        .await?;
+    ctx.state_mut(|s| {
+        s.progress.order_id = Some(created.order_id);
+        s.progress.shard = Some(created.shard);
+    });
+    set_attributes(ctx, [SHARD.value_set(created.shard as i64)]);
+    set_stage(ctx, Stage::Pending);
+    Ok(created)
+}
+
+/// The stock steps' inputs, one per shard. Their order id is now known, so it is published
+/// first: a client may look for the order by it (`orders cancel ORDER_ID`).
+pub(super) fn stock_inputs(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    key: &str,
+    order_id: i64,
+    stock: Vec<StockPart>,
+) -> impl Iterator<Item = StockInput> {
+    set_attributes(ctx, [ORDER_ID.value_set(order_id)]);
+    publish(ctx);
+    set_step(ctx, "ReserveStock");
+    let key = key.to_owned();
+    stock.into_iter().map(move |part| StockInput {
+        idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
+        order_id,
+        part,
+    })
+}
+
+/// The credit the order holds: its total, on its customer.
+pub(super) fn credit(created: &CreatedOrder) -> CreditInput {
+    CreditInput {
+        order_id: created.order_id,
+        customer_id: created.customer_id,
+        amount: created.total_amount,
+    }
+}
+
+/// Runs the compensations of a forward path that failed or was cancelled (`err`), and
+/// returns what the workflow ends with. A refusal is recorded first (see
+/// [`Steps::record_before_undoing`]); a compensation that fails is reported with the rest.
+pub(super) async fn undo(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    saga: Saga<PlaceOrderWorkflow>,
+    steps: Steps,
+    err: ActivityExecutionError,
+) -> WorkflowTermination {
     let cancelled = ctx.cancellation_token().is_cancelled();
     if !cancelled {
         steps.record_before_undoing(ctx).await;
@@ -64,142 +170,13 @@ pub(super) async fn place(
             "order failed ({}) and compensation did not complete: {detail}",
             failures::describe(&err)
         ));
-        return Err(fail(ctx, Stage::Failed, failure).into());
+        return fail(ctx, Stage::Failed, failure).into();
     }
     if !report.succeeded.is_empty() {
         outcomes::record(ctx, OrderMetrics::order_compensated);
     }
     if cancelled {
-        return Err(cancelled_order(ctx));
+        return cancelled_order(ctx);
     }
-    Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into())
-}
-
-/// Patch under which a saga reserves its stock parts side by side and reserves credit and
-/// confirms in one step (see the module docs). It implies [`super::ONE_TASK_PATCH`] and
-/// every patch before it, which such histories do not mark.
-pub const LEAN_SAGA_PATCH: &str = "lean-saga";
-
-/// Which saga a history ran, newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shape {
-    /// [`LEAN_SAGA_PATCH`].
-    Lean,
-    /// Stock steps one after another, credit and confirmation apart.
-    WithStock,
-    /// Histories before the `inventory` patch: no stock steps.
-    WithoutStock,
-}
-
-/// The forward path. Each step registers its compensation before it runs.
-async fn forward(
-    ctx: &WorkflowContext<PlaceOrderWorkflow>,
-    saga: &mut Saga<PlaceOrderWorkflow>,
-    order: ValidOrder,
-    key: &str,
-    shape: Shape,
-    steps: Steps,
-) -> Result<PlacedOrder, ActivityExecutionError> {
-    let create_key = format!("{key}/create-order");
-    let customer_id = order.customer_id;
-    let plan = if shape == Shape::WithStock {
-        set_step(ctx, "PlanOrder");
-        let input = PlanInput {
-            customer_id,
-            items: order.items.clone(),
-            allocate_order_id: false,
-            idempotency_key: format!("{key}/plan"),
-            newest_map: false,
-        };
-        let plan = steps.run(ctx, StockActivities::plan_order, input, Phase::Forward);
-        Some(plan.await?.stock)
-    } else {
-        None
-    };
-    set_step(ctx, "CreateOrder");
-    let mut created = saga
-        .step(
-            OrderActivities::create_order,
-            CreateOrderInput {
-                idempotency_key: create_key.clone(),
-                order,
-                plan_stock: shape == Shape::Lean,
-            },
-            OrderActivities::delete_order,
-            OrderRef {
-                idempotency_key: create_key,
-                customer_id,
-            },
-        )
-        .await?;
-    ctx.state_mut(|s| {
-        s.progress.order_id = Some(created.order_id);
-        s.progress.shard = Some(created.shard);
-    });
-    set_attributes(ctx, [SHARD.value_set(created.shard as i64)]);
-    set_stage(ctx, Stage::Pending);
-    // The lean saga's CreateOrder planned the stock too.
-    let stock = match shape {
-        Shape::Lean => Some(created.stock.take().unwrap_or_default()),
-        Shape::WithStock | Shape::WithoutStock => plan,
-    };
-    if let Some(stock) = stock {
-        set_attributes(ctx, [ORDER_ID.value_set(created.order_id)]);
-        publish(ctx);
-        set_step(ctx, "ReserveStock");
-        let parts = stock.into_iter().map(|part| StockInput {
-            idempotency_key: format!("{key}/reserve-stock/shard-{}", part.shard),
-            order_id: created.order_id,
-            part,
-        });
-        if shape == Shape::Lean {
-            let inputs = parts.map(|input| (input.clone(), input)).collect();
-            saga.steps_side_by_side(
-                || StockActivities::reserve_stock,
-                inputs,
-                || StockActivities::release_stock,
-            )
-            .await?;
-        } else {
-            for input in parts {
-                saga.step(
-                    StockActivities::reserve_stock,
-                    input.clone(),
-                    StockActivities::release_stock,
-                    input,
-                )
-                .await?;
-            }
-        }
-    }
-    let credit = CreditInput {
-        order_id: created.order_id,
-        customer_id,
-        amount: created.total_amount,
-    };
-    if shape == Shape::Lean {
-        set_step(ctx, "ReserveCreditAndConfirm");
-        let confirmed = saga
-            .step(
-                OrderActivities::reserve_credit_and_confirm,
-                created,
-                OrderActivities::release_credit,
-                credit,
-            )
-            .await?;
-        return Ok(confirmed.placed(Consistency::Saga));
-    }
-    set_step(ctx, "ReserveCredit");
-    saga.step(
-        OrderActivities::reserve_credit,
-        credit.clone(),
-        OrderActivities::release_credit,
-        credit,
-    )
-    .await?;
-    set_step(ctx, "ConfirmOrder");
-    let confirmed = saga
-        .final_step(OrderActivities::confirm_order, created)
-        .await?;
-    Ok(confirmed.placed(Consistency::Saga))
+    fail(ctx, Stage::Failed, workflow_failure(&err)).into()
 }
