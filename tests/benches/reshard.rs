@@ -295,7 +295,11 @@ async fn psql_copy(
     let pools =
         orders_core::Shards::connect_lazy(std::slice::from_ref(&baseline), Default::default())
             .await?;
-    orders_worker::deployment::migrate::run(&pools, orders_worker::deployment::migrate::Plan::Up(None)).await?;
+    orders_worker::deployment::migrate::run(
+        &pools,
+        orders_worker::deployment::migrate::Plan::Up(None),
+    )
+    .await?;
     let map = ShardMap::initial(4);
     let list = |shard: usize| {
         buckets

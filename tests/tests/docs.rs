@@ -45,13 +45,7 @@ fn every_command_in_the_docs_code_blocks_works_as_written() {
     for doc in documentation() {
         for command in commands_in_code_blocks(&doc) {
             if let Err(why) = check_command(&command.text, &benches) {
-                failing.push(format!(
-                    "{}:{}: {}\n    {}",
-                    doc.name,
-                    command.line,
-                    command.text,
-                    why.replace('\n', "\n    ")
-                ));
+                failing.push(failure_at(&doc.name, command.line, &command.text, &why));
             }
         }
     }
@@ -72,13 +66,7 @@ fn every_orders_command_quoted_in_the_prose_names_real_subcommands_and_flags() {
                 continue;
             }
             if let Err(why) = check_orders_mention(&split_shell_words(&span.text)) {
-                failing.push(format!(
-                    "{}:{}: `{}`\n    {}",
-                    doc.name,
-                    span.line,
-                    span.text,
-                    why.replace('\n', "\n    ")
-                ));
+                failing.push(failure_at(&doc.name, span.line, &span.text, &why));
             }
         }
     }
@@ -88,6 +76,14 @@ fn every_orders_command_quoted_in_the_prose_names_real_subcommands_and_flags() {
         failing.len(),
         failing.join("\n")
     );
+}
+
+/// One failing command, where it is and why, for a test's failure message.
+fn failure_at(doc: &str, line: usize, command: &str, why: &str) -> String {
+    format!(
+        "{doc}:{line}: {command}\n    {}",
+        why.replace('\n', "\n    ")
+    )
 }
 
 #[test]
