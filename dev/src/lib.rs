@@ -5,10 +5,12 @@
 //! with the process that owns them even if it is killed with SIGKILL: a crashed test run or
 //! `orders dev` never leaves a postmaster behind on a port.
 
+mod error;
 pub mod postgres;
 pub mod process;
 pub mod temporal;
 
+pub use error::DevError;
 pub use postgres::{PostgresCluster, PostgresOptions};
 pub use temporal::{TemporalDevServer, TemporalOptions};
 

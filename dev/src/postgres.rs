@@ -5,7 +5,6 @@
 //! `postgres`). Authentication is `trust`, listening on 127.0.0.1 only: for development
 //! and tests, never for production data.
 
-use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use std::fs;
@@ -13,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::error::{DevError, Result, io, sql};
 use super::process::{ChildService, log_output_to};
 use super::{SUPERUSER, port_is_open, shard_url};
 
@@ -42,14 +42,17 @@ struct OsUser {
     gid: u32,
 }
 
-fn os_user() -> anyhow::Result<Option<OsUser>> {
+fn os_user() -> Result<Option<OsUser>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
     let name = std::env::var("ORDERS_PG_OS_USER").unwrap_or_else(|_| "postgres".to_owned());
-    let user = nix::unistd::User::from_name(&name)?.with_context(|| {
-        format!("PostgreSQL cannot run as root and the OS user {name:?} does not exist: create it with `useradd --system --user-group {name}` or set ORDERS_PG_OS_USER")
-    })?;
+    let user = nix::unistd::User::from_name(&name)
+        .map_err(|source| DevError::Os {
+            action: format!("look up the OS user {name:?}"),
+            source,
+        })?
+        .ok_or_else(|| DevError::NoClusterOwner(name.clone()))?;
     Ok(Some(OsUser {
         name,
         uid: user.uid.as_raw(),
@@ -59,7 +62,7 @@ fn os_user() -> anyhow::Result<Option<OsUser>> {
 
 /// Path of a PostgreSQL server binary: `ORDERS_PG_BIN`, then `PATH`, then Debian's
 /// `/usr/lib/postgresql/<newest>/bin`.
-fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
+fn pg_binary(name: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("ORDERS_PG_BIN")
         .map(PathBuf::from)
         .into_iter()
@@ -86,7 +89,10 @@ fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
     dirs.into_iter()
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
-        .with_context(|| format!("PostgreSQL's `{name}` was not found: install PostgreSQL server binaries (Debian: apt-get install postgresql) or set ORDERS_PG_BIN"))
+        .ok_or_else(|| DevError::NotInstalled {
+            program: format!("PostgreSQL's `{name}`"),
+            fix: "install PostgreSQL server binaries (Debian: apt-get install postgresql) or set ORDERS_PG_BIN",
+        })
 }
 
 fn as_cluster_owner(mut command: Command, owner: &Option<OsUser>) -> Command {
@@ -100,7 +106,7 @@ fn as_cluster_owner(mut command: Command, owner: &Option<OsUser>) -> Command {
 impl PostgresCluster {
     /// Initialises the data directory if needed and starts the postmaster, or reuses the one
     /// already serving this data directory.
-    pub fn start(options: PostgresOptions) -> anyhow::Result<Self> {
+    pub fn start(options: PostgresOptions) -> Result<Self> {
         let owner = os_user()?;
         let data_dir = &options.data_dir;
         if port_is_open(options.port) {
@@ -111,10 +117,7 @@ impl PostgresCluster {
                     process: None,
                 });
             }
-            bail!(
-                "port {} is taken by another program; stop it or choose another port",
-                options.port
-            );
+            return Err(DevError::PortTaken(options.port));
         }
         if !data_dir.join("PG_VERSION").exists() {
             init_cluster(data_dir, options.ephemeral, &owner)?;
@@ -158,13 +161,15 @@ impl PostgresCluster {
     }
 
     /// Creates `database` unless it exists. Retries while the server is still starting up.
-    pub async fn create_database(&self, database: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            database
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "database names are limited to [A-Za-z0-9_], got {database:?}"
-        );
+    pub async fn create_database(&self, database: &str) -> Result<()> {
+        if !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(DevError::InvalidName(format!(
+                "database names are limited to [A-Za-z0-9_], got {database:?}"
+            )));
+        }
         let admin_url = self.url("postgres");
         let mut attempt = 0;
         let admin = loop {
@@ -175,7 +180,7 @@ impl PostgresCluster {
                     tracing::debug!(error = %e, "PostgreSQL not accepting connections yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot connect to {admin_url}")),
+                Err(e) => return Err(sql(format!("connecting to {admin_url}"))(e)),
             }
         };
         let exists = admin
@@ -184,15 +189,20 @@ impl PostgresCluster {
                 "SELECT 1 FROM pg_database WHERE datname = $1",
                 [database.into()],
             ))
-            .await?
+            .await
+            .map_err(sql(format!("looking for database {database}")))?
             .is_some();
         if !exists {
             // Identifiers cannot be bound as parameters; the name was checked above.
             admin
                 .execute_unprepared(&format!("CREATE DATABASE \"{database}\""))
-                .await?;
+                .await
+                .map_err(sql(format!("creating database {database}")))?;
         }
-        admin.close().await?;
+        admin
+            .close()
+            .await
+            .map_err(sql("closing the admin connection"))?;
         Ok(())
     }
 
@@ -210,8 +220,6 @@ impl PostgresCluster {
     }
 }
 
-/// The port recorded by the postmaster running on `data_dir` (line 4 of `postmaster.pid`),
-/// so a stale pid file next to someone else's server on the port is not mistaken for ours.
 /// Whether the postmaster of `data_dir` reports itself ready on `port` (its pid file's port
 /// line and status line).
 fn postmaster_ready_on(data_dir: &Path, port: u16) -> bool {
@@ -223,16 +231,21 @@ fn postmaster_ready_on(data_dir: &Path, port: u16) -> bool {
         && lines.get(7).is_some_and(|status| status.trim() == "ready")
 }
 
+/// The port recorded by the postmaster running on `data_dir` (line 4 of `postmaster.pid`),
+/// so a stale pid file next to someone else's server on the port is not mistaken for ours.
 fn postmaster_port(data_dir: &Path) -> Option<u16> {
     let pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     pid_file.lines().nth(3)?.trim().parse().ok()
 }
 
-fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> anyhow::Result<()> {
-    fs::create_dir_all(data_dir)
-        .with_context(|| format!("failed to create {}", data_dir.display()))?;
+fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> Result<()> {
+    fs::create_dir_all(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
     if let Some(user) = owner {
-        std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid))?;
+        std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid)).map_err(io(format!(
+            "give {} to OS user {:?}",
+            data_dir.display(),
+            user.name
+        )))?;
     }
     tracing::info!(dir = %data_dir.display(), "initialising PostgreSQL cluster");
     let output = as_cluster_owner(Command::new(pg_binary("initdb")?), owner)
@@ -249,16 +262,16 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> any
             "--no-instructions",
         ])
         .output()
-        .context("failed to run initdb")?;
+        .map_err(io("run initdb"))?;
     if !output.status.success() {
         let hint = owner
             .as_ref()
             .map(|u| format!(" (the cluster runs as OS user {:?}: every parent directory of {} must be reachable by it)", u.name, data_dir.display()))
             .unwrap_or_default();
-        bail!(
-            "initdb failed{hint}:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        return Err(DevError::CommandFailed {
+            what: format!("initdb{hint}"),
+            output: format!("\n{}", String::from_utf8_lossy(&output.stderr)),
+        });
     }
     let mut settings = String::from(
         "\n# Added by orders: loopback only, no Unix socket, two-phase commit enabled.\n\
@@ -271,8 +284,8 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> any
         settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
     }
     let conf = data_dir.join("postgresql.conf");
-    let mut text = fs::read_to_string(&conf)?;
+    let mut text = fs::read_to_string(&conf).map_err(io(format!("read {}", conf.display())))?;
     text.push_str(&settings);
-    fs::write(&conf, text)?;
+    fs::write(&conf, text).map_err(io(format!("write {}", conf.display())))?;
     Ok(())
 }

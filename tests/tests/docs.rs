@@ -78,6 +78,51 @@ fn every_orders_command_quoted_in_the_prose_names_real_subcommands_and_flags() {
     );
 }
 
+#[test]
+fn every_source_path_the_docs_quote_exists() {
+    let root = repository_root();
+    let mut missing = Vec::new();
+    for doc in documentation() {
+        for span in inline_code_in(&doc) {
+            if looks_like_a_source_path(&span.text) && !root.join(&span.text).exists() {
+                missing.push(format!("{}:{}: {}", doc.name, span.line, span.text));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} files or folders the docs name do not exist (paths are from the repository root):\n  {}",
+        missing.len(),
+        missing.join("\n  ")
+    );
+}
+
+/// A path into one of the workspace's folders, such as `core/src/store/batch.rs` or
+/// `worker/src/cli/`: what a reader opens. Globs and placeholders (`*`, `<name>`, `…`) are
+/// patterns, not paths.
+fn looks_like_a_source_path(text: &str) -> bool {
+    const FOLDERS: [&str; 14] = [
+        "activities/",
+        "core/",
+        "deploy/",
+        "dev/",
+        "docs/",
+        "entities/",
+        "migration/",
+        "operations/",
+        "read/",
+        "scripts/",
+        "tests/",
+        "worker/",
+        "workflows/",
+        ".ci/",
+    ];
+    FOLDERS
+        .iter()
+        .any(|folder| text.starts_with(folder) && text.len() > folder.len())
+        && !text.contains(['*', '<', '…', ' ', '{'])
+}
+
 /// One failing command, where it is and why, for a test's failure message.
 fn failure_at(doc: &str, line: usize, command: &str, why: &str) -> String {
     format!(

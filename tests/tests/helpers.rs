@@ -79,11 +79,11 @@ fn start_services() -> anyhow::Result<Services> {
     })?;
     let clusters = (0..SHARD_COUNT)
         .map(|i| {
-            PostgresCluster::start(PostgresOptions {
+            Ok(PostgresCluster::start(PostgresOptions {
                 data_dir: root.join(format!("shard-{i}")),
                 port: orders_dev::free_port()?,
                 ephemeral: true,
-            })
+            })?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     eprintln!("test services up under {}", root.display());

@@ -34,11 +34,11 @@ impl Clusters {
         );
         let clusters = (0..count)
             .map(|i| {
-                PostgresCluster::start(PostgresOptions {
+                Ok(PostgresCluster::start(PostgresOptions {
                     data_dir: root.join(format!("shard-{i}")),
                     port: orders_dev::free_port()?,
                     ephemeral,
-                })
+                })?)
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self { root, clusters })
@@ -119,17 +119,30 @@ pub(crate) fn start_worker(
     task_queue: &str,
     urls: &[String],
 ) -> anyhow::Result<orders_dev::process::ChildService> {
+    start_worker_with(orders_bin, temporal_address, task_queue, urls, &[])
+}
+
+/// [`start_worker`] with settings of its own (`env`) on top of the deployment's.
+#[allow(dead_code)] // Not every benchmark runs a worker.
+pub(crate) fn start_worker_with(
+    orders_bin: &std::path::Path,
+    temporal_address: &str,
+    task_queue: &str,
+    urls: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<orders_dev::process::ChildService> {
     let mut command = std::process::Command::new(orders_bin);
     command
         .arg("worker")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     deployment_env(&mut command, temporal_address, task_queue, urls);
-    orders_dev::process::ChildService::spawn(
+    Ok(orders_dev::process::ChildService::spawn(
         "orders worker",
         command,
         nix::sys::signal::Signal::SIGTERM,
-    )
+    )?)
 }
 
 impl Clusters {
@@ -137,15 +150,17 @@ impl Clusters {
     /// beside the clusters, and the search attributes the workflows set.
     #[allow(dead_code)] // Not every benchmark runs Temporal.
     pub(crate) fn temporal(&self) -> anyhow::Result<orders_dev::TemporalDevServer> {
-        orders_dev::TemporalDevServer::start(orders_dev::TemporalOptions {
-            port: orders_dev::free_port()?,
-            ui_port: None,
-            db_file: None,
-            metrics_port: None,
-            log_file: self.root.join("temporal.log"),
-            search_attributes: orders_worker::cli::dev::search_attribute_flags(),
-            namespaces: vec![],
-        })
+        Ok(orders_dev::TemporalDevServer::start(
+            orders_dev::TemporalOptions {
+                port: orders_dev::free_port()?,
+                ui_port: None,
+                db_file: None,
+                metrics_port: None,
+                log_file: self.root.join("temporal.log"),
+                search_attributes: orders_worker::cli::dev::search_attribute_flags(),
+                namespaces: vec![],
+            },
+        )?)
     }
 }
 
