@@ -54,6 +54,11 @@ async fn every_recorded_history_replays_against_the_current_workflows() {
         "grouped_two_phase_confirmed.json",
         "grouped_saga_confirmed.json",
         "grouped_payment_declined_compensated.json",
+        "steps_remote_two_phase_confirmed.json",
+        "steps_remote_two_phase_out_of_stock_rolled_back.json",
+        "steps_remote_two_phase_payment_declined_rolled_back.json",
+        "two_phase_local_steps_confirmed.json",
+        "two_phase_local_steps_out_of_stock_rolled_back.json",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

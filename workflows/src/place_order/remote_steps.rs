@@ -38,8 +38,11 @@ pub(super) async fn place(
     let placed = match order.consistency {
         Consistency::Saga => place_step_by_step(ctx, order, &key, Steps::Remote).await?,
         Consistency::TwoPhase => {
-            let steps = Version::remote_two_phase_steps(ctx);
-            two_phase::place(ctx, order, &key, PartSteps::OnePerPart(steps)).await?
+            let part_steps = match Version::remote_two_phase_steps(ctx) {
+                Steps::Local => PartSteps::LocalUnderLocalStepsPatch,
+                Steps::Remote => PartSteps::OnePerPart(Steps::Remote),
+            };
+            two_phase::place(ctx, order, &key, part_steps).await?
         }
     };
     record_confirmed(ctx);

@@ -57,15 +57,25 @@ pub(crate) enum PartSteps {
     /// A step per part, run as the [`Steps`] say: orders of `ORDERS_STEPS=remote`, and
     /// histories recorded before [`super::version::GROUPED_STEPS_PATCH`].
     OnePerPart(Steps),
+    /// A local step per part, as histories recorded under
+    /// [`super::version::LOCAL_STEPS_PATCH`] ran them: their builds rolled a refused order
+    /// back in the same workflow task, before [`Steps::record_before_undoing`] existed.
+    LocalUnderLocalStepsPatch,
 }
 
 impl PartSteps {
     /// How the plan, the rollbacks and each part's step run.
     fn steps(self) -> Steps {
         match self {
-            PartSteps::Grouped => Steps::Local,
+            PartSteps::Grouped | PartSteps::LocalUnderLocalStepsPatch => Steps::Local,
             PartSteps::OnePerPart(steps) => steps,
         }
+    }
+
+    /// Whether a refusal is recorded before its parts roll back (see
+    /// [`Steps::record_before_undoing`]).
+    fn records_refusal_first(self) -> bool {
+        self != PartSteps::LocalUnderLocalStepsPatch
     }
 }
 
@@ -111,7 +121,7 @@ pub(crate) async fn place(
         publish(ctx);
         let refusal = match part_steps {
             PartSteps::Grouped => prepare_together(ctx, &parts).await,
-            PartSteps::OnePerPart(steps) => prepare_in_shard_order(ctx, steps, &parts).await,
+            one_per_part => prepare_in_shard_order(ctx, one_per_part.steps(), &parts).await,
         };
         let stale_plan = refusal.as_ref().is_some_and(|err| {
             failures::rejection(err)
@@ -164,7 +174,7 @@ pub(crate) async fn place(
         let others = &parts[1..];
         let committed = match part_steps {
             PartSteps::Grouped => commit_together(ctx, &parts).await,
-            PartSteps::OnePerPart(steps) => commit_home_first(ctx, steps, &parts).await,
+            one_per_part => commit_home_first(ctx, one_per_part.steps(), &parts).await,
         };
         match committed {
             Committed::All => {}
@@ -200,7 +210,7 @@ pub(crate) async fn place(
     }
 
     set_step(ctx, "RollbackPart");
-    if refusal.is_some() && !cancelled {
+    if refusal.is_some() && !cancelled && part_steps.records_refusal_first() {
         steps.record_before_undoing(ctx).await;
     }
     if let Some(problems) = resolve(ctx, steps, &parts, || TwoPhaseActivities::rollback_part).await
