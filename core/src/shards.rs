@@ -281,7 +281,12 @@ impl Shards {
                 let mut current = self.map.write().expect("shard map lock");
                 // Under the lock, so two refreshes cannot move the version backwards.
                 if stored.version() > current.version() {
-                    tracing::info!(from = current.version(), to = version, "shard map updated");
+                    // The first read replaces the placeholder (version 0): not news.
+                    if current.version() == 0 {
+                        tracing::debug!(version, "shard map loaded");
+                    } else {
+                        tracing::info!(from = current.version(), to = version, "shard map updated");
+                    }
                     *current = Arc::new(stored);
                     true
                 } else {
