@@ -7,7 +7,7 @@ use std::process::Command;
 use orders_activities::{CreditInput, OrderActivities, PlacedOrder};
 use orders_core::FailureType;
 use orders_core::ValidOrder;
-use orders_worker::cli::operations::replay::{history_files, replay_files, worker_workflows};
+use orders_worker::cli::maintenance::replay::{history_files, replay_files, worker_workflows};
 use orders_workflows::steps::forward_options;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflow_replayer::WorkflowReplayerOptions;

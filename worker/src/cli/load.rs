@@ -21,6 +21,7 @@ use temporalio_client::Client;
 use crate::cli::catalog::customers;
 use crate::cli::catalog::products;
 use crate::cli::progress_bar::{bar, eta};
+use crate::cli::report::Report;
 use crate::client::{self, OrderOutcome};
 
 /// What to load.
@@ -342,5 +343,22 @@ mod tests {
         assert_eq!(percentile(&sorted, 95.0), 95.0);
         assert_eq!(percentile(&sorted, 99.0), 99.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+}
+
+impl Report for LoadReport {
+    /// The figures are incomplete when the client lost orders from sight.
+    fn failure(&self) -> Option<String> {
+        (self.client_errors > 0).then(|| {
+            let first = self
+                .results
+                .iter()
+                .find_map(|o| o.client_error.as_deref())
+                .unwrap_or_default();
+            format!(
+                "{} of {} orders could not be started or followed by this client (their outcomes are unknown here; `orders get` or the Web UI shows them); the first: {first}",
+                self.client_errors, self.orders
+            )
+        })
     }
 }

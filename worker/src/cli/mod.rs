@@ -11,7 +11,7 @@ pub mod catalog;
 pub mod dev;
 pub mod imports;
 pub mod load;
-pub mod operations;
+pub mod maintenance;
 mod orders;
 mod progress_bar;
 mod report;
@@ -33,7 +33,7 @@ pub use args::{Cli, LogFormat};
 use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand, ShardsCommand};
 use report::emit;
 
-use crate::cli::operations::audit;
+use crate::cli::maintenance::audit;
 use crate::cli::shards::explain;
 use crate::client;
 use crate::deployment::migrate;
@@ -202,10 +202,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             match command {
                 Some(ShardsCommand::Plan { to }) => {
-                    emit(&shards::report::growth_plan(&shards.map(), to)?, json)
+                    emit(&shards::state::growth_plan(&shards.map(), to)?, json)
                 }
                 None => emit(
-                    &shards::report::report(&shards, settings.pool_size).await,
+                    &shards::state::report(&shards, settings.pool_size).await,
                     json,
                 ),
             }
@@ -280,7 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             emit(&status, json)
         }
-        Command::Replay { paths } => emit(&operations::replay(&paths).await?, json),
+        Command::Replay { paths } => emit(&maintenance::replay(&paths).await?, json),
         Command::Recover {
             grace_secs,
             temporal,

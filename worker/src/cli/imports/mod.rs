@@ -1,6 +1,6 @@
 //! `import` and `import-status`: a bulk import through an ImportOrders workflow.
 
-pub mod workflow;
+pub mod follow;
 
 use std::fmt;
 use std::path::Path;
@@ -50,16 +50,16 @@ pub(super) async fn start(
         "--chunk-size must be between 1 and {MAX_CHUNK_SIZE}"
     );
     let workflow_id = workflow_id.unwrap_or_else(|| format!("import-{}", uuid::Uuid::new_v4()));
-    workflow::start(client, task_queue, &workflow_id, file, chunk_size).await?;
+    follow::start(client, task_queue, &workflow_id, file, chunk_size).await?;
     if detach {
         eprintln!("import started; follow it with: orders import-status {workflow_id}");
         return Ok(ImportStatus::Started { workflow_id });
     }
     eprintln!("importing {} as {workflow_id}", file.display());
     let report = if progress {
-        workflow::watch(client, &workflow_id).await?
+        follow::watch(client, &workflow_id).await?
     } else {
-        workflow::report(client, &workflow_id).await?
+        follow::report(client, &workflow_id).await?
     };
     Ok(ImportStatus::Done(report))
 }
@@ -75,12 +75,12 @@ pub(super) struct ImportOptions {
 
 /// The import's progress, or its report once it is done.
 pub(super) async fn status(client: &Client, workflow_id: &str) -> anyhow::Result<ImportStatus> {
-    let progress = workflow::progress(client, workflow_id).await?;
+    let progress = follow::progress(client, workflow_id).await?;
     if !progress.done {
         return Ok(ImportStatus::Running(progress));
     }
     Ok(ImportStatus::Done(
-        workflow::report(client, workflow_id).await?,
+        follow::report(client, workflow_id).await?,
     ))
 }
 
@@ -89,7 +89,7 @@ impl fmt::Display for ImportStatus {
         match self {
             ImportStatus::Started { workflow_id } => f.write_str(workflow_id),
             ImportStatus::Running(progress) => {
-                f.write_str(&workflow::progress_line(progress, Duration::ZERO))
+                f.write_str(&follow::progress_line(progress, Duration::ZERO))
             }
             ImportStatus::Done(report) => report.fmt(f),
         }

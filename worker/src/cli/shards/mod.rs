@@ -1,8 +1,8 @@
-//! Commands about the shards themselves: `shards` and `shards plan` (reports of
-//! [`crate::cli::shards::report`]), `migrate`, `fill`, `explain` (of [`crate::cli::shards::explain`]).
+//! Commands about the shards themselves and their reports: `shards` and `shards plan`
+//! ([`state`]), `migrate`, `fill` ([`synthetic`]), `explain` ([`explain`]).
 
 pub mod explain;
-pub mod report;
+pub mod state;
 pub mod synthetic;
 
 use std::fmt;
@@ -12,9 +12,9 @@ use orders_core::Shards;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::cli::shards::explain::QueryPlans;
-use crate::cli::shards::report::{GrowthPlan, ShardsReport};
 use crate::deployment::migrate::{self, ShardVersion};
+use explain::QueryPlans;
+use state::{GrowthPlan, ShardsReport};
 
 impl Report for ShardsReport {
     fn failure(&self) -> Option<String> {

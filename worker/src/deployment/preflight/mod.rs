@@ -15,7 +15,7 @@ mod search_attributes;
 use orders_core::Shards;
 use temporalio_client::Client;
 
-pub use super::problem::{Problem, Refusal};
+use super::Refusal;
 
 /// Checks the namespace and every reachable shard; `Err` lists everything that must be fixed
 /// before this worker may poll.

@@ -7,7 +7,7 @@ use orders_core::store::shard_identity;
 use orders_core::{Shard, Shards};
 use sea_orm::DbErr;
 
-use super::Problem;
+use crate::deployment::Problem;
 use crate::deployment::migrate;
 use crate::deployment::shard_identity::{Membership, membership};
 

@@ -13,7 +13,7 @@ use temporalio_common::protos::temporal::api::operatorservice::v1::{
     AddSearchAttributesRequest, ListSearchAttributesRequest,
 };
 
-use super::Problem;
+use crate::deployment::Problem;
 
 /// How long registered attributes may take to show up in the namespace's list.
 const REGISTRATION_VISIBLE_WITHIN: Duration = Duration::from_secs(15);

@@ -1,6 +1,6 @@
-//! Reports of the commands for whoever runs the deployment: `recover`, `audit`, `load`
-//! (which run [`orders_operations::recovery::recover`], [`crate::cli::operations::audit::run`] and
-//! [`crate::cli::load::run`]), and `replay`.
+//! Commands for whoever runs the deployment, and their reports: `recover` (which runs
+//! [`orders_operations::recovery::recover`]), `audit` ([`audit::run`]) and `replay`
+//! ([`replay`]).
 
 pub mod audit;
 pub mod history_json;
@@ -13,9 +13,8 @@ use orders_operations::recovery::RecoveryReport;
 use serde::Serialize;
 
 use super::report::Report;
-use crate::cli::load::LoadReport;
-use crate::cli::operations::audit::AuditReport;
-use crate::cli::operations::replay::Replayed;
+use audit::AuditReport;
+use replay::Replayed;
 
 impl Report for RecoveryReport {
     fn failure(&self) -> Option<String> {
@@ -28,23 +27,6 @@ impl Report for AuditReport {
     fn failure(&self) -> Option<String> {
         let n = self.violations.len();
         (n > 0).then(|| format!("the audit found {n} violation(s)"))
-    }
-}
-
-impl Report for LoadReport {
-    /// The figures are incomplete when the client lost orders from sight.
-    fn failure(&self) -> Option<String> {
-        (self.client_errors > 0).then(|| {
-            let first = self
-                .results
-                .iter()
-                .find_map(|o| o.client_error.as_deref())
-                .unwrap_or_default();
-            format!(
-                "{} of {} orders could not be started or followed by this client (their outcomes are unknown here; `orders get` or the Web UI shows them); the first: {first}",
-                self.client_errors, self.orders
-            )
-        })
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn replay_files(
     for path in files {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let history = crate::cli::operations::history_json::parse_history(&bytes)
+        let history = crate::cli::maintenance::history_json::parse_history(&bytes)
             .with_context(|| format!("cannot read the history in {}", path.display()))?;
         let failure = match replay(&replayer, &history).await? {
             None => None,
