@@ -9,7 +9,7 @@
 //! types clients see), then [`metrics`] and [`failpoints`] (how steps show themselves and how
 //! tests crash them).
 
-pub mod copy_text;
+pub(crate) mod copy_text;
 pub mod failpoints;
 pub mod failure;
 pub mod metrics;

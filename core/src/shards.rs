@@ -360,7 +360,7 @@ const SECRET_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
 /// A shard URL fit for logs and output: `postgres://user:secret@host/db?password=x` →
 /// `postgres://user@host/db?password=***`. A URL that does not parse is not printed at all,
 /// since where its secret would be cannot be known.
-pub fn redact_password(url: &str) -> String {
+pub(crate) fn redact_password(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return "<a shard URL that does not parse>".to_owned();
     };

@@ -21,7 +21,7 @@ pub const DEV_SHARD_BASE_PORT: u16 = 55432;
 /// The database each dev shard holds.
 pub const DEV_DATABASE: &str = "orders";
 /// The PostgreSQL superuser of local clusters (trust authentication on loopback only).
-pub const SUPERUSER: &str = "orders";
+pub(crate) const SUPERUSER: &str = "orders";
 
 /// The URLs of the shards `orders dev` manages, in shard order.
 pub fn dev_shard_urls() -> Vec<String> {

@@ -84,7 +84,7 @@ impl ChildService {
 
     /// Waits until `ready` holds, failing early, with a pointer to `log`, if the child exits
     /// first (e.g. because it could not bind its port).
-    pub fn wait_ready(
+    pub(crate) fn wait_ready(
         &mut self,
         timeout: Duration,
         log: &Path,
@@ -153,7 +153,7 @@ impl Drop for ChildService {
 }
 
 /// Sends `command`'s output to the end of `log` and gives it no input.
-pub fn log_output_to(command: &mut Command, log: &Path) -> Result<()> {
+pub(crate) fn log_output_to(command: &mut Command, log: &Path) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -58,7 +58,7 @@ pub enum ListError {
 }
 
 /// Encodes `position` as an opaque, URL-safe cursor.
-pub fn encode_cursor(position: Position) -> String {
+pub(crate) fn encode_cursor(position: Position) -> String {
     let raw = format!(
         "v1:{}:{}",
         position.created_at.timestamp_micros(),
@@ -68,7 +68,7 @@ pub fn encode_cursor(position: Position) -> String {
 }
 
 /// Reads a cursor made by [`encode_cursor`].
-pub fn decode_cursor(cursor: &str) -> Result<Position, ListError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<Position, ListError> {
     let bad = || ListError::BadCursor(cursor.to_owned());
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;

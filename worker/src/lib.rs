@@ -12,5 +12,5 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod deployment;
-pub mod temporal_connection;
+mod temporal_connection;
 pub mod worker;

@@ -14,7 +14,7 @@ use crate::config::{TemporalSettings, TemporalTls};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects to `settings.address`, with TLS and an API key when configured.
-pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Connection> {
+pub(crate) async fn connect(settings: &TemporalSettings) -> anyhow::Result<Connection> {
     let tls = &settings.tls;
     let scheme = if tls.in_use() { "https" } else { "http" };
     let url = url::Url::parse(&format!("{scheme}://{}", settings.address))

@@ -30,7 +30,7 @@ use temporalio_sdk::{
     ActivityExecutionError, TimerOptions, WorkflowCancellationToken, WorkflowContext,
 };
 
-pub use options::{compensation_options, forward_options};
+pub use options::forward_options;
 use options::{local_options, remote_options};
 
 /// Where a step runs: in the workflow task, or as an activity of its own.

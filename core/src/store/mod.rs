@@ -22,7 +22,7 @@ pub mod synthetic;
 pub mod two_phase;
 
 /// Whether `table` exists on this shard: the tables of migrations not yet applied do not.
-pub async fn table_exists(
+pub(crate) async fn table_exists(
     conn: &impl sea_orm::ConnectionTrait,
     table: &str,
 ) -> Result<bool, sea_orm::DbErr> {

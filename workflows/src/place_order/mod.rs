@@ -29,9 +29,9 @@
 
 mod legacy;
 mod remote_steps;
-pub mod two_phase;
-pub mod version;
-pub mod with_saga;
+mod two_phase;
+mod version;
+mod with_saga;
 
 pub use version::LOCAL_STEP_PATCHES;
 

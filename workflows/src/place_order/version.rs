@@ -19,37 +19,37 @@ use crate::steps::Steps;
 
 /// A round's parts prepared in one step and committed in one (see [`super::two_phase`]).
 /// The newest patch: it marks every order a worker with local steps starts.
-pub const GROUPED_STEPS_PATCH: &str = "two-phase-grouped-steps";
+pub(crate) const GROUPED_STEPS_PATCH: &str = "two-phase-grouped-steps";
 
 /// PlaceOrder leaves the order's lifecycle to its first status change (see
 /// [`crate::order_lifecycle`]).
-pub const LAZY_LIFECYCLE_PATCH: &str = "lazy-lifecycle";
+pub(crate) const LAZY_LIFECYCLE_PATCH: &str = "lazy-lifecycle";
 
 /// A saga reserves its stock parts side by side and reserves credit and confirms in one step
 /// (see [`super::with_saga`]).
-pub const LEAN_SAGA_PATCH: &str = "lean-saga";
+pub(crate) const LEAN_SAGA_PATCH: &str = "lean-saga";
 
 /// An order costs the server one workflow task: every step runs as a local activity (see
 /// [`crate::steps`]), search attributes go out together (see `publish`), and a
 /// local activity starts the lifecycle.
-pub const ONE_TASK_PATCH: &str = "one-task-order";
+pub(crate) const ONE_TASK_PATCH: &str = "one-task-order";
 
 /// Two-phase steps run as local activities; replaced by [`ONE_TASK_PATCH`].
-pub const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
+pub(crate) const LOCAL_STEPS_PATCH: &str = "two-phase-local-steps";
 
 /// A two-phase order whose plan a bucket move made stale rolls that round back and plans
 /// again, instead of failing.
-pub const REPLAN_PATCH: &str = "two-phase-replan";
+pub(crate) const REPLAN_PATCH: &str = "two-phase-replan";
 
 /// Stock (the `PlanOrder` and `ReserveStock` steps, the `OrderId` search attribute) and
 /// two-phase commit.
-pub const INVENTORY_PATCH: &str = "inventory";
+pub(crate) const INVENTORY_PATCH: &str = "inventory";
 
 /// The `order` memo (the placed order, shown in the Web UI).
-pub const ORDER_MEMO_PATCH: &str = "order-memo";
+pub(crate) const ORDER_MEMO_PATCH: &str = "order-memo";
 
 /// The confirmed order's [`crate::OrderLifecycleWorkflow`] started as a child workflow.
-pub const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
+pub(crate) const ORDER_LIFECYCLE_PATCH: &str = "order-lifecycle";
 
 /// The patches a worker started with `ORDERS_STEPS=remote` declines for new orders, so that
 /// they run every step as an activity of its own (`Version::Remote`). Histories follow

@@ -36,7 +36,7 @@ pub fn forward_options() -> ActivityOptions {
 
 /// Options of compensations: immune to workflow cancellation, retried with backoff for
 /// about two minutes, then reported as failed.
-pub fn compensation_options() -> ActivityOptions {
+pub(super) fn compensation_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(10))
         .retry_policy(compensation_retry())
         .cancellation_token(WorkflowCancellationToken::new())

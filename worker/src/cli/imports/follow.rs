@@ -16,7 +16,7 @@ use temporalio_client::{
 
 /// Starts the import of `file` (made absolute, since the worker resolves it) as workflow
 /// `workflow_id`.
-pub async fn start(
+pub(super) async fn start(
     client: &Client,
     task_queue: &str,
     workflow_id: &str,
@@ -41,7 +41,7 @@ pub async fn start(
 }
 
 /// The import's progress, from its `progress` query.
-pub async fn progress(client: &Client, workflow_id: &str) -> anyhow::Result<ImportProgress> {
+pub(super) async fn progress(client: &Client, workflow_id: &str) -> anyhow::Result<ImportProgress> {
     client
         .get_workflow_handle::<ImportOrdersWorkflow>(workflow_id)
         .query(
@@ -54,7 +54,7 @@ pub async fn progress(client: &Client, workflow_id: &str) -> anyhow::Result<Impo
 }
 
 /// Waits for the import to end and returns its report.
-pub async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
+pub(super) async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
     client
         .get_workflow_handle::<ImportOrdersWorkflow>(workflow_id)
         .get_result(WorkflowGetResultOptions::default())
@@ -64,7 +64,7 @@ pub async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<Import
 
 /// Redraws a progress line on stderr every half second until the import ends, and returns
 /// its report (or why it failed).
-pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
+pub(super) async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
     let started = Instant::now();
     let outcome = report(client, workflow_id);
     tokio::pin!(outcome);
@@ -84,7 +84,7 @@ pub async fn watch(client: &Client, workflow_id: &str) -> anyhow::Result<ImportR
 }
 
 /// `[#########-----------]  45%  450000 lines  12000 lines/s  ETA 40s  imported 449000  rejected 3`
-pub fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
+pub(super) fn progress_line(p: &ImportProgress, elapsed: Duration) -> String {
     let fraction = if p.total_bytes == 0 {
         // Not inspected yet, or an empty file.
         if p.done { 1.0 } else { 0.0 }

@@ -25,7 +25,7 @@ fn pool() -> anyhow::Result<&'static DescriptorPool> {
 
 /// Parses a history from proto3 JSON (the CLI's and Web UI's format), or from the SDK's own
 /// serde JSON as a fallback.
-pub fn parse_history(bytes: &[u8]) -> anyhow::Result<History> {
+pub(super) fn parse_history(bytes: &[u8]) -> anyhow::Result<History> {
     let descriptor = pool()?
         .get_message_by_name("temporal.api.history.v1.History")
         .context("the Temporal API descriptors lack temporal.api.history.v1.History")?;

@@ -3,7 +3,7 @@
 //! ([`replay`]).
 
 pub mod audit;
-pub mod history_json;
+mod history_json;
 pub mod replay;
 
 use std::fmt;
