@@ -4,9 +4,9 @@
 //! it prepares every shard's part, records its decision, then commits (or rolls back) every
 //! part, retrying until each is done. Each activity is safe to run again at any point:
 //! - `PreparePart` runs once per part key ([`two_phase::prepare_once`]), the key inside the
-//!   transaction it prepares; it returns at once if its gid is already prepared (checked in
-//!   the claim's own statement). A duplicate attempt running meanwhile waits on that key
-//!   until the shard's `lock_timeout` (5 s, see [`orders_core::shards`]) fails it; its retry then
+//!   transaction it prepares; it returns at once if its gid is already prepared (checked in the
+//!   claim's own statement). A duplicate attempt running meanwhile waits on that key until the
+//!   shard's `lock_timeout` (`orders_core::shards::LOCK_TIMEOUT`, 3 s) fails it; its retry then
 //!   finds the part prepared or committed.
 //! - `CommitPart` commits the prepared gid, or finds the part's key committed: already done.
 //! - `RollbackPart` rolls the gid back if prepared, then tombstones the key, so an attempt

@@ -1,6 +1,6 @@
 //! The core of the order service: what an order is, where its rows live, and the SQL that
-//! touches them. Every other crate builds on this one; it knows nothing of Temporal
-//! workflows.
+//! touches them. Every crate above `entities` builds on it (`migration` and `dev` stand
+//! apart); it knows nothing of Temporal workflows.
 //!
 //! Read in this order: [`order_input`] (what a client sends and what a valid order is),
 //! [`routing`], [`shard_map`] and [`shards`] (which shard owns what, and its connections),

@@ -71,7 +71,8 @@ pub enum InvalidMoney {
     },
 }
 
-/// How an order's writes across shards are kept consistent (see docs/architecture.md, "Consistency").
+/// How an order's writes across shards are kept consistent (see docs/architecture.md,
+/// "Consistency").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]

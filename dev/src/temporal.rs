@@ -51,13 +51,12 @@ pub fn temporal_cli() -> Result<PathBuf> {
         })
 }
 
-/// How often the dev server may read each of its history queues, per second (the default
-/// is 20). The dev server keeps every workflow on one history shard, and an order's first
-/// workflow task waits in that shard's transfer queue until the queue is read: at 20 reads a
-/// second that was about 15 ms of a 60–75 ms order placed alone, spent idle. A cluster spreads
-/// workflows over many shards, each read at that rate, so there the limit does not bind.
-/// Measured: one order alone 51–57 ms instead of 60–75 (see docs/benchmarks.md, "What an order costs
-/// Temporal").
+/// How often the dev server may read each of its history queues, per second (the default is 20).
+/// The dev server keeps every workflow on one history shard, and an order's first workflow task
+/// waits in that shard's transfer queue until the queue is read: at 20 reads a second that was
+/// about 15 ms of a 60–75 ms order placed alone, spent idle. A cluster spreads workflows over many
+/// shards, each read at that rate, so there the limit does not bind. Measured: one order alone
+/// 51–57 ms instead of 60–75 (see docs/benchmarks.md, "What an order costs Temporal").
 const QUEUE_POLL_RATES: [(&str, u32); 2] = [
     ("history.transferProcessorMaxPollRPS", 1000),
     ("history.visibilityProcessorMaxPollRPS", 1000),

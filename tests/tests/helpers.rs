@@ -275,7 +275,7 @@ impl TestApp {
         }
     }
 
-    /// Adds a shard the way the README says: a new database (on one of the shared clusters),
+    /// Adds a shard the way docs/operations.md says: a new database (on one of the shared clusters),
     /// its URL appended to the list, `orders migrate up`. The worker, if running, keeps the
     /// old list until [`Self::restart_worker`].
     pub(crate) async fn add_shard(&mut self) -> usize {

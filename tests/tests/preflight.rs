@@ -2,7 +2,7 @@
 //! namespace prepared by hand lacks, and refuses, naming the fix, a search attribute of the
 //! wrong type, a shard behind or ahead of its schema, a shard without prepared
 //! transactions, and shards listed out of their order or from another deployment
-//! (README, "Running in production").
+//! (docs/operations.md, "Deployment checks").
 
 use orders_core::shards::PoolSettings;
 use orders_core::{OrderRequest, Shards, store};

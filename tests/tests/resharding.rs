@@ -570,7 +570,7 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
             .await;
         earlier.push(placed.order_id);
     }
-    // The README's way: the URL appended, `orders migrate up`, workers restarted with it.
+    // The documented way (docs/operations.md): the URL appended, `orders migrate up`, workers restarted with it.
     let fifth = app.add_shard().await;
     assert_eq!(fifth, 4);
     app.worker_env

@@ -61,7 +61,7 @@ async fn place_order_started_by_the_temporal_cli_with_json_input_completes() {
     let order_id = result["order_id"].as_i64().expect("an order id");
     assert!(order_id > 0, "{result}");
 
-    // The README's command: the first status change starts the order's lifecycle.
+    // The command docs/contract.md gives: the first status change starts the order's lifecycle.
     let shipped = Command::new(temporal_cli().expect("temporal CLI is installed"))
         .args(["workflow", "execute-update-with-start"])
         .args(["--workflow-id", &format!("order-{order_id}")])

@@ -16,7 +16,7 @@ use temporalio_common::error::IncomingError;
 use crate::config::TemporalSettings;
 
 /// Connects to the configured Temporal frontend (over TLS and with an API key when
-/// configured; see [`crate::temporal_connection`]).
+/// configured; see `temporal_connection`).
 pub async fn connect(settings: &TemporalSettings) -> anyhow::Result<Client> {
     let connection = crate::temporal_connection::connect(settings).await?;
     Ok(Client::new(

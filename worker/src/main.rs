@@ -1,5 +1,6 @@
-//! `orders`: the durable order-processing worker and its command line. Parsing, logging and
-//! the exit status live here; everything else is in the library (see [`orders_worker::cli`]).
+//! `orders`: the durable order-processing worker and its command line. This file parses the
+//! command line, sets up logging (`cli::init_tracing`) and runs the command (`cli::run`);
+//! everything else is in the library (see [`orders_worker::cli`]).
 
 use std::process::ExitCode;
 

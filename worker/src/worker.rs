@@ -1,5 +1,7 @@
-//! The Temporal worker: PlaceOrder and the order activities on one task queue, with the
-//! SDK's metrics and ours served for Prometheus, and the read API over the order cache.
+//! The Temporal worker: every workflow of the service (PlaceOrder, OrderLifecycle,
+//! ImportOrders, InDoubtRecovery, IdempotencyRetention, Reshard) with the order steps and the
+//! operations' activities on one task queue, the SDK's metrics and ours served for
+//! Prometheus, and the read API over the order cache.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,8 +96,8 @@ fn step_patches(steps: StepPlacement) -> Option<PatchActivationCallback> {
 /// The shutdown grace of `orders dev` (`orders worker` reads `ORDERS_SHUTDOWN_GRACE_SECS`).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Checks the deployment (see [`crate::deployment::preflight`]), then runs the worker until `shutdown`
-/// resolves, drains in-flight tasks and returns.
+/// Checks the deployment (see [`crate::deployment::preflight`]), then runs the worker until
+/// `shutdown` resolves, drains in-flight tasks and returns.
 pub async fn run(
     client: Client,
     task_queue: &str,

@@ -1,7 +1,7 @@
 //! How PlaceOrder's database steps run, in both consistency modes.
 //!
 //! [`Steps::Local`] (every order since the `one-task-order` patch, see
-//! [`crate::place_order::version`]): as local activities, inside the workflow task. The
+//! `place_order::version`): as local activities, inside the workflow task. The
 //! worker runs the step at once and the result goes into the history as a marker when the
 //! task completes, so a whole order usually costs the server one workflow task: no activity
 //! task to schedule, dispatch and complete, and no workflow task to wake the workflow after
@@ -17,7 +17,7 @@
 //!
 //! [`Steps::Remote`] (histories recorded before the patch, and workers started with
 //! `ORDERS_STEPS=remote`, whose orders take `Version::Remote`, see
-//! [`crate::place_order::version`]): as activities, each scheduled, dispatched and completed
+//! `place_order::version`): as activities, each scheduled, dispatched and completed
 //! by the server, followed by a workflow task.
 
 mod options;

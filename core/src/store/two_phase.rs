@@ -5,13 +5,13 @@
 //! of both the worker and the server, holds its locks, and is invisible to readers until
 //! `COMMIT PREPARED` (or `ROLLBACK PREPARED`), which any session may run later.
 //!
-//! The global id names the workflow (its id and first run id, which a reset keeps), the
-//! shard, the order's home shard (the customer's, which commits first) and the round (a
-//! workflow whose plan a bucket move made stale rolls back and plans again), so whoever finds
-//! a prepared transaction (`orders recover`, see `orders_operations::recovery`) can ask that workflow
-//! what was decided, or read the outcome on the home shard. Utility statements take no
-//! parameters, so the gid is spliced into the SQL: a [`Gid`] holds only `[A-Za-z0-9._%:-]`
-//! (the workflow id is percent-encoded), whether it was built or parsed.
+//! The global id names the workflow (its id and first run id, which a reset keeps), the shard, the
+//! order's home shard (the customer's, which commits first) and the round (a workflow whose plan a
+//! bucket move made stale rolls back and plans again), so whoever finds a prepared transaction
+//! (`orders recover`, see `orders_operations::recovery`) can ask that workflow what was decided, or
+//! read the outcome on the home shard. Utility statements take no parameters, so the gid is spliced
+//! into the SQL: a [`Gid`] holds only `[A-Za-z0-9._%:-]` (the workflow id is percent-encoded),
+//! whether it was built or parsed.
 
 use std::fmt;
 use std::str::FromStr;
@@ -105,10 +105,10 @@ pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize, round: u32)
 /// order's first round, `…:<home shard>:r<round>:<workflow id>` in a later one (the encoded
 /// workflow id never holds a `:`, so the field count tells the layouts apart).
 ///
-/// Prepared but undecided ⇒ roll back; decided ⇒ commit. Whoever finds one asks the workflow
-/// it names for the decision, or reads the order's commit record on the home shard (see
-/// `orders_operations::recovery`). A `Gid` holds only `[A-Za-z0-9._%:-]` and at most 199 bytes, so it
-/// is safe to splice into the utility statements, which take no parameters.
+/// Prepared but undecided ⇒ roll back; decided ⇒ commit. Whoever finds one asks the workflow it
+/// names for the decision, or reads the order's commit record on the home shard (see
+/// `orders_operations::recovery`). A `Gid` holds only `[A-Za-z0-9._%:-]` and at most 199 bytes, so
+/// it is safe to splice into the utility statements, which take no parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct Gid {

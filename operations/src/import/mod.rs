@@ -1,10 +1,10 @@
 //! Bulk import of orders from a JSON Lines file, for the `ImportOrders` workflow.
 //!
-//! The file is read a segment at a time from a byte offset ([`file`](mod@file)), each line validated
-//! with PlaceOrder's rules, the valid ones grouped by owning shard and written there with COPY
-//! in savepoint-guarded chunks ([`write`](mod@write)). Memory stays bounded by the segment size whatever
-//! the file size. Each imported order carries an `order_ref` (the client's, or one derived
-//! from the line) that is unique per shard, so re-running a file adds nothing, and the
+//! The file is read a segment at a time from a byte offset ([`file`](mod@file)), each line
+//! validated with PlaceOrder's rules, the valid ones grouped by owning shard and written there with
+//! COPY in savepoint-guarded chunks ([`write`](mod@write)). Memory stays bounded by the segment
+//! size whatever the file size. Each imported order carries an `order_ref` (the client's, or one
+//! derived from the line) that is unique per shard, so re-running a file adds nothing, and the
 //! import's id, so a retried segment counts the rows it already wrote as its own.
 
 pub mod activities;

@@ -1,18 +1,18 @@
 //! `PlaceOrder`: validate, then place the order across its shards in one of two modes, chosen
 //! by the input's `consistency`:
 //! - `saga` (default): one local transaction per step, compensated in reverse on failure
-//!   ([`with_saga`]);
+//!   (`with_saga`);
 //! - `two_phase`: every shard's part is prepared, then all commit or all roll back
-//!   ([`two_phase`]).
+//!   (`two_phase`).
 //!
 //! Which shape a run takes is its `version::Version`, read from its patch markers before
 //! its first command: today's shape is the straight path below, `ORDERS_STEPS=remote`'s is
 //! `remote_steps`, and the shapes only recorded histories have are in `legacy` (with the
 //! policy for deleting them). See `docs/decisions/patch-versioning.md`.
 //!
-//! This module holds what both modes share: the workflow's definition, its query and update,
-//! and how a stage, a failure or a cancellation is recorded. The modes are its children and
-//! only they call into it.
+//! This module holds the workflow's definition, its query and update, today's path
+//! (`place`), and how a stage, a failure or a cancellation is recorded, which every shape
+//! shares: the modes, `remote_steps` and `legacy` call into it.
 //!
 //! Input and result are plain JSON (see docs/contract.md, "Workflows"; clients build it as an
 //! [`orders_core::OrderRequest`]), so any Temporal client can start it. The input is

@@ -5,7 +5,8 @@
 //!    of the order moves to another shard before its part is prepared, the part is refused
 //!    (`ShardMapChanged`): the round's parts are rolled back and the order planned again
 //!    (see `place`), so it lands on the new owner.
-//! 2. Every shard's part is prepared (`PreparePart`), one shard after another in shard order:
+//! 2. Every shard's part is prepared, one shard after another in shard order (one
+//!    `PrepareParts` step today; a `PreparePart` step per part under `ORDERS_STEPS=remote`):
 //!    the customer's shard writes the order (`confirmed`, invisible until commit) and holds
 //!    the credit; each product shard holds the stock. Any refusal (`OutOfStock`,
 //!    `PaymentDeclined`, …) or a cancellation stops the phase and means rollback.
@@ -84,8 +85,8 @@ impl PartSteps {
 /// bucket once, so more than a few rounds means buckets keep moving under the order.
 const MAX_ROUNDS: u32 = 8;
 
-/// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the
-/// plan's idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
+/// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the plan's
+/// idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
 /// `part_steps` says how its steps run.
 ///
 /// A part refused with `ShardMapChanged` (one of its buckets moved to another shard after

@@ -1,4 +1,5 @@
-//! `orders customer add`: creating a customer on the shard its id routes to.
+//! `orders customer add|update`: a customer created on, or changed on, the shard its id
+//! routes to.
 
 use anyhow::{Context, ensure};
 use futures::future::try_join_all;
