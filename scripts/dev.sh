@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 cargo build --bin orders
+# The demo's worker imports files from the repository (`orders import orders.jsonl` from here);
+# a deployment sets its own directory.
+export ORDERS_IMPORT_DIR="${ORDERS_IMPORT_DIR:-$PWD}"
 exec cargo run --quiet --bin orders -- dev "$@"

@@ -17,4 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --workspace --all-targets
-cargo test --workspace "$@"
+if [ $# -gt 0 ]; then
+  cargo test --workspace "$@"
+  exit
+fi
+# Tests that measure rates run alone at the end, with nothing else on the machine's cores.
+alone=outage_rates::
+cargo test --workspace -- --skip "$alone"
+echo "▶ rate-measuring tests, alone" >&2
+cargo test -p orders-tests --test integration -- "$alone" --test-threads=1

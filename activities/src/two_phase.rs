@@ -21,6 +21,7 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::stock::{StockLine, stock_rejection, wanted};
 use orders_core::failpoints;
+use orders_core::FailureType;
 use orders_core::failure::{Rejection, StepError};
 use orders_core::metrics::OrderMetrics;
 use orders_core::order_input::ValidOrder;
@@ -135,6 +136,30 @@ async fn write_part(
 impl TwoPhaseActivities {
     /// Writes `part` and prepares it under its gid, once: a part found prepared, or committed
     /// already, is done.
+    /// [`Self::prepare_one`], except that a failure on a shard that does not answer ends the
+    /// step at once with `ShardUnavailable` instead of being retried: the parts prepared
+    /// before it would hold their rows through every retry. The workflow rolls them back and
+    /// tries again later.
+    async fn prepare_answering(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
+        let shard = self.shards.get(part.shard);
+        if shard.seems_down() && !shard.answers().await {
+            return Err(ActivityError::application(FailureType::ShardUnavailable.failure(
+                format!("shard {} does not answer", part.shard),
+            )));
+        }
+        let failure = match self.prepare_one(part).await {
+            Ok(()) => return Ok(()),
+            Err(ActivityError::Application(failure)) if !failure.is_non_retryable() => failure,
+            Err(other) => return Err(other),
+        };
+        if shard.answers().await {
+            return Err(ActivityError::Application(failure));
+        }
+        Err(ActivityError::application(FailureType::ShardUnavailable.failure(
+            format!("shard {} does not answer: {failure}", part.shard),
+        )))
+    }
+
     async fn prepare_one(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
         failpoints::hit("prepare_part.before").await?;
         let shard = self.shards.get(part.shard);
@@ -220,7 +245,7 @@ impl TwoPhaseActivities {
         _ctx: ActivityContext,
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
-        self.prepare_one(&part).await
+        self.prepare_answering(&part).await
     }
 
     /// Phase one for a whole round: prepares `parts` one after another, in the order given
@@ -234,7 +259,7 @@ impl TwoPhaseActivities {
         parts: Vec<TwoPhasePart>,
     ) -> Result<(), ActivityError> {
         for part in &parts {
-            self.prepare_one(part).await?;
+            self.prepare_answering(part).await?;
         }
         Ok(())
     }

@@ -17,9 +17,12 @@
 //!   `commit_stock_part.before=sleep:N` holds only the parts without the order: the order is
 //!   committed and confirmed, its stock parts still prepared.
 //!
-//! - The bucket mover's points: `copy_bucket.after_chunk` (after each heartbeated COPY
-//!   chunk), `freeze_bucket.after_freeze`, `cut_over_bucket.after_source` (the source fenced
-//!   `moved`, the map not yet published), and `verify_bucket.corrupt_target=fail`, which
+//! - The bucket mover's points: `copy_bucket.before` (armed `=fail`: a copy that keeps
+//!   failing with both shards up), `copy_bucket.after_chunk` (after each heartbeated COPY
+//!   chunk), `copy_bucket.in_order_items` (after each chunk of order items: the heartbeats
+//!   the server holds are then older than the orders copied), `freeze_bucket.after_freeze`, `cut_over_bucket.after_source` (the source fenced
+//!   `moved`, the map not yet published), `cut_over_bucket.after_publish` (the map published
+//!   on both shards, the target not yet opened), and `verify_bucket.corrupt_target=fail`, which
 //!   changes one customer of the bucket on the target before the checksums, as a broken copy
 //!   would.
 //!

@@ -54,6 +54,11 @@ pub enum FailureType {
     ShardMapChanged,
     /// A step failed for a reason that is not a business rejection (it ran out of retries).
     StepFailed,
+    /// A shard a two-phase order needs did not answer for minutes. Each time it failed to
+    /// answer, the order rolled back what it had prepared (releasing those rows) and tried
+    /// again later; then it gave up. Nothing was written: submit it again once the shard is
+    /// back.
+    ShardUnavailable,
     /// A reshard request the deployment cannot carry out (another move running, a shard count
     /// it cannot reach); the message says what to do instead.
     ReshardRefused,
@@ -63,7 +68,7 @@ pub enum FailureType {
 
 impl FailureType {
     /// Every failure type, for documentation and tests.
-    pub const ALL: [FailureType; 18] = [
+    pub const ALL: [FailureType; 19] = [
         FailureType::InvalidOrder,
         FailureType::UnknownCustomer,
         FailureType::PaymentDeclined,
@@ -80,6 +85,7 @@ impl FailureType {
         FailureType::TwoPhaseIncomplete,
         FailureType::ShardMapChanged,
         FailureType::StepFailed,
+        FailureType::ShardUnavailable,
         FailureType::ReshardRefused,
         FailureType::ReshardFailed,
     ];
@@ -103,6 +109,7 @@ impl FailureType {
             FailureType::TwoPhaseIncomplete => "TwoPhaseIncomplete",
             FailureType::ShardMapChanged => "ShardMapChanged",
             FailureType::StepFailed => "StepFailed",
+            FailureType::ShardUnavailable => "ShardUnavailable",
             FailureType::ReshardRefused => "ReshardRefused",
             FailureType::ReshardFailed => "ReshardFailed",
         }

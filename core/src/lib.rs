@@ -14,9 +14,11 @@ pub mod failpoints;
 pub mod failure;
 pub mod metrics;
 pub mod order_input;
+pub mod read_pools;
 pub mod routing;
 pub mod shard_map;
 pub mod shards;
+pub mod step_failures;
 pub mod store;
 
 pub use failure::{FailureType, Rejection};

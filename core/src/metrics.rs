@@ -11,6 +11,7 @@
 //! | `orders_shard_call_duration` | `shard`, `activity` | time an activity spent on its shard |
 //! | `orders_shard_pool_connections` | `shard`, `state` (`in_use`, `idle`) | pool use |
 //! | `orders_cache_lookups` | `result` (`hit`, `miss`) | order cache lookups; hit ratio = hit / all |
+//! | `orders_step_failures` | `operation`, `step` | failed attempts of an operation's step (a reshard phase, an import chunk) |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,18 @@ use temporalio_common::telemetry::metrics::{
     CoreMeter, Counter, Gauge, HistogramDuration, MetricKeyValue, MetricParameters, NewAttributes,
     NoOpCoreMeter,
 };
+
+/// The steps whose failures are served from the start (at zero), so an alert on their
+/// increase sees the series before the first failure: the bucket mover's phases.
+const STEPS_WATCHED: [(&str, &str); 7] = [
+    ("reshard", "PlanReshard"),
+    ("reshard", "BeginBucketMove"),
+    ("reshard", "CopyBucket"),
+    ("reshard", "CatchUpBucket"),
+    ("reshard", "FreezeAndCutOver"),
+    ("reshard", "CleanUpBucket"),
+    ("reshard", "AbortBucketMove"),
+];
 
 /// Handles to every metric; cheap to share.
 pub struct OrderMetrics {
@@ -37,6 +50,7 @@ pub struct OrderMetrics {
     prepared_oldest_age: Gauge,
     recovery_actions: Counter,
     import_rows: Counter,
+    step_failures: Counter,
 }
 
 impl OrderMetrics {
@@ -103,6 +117,10 @@ impl OrderMetrics {
                 "orders_import_rows",
                 "Bulk-import lines, by outcome (imported or rejected)",
             ),
+            step_failures: counter(
+                "orders_step_failures",
+                "Failed attempts of an operation's step, by operation and step",
+            ),
             meter,
         };
         metrics.start_at_zero();
@@ -127,6 +145,15 @@ impl OrderMetrics {
         for action in ["committed", "rolled_back"] {
             self.recovery_actions
                 .add(0, &self.labels([("action", action.to_owned())]));
+        }
+        for (operation, step) in STEPS_WATCHED {
+            self.step_failures.add(
+                0,
+                &self.labels([
+                    ("operation", operation.to_owned()),
+                    ("step", step.to_owned()),
+                ]),
+            );
         }
         for outcome in ["imported", "rejected"] {
             self.import_rows
@@ -233,6 +260,17 @@ impl OrderMetrics {
         };
         self.recovery_actions
             .add(1, &self.labels([("action", action.to_owned())]));
+    }
+
+    /// Records one failed attempt of `step` of `operation`.
+    pub fn step_failed(&self, operation: &'static str, step: &'static str) {
+        self.step_failures.add(
+            1,
+            &self.labels([
+                ("operation", operation.to_owned()),
+                ("step", step.to_owned()),
+            ]),
+        );
     }
 
     /// Records bulk-import lines written and refused.

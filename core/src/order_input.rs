@@ -20,16 +20,19 @@ pub const MAX_TOTAL: Decimal = Decimal::from_parts(3_567_587_327, 232, 0, false,
 /// Longest note accepted, in characters.
 pub const MAX_NOTES_CHARS: usize = 2_000;
 
-/// Why an order's input was refused. The message says what to fix.
+/// Why an order's input was refused. The message names the field and the rule broken, never
+/// the value sent: the input is client data, and a refusal must not hand it (or a file an
+/// import was pointed at) back to whoever reads the failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidOrder {
-    /// The JSON does not have the documented shape.
+    /// The JSON does not have the documented shape; says which field and what it must be.
     #[error("malformed input: {0}")]
     Malformed(String),
-    #[error("customer_id must be positive, got {0}")]
-    CustomerIdNotPositive(i64),
+    #[error("customer_id must be positive")]
+    CustomerIdNotPositive,
     #[error("an order needs at least one item")]
     NoItems,
+    /// The count of items sent (a count, not a value sent).
     #[error(
         "an order may have at most {MAX_ITEMS} items, got {0} (use `orders import` for bulk data)"
     )]
@@ -39,36 +42,32 @@ pub enum InvalidOrder {
     /// One item breaks a rule; `index` counts from 0.
     #[error("item {index}: {problem}")]
     Item { index: usize, problem: InvalidItem },
-    #[error("order total {0} exceeds the maximum {MAX_TOTAL}")]
-    TotalTooLarge(Decimal),
+    #[error("the order's total exceeds the maximum {MAX_TOTAL}")]
+    TotalTooLarge,
 }
 
 /// Why one item of an order was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidItem {
-    #[error("product_id must be positive, got {0}")]
-    ProductIdNotPositive(i64),
-    #[error("quantity must be between 1 and {MAX_QUANTITY}, got {0}")]
-    QuantityOutOfRange(i64),
+    #[error("product_id must be positive")]
+    ProductIdNotPositive,
+    #[error("quantity must be between 1 and {MAX_QUANTITY}")]
+    QuantityOutOfRange,
     #[error(transparent)]
     Price(#[from] InvalidMoney),
 }
 
-/// Why an amount of money was refused.
+/// Why an amount of money was refused; `what` names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidMoney {
-    #[error("{what} {text:?} is not a decimal number")]
-    NotANumber { what: &'static str, text: String },
-    #[error("{what} must not be negative, got {amount}")]
-    Negative { what: &'static str, amount: Decimal },
-    #[error("{what} may have at most 2 decimals, got {amount}")]
-    TooManyDecimals { what: &'static str, amount: Decimal },
-    #[error("{what} must be at most {max}, got {amount}")]
-    TooLarge {
-        what: &'static str,
-        amount: Decimal,
-        max: Decimal,
-    },
+    #[error("{what} is not a decimal number (write it like \"19.99\")")]
+    NotANumber { what: &'static str },
+    #[error("{what} must not be negative")]
+    Negative { what: &'static str },
+    #[error("{what} may have at most 2 decimals")]
+    TooManyDecimals { what: &'static str },
+    #[error("{what} must be at most {max}")]
+    TooLarge { what: &'static str, max: Decimal },
 }
 
 /// How an order's writes across shards are kept consistent (see docs/architecture.md,
@@ -231,7 +230,7 @@ impl ValidOrder {
     /// Parses and validates PlaceOrder's JSON argument.
     pub fn from_json(input: &serde_json::Value) -> Result<Self, InvalidOrder> {
         OrderRequest::deserialize(input)
-            .map_err(|e| InvalidOrder::Malformed(e.to_string()))?
+            .map_err(|_| InvalidOrder::Malformed(shape_problem(input)))?
             .validate()
     }
 }
@@ -240,7 +239,7 @@ impl OrderRequest {
     /// Checks every rule and returns the order they let through.
     pub fn validate(self) -> Result<ValidOrder, InvalidOrder> {
         if self.customer_id <= 0 {
-            return Err(InvalidOrder::CustomerIdNotPositive(self.customer_id));
+            return Err(InvalidOrder::CustomerIdNotPositive);
         }
         if self.items.is_empty() {
             return Err(InvalidOrder::NoItems);
@@ -269,7 +268,7 @@ impl OrderRequest {
             consistency: self.consistency,
         };
         if order.total() > MAX_TOTAL {
-            return Err(InvalidOrder::TotalTooLarge(order.total()));
+            return Err(InvalidOrder::TotalTooLarge);
         }
         Ok(order)
     }
@@ -278,10 +277,10 @@ impl OrderRequest {
 impl RequestedItem {
     fn validate(self) -> Result<OrderLine, InvalidItem> {
         if self.product_id <= 0 {
-            return Err(InvalidItem::ProductIdNotPositive(self.product_id));
+            return Err(InvalidItem::ProductIdNotPositive);
         }
         if !(1..=MAX_QUANTITY).contains(&self.quantity) {
-            return Err(InvalidItem::QuantityOutOfRange(self.quantity));
+            return Err(InvalidItem::QuantityOutOfRange);
         }
         Ok(OrderLine {
             product_id: self.product_id,
@@ -293,10 +292,8 @@ impl RequestedItem {
 
 /// Parses a unit price: non-negative, at most two decimals, within NUMERIC(10,2).
 pub fn parse_price(text: &str) -> Result<Decimal, InvalidMoney> {
-    let price = Decimal::from_str(text).map_err(|_| InvalidMoney::NotANumber {
-        what: "unit_price",
-        text: text.to_owned(),
-    })?;
+    let price =
+        Decimal::from_str(text).map_err(|_| InvalidMoney::NotANumber { what: "unit_price" })?;
     check_money("unit_price", price, MAX_UNIT_PRICE)
 }
 
@@ -308,15 +305,103 @@ pub fn check_money(
     max: Decimal,
 ) -> Result<Decimal, InvalidMoney> {
     if amount.is_sign_negative() && !amount.is_zero() {
-        return Err(InvalidMoney::Negative { what, amount });
+        return Err(InvalidMoney::Negative { what });
     }
     if amount.normalize().scale() > 2 {
-        return Err(InvalidMoney::TooManyDecimals { what, amount });
+        return Err(InvalidMoney::TooManyDecimals { what });
     }
     if amount > max {
-        return Err(InvalidMoney::TooLarge { what, amount, max });
+        return Err(InvalidMoney::TooLarge { what, max });
     }
     Ok(amount.round_dp(2))
+}
+
+/// Fields of [`OrderRequest`] and [`RequestedItem`], as the shape messages list them.
+const ORDER_FIELDS: [&str; 4] = ["customer_id", "items", "notes", "consistency"];
+const ITEM_FIELDS: [&str; 3] = ["product_id", "quantity", "unit_price"];
+
+/// The first field of `input` that does not fit [`OrderRequest`], and what it must be. serde
+/// has already refused `input`, but its messages quote what was sent (`invalid type: string
+/// "…"`, `unknown field `…``), so the shape is walked again here to say it in our words.
+fn shape_problem(input: &serde_json::Value) -> String {
+    let Some(order) = input.as_object() else {
+        return "the input must be a JSON object".into();
+    };
+    if let Some(problem) = unknown_field("the order", order, &ORDER_FIELDS)
+        .or_else(|| whole_number(order, "customer_id", "customer_id"))
+    {
+        return problem;
+    }
+    let Some(items) = order.get("items") else {
+        return "items is missing".into();
+    };
+    let Some(items) = items.as_array() else {
+        return "items must be a list of items".into();
+    };
+    for (index, item) in items.iter().enumerate() {
+        let at = format!("items[{index}]");
+        let Some(item) = item.as_object() else {
+            return format!("{at} must be an object");
+        };
+        let problem = unknown_field(&at, item, &ITEM_FIELDS)
+            .or_else(|| whole_number(item, "product_id", &format!("{at}.product_id")))
+            .or_else(|| whole_number(item, "quantity", &format!("{at}.quantity")));
+        if let Some(problem) = problem {
+            return problem;
+        }
+        match item.get("unit_price") {
+            None => return format!("{at}.unit_price is missing"),
+            Some(price) if WrittenPrice::deserialize(price).is_err() => {
+                return format!(
+                    "{at}.unit_price must be a decimal string like \"19.99\" or a number"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if order
+        .get("notes")
+        .is_some_and(|notes| !(notes.is_string() || notes.is_null()))
+    {
+        return "notes must be a string".into();
+    }
+    if order
+        .get("consistency")
+        .is_some_and(|c| Consistency::deserialize(c).is_err())
+    {
+        return "consistency must be \"saga\" or \"two_phase\"".into();
+    }
+    "the input does not have the documented shape (docs/contract.md)".into()
+}
+
+/// A key of `object` that is not among `fields`, named by where it is, not by itself.
+fn unknown_field(
+    at: &str,
+    object: &serde_json::Map<String, serde_json::Value>,
+    fields: &[&str],
+) -> Option<String> {
+    object
+        .keys()
+        .any(|key| !fields.contains(&key.as_str()))
+        .then(|| {
+            format!(
+                "{at} has an unknown field (its fields are {})",
+                fields.join(", ")
+            )
+        })
+}
+
+/// Whether `object[field]` is missing or not a whole number that fits 64 bits.
+fn whole_number(
+    object: &serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    path: &str,
+) -> Option<String> {
+    match object.get(field) {
+        None => Some(format!("{path} is missing")),
+        Some(value) if value.as_i64().is_none() => Some(format!("{path} must be a whole number")),
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -406,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_json_shapes_are_refused_with_the_serde_reason() {
+    fn malformed_json_shapes_are_refused_naming_the_field() {
         for input in [
             json!("not an object"),
             json!({"customer_id": "42", "items": []}),
@@ -421,7 +506,86 @@ mod tests {
         let msg = rejection(order_with(
             json!({"product_id": 7, "qty": 1, "unit_price": "1.00"}),
         ));
-        assert!(msg.contains("qty"), "{msg}");
+        assert!(
+            msg.contains("items[0]") && msg.contains("unknown field"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("quantity"),
+            "the allowed fields are listed: {msg}"
+        );
+    }
+
+    #[test]
+    fn a_refusal_names_the_field_and_the_rule_never_what_the_client_sent() {
+        let item = json!({"product_id": 7, "quantity": 1, "unit_price": "1.00"});
+        for (input, names) in [
+            (
+                json!({"customer_id": "SECRET", "items": [item]}),
+                "customer_id must be a whole number",
+            ),
+            (
+                json!({"customer_id": 1.5, "items": [item]}),
+                "customer_id must be a whole number",
+            ),
+            (
+                json!({"customer_id": 1, "items": [item], "SECRET": 1}),
+                "unknown field",
+            ),
+            (json!({"items": [item]}), "customer_id is missing"),
+            (
+                json!({"customer_id": 1, "items": "SECRET"}),
+                "items must be a list",
+            ),
+            (
+                json!({"customer_id": 1, "items": ["SECRET"]}),
+                "items[0] must be an object",
+            ),
+            (
+                json!({"customer_id": 1, "items": [item, {"product_id": "SECRET", "quantity": 1, "unit_price": "1"}]}),
+                "items[1].product_id must be a whole number",
+            ),
+            (
+                json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": "SECRET"}]}),
+                "unit_price is not a decimal number",
+            ),
+            (
+                json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": ["SECRET"]}]}),
+                "items[0].unit_price must be",
+            ),
+            (
+                json!({"customer_id": 1, "items": [item], "notes": 7}),
+                "notes must be a string",
+            ),
+            (
+                json!({"customer_id": 1, "items": [item], "consistency": "SECRET"}),
+                "consistency must be",
+            ),
+            (json!("SECRET"), "must be a JSON object"),
+            (
+                json!({"customer_id": -987654321, "items": [item]}),
+                "customer_id must be positive",
+            ),
+            (
+                json!({"customer_id": 1, "items": [{"product_id": -987654321, "quantity": 1, "unit_price": "1"}]}),
+                "product_id must be positive",
+            ),
+            (
+                json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 987654321, "unit_price": "1"}]}),
+                "quantity must be between",
+            ),
+            (
+                json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": "-987654321"}]}),
+                "must not be negative",
+            ),
+        ] {
+            let msg = rejection(input.clone());
+            assert!(msg.contains(names), "{input}: {msg:?} should say {names:?}");
+            assert!(
+                !msg.contains("SECRET") && !msg.contains("987654321"),
+                "{input}: {msg:?} repeats what the client sent"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use futures::future::join_all;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -71,9 +72,33 @@ pub struct Shard {
     /// Shared by every shard: woken when a shard refuses a write because the bucket moved,
     /// so the worker re-reads the map before the step's retry.
     map_stale: Arc<Notify>,
+    /// Whether the last ping ([`Shard::answers`]) found the shard down.
+    seems_down: Arc<AtomicBool>,
 }
 
+/// How long [`Shard::answers`] waits for a shard.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Shard {
+    /// Whether the shard answers a ping within [`PING_TIMEOUT`]: how a failing step tells a
+    /// shard that is down (wait for it, release what is held meanwhile) from an error of its
+    /// own. Remembered for [`Shard::seems_down`].
+    pub async fn answers(&self) -> bool {
+        let up = matches!(
+            tokio::time::timeout(PING_TIMEOUT, self.conn.ping()).await,
+            Ok(Ok(()))
+        );
+        self.seems_down.store(!up, Ordering::Relaxed);
+        up
+    }
+
+    /// Whether the last ping found the shard down (the worker pings every shard every two
+    /// seconds): a step that would hold rows elsewhere while it waits for this shard fails at
+    /// once instead of paying the connect timeout first.
+    pub fn seems_down(&self) -> bool {
+        self.seems_down.load(Ordering::Relaxed)
+    }
+
     /// Tags `source` with this shard. A refusal by a bucket fence also asks for the shard
     /// map to be read again ([`Shards::map_stale`]).
     pub fn error(&self, source: DbErr) -> ShardError {
@@ -163,6 +188,7 @@ impl Shards {
                 conn,
                 resolver,
                 map_stale: map_stale.clone(),
+                seems_down: Arc::default(),
             });
         }
         let map = Arc::new(RwLock::new(Arc::new(ShardMap::unstored(urls.len()))));
@@ -247,8 +273,9 @@ impl Shards {
     }
 
     /// Adopts the highest map version any reachable shard holds, if it is newer than the
-    /// one in use. Fails only when no shard answers or the stored map does not fit the
-    /// configured shards.
+    /// one in use, and stores it on the reachable shards that lack it: a cut-over stores its
+    /// map only on the two shards it needs, and the others catch up here. Fails only when no
+    /// shard answers or the stored map does not fit the configured shards.
     pub async fn refresh_map(&self) -> Result<MapRefresh, MapError> {
         let answers = join_all(self.shards.iter().map(|shard| async move {
             store::shard_map::latest(&shard.conn)
@@ -257,12 +284,12 @@ impl Shards {
         }))
         .await;
         let mut newest: Option<(i32, Vec<u16>)> = None;
+        let mut held = Vec::new();
         let mut unreachable = Vec::new();
-        let mut answered = false;
-        for answer in answers {
+        for (shard, answer) in self.shards.iter().zip(answers) {
             match answer {
                 Ok(found) => {
-                    answered = true;
+                    held.push((shard, found.as_ref().map_or(0, |(v, _)| *v)));
                     if let Some(found) = found
                         && newest.as_ref().is_none_or(|(v, _)| found.0 > *v)
                     {
@@ -272,12 +299,18 @@ impl Shards {
                 Err(e) => unreachable.push(e),
             }
         }
-        if !answered {
+        if held.is_empty() {
             return Err(MapError::NoShardReachable(unreachable));
         }
         let changed = match newest {
             Some((version, owners)) => {
                 let stored = ShardMap::from_stored(version, owners, self.len())?;
+                let lagging: Vec<&Shard> = held
+                    .iter()
+                    .filter(|(_, v)| *v < version)
+                    .map(|(shard, _)| *shard)
+                    .collect();
+                spread(&lagging, &stored).await;
                 let mut current = self.map.write().expect("shard map lock");
                 // Under the lock, so two refreshes cannot move the version backwards.
                 if stored.version() > current.version() {
@@ -313,25 +346,17 @@ impl Shards {
             }
             current.clone()
         };
-        for result in join_all(self.shards.iter().map(|shard| {
-            let map = map.clone();
-            async move {
-                store::shard_map::publish(&shard.conn, &map)
-                    .await
-                    .map_err(|e| shard.error(e))
-            }
-        }))
-        .await
-        {
+        for result in self.store_map(&map).await {
             result?;
         }
         Ok(map.version())
     }
 
-    /// Adopts `next` (a version above the one in use) and stores it on every shard: how a
-    /// bucket move's cut-over changes the map. Safe to repeat.
-    pub async fn publish_next(&self, next: ShardMap) -> Result<i32, ShardError> {
-        {
+    /// Adopts `next` (a version above the one in use) and stores it on every shard; only
+    /// the shards in `required` must take it (a cut-over's source and target), the others
+    /// get it from the next [`Self::refresh_map`] that reaches them. Safe to repeat.
+    pub async fn publish_next(&self, next: ShardMap, required: &[usize]) -> Result<i32, ShardError> {
+        let map = {
             let mut current = self.map.write().expect("shard map lock");
             if next.version() > current.version() {
                 tracing::info!(
@@ -341,8 +366,53 @@ impl Shards {
                 );
                 *current = Arc::new(next);
             }
+            current.clone()
+        };
+        for (shard, result) in self.shards.iter().zip(self.store_map(&map).await) {
+            match result {
+                Err(e) if required.contains(&shard.index) => return Err(e),
+                Err(e) => tracing::warn!(
+                    shard = shard.index,
+                    version = map.version(),
+                    error = %e,
+                    "shard map not stored on a shard this move does not involve; it gets it once it answers"
+                ),
+                Ok(()) => {}
+            }
         }
-        self.publish_map().await
+        Ok(map.version())
+    }
+
+    /// Stores `map` on every shard, each shard's result in `ORDERS_SHARDS` order.
+    async fn store_map(&self, map: &ShardMap) -> Vec<Result<(), ShardError>> {
+        join_all(self.shards.iter().map(|shard| async move {
+            store::shard_map::publish(&shard.conn, map)
+                .await
+                .map_err(|e| shard.error(e))
+        }))
+        .await
+    }
+
+    /// The same shards, sharing this map, over `pools` (one per shard, in order) instead of
+    /// these: how the read API gets connections the order steps never wait for
+    /// ([`crate::read_pools`]).
+    pub fn over_pools(&self, pools: Vec<DatabaseConnection>) -> Self {
+        assert_eq!(pools.len(), self.len(), "one pool per shard");
+        let shards = self
+            .shards
+            .iter()
+            .zip(pools)
+            .map(|(shard, pool)| Shard {
+                conn: pool.clone(),
+                resolver: pool,
+                ..shard.clone()
+            })
+            .collect();
+        Self {
+            shards,
+            map: self.map.clone(),
+            map_stale: self.map_stale.clone(),
+        }
     }
 
     /// Closes every pool.
@@ -350,6 +420,21 @@ impl Shards {
         for shard in self.shards {
             let _ = shard.conn.close().await;
             let _ = shard.resolver.close().await;
+        }
+    }
+}
+
+/// Stores `map` on `shards`, which answered with an older version; a failure is left for
+/// the next refresh.
+async fn spread(shards: &[&Shard], map: &ShardMap) {
+    for shard in shards {
+        match store::shard_map::publish(&shard.conn, map).await {
+            Ok(()) => tracing::info!(
+                shard = shard.index,
+                version = map.version(),
+                "newest shard map stored on a shard that lacked it"
+            ),
+            Err(e) => tracing::debug!(shard = shard.index, error = %e, "shard map not spread"),
         }
     }
 }

@@ -23,7 +23,10 @@ pub struct PostgresOptions {
     pub data_dir: PathBuf,
     /// TCP port on 127.0.0.1.
     pub port: u16,
-    /// Turn off fsync and friends: fast, and fine for clusters a test throws away.
+    /// Turn off fsync and full-page writes: fast, and fine for clusters a test throws away.
+    /// Commits still reach the kernel before they are acknowledged (`synchronous_commit`
+    /// stays on), so a postmaster that crashes (`pg_ctl stop -m immediate`) loses nothing
+    /// it acknowledged; only the machine crashing could.
     pub ephemeral: bool,
 }
 
@@ -218,6 +221,15 @@ impl PostgresCluster {
             process.stop(Duration::from_secs(30));
         }
     }
+
+    /// Stops the postmaster at once, as `pg_ctl stop -m immediate` does (SIGQUIT): no
+    /// checkpoint, every connection cut; the next start recovers from the WAL. What a
+    /// crashed primary looks like to its clients.
+    pub fn stop_immediately(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop_with(Signal::SIGQUIT, Duration::from_secs(30));
+        }
+    }
 }
 
 /// Whether the postmaster of `data_dir` reports itself ready on `port` (its pid file's port
@@ -281,7 +293,7 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> Res
          max_prepared_transactions = 64\n",
     );
     if ephemeral {
-        settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        settings.push_str("fsync = off\nfull_page_writes = off\n");
     }
     let conf = data_dir.join("postgresql.conf");
     let mut text = fs::read_to_string(&conf).map_err(io(format!("read {}", conf.display())))?;

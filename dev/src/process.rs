@@ -126,13 +126,18 @@ impl ChildService {
 
     /// Asks the child to stop with its stop signal and waits up to `grace`, then kills it.
     pub fn stop(&mut self, grace: Duration) {
+        self.stop_with(self.stop_signal, grace);
+    }
+
+    /// [`Self::stop`] with another signal.
+    pub fn stop_with(&mut self, signal: Signal, grace: Duration) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         if let Ok(Some(_)) = child.try_wait() {
             return; // Already exited and reaped: its pid may belong to someone else now.
         }
-        let _ = kill(Pid::from_raw(child.id() as i32), self.stop_signal);
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -25,6 +25,7 @@ mod m20261202_000013_index_idempotency_keys_by_age;
 mod m20261202_000014_create_bucket_fences;
 mod m20261202_000015_bucket_guard_takes_xid;
 mod m20261203_000016_record_order_consistency;
+mod m20261207_000017_stock_hold_change_keys;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000014_create_bucket_fences::Migration),
             Box::new(m20261202_000015_bucket_guard_takes_xid::Migration),
             Box::new(m20261203_000016_record_order_consistency::Migration),
+            Box::new(m20261207_000017_stock_hold_change_keys::Migration),
         ]
     }
 }

@@ -25,7 +25,7 @@ fn replacing(body: &str) -> String {
     body.replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 }
 
-fn guard_taking_xid() -> String {
+pub(crate) fn guard_taking_xid() -> String {
     assert!(GUARD_FUNCTION.contains(BEFORE_FENCE_CHECK));
     replacing(&GUARD_FUNCTION.replacen(
         BEFORE_FENCE_CHECK,

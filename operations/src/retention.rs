@@ -53,17 +53,16 @@ struct Owner {
     first_run_id: String,
 }
 
-/// `<workflow id>/<first run id>/<step>`: the run id is the first segment that is a UUID;
-/// what comes before it is the workflow id, which may itself contain `/`.
+/// `<workflow id>/<first run id>/<step>`: the run id is the last segment that is a UUID
+/// with a step after it; what comes before it is the workflow id, which may itself contain
+/// `/` and UUIDs (`order/<uuid>`), while step names never hold one. Taking the first UUID
+/// instead would judge such a key by a workflow that does not exist, and delete it.
 fn owner(key: &str) -> Option<Owner> {
     let segments: Vec<&str> = key.split('/').collect();
-    let run = segments
-        .iter()
-        .enumerate()
-        .skip(1)
-        .find(|(_, segment)| uuid_shaped(segment))?
-        .0;
-    (run + 1 < segments.len()).then(|| Owner {
+    let run = (1..segments.len().saturating_sub(1))
+        .rev()
+        .find(|&i| uuid_shaped(segments[i]))?;
+    Some(Owner {
         workflow_id: segments[..run].join("/"),
         first_run_id: segments[run].to_owned(),
     })
@@ -224,6 +223,22 @@ mod tests {
         assert_eq!(
             owner(&format!("tenant/a/order-42/{RUN}/create-order")).map(|o| o.workflow_id),
             Some("tenant/a/order-42".into())
+        );
+    }
+
+    #[test]
+    fn a_workflow_id_holding_a_uuid_keeps_it_and_the_run_id_follows() {
+        let order = "5f0c6a52-1f7e-4d43-9a55-2a8e1f3b9c10";
+        assert_eq!(
+            owner(&format!("order/{order}/{RUN}/reserve-stock/shard-2")),
+            Some(Owner {
+                workflow_id: format!("order/{order}"),
+                first_run_id: RUN.into()
+            })
+        );
+        assert_eq!(
+            owner(&format!("{order}/{RUN}/create-order")).map(|o| o.workflow_id),
+            Some(order.to_owned())
         );
     }
 

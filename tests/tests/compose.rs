@@ -6,22 +6,85 @@ use std::process::Command;
 
 use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};
 
-fn compose(args: &[&str]) -> String {
+/// The read API token a user of the file exports before `docker-compose up`.
+const TOKEN: &str = "compose-test-token";
+
+/// `docker-compose args` on the file, with `token` as `ORDERS_API_TOKEN` (or none).
+fn compose_with(args: &[&str], token: Option<&str>) -> std::process::Output {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
-    let output = Command::new("docker-compose")
-        .arg("--file")
-        .arg(&file)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("docker-compose is not installed ({e}): apt-get install docker-compose")
-        });
+    let mut command = Command::new("docker-compose");
+    command.arg("--file").arg(&file).args(args);
+    match token {
+        Some(token) => command.env("ORDERS_API_TOKEN", token),
+        None => command.env_remove("ORDERS_API_TOKEN"),
+    };
+    command.output().unwrap_or_else(|e| {
+        panic!("docker-compose is not installed ({e}): apt-get install docker-compose")
+    })
+}
+
+fn compose(args: &[&str]) -> String {
+    let output = compose_with(args, Some(TOKEN));
     assert!(
         output.status.success(),
         "docker-compose {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// The ports `service` publishes, one entry each (`127.0.0.1:9465:9465/tcp`, or the long
+/// form's lines joined), from the resolved file.
+fn ports_of(resolved: &str, service: &str) -> Vec<String> {
+    let header = format!("  {service}:");
+    let mut ports: Vec<String> = Vec::new();
+    for line in resolved
+        .lines()
+        .skip_while(|line| *line != header)
+        .skip(1)
+        .take_while(|line| line.starts_with("   "))
+        .skip_while(|line| line.trim() != "ports:")
+        .skip(1)
+        .take_while(|line| line.starts_with("    -") || line.starts_with("      "))
+    {
+        match ports.last_mut() {
+            Some(port) if !line.starts_with("    -") => port.push_str(line),
+            _ => ports.push(line.to_owned()),
+        }
+    }
+    ports
+}
+
+#[test]
+fn docker_compose_refuses_to_run_without_a_read_api_token_and_publishes_it_on_loopback() {
+    let refused = compose_with(&["config"], None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "docker-compose config resolved without ORDERS_API_TOKEN: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(stderr.contains("ORDERS_API_TOKEN"), "{stderr}");
+
+    let resolved = compose(&["config"]);
+    assert!(
+        resolved.contains(&format!("ORDERS_API_TOKEN: {TOKEN}")),
+        "the worker gets the token the user set: {resolved}"
+    );
+    assert!(!resolved.contains("change-me"), "a default token is left");
+    let ports = ports_of(&resolved, "worker");
+    for port in ["9464", "9465"] {
+        assert!(
+            ports.iter().any(|published| published.contains(port)),
+            "the worker publishes {port}: {ports:?}"
+        );
+    }
+    for published in &ports {
+        assert!(
+            published.contains("127.0.0.1"),
+            "the worker publishes a port beyond loopback: {published}"
+        );
+    }
 }
 
 #[test]

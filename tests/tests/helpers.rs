@@ -822,6 +822,18 @@ impl OwnCluster {
             .expect("stop task");
     }
 
+    /// Immediate shutdown (`pg_ctl stop -m immediate`): a crash, recovered from the WAL at
+    /// the next start; prepared transactions survive it too.
+    pub(crate) async fn crash(&mut self) {
+        let mut cluster = std::mem::replace(
+            &mut self.cluster,
+            PostgresCluster::detached(self.options.clone()),
+        );
+        tokio::task::spawn_blocking(move || cluster.stop_immediately())
+            .await
+            .expect("stop task");
+    }
+
     /// The cluster's data directory.
     pub(crate) fn data_dir(&self) -> &Path {
         &self.options.data_dir

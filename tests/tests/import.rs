@@ -1,23 +1,58 @@
 //! `orders import`: every good line lands on its shard, every bad line is reported with its
-//! number and reason, a re-run adds nothing, and a worker killed mid-import resumes to the
-//! same result.
+//! number and the rule it broke (never its values), a re-run adds nothing, and a worker
+//! killed mid-import resumes to the same result. A client of the namespace cannot make the
+//! worker read anything outside `ORDERS_IMPORT_DIR`, nor anything but a regular file of
+//! bounded size.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use orders_workflows::ImportOrdersWorkflow;
+use orders_workflows::import_orders::{ImportInput, ImportReport};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
+use temporalio_client::errors::WorkflowGetResultError;
+use temporalio_client::{WorkflowGetResultOptions, WorkflowStartOptions};
+use temporalio_common::error::IncomingError;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, services};
 
-fn write_file(app: &TestApp, name: &str, lines: &[String]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("{}-{name}.jsonl", app.task_queue));
-    let mut file = std::fs::File::create(&path).unwrap();
+/// This test's import directory, under the run's directory.
+fn import_dir(app: &TestApp) -> PathBuf {
+    let dir = services().root.join(format!("imports-{}", app.task_queue));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Lets the workers this test starts import from [`import_dir`], and returns it.
+fn allow_imports(app: &mut TestApp) -> PathBuf {
+    let dir = import_dir(app);
+    app.worker_env
+        .push(("ORDERS_IMPORT_DIR", dir.display().to_string()));
+    dir
+}
+
+/// A worker that may import from [`import_dir`].
+async fn spawn_importer() -> TestApp {
+    let mut app = TestApp::spawn_without_worker().await;
+    allow_imports(&mut app);
+    app.start_worker(None);
+    app
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut file = std::fs::File::create(path).unwrap();
     for line in lines {
         writeln!(file, "{line}").unwrap();
     }
+}
+
+/// Writes `lines` to `name` in the test's import directory.
+fn write_file(app: &TestApp, name: &str, lines: &[String]) -> PathBuf {
+    let path = import_dir(app).join(format!("{name}.jsonl"));
+    write_lines(&path, lines);
     path
 }
 
@@ -82,7 +117,7 @@ async fn shard_totals(app: &TestApp) -> Vec<(i64, i64, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_import_lands_every_good_line_reports_every_bad_one_and_a_rerun_adds_nothing() {
-    let app = TestApp::spawn().await;
+    let app = spawn_importer().await;
     let mut customers = Vec::new();
     for name in [
         "Ada Lovelace",
@@ -237,6 +272,7 @@ async fn a_worker_killed_mid_import_resumes_and_the_result_matches_an_uninterrup
     let lines: Vec<String> = (0..6000)
         .map(|i| good_line(&format!("K-{i}"), customers[i % customers.len()], 1))
         .collect();
+    allow_imports(&mut app);
     let path = write_file(&app, "big", &lines);
 
     // The first worker commits the first segment on every shard, then dies before Temporal
@@ -343,4 +379,154 @@ async fn copy_in_savepoint_chunks_keeps_every_good_row_and_names_each_bad_one() 
     assert!(failed[1].error.contains("foreign key"), "{:?}", failed[1]);
     let written = app.rows_on_shard(shard.index).await.items;
     assert_eq!(written, 1 + 38, "the order's own item and every good row");
+}
+
+/// Starts ImportOrders on `path` as any client of the namespace could (no CLI in between),
+/// and waits up to `limit` for how it ended: its report, or its failure's type and message.
+async fn import_as_client(
+    app: &TestApp,
+    path: &str,
+    limit: Duration,
+) -> Result<ImportReport, (String, String)> {
+    let workflow_id = format!("import-{}", uuid::Uuid::new_v4());
+    let input = ImportInput {
+        path: path.to_owned(),
+        chunk_size: None,
+    };
+    app.client
+        .start_workflow(
+            ImportOrdersWorkflow::run,
+            input,
+            WorkflowStartOptions::new(&app.task_queue, &workflow_id).build(),
+        )
+        .await
+        .expect("ImportOrders starts");
+    let handle = app
+        .client
+        .get_workflow_handle::<ImportOrdersWorkflow>(&workflow_id);
+    match tokio::time::timeout(
+        limit,
+        handle.get_result(WorkflowGetResultOptions::default()),
+    )
+    .await
+    {
+        Err(_) => Err((
+            "still running".to_owned(),
+            format!("{workflow_id} had not ended after {limit:?}"),
+        )),
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(WorkflowGetResultError::Failed(failure))) => match *failure {
+            IncomingError::Application(failure) => Err((
+                failure.type_name().unwrap_or_default().to_owned(),
+                failure.to_string(),
+            )),
+            other => Err(("other".to_owned(), other.to_string())),
+        },
+        Ok(Err(other)) => Err(("other".to_owned(), other.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_make_the_worker_read_outside_the_import_dir_or_a_non_regular_file() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let dir = allow_imports(&mut app);
+    app.worker_env
+        .push(("ORDERS_IMPORT_MAX_BYTES", "4096".to_owned()));
+    app.start_worker(None);
+    // A JSON Lines file the worker can read, outside the import directory: importing it used
+    // to echo its values back in the rejected lines.
+    let secret = services()
+        .root
+        .join(format!("secret-{}.jsonl", app.task_queue));
+    write_lines(&secret, &[json!({"customer_id": "TOP-SECRET"}).to_string()]);
+    std::os::unix::fs::symlink(&secret, dir.join("link-out.jsonl")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.jsonl")).unwrap();
+    std::fs::create_dir(dir.join("a-directory.jsonl")).unwrap();
+    let fifo = dir.join("fifo.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo makes a FIFO");
+    let big = dir.join("big.jsonl");
+    write_lines(&big, &vec![good_line("B", 1, 1); 40]);
+    assert!(std::fs::metadata(&big).unwrap().len() > 4096);
+    let name = |p: &Path| p.display().to_string();
+    let secret_name = secret.file_name().unwrap().to_str().unwrap();
+    let cases = [
+        (name(&secret), "outside ORDERS_IMPORT_DIR"),
+        (
+            name(&dir.join("link-out.jsonl")),
+            "outside ORDERS_IMPORT_DIR",
+        ),
+        (
+            format!("{}/../{secret_name}", dir.display()),
+            "outside ORDERS_IMPORT_DIR",
+        ),
+        (format!("../{secret_name}"), "outside ORDERS_IMPORT_DIR"),
+        ("/dev/zero".to_owned(), "outside ORDERS_IMPORT_DIR"),
+        (name(&dir.join("zero.jsonl")), "outside ORDERS_IMPORT_DIR"),
+        (name(&dir.join("a-directory.jsonl")), "not a regular file"),
+        (name(&fifo), "not a regular file"),
+        (name(&big), "ORDERS_IMPORT_MAX_BYTES"),
+        (name(&dir.join("missing.jsonl")), "does not exist"),
+    ];
+    let started = Instant::now();
+    let outcomes = futures::future::join_all(
+        cases
+            .iter()
+            .map(|(path, _)| import_as_client(&app, path, Duration::from_secs(30))),
+    )
+    .await;
+    for ((path, expected), outcome) in cases.iter().zip(outcomes) {
+        let (failure_type, message) = match outcome {
+            Err(failure) => failure,
+            Ok(report) => panic!("importing {path} was not refused: {report}"),
+        };
+        assert_eq!(failure_type, "ImportFileUnreadable", "{path}: {message}");
+        assert!(
+            message.contains(expected),
+            "{path}: {message:?} should say {expected:?}"
+        );
+        assert!(!message.contains("TOP-SECRET"), "{path}: {message}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refusals are not retried: {:?}",
+        started.elapsed()
+    );
+
+    // A file inside the directory, named relative to it, is imported.
+    let customer = app.add_customer("Relative Path", "10.00").await;
+    write_file(&app, "inside", &[good_line("IN-1", customer, 1)]);
+    let report = import_as_client(&app, "inside.jsonl", Duration::from_secs(60))
+        .await
+        .expect("a file in the import directory is imported");
+    assert_eq!(report.progress.imported_total(), 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_orders_import_dir_imports_are_refused_saying_to_set_it() {
+    let app = TestApp::spawn().await;
+    let path = write_file(&app, "anywhere", &[good_line("X-1", 1, 1)]);
+    let output = app.cli(&["import", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("failed with ImportFileUnreadable")
+            && stderr.matches("ORDERS_IMPORT_DIR is not set").count() == 1,
+        "the failure's type and reason, once: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hash_that_outlasts_the_heartbeat_timeout_still_finishes() {
+    let mut app = TestApp::spawn_without_worker().await;
+    allow_imports(&mut app);
+    // Hashing that takes 32 s: longer than the 20 s heartbeat timeout and than the 30 s the
+    // inspection used to be allowed.
+    app.start_worker(Some("inspect_import_file.hash=sleep:32000"));
+    let customer = app.add_customer("Slow Disk", "10.00").await;
+    write_file(&app, "slow", &[good_line("S-1", customer, 1)]);
+    let report = import_as_client(&app, "slow.jsonl", Duration::from_secs(120))
+        .await
+        .expect("the import finishes once the hash does");
+    assert_eq!(report.progress.imported_total(), 1, "{report}");
 }

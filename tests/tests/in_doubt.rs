@@ -54,7 +54,7 @@ async fn prepare_foreign(app: &TestApp, shard: usize, gid: &str) {
         .expect("it prepares");
 }
 
-async fn terminate(app: &TestApp, workflow_id: &str) {
+pub(crate) async fn terminate(app: &TestApp, workflow_id: &str) {
     app.client
         .get_workflow_handle::<PlaceOrderWorkflow>(workflow_id)
         .terminate(WorkflowTerminateOptions::builder().reason("test").build())

@@ -1,14 +1,15 @@
 //! The worker checks its deployment before it polls: it registers the search attributes a
 //! namespace prepared by hand lacks, and refuses, naming the fix, a search attribute of the
 //! wrong type, a shard behind or ahead of its schema, a shard without prepared
-//! transactions, and shards listed out of their order or from another deployment
-//! (docs/operations.md, "Deployment checks").
+//! transactions, shards listed out of their order or from another deployment, a shard whose
+//! id sequences are not disjoint from the others', and shards whose databases sort text
+//! differently (docs/operations.md, "Deployment checks").
 
 use orders_core::shards::PoolSettings;
 use orders_core::{OrderRequest, Shards, store};
 use orders_migration::{Migrator, MigratorTrait};
-use orders_worker::deployment::preflight;
 use orders_worker::deployment::shard_identity;
+use orders_worker::deployment::{id_sequences, preflight};
 use orders_workflows::search_attributes::{REGISTRATION, cli_type_name};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use temporalio_client::tonic;
@@ -226,6 +227,9 @@ async fn a_shard_added_at_the_end_is_new_not_a_stranger() {
     shard_identity::record_missing(&grown)
         .await
         .expect("the appended shard's identity is recorded");
+    id_sequences::make_disjoint(&grown)
+        .await
+        .expect("the appended shard's id sequences get their class");
     let recorded = store::shard_identity::read(&grown.get(4).conn)
         .await
         .expect("its identity reads")
@@ -239,4 +243,86 @@ async fn a_shard_added_at_the_end_is_new_not_a_stranger() {
     preflight::check(&app.client, &grown)
         .await
         .expect("the grown deployment passes the checks");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_whose_id_sequences_are_not_disjoint_is_refused_until_migrate_up_runs() {
+    let mut app = TestApp::spawn_without_worker().await;
+    // Shard 2's order ids as an earlier build allocated them: one after another.
+    app.shards
+        .get(2)
+        .conn
+        .execute_unprepared("ALTER SEQUENCE order_id_seq INCREMENT BY 1")
+        .await
+        .expect("shard 2's sequence goes back to the old scheme");
+    assert_refused(
+        &app.worker_refusal(),
+        &[
+            "shard 2 (",
+            "order_id_seq",
+            "can issue values another shard issues",
+            "fix: orders migrate up",
+        ],
+    );
+    app.cli_ok(&["migrate", "up"]);
+    app.start_worker(None);
+    let order = an_order(&app).await;
+    app.place_confirmed_order(order).await;
+}
+
+/// Creates on `cluster` a database whose default collation is ICU's `en-US`, where the test
+/// clusters' databases sort in "C" (`initdb --no-locale`): what a shard created on a host
+/// image with another locale has. Returns its URL.
+async fn database_sorting_as_en_us(cluster: &orders_dev::PostgresCluster) -> String {
+    let database = format!("icu_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let admin = sea_orm::Database::connect(cluster.url("postgres"))
+        .await
+        .expect("the cluster's admin database connects");
+    admin
+        .execute_unprepared(&format!(
+            "CREATE DATABASE \"{database}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        ))
+        .await
+        .expect("a database with an ICU collation is created");
+    admin.close().await.ok();
+    cluster.url(&database)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_whose_collations_differ_are_refused_by_migrate_and_by_the_worker() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.shard_urls[3] = database_sorting_as_en_us(&services().clusters[3]).await;
+    let expected = [
+        "the shards sort text differently",
+        "shard 0 (",
+        "LC_COLLATE=C LC_CTYPE=C",
+        "shard 3 (",
+        "ICU en-US",
+        "TEMPLATE template0 LOCALE_PROVIDER libc LC_COLLATE 'C' LC_CTYPE 'C'",
+    ];
+
+    let migrate = app.cli(&["migrate", "up"]);
+    let stderr = String::from_utf8_lossy(&migrate.stderr);
+    assert!(
+        !migrate.status.success(),
+        "migrate up accepted a shard with another collation:\n{stderr}"
+    );
+    for text in expected {
+        assert!(
+            stderr.contains(text),
+            "migrate's stderr lacks {text:?}:\n{stderr}"
+        );
+    }
+    let odd = Shards::connect_lazy(&app.shard_urls[3..], PoolSettings::default())
+        .await
+        .expect("a pool opens");
+    assert_eq!(
+        store::server::applied_migrations(&odd.get(0).conn)
+            .await
+            .expect("its migrations read"),
+        Vec::<String>::new(),
+        "migrate up changed nothing on the shard it refused"
+    );
+
+    assert_refused(&app.worker_refusal(), &expected);
 }

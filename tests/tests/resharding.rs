@@ -26,15 +26,15 @@ use crate::load_process::LoadProcess;
 use crate::step_paths::recorded;
 
 /// A new customer whose bucket a test moves: from its shard to the one `hop` shards on.
-struct Mover {
-    customer: i64,
-    bucket: u16,
-    from: usize,
-    to: usize,
+pub(crate) struct Mover {
+    pub(crate) customer: i64,
+    pub(crate) bucket: u16,
+    pub(crate) from: usize,
+    pub(crate) to: usize,
 }
 
 impl Mover {
-    async fn new(app: &TestApp, name: &str, credit_limit: &str, hop: usize) -> Self {
+    pub(crate) async fn new(app: &TestApp, name: &str, credit_limit: &str, hop: usize) -> Self {
         let customer = app.add_customer(name, credit_limit).await;
         let from = app.shards.for_customer(customer).index;
         Self {
@@ -47,7 +47,7 @@ impl Mover {
 }
 
 /// `count` pending orders of `customer`, written straight to its shard; their ids.
-async fn insert_orders(
+pub(crate) async fn insert_orders(
     app: &TestApp,
     customer: i64,
     count: usize,
@@ -163,7 +163,7 @@ async fn assert_each_once_on_its_owner(app: &TestApp, ids: &[i64]) {
     );
 }
 
-fn reshard_report(output: &std::process::Output) -> Value {
+pub(crate) fn reshard_report(output: &std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "orders reshard printed no JSON report ({e}): {}\n{}",
@@ -174,7 +174,7 @@ fn reshard_report(output: &std::process::Output) -> Value {
 }
 
 /// Waits (up to 2 minutes) for the detached reshard to finish, and returns its report.
-async fn finished(app: &TestApp) -> Value {
+pub(crate) async fn finished(app: &TestApp) -> Value {
     eventually(
         "the reshard finishes",
         Duration::from_secs(120),
@@ -191,7 +191,7 @@ async fn finished(app: &TestApp) -> Value {
 }
 
 /// A fresh set of pools on the newest stored map, as a worker started now would route.
-async fn routing_now(app: &TestApp) -> Shards {
+pub(crate) async fn routing_now(app: &TestApp) -> Shards {
     let shards = Shards::connect_lazy(&app.shard_urls, Default::default())
         .await
         .unwrap();
@@ -201,7 +201,7 @@ async fn routing_now(app: &TestApp) -> Shards {
 
 /// After a move was undone: the newest map still gives `customer`'s bucket to `from`, and
 /// neither `from` nor `to` keeps a fence.
-async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize) {
+pub(crate) async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize) {
     let shards = routing_now(app).await;
     assert_eq!(shards.for_customer(customer).index, from);
     for shard in [from, to] {
@@ -211,7 +211,7 @@ async fn assert_rolled_back(app: &TestApp, customer: i64, from: usize, to: usize
 }
 
 /// Runs `orders reshard ARGS --json` on a blocking thread.
-async fn reshard(app: &Arc<TestApp>, args: &[&str]) -> std::process::Output {
+pub(crate) async fn reshard(app: &Arc<TestApp>, args: &[&str]) -> std::process::Output {
     let app = app.clone();
     let mut all: Vec<String> = vec!["reshard".into()];
     all.extend(args.iter().map(|a| a.to_string()));
@@ -547,6 +547,22 @@ async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
     ids
 }
 
+/// SIGKILLs the worker `pid` at a moment drawn from `seed` (0.5–6.5 s from now, printed so
+/// a failing run can be replayed), and starts another: the move in flight must resume.
+fn kill_at_random(app: Arc<TestApp>, pid: u32, seed: u64, what: &'static str) -> tokio::task::JoinHandle<orders_dev::process::ChildService> {
+    let after = Duration::from_millis(500 + seed % 6_000);
+    eprintln!("{what}: the worker is killed {} ms in (seed {seed})", after.as_millis());
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("the worker is killed");
+        app.extra_worker()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
     let mut app = TestApp::spawn().await;
@@ -595,12 +611,19 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
         earlier.clone(),
         moving.clone(),
     ));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let pid = app.worker_pid().expect("a worker runs");
+    let heir = kill_at_random(app.clone(), pid, seed, "growth");
     let output = reshard(
         &app,
         &["--to", "5", "--clean-up-after", "3", "--chunk-rows", "1000"],
     )
     .await;
     moving.store(false, Ordering::SeqCst);
+    let heir = heir.await.expect("the worker was replaced");
     assert!(
         output.status.success(),
         "{}",
@@ -646,12 +669,22 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
 
-    // Drain the fifth shard back onto the others: it ends with nothing.
+    // Drain the fifth shard back onto the others, orders arriving and the worker killed
+    // again: it ends with nothing.
+    let moving = Arc::new(AtomicBool::new(true));
+    let loads = ["saga", "two_phase"]
+        .map(|mode| tokio::spawn(load_while_moving(app.clone(), mode, moving.clone())));
+    let second_heir = kill_at_random(app.clone(), heir.pid(), seed / 7_919, "drain");
     let output = reshard(
         &app,
         &["--to", "4", "--clean-up-after", "3", "--chunk-rows", "1000"],
     )
     .await;
+    moving.store(false, Ordering::SeqCst);
+    let _second_heir = second_heir.await.expect("the worker was replaced");
+    for load in loads {
+        all.extend(load.await.expect("the load ran"));
+    }
     assert!(
         output.status.success(),
         "{}",
@@ -666,6 +699,8 @@ async fn a_deployment_grows_onto_a_fifth_shard_under_load_and_drains_back() {
     for shard in 0..4 {
         assert!(misplaced_orders(&app.shards, shard).await.is_empty());
     }
+    assert_each_once_on_its_owner(&app, &all).await;
+    assert!(prepared_everywhere(&app).await.is_empty());
     app.cli_ok(&["audit", "--grace", "0"]);
 }
 
@@ -718,7 +753,7 @@ async fn a_move_survives_its_worker_dying_mid_copy_and_again_mid_cut_over() {
 }
 
 /// The reshard's progress, from `orders reshard status --json`, once it answers.
-async fn status(app: &Arc<TestApp>) -> Value {
+pub(crate) async fn status(app: &Arc<TestApp>) -> Value {
     loop {
         let output = reshard(app, &["status"]).await;
         if output.status.success() {
@@ -845,7 +880,7 @@ async fn wait_for_fence(app: &TestApp, shard: usize, bucket: u16, state: FenceSt
 }
 
 /// The shard the newest stored map gives `customer`'s bucket to.
-async fn owner_now(app: &TestApp, customer: i64) -> usize {
+pub(crate) async fn owner_now(app: &TestApp, customer: i64) -> usize {
     routing_now(app).await.for_customer(customer).index
 }
 

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use orders_workflows::in_doubt_recovery;
-use temporalio_client::{UntypedWorkflow, WorkflowDescribeOptions, WorkflowTerminateOptions};
+use orders_workflows::InDoubtRecoveryWorkflow;
+use orders_workflows::in_doubt_recovery::{self, RecoverySchedule};
+use temporalio_client::{
+    UntypedWorkflow, WorkflowDescribeOptions, WorkflowStartOptions, WorkflowTerminateOptions,
+};
 
 use crate::helpers::{BuildOrder, TestApp, eventually, order};
 
@@ -125,4 +128,76 @@ async fn old_keys_of_finished_workflows_go_while_a_running_workflows_and_odd_key
         1,
         "a key of another shape stays"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_workflow_whose_id_holds_a_uuid_keeps_its_keys() {
+    let mut app = TestApp::spawn_without_worker().await;
+    app.worker_env
+        .push(("ORDERS_RETENTION_EVERY_SECS", "1".into()));
+    app.worker_env
+        .push(("ORDERS_IDEMPOTENCY_RETENTION_DAYS", "30".into()));
+    app.start_worker(None);
+
+    // Ids like `order/<uuid>` are what clients choose; the run id follows the workflow id's
+    // own UUID. A queue nobody polls keeps the workflow running for as long as the test needs.
+    let workflow_id = format!("order/{}", uuid::Uuid::new_v4());
+    app.client
+        .start_workflow(
+            InDoubtRecoveryWorkflow::run,
+            RecoverySchedule::default(),
+            WorkflowStartOptions::new(
+                format!("nobody-polls-{}", uuid::Uuid::new_v4()),
+                &workflow_id,
+            )
+            .build(),
+        )
+        .await
+        .expect("the workflow starts");
+    let running = app
+        .client
+        .get_workflow_handle::<UntypedWorkflow>(workflow_id.clone());
+    let first_run = running
+        .describe(WorkflowDescribeOptions::default())
+        .await
+        .expect("the workflow is described")
+        .raw()
+        .workflow_execution_info
+        .as_ref()
+        .expect("execution info")
+        .first_run_id
+        .clone();
+    let running_key = format!("{workflow_id}/{first_run}/create-order");
+    write_key(&app, &running_key).await;
+    // A key of a workflow Temporal does not know: its going shows a pass judged both.
+    let ended_key = format!(
+        "ended-{}/{}/create-order",
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4()
+    );
+    write_key(&app, &ended_key).await;
+    age_every_key(&app).await;
+
+    eventually(
+        "the unknown workflow's key to go",
+        Duration::from_secs(20),
+        async || (keys_of(&app, &ended_key).await == 0).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        keys_of(&app, &running_key).await,
+        1,
+        "the key of running workflow {workflow_id} went"
+    );
+
+    running
+        .terminate(WorkflowTerminateOptions::builder().reason("test").build())
+        .await
+        .expect("the workflow ends");
+    eventually(
+        "the ended workflow's key to go",
+        Duration::from_secs(20),
+        async || (keys_of(&app, &running_key).await == 0).then_some(()),
+    )
+    .await;
 }

@@ -89,3 +89,60 @@ async fn an_unknown_customer_fails_the_order_and_writes_nothing_anywhere() {
         "nothing was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_names_the_field_and_rule_never_the_value_sent() {
+    let app = TestApp::spawn().await;
+    let item = json!({"product_id": 7, "quantity": 1, "unit_price": "1.00"});
+    // What a client sends is echoed nowhere: each input carries a marker where a value or a
+    // key would go, and the refusal must name the field instead.
+    let cases = [
+        (
+            json!({"customer_id": "SECRET-1", "items": [item]}),
+            "customer_id",
+        ),
+        (
+            json!({"customer_id": 1, "items": [item], "SECRET-2": 1}),
+            "unknown field",
+        ),
+        (json!({"customer_id": 1, "items": "SECRET-3"}), "items"),
+        (
+            json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": "SECRET-4"}]}),
+            "unit_price",
+        ),
+        (
+            json!({"customer_id": 1, "items": [item], "consistency": "SECRET-5"}),
+            "consistency",
+        ),
+        (
+            json!({"customer_id": 1, "items": [{"product_id": 7, "quantity": "SECRET-6", "unit_price": "1.00"}]}),
+            "items[0].quantity",
+        ),
+        (
+            json!({"customer_id": 1, "items": [item], "notes": ["SECRET-7"]}),
+            "notes",
+        ),
+        (json!("SECRET-8"), "JSON object"),
+        (
+            json!({"customer_id": -123456789, "items": [item]}),
+            "customer_id",
+        ),
+    ];
+    let starts = futures::future::join_all(
+        cases
+            .iter()
+            .map(|(input, _)| app.start_order_raw(input.clone())),
+    )
+    .await;
+    for ((input, field), workflow_id) in cases.iter().zip(starts) {
+        let message = expect_failure(&app.outcome(&workflow_id).await, "InvalidOrder");
+        assert!(
+            message.contains(field),
+            "{input}: {message:?} should name {field:?}"
+        );
+        assert!(
+            !message.contains("SECRET") && !message.contains("123456789"),
+            "{input}: {message:?} echoes what the client sent"
+        );
+    }
+}

@@ -12,9 +12,19 @@
 //!
 //! It serves customers' names and emails, so it listens on loopback unless told otherwise,
 //! and with `ORDERS_API_TOKEN` set every request needs `Authorization: Bearer <token>`.
+//!
+//! Its clients cannot be trusted to be few, quick or polite, and the order steps must not
+//! pay for them: it reads through pools of its own ([`orders_core::read_pools`]), serves at
+//! most [`MAX_CONCURRENT_REQUESTS`] requests at once (503 beyond), gives each
+//! [`REQUEST_TIMEOUT`], and [`server`] bounds connections and the time to send headers. An
+//! error body names a shard by its number alone; its server, user, database and certificate
+//! paths go to the worker's log.
+
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Path, Query, Request, State};
@@ -23,10 +33,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use orders_core::Shards;
+use orders_core::{ShardError, Shards};
 use orders_read::OrderCache;
 use orders_read::pages::{self, ListError};
 use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use server::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+
+/// Requests served at once; more are answered 503 at once rather than queued behind them.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
+/// The longest a request may take, its shard reads included; then it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Api {
@@ -97,40 +117,80 @@ async fn require_token(State(token): State<ApiToken>, request: Request, next: Ne
     }
 }
 
-/// Serves the API on `addr` until `shutdown` resolves; with `token`, only to requests that
-/// carry it.
+/// Answers 503 at once when [`MAX_CONCURRENT_REQUESTS`] are in flight, and when a request
+/// runs past [`REQUEST_TIMEOUT`] (dropping it cancels its shard reads).
+async fn limit(State(in_flight): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = in_flight.try_acquire_owned() else {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the read API is serving {MAX_CONCURRENT_REQUESTS} requests already; try again shortly"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, timeout_secs = REQUEST_TIMEOUT.as_secs(), "read API request timed out");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {} s; try again later",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    }
+}
+
+/// Binds the read API's address; fails naming it and what to do, so that a worker whose API
+/// cannot be served refuses to start instead of running without it.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot serve the read API on {addr}: set ORDERS_API_ADDR to a free address, or to off to run without the read API"
+        )
+    })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; with `token`, only to requests
+/// that carry it. `shards` should be the read API's own pools ([`orders_core::read_pools`]).
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     token: Option<ApiToken>,
     shards: Shards,
     cache: Arc<OrderCache>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let mut app = Router::new()
         .route("/orders", get(orders_page))
         .route("/orders/counts", get(counts))
         .route("/orders/{id}", get(order))
         .route("/customers/{id}/orders", get(customer_orders))
         .route("/cache", get(cache_stats))
-        .with_state(Api { shards, cache });
+        .with_state(Api { shards, cache })
+        .layer(middleware::from_fn_with_state(in_flight, limit));
+    // The token is checked first, so requests without it never take a request's place.
+    let beyond_loopback = listener
+        .local_addr()
+        .is_ok_and(|addr| !addr.ip().is_loopback());
     match token {
         Some(token) => app = app.layer(middleware::from_fn_with_state(token, require_token)),
-        None if !addr.ip().is_loopback() => tracing::warn!(
-            %addr,
+        None if beyond_loopback => tracing::warn!(
             "the read API serves customers' names and emails beyond loopback without a token; set ORDERS_API_TOKEN"
         ),
         None => {}
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot serve the read API on {addr} (set ORDERS_API_ADDR to a free address, or off)"
-        )
-    })?;
-    tracing::info!(addr = %listener.local_addr()?, "serving the read API");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("read API stopped")
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving the read API");
+    }
+    server::serve_connections(listener, app, shutdown).await;
 }
 
 /// `?limit=&cursor=`.
@@ -152,7 +212,7 @@ async fn order(State(api): State<Api>, Path(id): Path<i64>) -> Response {
             StatusCode::NOT_FOUND,
             format!("order {id} does not exist on any shard"),
         ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => shard_unavailable(&e),
     }
 }
 
@@ -172,7 +232,12 @@ async fn customer_orders(
 }
 
 async fn counts(State(api): State<Api>) -> Response {
-    Json(pages::count_by_status(&api.shards).await).into_response()
+    let mut counts = pages::count_by_status(&api.shards).await;
+    for missing in &mut counts.missing_shards {
+        tracing::warn!(shard = missing.shard, error = %missing.error, "read API: a shard left out of the counts");
+        missing.error = UNAVAILABLE.to_owned();
+    }
+    Json(counts).into_response()
 }
 
 async fn cache_stats(State(api): State<Api>) -> Response {
@@ -185,8 +250,20 @@ fn page_response(page: Result<pages::OrderPage, ListError>) -> Response {
         Err(
             e @ (ListError::BadCursor(_) | ListError::BadPageSize(_) | ListError::BadOffset(_)),
         ) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ ListError::Shard(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(ListError::Shard(e)) => shard_unavailable(&e),
     }
+}
+
+/// What a client is told of a shard that failed: the rest is the operator's business.
+const UNAVAILABLE: &str = "unavailable; try again later";
+
+/// 503 naming the shard by its number; the error, with the shard's URL, goes to the log.
+fn shard_unavailable(e: &ShardError) -> Response {
+    tracing::warn!(shard = e.shard, error = %e, "read API: a shard did not answer");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("shard {} {UNAVAILABLE}", e.shard),
+    )
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -216,5 +293,24 @@ mod tests {
     #[test]
     fn an_empty_token_is_refused() {
         assert!(ApiToken::new("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_shard_is_named_by_its_number_alone() {
+        let failed = ShardError {
+            shard: 2,
+            url: "postgres://reader@db-2.internal:5432/orders?sslrootcert=/etc/orders/ca.crt"
+                .into(),
+            source: sea_orm::DbErr::Custom("could not read /etc/orders/ca.crt".into()),
+        };
+        let response = shard_unavailable(&failed);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            body,
+            r#"{"error":"shard 2 unavailable; try again later"}"#.as_bytes()
+        );
     }
 }

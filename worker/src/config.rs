@@ -10,6 +10,8 @@ use orders_read::CacheSettings;
 use orders_workflows::idempotency_retention::RetentionSchedule;
 use orders_workflows::in_doubt_recovery::RecoverySchedule;
 
+use crate::deployment::shard_identity;
+
 /// Where Temporal is and which task queue the order workflows use.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TemporalSettings {
@@ -88,11 +90,16 @@ impl std::fmt::Debug for TemporalTls {
 }
 
 /// The PostgreSQL shards and how to pool connections to them.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct ShardSettings {
     /// Comma-separated PostgreSQL URLs; shard i is the i-th URL. Required: `orders dev`
-    /// prints the value for its local shards.
-    #[arg(long = "shards", env = "ORDERS_SHARDS", value_delimiter = ',')]
+    /// prints the value for its local shards. Its value is never shown: URLs carry passwords.
+    #[arg(
+        long = "shards",
+        env = "ORDERS_SHARDS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub urls: Vec<String>,
     /// Connections per shard pool.
     #[arg(long = "pool-size", env = "ORDERS_POOL_SIZE", default_value_t = 10)]
@@ -111,6 +118,21 @@ pub struct ShardSettings {
         default_value_t = 30
     )]
     pub map_refresh_secs: u64,
+}
+
+/// Without the URLs, which carry passwords.
+impl std::fmt::Debug for ShardSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardSettings")
+            .field(
+                "urls",
+                &format_args!("<{} URLs, not shown>", self.urls.len()),
+            )
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("map_refresh_secs", &self.map_refresh_secs)
+            .finish()
+    }
 }
 
 /// How to point a command at the shards `orders dev` runs, in a build that has it.
@@ -136,8 +158,19 @@ impl ShardSettings {
         Ok(&self.urls)
     }
 
-    /// Lazily connected pools, one per shard, routing by the newest stored shard map.
+    /// Lazily connected pools, one per shard, routing by the newest stored shard map, once
+    /// every shard that answers is the one `ORDERS_SHARDS` says it is (see
+    /// [`shard_identity::verify`]): with two URLs swapped, a command would write to, or read
+    /// from, the wrong shard.
     pub async fn connect(&self) -> anyhow::Result<Shards> {
+        let shards = self.connect_for_worker().await?;
+        shard_identity::verify(&shards).await?;
+        Ok(shards)
+    }
+
+    /// [`Self::connect`] without the identity check, for the worker: its deployment checks
+    /// verify identities along with everything else it refuses to start on.
+    pub async fn connect_for_worker(&self) -> anyhow::Result<Shards> {
         let shards = self.connect_without_map().await?;
         let refresh = shards.refresh_map().await?;
         for unreachable in &refresh.unreachable {
@@ -347,4 +380,22 @@ fn parse_addr(variable: &str, addr: &str) -> anyhow::Result<Option<std::net::Soc
         .parse()
         .map_err(|e| anyhow::anyhow!("{variable} {addr:?} is not host:port or off: {e}"))?;
     Ok(Some(parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        shards: ShardSettings,
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_shard_urls() {
+        let parsed = Command::parse_from(["orders", "--shards", "postgres://o:hunter2@db/orders"]);
+        assert!(!format!("{parsed:?}").contains("hunter2"), "{parsed:?}");
+    }
 }

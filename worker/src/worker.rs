@@ -14,6 +14,7 @@ use orders_activities::stock::StockActivities;
 use orders_activities::two_phase::TwoPhaseActivities;
 use orders_core::Shards;
 use orders_core::metrics::OrderMetrics;
+use orders_core::read_pools::{ReadPoolSettings, read_pools};
 use orders_core::store::two_phase;
 use orders_operations::import::ImportActivities;
 use orders_operations::recovery::RecoveryActivities;
@@ -97,7 +98,9 @@ fn step_patches(steps: StepPlacement) -> Option<PatchActivationCallback> {
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Checks the deployment (see [`crate::deployment::preflight`]), then runs the worker until
-/// `shutdown` resolves, drains in-flight tasks and returns.
+/// `shutdown` resolves, drains in-flight tasks and returns. An address it cannot serve on is
+/// an error before anything starts: a worker running without the API it was told to serve
+/// would look healthy to everything but that API's clients.
 pub async fn run(
     client: Client,
     task_queue: &str,
@@ -105,6 +108,10 @@ pub async fn run(
     serving: Serving,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let api_listener = match serving.api_addr {
+        Some(addr) => Some(crate::api::bind(addr).await?),
+        None => None,
+    };
     crate::deployment::preflight::check(&client, &shards).await?;
     let meter: Option<Arc<dyn CoreMeter>> = match serving.metrics_addr {
         Some(addr) => {
@@ -142,11 +149,11 @@ pub async fn run(
     let map_refresh = tokio::spawn(refresh_shard_map(shards.clone(), serving.map_refresh));
     let cache = Arc::new(OrderCache::new(serving.cache, metrics.clone()));
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = serving.api_addr.map(|addr| {
+    let api = api_listener.map(|listener| {
         tokio::spawn(crate::api::serve(
-            addr,
+            listener,
             serving.api_token.clone(),
-            shards.clone(),
+            read_pools(&shards, ReadPoolSettings::default()),
             cache.clone(),
             async move {
                 let _ = api_stopped.await;
@@ -205,9 +212,9 @@ pub async fn run(
             client.clone(),
             metrics.clone(),
         ))
-        .register_activities(ImportActivities::new(shards.clone(), metrics))
+        .register_activities(ImportActivities::new(shards.clone(), metrics.clone()))
         .register_activities(LifecycleActivities::new(client.clone()))
-        .register_activities(ReshardActivities::new(shards))
+        .register_activities(ReshardActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?
         .register_workflow::<OrderLifecycleWorkflow>()?
         .register_workflow::<ImportOrdersWorkflow>()?
@@ -243,7 +250,7 @@ pub async fn run(
     map_refresh.abort();
     let _ = api_stop.send(());
     if let Some(api) = api {
-        api.await.context("read API panicked")??;
+        api.await.context("read API panicked")?;
     }
     result.context("worker stopped with an error")
 }
@@ -295,24 +302,34 @@ async fn sample_shards(shards: Shards, metrics: Arc<OrderMetrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        for shard in shards.iter() {
-            let pool = shard.conn.get_postgres_connection_pool();
-            let idle = pool.num_idle() as u64;
-            metrics.pool_connections(
-                shard.index,
-                u64::from(pool.size()).saturating_sub(idle),
-                idle,
-            );
-            // A shard that is down keeps its last prepared-part values and reports down.
-            match two_phase::in_doubt(&shard.conn).await {
-                Ok(prepared) => {
-                    let oldest = prepared.first().map_or(0, |p| p.age_secs.max(0) as u64);
-                    metrics.prepared_parts(shard.index, prepared.len() as u64, oldest);
-                    metrics.shard_up(shard.index, true);
-                }
-                Err(_) => metrics.shard_up(shard.index, false),
-            }
+        // Side by side: a shard that is down costs its own sample the ping's timeout, not
+        // the others'.
+        futures::future::join_all(shards.iter().map(|shard| sample(shard, &metrics))).await;
+    }
+}
+
+/// One shard's sample: its pool, whether it answers a ping (which `Shard::seems_down`
+/// remembers, so two-phase steps stop waiting for it), and its prepared parts.
+async fn sample(shard: &orders_core::Shard, metrics: &OrderMetrics) {
+    let pool = shard.conn.get_postgres_connection_pool();
+    let idle = pool.num_idle() as u64;
+    metrics.pool_connections(
+        shard.index,
+        u64::from(pool.size()).saturating_sub(idle),
+        idle,
+    );
+    if !shard.answers().await {
+        // A shard that is down keeps its last prepared-part values and reports down.
+        metrics.shard_up(shard.index, false);
+        return;
+    }
+    match two_phase::in_doubt(&shard.conn).await {
+        Ok(prepared) => {
+            let oldest = prepared.first().map_or(0, |p| p.age_secs.max(0) as u64);
+            metrics.prepared_parts(shard.index, prepared.len() as u64, oldest);
+            metrics.shard_up(shard.index, true);
         }
+        Err(_) => metrics.shard_up(shard.index, false),
     }
 }
 

@@ -40,11 +40,16 @@ pub const MAX_LISTED_REJECTIONS: usize = 1_000;
 
 /// How long a segment may go without a heartbeat before Temporal retries it.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long checking and hashing the file may take: it heartbeats meanwhile, so this only
+/// bounds a read that crawls (a file at `ORDERS_IMPORT_MAX_BYTES`, 8 GiB by default, hashes
+/// in a minute or two on a local disk).
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What to import.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportInput {
-    /// Path of the JSON Lines file, as the worker sees it.
+    /// Path of the JSON Lines file on the worker's machine, inside its `ORDERS_IMPORT_DIR`
+    /// (a relative path is taken from there).
     pub path: String,
     #[serde(default)]
     pub chunk_size: Option<u32>,
@@ -128,7 +133,7 @@ impl ImportOrdersWorkflow {
             .execute_activity(
                 ImportActivities::inspect_import_file,
                 input.path.clone(),
-                options(Duration::from_secs(30)),
+                options(INSPECT_TIMEOUT),
             )
             .await
             .map_err(|e| workflow_failure(&e))?;
@@ -201,8 +206,10 @@ impl ImportOrdersWorkflow {
 }
 
 /// Retried with backoff until done: a shard that is down holds the import, it does not fail
-/// it. Segments heartbeat after reading and after each shard's write, so a worker that dies
-/// is noticed within [`HEARTBEAT_TIMEOUT`] and its segment retried elsewhere.
+/// it; a file the worker may not or cannot read fails it at once (`ImportFileUnreadable`,
+/// non-retryable). Both activities heartbeat while they read and segments after each shard's
+/// write, so a worker that dies is noticed within [`HEARTBEAT_TIMEOUT`] and its work retried
+/// elsewhere.
 fn options(start_to_close: Duration) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(start_to_close)
         .heartbeat_timeout(HEARTBEAT_TIMEOUT)

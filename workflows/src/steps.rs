@@ -30,7 +30,7 @@ use temporalio_sdk::{
     ActivityExecutionError, TimerOptions, WorkflowCancellationToken, WorkflowContext,
 };
 
-pub use options::forward_options;
+pub use options::{PREPARE_FOR_AT_MOST, forward_options};
 use options::{local_options, remote_options};
 
 /// Where a step runs: in the workflow task, or as an activity of its own.
@@ -46,6 +46,11 @@ pub enum Phase {
     /// Plan, write, reserve, prepare: retried until done or refused; a cancellation stops it
     /// (after the running attempt has stopped, so compensations see what it wrote).
     Forward,
+    /// Phase one of a two-phase order: as `Forward`, but retried for at most
+    /// [`PREPARE_FOR_AT_MOST`]. Its prepared parts hold their rows while it retries, so it
+    /// gives up soon, and the order releases them and tries again later
+    /// (see `place_order::two_phase`).
+    Prepare,
     /// A saga's compensation: immune to cancellation, retried for about two minutes, then
     /// reported as failed.
     Compensate,

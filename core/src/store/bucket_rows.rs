@@ -1,6 +1,7 @@
 //! A bucket's rows on one shard, as the bucket mover reads and writes them: the copy (COPY
 //! between the two shards, a key range at a time), the catch-up (rows named by the change
-//! log, re-read and written again), the checksums, and the deletion of a bucket's rows.
+//! log, re-read and written again) and the deletion of a bucket's rows; the comparisons are in
+//! [`super::bucket_checks`].
 //!
 //! Every write here runs with `orders.bucket_mover = on`, which the guard trigger lets
 //! through: the target's `incoming` fence and the old owner's `moved` fence refuse everyone
@@ -31,6 +32,10 @@ pub struct BucketTable {
     /// For a table whose rows reference another's: the condition, on a copied row `c`, that
     /// its parent is on the target already (see [`copy_chunk`]).
     pub parent_present: Option<&'static str>,
+    /// For a table whose key names a group of rows: the column that, with the key, names
+    /// one row, which a logged change may carry (`<key>:<row>`, see migration 17) so the
+    /// catch-up rewrites that row and not the whole group.
+    pub row_column: Option<&'static str>,
 }
 
 /// Every table with a bucket's rows, in the order a copy writes them (parents before the
@@ -53,6 +58,7 @@ pub const TABLES: [BucketTable; 7] = [
         ],
         in_bucket: "(id % 1024) = ANY($1::bigint[])",
         parent_present: None,
+        row_column: None,
     },
     BucketTable {
         name: "orders",
@@ -76,6 +82,7 @@ pub const TABLES: [BucketTable; 7] = [
         ],
         in_bucket: "(id % 1024) = ANY($1::bigint[])",
         parent_present: Some("EXISTS (SELECT 1 FROM customers p WHERE p.id = c.customer_id)"),
+        row_column: None,
     },
     BucketTable {
         name: "order_items",
@@ -85,6 +92,7 @@ pub const TABLES: [BucketTable; 7] = [
         columns: &["order_id", "product_id", "quantity", "price"],
         in_bucket: "(order_id % 1024) = ANY($1::bigint[])",
         parent_present: Some("EXISTS (SELECT 1 FROM orders p WHERE p.id = c.order_id)"),
+        row_column: None,
     },
     BucketTable {
         name: "credit_holds",
@@ -101,6 +109,7 @@ pub const TABLES: [BucketTable; 7] = [
         ],
         in_bucket: "(order_id % 1024) = ANY($1::bigint[])",
         parent_present: None,
+        row_column: None,
     },
     BucketTable {
         name: "inventory",
@@ -117,6 +126,7 @@ pub const TABLES: [BucketTable; 7] = [
         ],
         in_bucket: "(product_id % 1024) = ANY($1::bigint[])",
         parent_present: None,
+        row_column: None,
     },
     BucketTable {
         name: "stock_holds",
@@ -135,6 +145,7 @@ pub const TABLES: [BucketTable; 7] = [
         parent_present: Some(
             "EXISTS (SELECT 1 FROM inventory p WHERE p.product_id = c.product_id)",
         ),
+        row_column: Some("order_id"),
     },
     BucketTable {
         name: "idempotency_keys",
@@ -144,11 +155,23 @@ pub const TABLES: [BucketTable; 7] = [
         columns: &["key", "result", "compensated", "created_at", "bucket"],
         in_bucket: "bucket = ANY($1::bigint[])",
         parent_present: None,
+        row_column: None,
     },
 ];
 
 impl BucketTable {
-    fn column_list(&self) -> String {
+    /// The key as the mover orders and compares it: text in the `"C"` collation, so both
+    /// shards of a move (whatever locale each was created with) walk chunk ranges and
+    /// checksums in the same order, byte order, as Rust compares strings.
+    pub(super) fn ordered_key(&self) -> String {
+        if self.key_type == "text" {
+            format!("{} COLLATE \"C\"", self.key)
+        } else {
+            self.key.to_owned()
+        }
+    }
+
+    pub(super) fn column_list(&self) -> String {
         self.columns.join(", ")
     }
 
@@ -162,7 +185,7 @@ impl BucketTable {
 }
 
 /// `buckets` as the `$1` of [`BucketTable::in_bucket`].
-fn ids(buckets: &[u16]) -> Vec<i64> {
+pub(super) fn ids(buckets: &[u16]) -> Vec<i64> {
     buckets.iter().map(|&b| i64::from(b)).collect()
 }
 
@@ -178,7 +201,7 @@ pub fn table(name: &str) -> Option<&'static BucketTable> {
 
 /// A statement built from [`TABLES`]' table and column names, which are constants: the
 /// values it works on are bound parameters.
-fn from_tables(statement: String) -> sqlx::AssertSqlSafe<String> {
+pub(super) fn from_tables(statement: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(statement)
 }
 
@@ -211,10 +234,10 @@ pub async fn copy_chunk(
     after: Option<&str>,
     limit: u32,
 ) -> Result<Option<CopiedChunk>, sqlx::Error> {
-    let (key, key_type) = (table.key, table.key_type);
+    let (key, key_type) = (table.ordered_key(), table.key_type);
     let upper: Option<String> = sqlx::query_scalar(from_tables(format!(
-        "SELECT (max({key}))::text FROM (
-             SELECT {key} FROM {name}
+        "SELECT (max(k))::text FROM (
+             SELECT {key} AS k FROM {name}
              WHERE {in_bucket} AND ($2::text IS NULL OR {key} > CAST($2::text AS {key_type}))
              ORDER BY {key} LIMIT $3
          ) chunk",
@@ -335,12 +358,70 @@ pub async fn count_rows(conn: &mut PgConnection, buckets: &[u16]) -> Result<u64,
 }
 
 /// What one [`catch_up`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CaughtUp {
     /// The newest change applied, for progress.
     pub last_change: i64,
     /// Changes read (a row changed twice counts twice).
     pub changes: u64,
+    /// The keys it rewrote: what a check after it needs to compare.
+    pub touched: Touched,
+}
+
+/// Keys a catch-up rewrote on the target, per table (indexed like [`TABLES`]): whole groups
+/// by key, and single rows by (key, [`BucketTable::row_column`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touched {
+    pub keys: Vec<Vec<String>>,
+    pub rows: Vec<Vec<(i64, i64)>>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self {
+            keys: vec![Vec::new(); TABLES.len()],
+            rows: vec![Vec::new(); TABLES.len()],
+        }
+    }
+}
+
+impl Touched {
+    /// Adds the row or group a change logged on `table` with `row_key` names.
+    pub(super) fn add(&mut self, table: &str, row_key: String) -> Result<(), sqlx::Error> {
+        let index = TABLES
+            .iter()
+            .position(|t| t.name == table)
+            .ok_or_else(|| sqlx::Error::Protocol(format!("change to unknown table {table}")))?;
+        match one_row(&TABLES[index], &row_key) {
+            Some(row) => self.rows[index].push(row),
+            None => self.keys[index].push(row_key),
+        }
+        Ok(())
+    }
+
+    /// Adds `other`'s keys, each once.
+    pub fn extend(&mut self, other: Touched) {
+        for (mine, theirs) in self.keys.iter_mut().zip(other.keys) {
+            mine.extend(theirs);
+            mine.sort_unstable();
+            mine.dedup();
+        }
+        for (mine, theirs) in self.rows.iter_mut().zip(other.rows) {
+            mine.extend(theirs);
+            mine.sort_unstable();
+            mine.dedup();
+        }
+    }
+
+    /// Keys and rows, over every table.
+    pub fn len(&self) -> usize {
+        self.keys.iter().map(Vec::len).sum::<usize>()
+            + self.rows.iter().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Applies to `target` up to `limit` of the changes logged on `source` for `buckets`: each
@@ -374,14 +455,37 @@ pub async fn catch_up(
         .map(|change| change.try_get("id"))
         .collect::<Result<_, _>>()?;
     let last_change = applied.iter().copied().max().unwrap_or_default();
-    let mut keys: Vec<Vec<String>> = vec![Vec::new(); TABLES.len()];
+    let mut named = Touched::default();
     for change in &changes {
-        let name: String = change.try_get("table_name")?;
-        let index = TABLES
-            .iter()
-            .position(|t| t.name == name)
-            .ok_or_else(|| sqlx::Error::Protocol(format!("change to unknown table {name}")))?;
-        keys[index].push(change.try_get("row_key")?);
+        let table: String = change.try_get("table_name")?;
+        named.add(&table, change.try_get("row_key")?)?;
+    }
+    let Touched {
+        mut keys,
+        rows: mut single,
+    } = named;
+    let mut single_rows = Vec::with_capacity(TABLES.len());
+    for ((table, keys), single) in TABLES.iter().zip(&keys).zip(single.iter_mut()) {
+        // A row whose whole group is rewritten needs no rewrite of its own.
+        single.retain(|(key, _)| !keys.contains(&key.to_string()));
+        single.sort_unstable();
+        single.dedup();
+        single_rows.push(match table.row_column {
+            Some(row_column) if !single.is_empty() => {
+                let (group, row): (Vec<i64>, Vec<i64>) = single.iter().copied().unzip();
+                sqlx::query_scalar(from_tables(format!(
+                    "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]'::jsonb) FROM {name} t
+                     WHERE ({key}, {row_column}) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))",
+                    name = table.name,
+                    key = table.key,
+                )))
+                .bind(group)
+                .bind(row)
+                .fetch_one(&mut *source)
+                .await?
+            }
+            _ => serde_json::Value::Array(Vec::new()),
+        });
     }
     let mut rows = Vec::with_capacity(TABLES.len());
     for (table, keys) in TABLES.iter().zip(keys.iter_mut()) {
@@ -406,45 +510,11 @@ pub async fn catch_up(
 
     let mut write = target.begin().await?;
     as_mover(&mut write).await?;
-    for ((table, keys), rows) in TABLES.iter().zip(&keys).zip(&rows) {
-        if keys.is_empty() {
-            continue;
-        }
-        let columns = table.column_list();
-        let (name, key, key_type) = (table.name, table.key, table.key_type);
-        if table.unique_key {
-            let others: Vec<&str> = table
-                .columns
-                .iter()
-                .copied()
-                .filter(|c| *c != key)
-                .collect();
-            let excluded: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-            sqlx::query(from_tables(format!(
-                "INSERT INTO {name} ({columns})
-                 SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)
-                 ON CONFLICT ({key}) DO UPDATE SET ({others}) = ROW({excluded})",
-                others = others.join(", "),
-                excluded = excluded.join(", "),
-            )))
-            .bind(rows)
-            .execute(&mut *write)
-            .await?;
-        } else {
-            sqlx::query(from_tables(format!(
-                "DELETE FROM {name} WHERE {key} = ANY(CAST($1::text[] AS {key_type}[]))"
-            )))
-            .bind(keys)
-            .execute(&mut *write)
-            .await?;
-            sqlx::query(from_tables(format!(
-                "INSERT INTO {name} ({columns})
-                 SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)"
-            )))
-            .bind(rows)
-            .execute(&mut *write)
-            .await?;
-        }
+    // In table order, parents before the rows that reference them: a key's group, then the
+    // single rows named.
+    for (index, table) in TABLES.iter().enumerate() {
+        write_group(&mut write, table, &keys[index], &rows[index]).await?;
+        write_single(&mut write, table, &single[index], &single_rows[index]).await?;
     }
     // Rows gone from the source go from the target too, children before parents.
     for ((table, keys), rows) in TABLES.iter().zip(&keys).zip(&rows).rev() {
@@ -470,117 +540,99 @@ pub async fn catch_up(
     Ok(CaughtUp {
         last_change,
         changes: changes.len() as u64,
+        touched: Touched { keys, rows: single },
     })
 }
 
-/// Starts a read of a bucket whose rows print the same on every shard: timestamps in UTC
-/// and ISO style, whatever each server's defaults, so equal rows never differ as text.
-async fn begin_comparable(
-    conn: &mut PgConnection,
-) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
-    let mut read = conn
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
-    sqlx::query(
-        "SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true),
-                set_config('IntervalStyle', 'postgres', true)",
-    )
-    .execute(&mut *read)
-    .await?;
-    Ok(read)
-}
-
-/// A table's rows in a bucket, summarised: how many, and the MD5 of their text in key order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableChecksum {
-    pub rows: i64,
-    pub md5: String,
-}
-
-/// [`TableChecksum`] of `table` in `bucket` on this shard.
-pub async fn checksum(
-    conn: &mut PgConnection,
+/// Writes the rows of `keys` as the source has them (`rows`): upserted where the key names
+/// one row, replaced as a group where it names several.
+async fn write_group(
+    write: &mut PgConnection,
     table: &BucketTable,
-    buckets: &[u16],
-) -> Result<TableChecksum, sqlx::Error> {
-    let mut read = begin_comparable(conn).await?;
-    let row = sqlx::query(from_tables(format!(
-        "SELECT count(*) AS rows, md5(coalesce(string_agg(r, E'\\n' ORDER BY k, r), '')) AS md5
-         FROM (SELECT {key} AS k, ROW({columns})::text AS r FROM {name} WHERE {in_bucket}) s",
-        key = table.key,
-        columns = table.column_list(),
-        name = table.name,
-        in_bucket = table.in_bucket,
-    )))
-    .bind(ids(buckets))
-    .fetch_one(&mut *read)
-    .await?;
-    read.commit().await?;
-    Ok(TableChecksum {
-        rows: row.try_get("rows")?,
-        md5: row.try_get("md5")?,
-    })
-}
-
-/// Keys compared per page by [`first_difference`].
-const DIFF_PAGE: i64 = 1_000;
-
-/// The first key (in key order) whose rows differ between `a` and `b`, including a key
-/// present on one side only; `None` if the bucket's rows of `table` are equal.
-pub async fn first_difference(
-    a: &mut PgConnection,
-    b: &mut PgConnection,
-    table: &BucketTable,
-    buckets: &[u16],
-) -> Result<Option<String>, sqlx::Error> {
-    let mut after: Option<String> = None;
-    loop {
-        let left = key_digests(a, table, buckets, after.as_deref()).await?;
-        let right = key_digests(b, table, buckets, after.as_deref()).await?;
-        for i in 0..left.len().max(right.len()) {
-            match (left.get(i), right.get(i)) {
-                (Some(l), Some(r)) if l == r => {}
-                (Some(l), Some(r)) => return Ok(Some(l.0.clone().min(r.0.clone()))),
-                (Some(only), None) | (None, Some(only)) => return Ok(Some(only.0.clone())),
-                (None, None) => unreachable!("i is below the longer length"),
-            }
-        }
-        if (left.len() as i64) < DIFF_PAGE {
-            return Ok(None);
-        }
-        after = left.last().map(|(k, _)| k.clone());
+    keys: &[String],
+    rows: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
     }
+    let columns = table.column_list();
+    let (name, key, key_type) = (table.name, table.key, table.key_type);
+    if table.unique_key {
+        let others: Vec<&str> = table
+            .columns
+            .iter()
+            .copied()
+            .filter(|c| *c != key)
+            .collect();
+        let excluded: Vec<String> = others.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+        sqlx::query(from_tables(format!(
+            "INSERT INTO {name} ({columns})
+             SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)
+             ON CONFLICT ({key}) DO UPDATE SET ({others}) = ROW({excluded})",
+            others = others.join(", "),
+            excluded = excluded.join(", "),
+        )))
+        .bind(rows)
+        .execute(&mut *write)
+        .await?;
+        return Ok(());
+    }
+    sqlx::query(from_tables(format!(
+        "DELETE FROM {name} WHERE {key} = ANY(CAST($1::text[] AS {key_type}[]))"
+    )))
+    .bind(keys)
+    .execute(&mut *write)
+    .await?;
+    insert_rows(write, table, rows).await
 }
 
-/// (key as text, MD5 of its rows) for the next page of keys after `after`, in key order.
-async fn key_digests(
-    conn: &mut PgConnection,
+/// Replaces the single rows `single` ((key, row column) pairs) with the source's `rows`.
+async fn write_single(
+    write: &mut PgConnection,
     table: &BucketTable,
-    buckets: &[u16],
-    after: Option<&str>,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
-    let mut read = begin_comparable(conn).await?;
-    let rows = sqlx::query(from_tables(format!(
-        "SELECT {key}::text AS k, md5(string_agg(ROW({columns})::text, E'\\n'
-                                                 ORDER BY ROW({columns})::text)) AS d
-         FROM {name}
-         WHERE {in_bucket} AND ($2::text IS NULL OR {key} > CAST($2::text AS {key_type}))
-         GROUP BY {key} ORDER BY {key} LIMIT $3",
-        key = table.key,
-        key_type = table.key_type,
-        columns = table.column_list(),
-        name = table.name,
-        in_bucket = table.in_bucket,
+    single: &[(i64, i64)],
+    rows: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let Some(row_column) = table.row_column.filter(|_| !single.is_empty()) else {
+        return Ok(());
+    };
+    let (group, row): (Vec<i64>, Vec<i64>) = single.iter().copied().unzip();
+    let (name, key) = (table.name, table.key);
+    sqlx::query(from_tables(format!(
+        "DELETE FROM {name}
+         WHERE ({key}, {row_column}) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))"
     )))
-    .bind(ids(buckets))
-    .bind(after)
-    .bind(DIFF_PAGE)
-    .fetch_all(&mut *read)
+    .bind(group)
+    .bind(row)
+    .execute(&mut *write)
     .await?;
-    read.commit().await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("k")?, r.try_get("d")?)))
-        .collect()
+    insert_rows(write, table, rows).await
+}
+
+/// Inserts `rows` (a JSON array of `table`'s rows, as the source's `to_jsonb` gave them).
+async fn insert_rows(
+    write: &mut PgConnection,
+    table: &BucketTable,
+    rows: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let (name, columns) = (table.name, table.column_list());
+    sqlx::query(from_tables(format!(
+        "INSERT INTO {name} ({columns})
+         SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1)"
+    )))
+    .bind(rows)
+    .execute(&mut *write)
+    .await?;
+    Ok(())
+}
+
+/// The one row a logged change names, as (key, row column), when its table has a
+/// [`BucketTable::row_column`] and the change carries it; `None` for a change naming a key's
+/// whole group (every other table, and changes logged before migration 17).
+fn one_row(table: &BucketTable, logged: &str) -> Option<(i64, i64)> {
+    table.row_column?;
+    let (key, row) = logged.split_once(':')?;
+    Some((key.parse().ok()?, row.parse().ok()?))
 }
 
 /// Deletes `bucket`'s rows from this shard, `chunk` rows per transaction, children before
@@ -617,6 +669,32 @@ pub async fn delete_bucket(
     Ok(deleted)
 }
 
+/// Deletes `buckets`' rows of every table after `TABLES[table]` on this shard (children
+/// before parents), in one transaction; for a copy resuming at `table`, which copies those
+/// tables again from their start. Returns the rows deleted.
+pub async fn delete_tables_after(
+    conn: &mut PgConnection,
+    buckets: &[u16],
+    table: usize,
+) -> Result<u64, sqlx::Error> {
+    let mut txn = conn.begin().await?;
+    as_mover(&mut txn).await?;
+    let mut deleted = 0;
+    for later in TABLES.iter().skip(table + 1).rev() {
+        deleted += sqlx::query(from_tables(format!(
+            "DELETE FROM {name} WHERE {in_bucket}",
+            name = later.name,
+            in_bucket = later.in_bucket,
+        )))
+        .bind(ids(buckets))
+        .execute(&mut *txn)
+        .await?
+        .rows_affected();
+    }
+    txn.commit().await?;
+    Ok(deleted)
+}
+
 /// Deletes the change log of `buckets` on this shard.
 pub async fn drop_change_log(conn: &mut PgConnection, buckets: &[u16]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM bucket_changes WHERE bucket = ANY($1)")
@@ -639,40 +717,6 @@ pub async fn corrupt_one_customer(conn: &mut PgConnection, bucket: u16) -> Resul
     .execute(&mut *txn)
     .await?;
     txn.commit().await
-}
-
-/// The sequences ids are allocated from (see [`crate::routing`]).
-const ID_SEQUENCES: [&str; 2] = ["customer_id_seq", "order_id_seq"];
-
-/// The last value of each id sequence on this shard.
-pub async fn id_sequences(conn: &mut PgConnection) -> Result<Vec<i64>, sqlx::Error> {
-    let mut values = Vec::new();
-    for sequence in ID_SEQUENCES {
-        values.push(
-            sqlx::query_scalar(from_tables(format!("SELECT last_value FROM {sequence}")))
-                .fetch_one(&mut *conn)
-                .await?,
-        );
-    }
-    Ok(values)
-}
-
-/// Moves each id sequence on this shard to at least `values` (as [`id_sequences`] lists
-/// them), never back: ids this shard hands out in a bucket it takes over cannot collide
-/// with those its old owner handed out there.
-pub async fn advance_id_sequences(
-    conn: &mut PgConnection,
-    values: &[i64],
-) -> Result<(), sqlx::Error> {
-    for (sequence, value) in ID_SEQUENCES.iter().zip(values) {
-        sqlx::query(from_tables(format!(
-            "SELECT setval('{sequence}', greatest(last_value, $1)) FROM {sequence}"
-        )))
-        .bind(value)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 const _: () = assert!(

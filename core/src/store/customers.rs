@@ -7,6 +7,7 @@ use sea_orm::{
     PaginatorTrait, Set, Statement, TransactionTrait,
 };
 
+use super::id_sequences;
 use crate::routing;
 
 /// What `orders customer add` needs to create a customer.
@@ -55,7 +56,8 @@ pub async fn insert(
                     "this shard owns no buckets to allocate ids in".into(),
                 ));
             }
-            let bucket = owned_buckets[seq.rem_euclid(owned_buckets.len() as i64) as usize];
+            let turn = id_sequences::turn(seq).rem_euclid(owned_buckets.len() as i64);
+            let bucket = owned_buckets[turn as usize];
             routing::tagged_id(seq, bucket)
         }
     };

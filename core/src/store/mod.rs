@@ -4,11 +4,13 @@
 
 pub mod audit;
 pub mod batch;
+pub mod bucket_checks;
 pub mod bucket_rows;
 pub mod connections;
 pub mod credit;
 pub mod customers;
 pub mod fences;
+pub mod id_sequences;
 pub mod idempotency;
 pub mod imports;
 pub mod inventory;

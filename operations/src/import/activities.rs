@@ -1,7 +1,8 @@
-//! The import's activities: checking the file, and importing one segment of it.
+//! The import's activities: checking the file, and importing one segment of it. Both open
+//! the file through the [`ImportPolicy`], so a client of the namespace can have the worker
+//! read only what the operator put in `ORDERS_IMPORT_DIR`, and both heartbeat while they read.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -11,30 +12,68 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use super::RejectedLine;
 use super::file::{self, ImportLine};
+use super::heartbeat::{Progress, while_heartbeating};
+use super::policy::{CheckedFile, ImportPolicy, PathRefused};
 use super::write::{self, ShardImport};
 use orders_core::failpoints;
 use orders_core::failure::Rejection;
+use orders_core::metrics::OrderMetrics;
+use orders_core::shards::Shards;
 
-/// The import cannot go on with this file: not there, unreadable, or changed.
-fn unreadable(path: &str, e: &std::io::Error) -> ActivityError {
+/// The import cannot go on with this file: refused by the policy, unreadable, or changed. Not
+/// retried: the same path gives the same answer until someone changes the file or the
+/// configuration, and then the import is started again.
+fn unreadable(path: &str, error: impl std::fmt::Display) -> ActivityError {
     Rejection::ImportFileUnreadable {
         path: path.to_owned(),
-        error: e.to_string(),
+        error: error.to_string(),
     }
     .into_activity_error()
 }
-use orders_core::metrics::OrderMetrics;
-use orders_core::shards::Shards;
+
+/// A blocking file task that panicked: a bug, retried like any infrastructure error.
+fn panicked(e: tokio::task::JoinError) -> ActivityError {
+    ActivityError::from(std::io::Error::other(format!(
+        "the import's file reader panicked: {e}"
+    )))
+}
 
 /// The activities' shared state.
 pub struct ImportActivities {
     shards: Shards,
     metrics: Arc<OrderMetrics>,
+    policy: ImportPolicy,
 }
 
 impl ImportActivities {
+    /// With the policy `ORDERS_IMPORT_DIR` and `ORDERS_IMPORT_MAX_BYTES` set on this worker
+    /// ([`ImportPolicy::from_env`]).
     pub fn new(shards: Shards, metrics: Arc<OrderMetrics>) -> Self {
-        Self { shards, metrics }
+        Self::with_policy(shards, metrics, ImportPolicy::from_env())
+    }
+
+    /// With `policy`, logged once so an operator sees where this worker imports from.
+    pub fn with_policy(shards: Shards, metrics: Arc<OrderMetrics>, policy: ImportPolicy) -> Self {
+        match &policy {
+            ImportPolicy::Allowed { dir, max_bytes } => {
+                tracing::info!(dir = %dir.display(), max_bytes, "imports read from this directory only");
+            }
+            ImportPolicy::Refused(reason) => tracing::info!(reason, "imports are refused"),
+        }
+        Self {
+            shards,
+            metrics,
+            policy,
+        }
+    }
+
+    /// Opens `path` under the policy, on a blocking thread.
+    async fn open(&self, path: &str) -> Result<CheckedFile, ActivityError> {
+        let (policy, requested) = (self.policy.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || policy.open(&requested))
+            .await
+            .map_err(panicked)?
+            .map_err(|refused: PathRefused| unreadable(path, refused))
     }
 }
 
@@ -79,21 +118,28 @@ pub struct SegmentOutcome {
 
 #[activities]
 impl ImportActivities {
-    /// Checks that the worker can read the file and returns its size and digest.
+    /// Checks that the policy lets the worker read the file, and returns its size and digest.
+    /// Hashing a large file outlasts the heartbeat timeout, so it heartbeats meanwhile.
     #[activity(name = "InspectImportFile")]
     pub async fn inspect_import_file(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         path: String,
     ) -> Result<ImportFile, ActivityError> {
-        let file = PathBuf::from(&path);
-        let inspected = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::metadata(&file)?.len();
-            Ok::<_, std::io::Error>((bytes, file::file_digest(&file)?))
-        })
-        .await
-        .map_err(|e| std::io::Error::other(format!("file reader panicked: {e}")))?;
-        let (bytes, sha256) = inspected.map_err(|e| unreadable(&path, &e))?;
+        let CheckedFile { file, bytes } = self.open(&path).await?;
+        let progress = Progress::new();
+        let hashing = {
+            let progress = progress.clone();
+            async move {
+                failpoints::hit("inspect_import_file.hash").await?;
+                tokio::task::spawn_blocking(move || file::file_digest(file, &progress))
+                    .await
+                    .map_err(panicked)?
+                    .map_err(|e| unreadable(&path, e))
+                    .map(|sha256| (path, sha256))
+            }
+        };
+        let (path, sha256) = while_heartbeating(&ctx, &progress, hashing).await??;
         Ok(ImportFile {
             path,
             bytes,
@@ -111,22 +157,29 @@ impl ImportActivities {
         input: SegmentInput,
     ) -> Result<SegmentOutcome, ActivityError> {
         let started = std::time::Instant::now();
-        let expected = input.file.clone();
-        let (offset, first_line, max_lines) = (input.offset, input.first_line, input.max_lines);
-        let segment = tokio::task::spawn_blocking(move || {
-            let path = PathBuf::from(&expected.path);
-            let bytes = std::fs::metadata(&path)?.len();
-            if bytes != expected.bytes {
-                return Err(std::io::Error::other(format!(
+        let CheckedFile { file, bytes } = self.open(&input.file.path).await?;
+        if bytes != input.file.bytes {
+            return Err(unreadable(
+                &input.file.path,
+                format!(
                     "it changed during the import ({} bytes, now {bytes}); import the new file as a new import",
-                    expected.bytes
-                )));
-            }
-            file::read_segment(&path, &expected.sha256, offset, first_line, max_lines)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(format!("segment reader panicked: {e}")))?
-        .map_err(|e| unreadable(&input.file.path, &e))?;
+                    input.file.bytes
+                ),
+            ));
+        }
+        let (offset, first_line, max_lines) = (input.offset, input.first_line, input.max_lines);
+        let digest = input.file.sha256.clone();
+        let progress = Progress::new();
+        let reading = {
+            let progress = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                file::read_segment(file, &digest, offset, first_line, max_lines, &progress)
+            })
+        };
+        let segment = while_heartbeating(&ctx, &progress, reading)
+            .await?
+            .map_err(panicked)?
+            .map_err(|e| unreadable(&input.file.path, e))?;
         ctx.record_heartbeat(segment.next_offset).await.ok();
         let read = started.elapsed();
 

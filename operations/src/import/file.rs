@@ -1,12 +1,15 @@
 //! Reading an import file a segment at a time, and turning its lines into orders.
+//!
+//! A rejected line's reason names the rule it broke, never what it holds: the file is
+//! whatever a client pointed the import at, and the report goes back to that client.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::RejectedLine;
+use super::heartbeat::Progress;
 use orders_core::failure::FailureType;
 use orders_core::order_input::ValidOrder;
 
@@ -39,15 +42,16 @@ pub struct Segment {
 }
 
 /// Reads up to `max_lines` lines starting at byte `offset`, which is line `first_line`, of
-/// the file whose SHA-256 is `file_digest` (hex; it names the derived references).
+/// `file`, whose SHA-256 is `file_digest` (hex; it names the derived references). Bytes read
+/// are counted in `progress`.
 pub fn read_segment(
-    path: &Path,
+    mut file: File,
     file_digest: &str,
     offset: u64,
     first_line: u64,
     max_lines: u64,
+    progress: &Progress,
 ) -> std::io::Result<Segment> {
-    let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut segment = Segment {
@@ -56,6 +60,9 @@ pub fn read_segment(
     };
     let mut buffer = Vec::new();
     while segment.lines < max_lines {
+        if progress.stopped() {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
         buffer.clear();
         let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64 + 1)
@@ -67,6 +74,7 @@ pub fn read_segment(
         let line = first_line + segment.lines;
         segment.lines += 1;
         segment.next_offset += read as u64;
+        progress.advance(read as u64);
         if buffer.len() > MAX_LINE_BYTES && buffer.last() != Some(&b'\n') {
             segment.next_offset += skip_rest_of_line(&mut reader)?;
             segment.rejected.push(RejectedLine {
@@ -131,17 +139,19 @@ pub fn parse_line(
     if text.is_empty() {
         return Ok(None);
     }
-    let mut value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| reject(None, format!("{INVALID}: malformed JSON: {e}")))?;
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        reject(
+            None,
+            format!("{INVALID}: malformed JSON{}", syntax_error(&e)),
+        )
+    })?;
     let order_ref = match value.as_object_mut().and_then(|o| o.remove("order_ref")) {
         None => derived_ref(file_digest, line),
         Some(serde_json::Value::String(r)) if !r.is_empty() && r.len() <= MAX_ORDER_REF => r,
-        Some(other) => {
+        Some(_) => {
             return Err(reject(
                 None,
-                format!(
-                    "{INVALID}: order_ref must be a string of 1 to {MAX_ORDER_REF} bytes, got {other}"
-                ),
+                format!("{INVALID}: order_ref must be a string of 1 to {MAX_ORDER_REF} bytes"),
             ));
         }
     };
@@ -165,11 +175,25 @@ fn derived_ref(file_digest: &str, line: u64) -> String {
     )
 }
 
-/// SHA-256 of the file, hex, read in a stream.
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+/// `: <what>` for a JSON syntax error: serde_json's syntax messages are fixed texts with a
+/// position (`EOF while parsing a string at line 1 column 9`), never the input.
+fn syntax_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!(": {e}"),
+        Category::Io | Category::Data => String::new(),
+    }
+}
+
+/// SHA-256 of the file, hex, read in a stream; bytes hashed are counted in `progress`, and
+/// the hash gives up (`Interrupted`) once `progress` is stopped.
+pub fn file_digest(file: File, progress: &Progress) -> std::io::Result<String> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     loop {
+        if progress.stopped() {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
         let chunk = reader.fill_buf()?;
         if chunk.is_empty() {
             break;
@@ -177,6 +201,7 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
         hasher.update(chunk);
         let n = chunk.len();
         reader.consume(n);
+        progress.advance(n as u64);
     }
     Ok(hasher
         .finalize()
@@ -249,6 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_line_names_the_rule_it_broke_never_the_values_it_holds() {
+        let item = r#"{"product_id": 7, "quantity": 1, "unit_price": "1.00"}"#;
+        for (text, names) in [
+            (format!(r#"{{"customer_id": "SECRET", "items": [{item}]}}"#), "customer_id"),
+            (format!(r#"{{"order_ref": {{"k": "SECRET"}}, "customer_id": 1, "items": [{item}]}}"#), "order_ref"),
+            (format!(r#"{{"order_ref": "{}", "customer_id": 1, "items": [{item}]}}"#, "SECRET".repeat(40)), "order_ref"),
+            (format!(r#"{{"SECRET": 1, "customer_id": 1, "items": [{item}]}}"#), "unknown field"),
+            (r#"{"customer_id": 1, "items": [{"product_id": 7, "quantity": 1, "unit_price": "SECRET"}]}"#.to_owned(), "unit_price"),
+            (r#"{"customer_id": "SECRET"#.to_owned(), "malformed JSON"),
+            ("SECRET".to_owned(), "malformed JSON"),
+        ] {
+            let rejected = parse_line(1, text.as_bytes(), DIGEST).unwrap_err();
+            assert!(rejected.reason.contains(names), "{text}: {}", rejected.reason);
+            assert!(!rejected.reason.contains("SECRET"), "{text}: {}", rejected.reason);
+        }
+    }
+
+    #[test]
     fn segments_resume_at_the_byte_offset_they_ended_on() {
         let dir = std::env::temp_dir().join(format!("import-file-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -260,9 +303,24 @@ mod tests {
         write!(file, "{{broken").unwrap();
         drop(file);
 
-        let first = read_segment(&path, DIGEST, 0, 1, 4).unwrap();
+        let open = || File::open(&path).unwrap();
+        let progress = Progress::default();
+        let first = read_segment(open(), DIGEST, 0, 1, 4, &progress).unwrap();
         assert_eq!((first.valid.len(), first.lines, first.eof), (4, 4, false));
-        let rest = read_segment(&path, DIGEST, first.next_offset, 1 + first.lines, 4).unwrap();
+        assert_eq!(
+            progress.bytes(),
+            first.next_offset,
+            "progress counts the bytes read"
+        );
+        let rest = read_segment(
+            open(),
+            DIGEST,
+            first.next_offset,
+            1 + first.lines,
+            4,
+            &progress,
+        )
+        .unwrap();
         assert_eq!(
             rest.valid.iter().map(|l| l.line).collect::<Vec<_>>(),
             vec![5]

@@ -1,19 +1,26 @@
 //! Bulk import of orders from a JSON Lines file, for the `ImportOrders` workflow.
 //!
-//! The file is read a segment at a time from a byte offset ([`file`](mod@file)), each line
-//! validated with PlaceOrder's rules, the valid ones grouped by owning shard and written there with
-//! COPY in savepoint-guarded chunks ([`write`](mod@write)). Memory stays bounded by the segment
-//! size whatever the file size. Each imported order carries an `order_ref` (the client's, or one
-//! derived from the line) that is unique per shard, so re-running a file adds nothing, and the
-//! import's id, so a retried segment counts the rows it already wrote as its own.
+//! Any client of the namespace names the file, so it must be one the operator allowed
+//! ([`policy`](mod@policy): a regular file of bounded size inside `ORDERS_IMPORT_DIR`). It is
+//! read a segment at a time from a byte offset ([`file`](mod@file)), heartbeating meanwhile
+//! ([`heartbeat`](mod@heartbeat)), each line validated with PlaceOrder's rules (a rejected
+//! line names the rule, never the values), the valid ones grouped by owning shard and written
+//! there with COPY in savepoint-guarded chunks ([`write`](mod@write)). Memory stays bounded by
+//! the segment size whatever the file size. Each imported order carries an `order_ref` (the
+//! client's, or one derived from the line) that is unique per shard, so re-running a file adds
+//! nothing, and the import's id, so a retried segment counts the rows it already wrote as its
+//! own.
 
 pub mod activities;
 pub mod file;
+pub mod heartbeat;
+pub mod policy;
 pub mod write;
 
 use serde::{Deserialize, Serialize};
 
 pub use activities::{ImportActivities, SegmentInput, SegmentOutcome};
+pub use policy::ImportPolicy;
 
 /// A line that was not imported, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,9 +121,8 @@ async fn write_chunk(
                 outcome.rejected.push(RejectedLine {
                     line: line.line,
                     reason: format!(
-                        "{}: no customer {} on the shard that owns it",
-                        FailureType::UnknownCustomer,
-                        line.order.customer_id
+                        "{}: no such customer on the shard that owns customer_id",
+                        FailureType::UnknownCustomer
                     ),
                     order_ref: Some(line.order_ref),
                 });
@@ -155,7 +154,7 @@ async fn write_chunk(
         outcome.rejected.push(RejectedLine {
             line: row.line,
             order_ref: Some(row.order_ref.to_owned()),
-            reason: format!("database: {}", failure.error),
+            reason: format!("database: {}", without_values(&failure.error)),
         });
     }
     Ok(outcome)
@@ -167,10 +166,46 @@ fn used_again(line: &ImportLine, first: u64) -> RejectedLine {
         line: line.line,
         order_ref: Some(line.order_ref.clone()),
         reason: format!(
-            "{}: order_ref {:?} is used again for customer {} (first on line {first})",
+            "{}: order_ref is used again for the same customer (first on line {first})",
             FailureType::InvalidOrder,
-            line.order_ref,
-            line.order.customer_id
         ),
+    }
+}
+
+/// The database's reason for refusing a row, without the row's values: PostgreSQL's detail
+/// quotes them (`Key (customer_id, order_ref)=(…) already exists`, `Failing row contains
+/// (…)`), and so do data errors after a colon (`invalid input syntax for type …: "…"`). What
+/// is left names the rule: the constraint, or the kind of data error.
+fn without_values(error: &str) -> &str {
+    let primary = error.split(" (Key (").next().unwrap_or(error);
+    let primary = primary
+        .split(" (Failing row contains")
+        .next()
+        .unwrap_or(primary);
+    primary.split(": ").next().unwrap_or(primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_refusal_keeps_the_rule_and_drops_the_values() {
+        for (error, rule) in [
+            (
+                "duplicate key value violates unique constraint \"orders_customer_ref\" (Key (customer_id, order_ref)=(7, SECRET) already exists.)",
+                "duplicate key value violates unique constraint \"orders_customer_ref\"",
+            ),
+            (
+                "new row for relation \"order_items\" violates check constraint \"quantity_positive\" (Failing row contains (1, SECRET).)",
+                "new row for relation \"order_items\" violates check constraint \"quantity_positive\"",
+            ),
+            (
+                "invalid input syntax for type numeric: \"SECRET\"",
+                "invalid input syntax for type numeric",
+            ),
+        ] {
+            assert_eq!(without_values(error), rule);
+        }
     }
 }

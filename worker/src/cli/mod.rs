@@ -9,6 +9,7 @@ pub mod args;
 pub mod catalog;
 #[cfg(feature = "dev")]
 pub mod dev;
+mod failing_steps;
 pub mod imports;
 pub mod load;
 pub mod maintenance;
@@ -85,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shutdown_grace: shutdown.grace(),
                 steps: steps.steps,
             };
-            let shards = shards.connect().await?;
+            let shards = shards.connect_for_worker().await?;
             let client = client::connect(&temporal).await?;
             let stop = worker::shutdown_signal();
             worker::run(client, &temporal.task_queue, shards, serving, stop).await?;

@@ -15,6 +15,7 @@ use temporalio_client::{
     WorkflowStartOptions,
 };
 
+use super::failing_steps::{self, FailingStep};
 use super::report::Report;
 use crate::cli::progress_bar::{bar, eta};
 
@@ -26,6 +27,8 @@ pub(super) struct ReshardStatus {
     pub progress: ReshardProgress,
     /// Set when the run ended without finishing (failed or cancelled).
     pub outcome: Option<String>,
+    /// Phases retrying after a failure, with their last error.
+    pub failing: Vec<FailingStep>,
 }
 
 impl Report for ReshardStatus {
@@ -61,6 +64,9 @@ impl fmt::Display for ReshardStatus {
         }
         if let Some((p50, p99)) = pause_percentiles(&p.pauses_ms) {
             writeln!(f, "  write pause per move: p50 {p50} ms, p99 {p99} ms")?;
+        }
+        for step in &self.failing {
+            writeln!(f, "  {step}")?;
         }
         if let Some(outcome) = &self.outcome {
             writeln!(f, "  {outcome}")?;
@@ -149,6 +155,7 @@ pub(super) async fn status(client: &Client) -> anyhow::Result<ReshardStatus> {
         workflow_id: WORKFLOW_ID.to_owned(),
         progress,
         outcome,
+        failing: failing_steps::of(client, WORKFLOW_ID).await,
     })
 }
 

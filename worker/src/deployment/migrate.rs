@@ -3,6 +3,10 @@
 //! Each migration runs in its own transaction on its shard, so a shard that fails stays at
 //! the last migration that succeeded there; the error names it. Other shards finish
 //! normally: re-running the command later brings the failed one up to the same version.
+//!
+//! `up` first refuses shards that sort text differently (nothing is migrated then), and
+//! afterwards records identities, stores the shard map and puts every shard's id sequences
+//! in a class of their own ([`super::id_sequences`]).
 
 use anyhow::bail;
 use futures::future::join_all;
@@ -12,7 +16,7 @@ use orders_migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::MigrationStatus;
 
-use super::Problem;
+use super::{Problem, collation};
 
 /// What to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,15 @@ pub struct ShardVersion {
 /// Runs `plan` on every shard and returns each shard's version. Fails if any shard failed,
 /// naming every failed shard; the shards that succeeded are reported in the log.
 pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion>> {
+    if matches!(plan, Plan::Up(_))
+        && let Some(problem) = collation::mismatch(&collation::read(shards).await)
+    {
+        bail!(
+            "nothing was migrated: {}\nfix: {}",
+            problem.what,
+            problem.fix
+        );
+    }
     let results = join_all(shards.iter().map(|shard| async move {
         let conn = &shard.conn;
         let outcome = match plan {
@@ -81,9 +94,10 @@ pub async fn run(shards: &Shards, plan: Plan) -> anyhow::Result<Vec<ShardVersion
         );
     }
     if matches!(plan, Plan::Up(None)) {
-        // New shards learn who they are; then a fresh deployment gets its first shard map,
-        // and a shard that missed a version gets it.
+        // New shards learn who they are and get their id class; then a fresh deployment
+        // gets its first shard map, and a shard that missed a version gets it.
         crate::deployment::shard_identity::record_missing(shards).await?;
+        super::id_sequences::make_disjoint(shards).await?;
         shards.refresh_map().await?;
         let version = shards.publish_map().await?;
         tracing::info!(version, "shard map stored on every shard");

@@ -1,6 +1,7 @@
 //! Which shards belong together, and in what order. `orders migrate up` records each shard's
 //! deployment and index the first time it migrates it; the worker checks them before it
-//! polls (see [`crate::deployment::preflight`]). A shard appended to `ORDERS_SHARDS` is new, not a
+//! polls (see [`crate::deployment::preflight`]), and every other command that touches the
+//! shards before it does anything ([`verify`]). A shard appended to `ORDERS_SHARDS` is new, not a
 //! stranger: migrating it records the next index.
 //!
 //! Shards migrated before identities existed are recorded in the order of the first
@@ -79,22 +80,11 @@ pub async fn record_missing(shards: &Shards) -> anyhow::Result<()> {
         .iter()
         .filter_map(|(index, identity)| identity.clone().map(|identity| (*index, identity)))
         .collect();
-    let wrong: Vec<String> = membership(&recorded)
-        .into_iter()
-        .filter_map(|(position, m)| match m {
-            Membership::Member => None,
-            Membership::Moved { recorded } => Some(format!(
-                "position {position} in ORDERS_SHARDS holds the deployment's shard {recorded}"
-            )),
-            Membership::Stranger { deployment, ours } => Some(format!(
-                "shard {position} belongs to deployment {deployment}, the others to {ours}"
-            )),
-        })
-        .collect();
+    let wrong = misplaced(&recorded);
     if !wrong.is_empty() {
         bail!(
             "ORDERS_SHARDS does not match the shards' recorded identities, so no identity was recorded:\n  {}\nlist this deployment's shards in the order they were created, new ones at the end",
-            wrong.join("\n  ")
+            describe(&wrong)
         );
     }
     let deployment = prevailing(&recorded)
@@ -114,6 +104,87 @@ pub async fn record_missing(shards: &Shards) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses, saying what to fix, when `ORDERS_SHARDS` lists a shard out of its recorded order
+/// or names another deployment's shard. Every command that writes to the shards or reads
+/// them by routing runs this first: with two URLs swapped, `orders product add` would stock
+/// the wrong shard and `orders recover` roll back parts of committed orders. Shards that do
+/// not answer are skipped (a command that needs one fails on it anyway, and a shard's outage
+/// must not stop commands on the others); shards with no identity yet have nothing to compare.
+pub async fn verify(shards: &Shards) -> anyhow::Result<()> {
+    let read = join_all(
+        shards
+            .iter()
+            .map(|shard| async move { (shard, shard_identity::read(&shard.conn).await) }),
+    )
+    .await;
+    let mut recorded = Vec::new();
+    for (shard, identity) in read {
+        match identity {
+            Ok(Some(identity)) => recorded.push((shard.index, identity)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %shard.error(e), "shard unreachable: its identity is not checked")
+            }
+        }
+    }
+    let wrong = misplaced(&recorded);
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let mut fixes = Vec::new();
+    if wrong
+        .iter()
+        .any(|(_, m)| matches!(m, Membership::Moved { .. }))
+    {
+        let mut in_order: Vec<(usize, &str)> = recorded
+            .iter()
+            .map(|(position, identity)| (identity.index, shards.get(*position).url.as_str()))
+            .collect();
+        in_order.sort();
+        let urls: Vec<&str> = in_order.into_iter().map(|(_, url)| url).collect();
+        fixes.push(format!(
+            "list the shards in their recorded order (passwords not shown): {}",
+            urls.join(",")
+        ));
+    }
+    if wrong
+        .iter()
+        .any(|(_, m)| matches!(m, Membership::Stranger { .. }))
+    {
+        fixes.push("point ORDERS_SHARDS at this deployment's shards only".to_owned());
+    }
+    bail!(
+        "ORDERS_SHARDS does not match the shards' recorded identities, so nothing was done:\n  {}\nfix: {}",
+        describe(&wrong),
+        fixes.join("; and ")
+    )
+}
+
+/// The recorded shards that `ORDERS_SHARDS` lists out of place, by position.
+fn misplaced(recorded: &[(usize, ShardIdentity)]) -> Vec<(usize, Membership)> {
+    membership(recorded)
+        .into_iter()
+        .filter(|(_, m)| *m != Membership::Member)
+        .collect()
+}
+
+/// One line per misplaced shard, saying where it belongs.
+fn describe(misplaced: &[(usize, Membership)]) -> String {
+    let lines: Vec<String> = misplaced
+        .iter()
+        .map(|(position, m)| match m {
+            Membership::Member => format!("shard {position} is in place"),
+            Membership::Moved { recorded } => format!(
+                "position {position} in ORDERS_SHARDS holds the deployment's shard {recorded}"
+            ),
+            Membership::Stranger { deployment, ours } => {
+                format!("shard {position} belongs to deployment {deployment}, the others to {ours}")
+            }
+        })
+        .collect();
+    lines.join("\n  ")
 }
 
 #[cfg(test)]

@@ -37,7 +37,11 @@ use orders_core::{Consistency, FailureType, ValidOrder};
 use orders_entities::order::OrderStatus;
 use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
 use temporalio_common::ActivityDefinition;
-use temporalio_sdk::{ActivityExecutionError, MemoValue, WorkflowContext, WorkflowResult};
+use std::time::Duration;
+
+use temporalio_sdk::{
+    ActivityExecutionError, MemoValue, TimerOptions, WorkflowContext, WorkflowResult,
+};
 
 use super::version::Version;
 use super::{
@@ -85,6 +89,25 @@ impl PartSteps {
 /// bucket once, so more than a few rounds means buckets keep moving under the order.
 const MAX_ROUNDS: u32 = 8;
 
+/// How many times an order waits for a shard that did not answer during phase one before it
+/// fails with `ShardUnavailable`: with [`wait_before_round`]'s pauses, about five minutes.
+const MAX_WAITS: u32 = 24;
+
+/// The pause before the next round after phase one found a shard not answering: 1 s,
+/// doubling up to 15 s.
+fn wait_before_round(waits: u32) -> Duration {
+    Duration::from_secs(1u64 << waits.min(4)).min(Duration::from_secs(15))
+}
+
+/// Whether phase one stopped because a shard did not answer, not for a business reason: the
+/// step said so (`ShardUnavailable`), or ran out of its [`crate::steps::PREPARE_FOR_AT_MOST`].
+fn shard_did_not_answer(err: &ActivityExecutionError) -> bool {
+    match failures::rejection(err) {
+        Some(rejected) => rejected.failure_type == FailureType::ShardUnavailable.as_str(),
+        None => true,
+    }
+}
+
 /// Places `order` with two-phase commit. `key` (`<workflow id>/<first run id>`) names the plan's
 /// idempotency key; each part's key is [`GidParts::part_key`], which recovery rebuilds from a gid.
 /// `part_steps` says how its steps run.
@@ -104,6 +127,7 @@ pub(crate) async fn place(
     let mut plan = make_plan(ctx, steps, &order, key, FIRST_ROUND).await?;
     let order_id = plan.order_id.expect("PlanOrder allocates when asked");
     let mut round = FIRST_ROUND;
+    let mut waits = 0;
     let (parts, refusal) = loop {
         let parts = match parts(ctx, &order, order_id, &plan, round) {
             Ok(parts) => parts,
@@ -128,10 +152,13 @@ pub(crate) async fn place(
             failures::rejection(err)
                 .is_some_and(|r| r.failure_type == FailureType::ShardMapChanged.as_str())
         });
-        if !stale_plan
-            || ctx.cancellation_token().is_cancelled()
-            || round == MAX_ROUNDS
-            || !Version::replans(ctx)
+        let cancelled = ctx.cancellation_token().is_cancelled();
+        let unanswered = refusal.as_ref().is_some_and(shard_did_not_answer)
+            && !cancelled
+            && waits < MAX_WAITS;
+        // (In this order: `replans` asks a patch, only where histories recorded it.)
+        if !unanswered
+            && (!stale_plan || cancelled || round == MAX_ROUNDS || !Version::replans(ctx))
         {
             break (parts, refusal);
         }
@@ -147,7 +174,29 @@ pub(crate) async fn place(
             return Err(fail(ctx, Stage::Failed, failure).into());
         }
         round += 1;
-        if !ctx.is_replaying() {
+        if unanswered {
+            // Its rows on the shards that answered are released; the order waits, then
+            // prepares every part again.
+            let pause = wait_before_round(waits);
+            waits += 1;
+            if !ctx.is_replaying() {
+                tracing::warn!(
+                    workflow_id = ctx.workflow_id(),
+                    order_id,
+                    round,
+                    pause_ms = pause.as_millis() as u64,
+                    error = %refusal.as_ref().map(failures::describe).unwrap_or_default(),
+                    "a shard of the order did not answer: its prepared parts are rolled back and it tries again"
+                );
+            }
+            let timer = TimerOptions::builder(pause)
+                .summary("wait for the shard that did not answer".to_owned())
+                .build();
+            let _ = ctx.timer(timer).await;
+            if ctx.cancellation_token().is_cancelled() {
+                return Err(cancelled_order(ctx));
+            }
+        } else if !ctx.is_replaying() {
             tracing::info!(
                 workflow_id = ctx.workflow_id(),
                 order_id,
@@ -224,6 +273,13 @@ pub(crate) async fn place(
     }
     ctx.state_mut(|s| s.progress.compensations_run = vec!["RollbackPart".to_owned()]);
     match refusal {
+        Some(err) if !cancelled && shard_did_not_answer(&err) => {
+            let failure = FailureType::ShardUnavailable.failure(format!(
+                "order {order_id}: a shard it needs did not answer through {waits} waits; what was prepared is rolled back and nothing was written, submit it again once the shard is back: {}",
+                failures::describe(&err)
+            ));
+            Err(fail(ctx, Stage::Failed, failure).into())
+        }
         Some(err) if !cancelled => Err(fail(ctx, Stage::Failed, workflow_failure(&err)).into()),
         _ => Err(cancelled_order(ctx)),
     }
@@ -274,7 +330,7 @@ async fn prepare_in_shard_order(
                 ctx,
                 TwoPhaseActivities::prepare_part,
                 part.clone(),
-                Phase::Forward,
+                Phase::Prepare,
             )
             .await;
         if let Err(err) = prepared {
@@ -302,7 +358,7 @@ async fn prepare_together(
             ctx,
             TwoPhaseActivities::prepare_parts,
             in_shard_order(parts),
-            Phase::Forward,
+            Phase::Prepare,
         )
         .await
         .err()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use temporalio_common::RetryPolicy;
+use temporalio_common::{ActivityCloseTimeouts, RetryPolicy};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
 };
@@ -33,6 +33,11 @@ pub fn forward_options() -> ActivityOptions {
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .build()
 }
+
+/// How long phase one of a two-phase order retries before it gives up (and the order rolls
+/// back what it prepared, waits and tries again): long enough for a shard restarting, short
+/// enough that prepared rows of healthy shards are not held for long.
+pub const PREPARE_FOR_AT_MOST: Duration = Duration::from_secs(15);
 
 /// Options of compensations: immune to workflow cancellation, retried with backoff for
 /// about two minutes, then reported as failed.
@@ -70,6 +75,12 @@ pub(super) fn local_options(phase: Phase) -> LocalActivityOptions {
             .retry_policy(quick)
             .cancel_type(ActivityCancellationType::WaitCancellationCompleted)
             .build(),
+        Phase::Prepare => options
+            .start_to_close_timeout(Duration::from_secs(5))
+            .schedule_to_close_timeout(PREPARE_FOR_AT_MOST)
+            .retry_policy(quick)
+            .cancel_type(ActivityCancellationType::WaitCancellationCompleted)
+            .build(),
         Phase::Compensate | Phase::AfterConfirmation => options
             .start_to_close_timeout(Duration::from_secs(10))
             .retry_policy(compensation_retry())
@@ -87,6 +98,14 @@ pub(super) fn local_options(phase: Phase) -> LocalActivityOptions {
 pub(super) fn remote_options(phase: Phase) -> ActivityOptions {
     match phase {
         Phase::Forward => forward_options(),
+        Phase::Prepare => {
+            let mut options = forward_options();
+            options.close_timeouts = ActivityCloseTimeouts::ScheduleAndStartToClose {
+                schedule_to_close: PREPARE_FOR_AT_MOST,
+                start_to_close: Duration::from_secs(5),
+            };
+            options
+        }
         Phase::Compensate | Phase::AfterConfirmation => compensation_options(),
         Phase::Resolve => resolve_options(),
     }

@@ -5,14 +5,16 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::cli::progress_bar::{bar, eta};
 use orders_workflows::ImportOrdersWorkflow;
 use orders_workflows::import_orders::{ImportInput, ImportProgress, ImportReport};
+use temporalio_client::errors::WorkflowGetResultError;
 use temporalio_client::{
     Client, WorkflowGetResultOptions, WorkflowQueryOptions, WorkflowStartOptions,
 };
+use temporalio_common::error::IncomingError;
 
 /// Starts the import of `file` (made absolute, since the worker resolves it) as workflow
 /// `workflow_id`.
@@ -53,13 +55,26 @@ pub(super) async fn progress(client: &Client, workflow_id: &str) -> anyhow::Resu
         .with_context(|| format!("cannot query import {workflow_id} (is a worker running?)"))
 }
 
-/// Waits for the import to end and returns its report.
+/// Waits for the import to end and returns its report, or why it failed: the failure's type
+/// (`ImportFileUnreadable`, …) and message, once (the client's error repeats it per cause).
 pub(super) async fn report(client: &Client, workflow_id: &str) -> anyhow::Result<ImportReport> {
-    client
+    let result = client
         .get_workflow_handle::<ImportOrdersWorkflow>(workflow_id)
         .get_result(WorkflowGetResultOptions::default())
-        .await
-        .with_context(|| format!("import {workflow_id} did not complete"))
+        .await;
+    match result {
+        Ok(report) => Ok(report),
+        Err(WorkflowGetResultError::Failed(failure)) => match *failure {
+            IncomingError::Application(failure) => bail!(
+                "import {workflow_id} failed with {}: {failure}",
+                failure.type_name().unwrap_or("ApplicationFailure")
+            ),
+            other => bail!("import {workflow_id} failed: {other}"),
+        },
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("import {workflow_id} did not complete")))
+        }
+    }
 }
 
 /// Redraws a progress line on stderr every half second until the import ends, and returns

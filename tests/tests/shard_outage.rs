@@ -1,0 +1,69 @@
+//! One shard down never blocks orders that do not touch it: a two-phase order waiting for a
+//! stopped shard releases the rows it prepared on the others, and completes once the shard
+//! is back.
+
+use std::time::Duration;
+
+use orders_core::Consistency;
+
+use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on};
+use crate::helpers::{BuildOrder, TestApp, order};
+
+/// The shard stopped: the last in shard order, so an order's parts on the others are
+/// prepared before its part there fails.
+const DOWN: usize = 3;
+
+/// A customer whose rows are not on [`DOWN`].
+async fn customer_off_the_stopped_shard(app: &TestApp, name: &str) -> i64 {
+    loop {
+        let customer = app.add_customer(name, "100000.00").await;
+        if app.shards.for_customer(customer).index != DOWN {
+            return customer;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_phase_order_waiting_for_a_stopped_shard_holds_no_row_on_the_others() {
+    let (mut app, mut own) = TestApp::spawn_with_own_cluster_for(DOWN).await;
+    app.start_worker(None);
+    let waiting = customer_off_the_stopped_shard(&app, "Ada Waiting").await;
+    let other = customer_off_the_stopped_shard(&app, "Bob Healthy").await;
+    let healthy_shard = app.shards.for_customer(waiting).index;
+    let shared = product_on(&app, healthy_shard, &[]);
+    let on_down = product_on(&app, DOWN, &[]);
+    own.stop().await;
+
+    // Prepares its part on the healthy shard (holding `shared`'s stock row), then meets the
+    // stopped shard.
+    let held = app
+        .start_order(
+            order(waiting)
+                .item(shared, 1, "2.00")
+                .item(on_down, 1, "3.00")
+                .two_phase(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for mode in [Consistency::Saga, Consistency::TwoPhase] {
+        let started = std::time::Instant::now();
+        let passing = app
+            .start_order(order(other).item(shared, 1, "2.00").in_mode(mode))
+            .await;
+        let outcome = app.outcome_within(&passing, Duration::from_secs(20)).await;
+        assert!(
+            matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
+            "{mode:?} order of the same product on a healthy shard: {outcome:?}"
+        );
+        eprintln!("{mode:?} order beside the stopped shard placed in {:?}", started.elapsed());
+    }
+
+    own.restart().await;
+    let outcome = app.outcome_within(&held, Duration::from_secs(90)).await;
+    assert!(
+        matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
+        "the waiting order completes once its shard is back: {outcome:?}"
+    );
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
