@@ -205,7 +205,7 @@ pub enum Rejection {
     #[error("part {gid} on shard {shard} was already committed; it cannot be rolled back")]
     PartAlreadyCommitted { gid: String, shard: usize },
     /// The worker cannot read the file an import names.
-    #[error("the worker cannot read {path}: {error} (the path must exist on the worker's machine)")]
+    #[error("the worker cannot read {path}: {error}")]
     ImportFileUnreadable { path: String, error: String },
     /// A two-phase part's rows are no longer owned by the shard it was planned on: a bucket
     /// moved between the plan and the prepare. Phase two must find every part where it was

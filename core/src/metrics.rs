@@ -23,8 +23,9 @@ use temporalio_common::telemetry::metrics::{
 };
 
 /// The steps whose failures are served from the start (at zero), so an alert on their
-/// increase sees the series before the first failure: the bucket mover's phases.
-const STEPS_WATCHED: [(&str, &str); 7] = [
+/// increase sees the series before the first failure: the bucket mover's phases and the
+/// import's steps.
+const STEPS_WATCHED: [(&str, &str); 9] = [
     ("reshard", "PlanReshard"),
     ("reshard", "BeginBucketMove"),
     ("reshard", "CopyBucket"),
@@ -32,6 +33,8 @@ const STEPS_WATCHED: [(&str, &str); 7] = [
     ("reshard", "FreezeAndCutOver"),
     ("reshard", "CleanUpBucket"),
     ("reshard", "AbortBucketMove"),
+    ("import", "InspectImportFile"),
+    ("import", "ImportSegment"),
 ];
 
 /// Handles to every metric; cheap to share.

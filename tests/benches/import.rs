@@ -224,7 +224,15 @@ async fn import_path(
     drop(out);
 
     let task_queue = format!("bench-{database}");
-    let mut worker = common::start_worker(orders_bin, &temporal.address(), &task_queue, &urls)?;
+    // The worker reads imports only from the directory it is given: the one the file is in.
+    let import_dir = clusters.root.to_str().expect("a UTF-8 path").to_owned();
+    let mut worker = common::start_worker_with(
+        orders_bin,
+        &temporal.address(),
+        &task_queue,
+        &urls,
+        &[("ORDERS_IMPORT_DIR", &import_dir)],
+    )?;
     let worker_pid = worker.pid();
     let mut import = Command::new(orders_bin);
     import

@@ -27,7 +27,7 @@ fn import_dir(app: &TestApp) -> PathBuf {
 }
 
 /// Lets the workers this test starts import from [`import_dir`], and returns it.
-fn allow_imports(app: &mut TestApp) -> PathBuf {
+pub(crate) fn allow_imports(app: &mut TestApp) -> PathBuf {
     let dir = import_dir(app);
     app.worker_env
         .push(("ORDERS_IMPORT_DIR", dir.display().to_string()));

@@ -1,13 +1,15 @@
 //! One shard down never blocks orders that do not touch it: a two-phase order waiting for a
 //! stopped shard releases the rows it prepared on the others, and completes once the shard
-//! is back.
+//! is back. An import whose rows go to a stopped shard says which step fails, and finishes
+//! once the shard is back.
 
 use std::time::Duration;
 
 use orders_core::Consistency;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on};
-use crate::helpers::{BuildOrder, TestApp, order};
+use crate::helpers::{BuildOrder, TestApp, eventually, order};
+use crate::import::allow_imports;
 
 /// The shard stopped: the last in shard order, so an order's parts on the others are
 /// prepared before its part there fails.
@@ -66,4 +68,56 @@ async fn a_two_phase_order_waiting_for_a_stopped_shard_holds_no_row_on_the_other
     );
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_waiting_for_a_stopped_shard_names_its_failing_step_and_finishes_after() {
+    let (mut app, mut own) = TestApp::spawn_with_own_cluster_for(DOWN).await;
+    let dir = allow_imports(&mut app);
+    app.start_worker(None);
+    let mut customer = app.add_customer("Ida Import", "100.00").await;
+    while app.shards.for_customer(customer).index != DOWN {
+        customer = app.add_customer("Ida Import", "100.00").await;
+    }
+    let file = dir.join("to-the-stopped-shard.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n",
+            serde_json::json!({"order_ref": "r-1", "customer_id": customer,
+                "items": [{"product_id": 7, "quantity": 1, "unit_price": "1.00"}]})
+        ),
+    )
+    .unwrap();
+    own.stop().await;
+    let id = "import-to-a-stopped-shard";
+    app.cli_ok(&["import", file.to_str().unwrap(), "--workflow-id", id, "--detach"]);
+    let failing = eventually(
+        "orders import-status names the failing step",
+        Duration::from_secs(90),
+        async || {
+            let output = app.cli(&["import-status", id, "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            status["failing"]
+                .as_array()
+                .and_then(|steps| steps.first().cloned())
+        },
+    )
+    .await;
+    assert_eq!(failing["step"], "ImportSegment", "{failing}");
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("shard {DOWN}"))),
+        "{failing}"
+    );
+    own.restart().await;
+    let done = eventually("the import finishes", Duration::from_secs(120), async || {
+        let output = app.cli(&["import-status", id, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (status["done"] == true).then_some(status)
+    })
+    .await;
+    assert_eq!(done["imported"][DOWN.to_string()], 1, "{done}");
+    assert_eq!(done["rejected"], 0, "{done}");
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use orders_core::Shards;
 use orders_core::shards::PoolSettings;
+use orders_operations::import::policy::{DEFAULT_MAX_BYTES, ImportPolicy};
 use orders_operations::retention::RetentionPolicy;
 use orders_read::CacheSettings;
 use orders_workflows::idempotency_retention::RetentionSchedule;
@@ -349,6 +350,29 @@ pub struct ShutdownSettings {
 impl ShutdownSettings {
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Which files the worker's imports may read: a workflow input is client data, so only what
+/// the operator put in one directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportSettings {
+    /// The directory import files are read from (relative paths too); unset, the worker
+    /// refuses every import.
+    #[arg(long = "import-dir", env = "ORDERS_IMPORT_DIR")]
+    pub import_dir: Option<std::path::PathBuf>,
+    /// The largest import file accepted, in bytes.
+    #[arg(long = "import-max-bytes", env = "ORDERS_IMPORT_MAX_BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    pub import_max_bytes: u64,
+}
+
+impl ImportSettings {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> ImportPolicy {
+        ImportPolicy::from_settings(
+            self.import_dir.clone(),
+            Some(&self.import_max_bytes.to_string()),
+        )
     }
 }
 

@@ -17,6 +17,7 @@ use orders_core::metrics::OrderMetrics;
 use orders_core::read_pools::{ReadPoolSettings, read_pools};
 use orders_core::store::two_phase;
 use orders_operations::import::ImportActivities;
+use orders_operations::import::policy::ImportPolicy;
 use orders_operations::recovery::RecoveryActivities;
 use orders_operations::reshard::ReshardActivities;
 use orders_operations::retention::RetentionActivities;
@@ -80,6 +81,8 @@ pub struct Serving {
     pub shutdown_grace: Duration,
     /// Where new orders run their steps.
     pub steps: StepPlacement,
+    /// Which files imports may read.
+    pub imports: ImportPolicy,
 }
 
 /// With [`StepPlacement::Remote`], declines the patches that run PlaceOrder's steps as local
@@ -212,7 +215,11 @@ pub async fn run(
             client.clone(),
             metrics.clone(),
         ))
-        .register_activities(ImportActivities::new(shards.clone(), metrics.clone()))
+        .register_activities(ImportActivities::with_policy(
+            shards.clone(),
+            metrics.clone(),
+            serving.imports.clone(),
+        ))
         .register_activities(LifecycleActivities::new(client.clone()))
         .register_activities(ReshardActivities::new(shards, metrics))
         .register_workflow::<PlaceOrderWorkflow>()?

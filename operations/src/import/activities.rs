@@ -18,6 +18,7 @@ use super::write::{self, ShardImport};
 use orders_core::failpoints;
 use orders_core::failure::Rejection;
 use orders_core::metrics::OrderMetrics;
+use orders_core::step_failures::StepFailures;
 use orders_core::shards::Shards;
 
 /// The import cannot go on with this file: refused by the policy, unreadable, or changed. Not
@@ -43,16 +44,12 @@ pub struct ImportActivities {
     shards: Shards,
     metrics: Arc<OrderMetrics>,
     policy: ImportPolicy,
+    failures: StepFailures,
 }
 
 impl ImportActivities {
-    /// With the policy `ORDERS_IMPORT_DIR` and `ORDERS_IMPORT_MAX_BYTES` set on this worker
-    /// ([`ImportPolicy::from_env`]).
-    pub fn new(shards: Shards, metrics: Arc<OrderMetrics>) -> Self {
-        Self::with_policy(shards, metrics, ImportPolicy::from_env())
-    }
-
-    /// With `policy`, logged once so an operator sees where this worker imports from.
+    /// With `policy` (the worker's `ORDERS_IMPORT_DIR` and `ORDERS_IMPORT_MAX_BYTES`), logged
+    /// once so an operator sees where this worker imports from.
     pub fn with_policy(shards: Shards, metrics: Arc<OrderMetrics>, policy: ImportPolicy) -> Self {
         match &policy {
             ImportPolicy::Allowed { dir, max_bytes } => {
@@ -62,6 +59,7 @@ impl ImportActivities {
         }
         Self {
             shards,
+            failures: StepFailures::new("import", metrics.clone()),
             metrics,
             policy,
         }
@@ -126,6 +124,48 @@ impl ImportActivities {
         ctx: ActivityContext,
         path: String,
     ) -> Result<ImportFile, ActivityError> {
+        let subject = ctx.info().workflow_id.clone().unwrap_or_default();
+        let inspected = self.inspect(&ctx, path).await;
+        self.record("InspectImportFile", &subject, &ctx, &inspected);
+        inspected
+    }
+
+    /// Imports one segment: reads it, validates every line, writes each shard's share
+    /// concurrently (COPY in savepoint chunks), and reports per line what was refused.
+    /// Safe to retry: rows it already wrote are recognised by their `order_ref` and import id.
+    #[activity(name = "ImportSegment")]
+    pub async fn import_segment(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: SegmentInput,
+    ) -> Result<SegmentOutcome, ActivityError> {
+        let subject = format!("{} from byte {}", input.import_id, input.offset);
+        let imported = self.segment(&ctx, input).await;
+        self.record("ImportSegment", &subject, &ctx, &imported);
+        imported
+    }
+}
+
+impl ImportActivities {
+    /// Counts and logs (once per distinct error) a failed attempt of `step`.
+    fn record<T>(
+        &self,
+        step: &'static str,
+        subject: &str,
+        ctx: &ActivityContext,
+        result: &Result<T, ActivityError>,
+    ) {
+        let attempt = ctx.info().attempt;
+        match result {
+            Ok(_) => self.failures.succeeded(step, subject, attempt),
+            Err(ActivityError::Application(failure)) => {
+                self.failures.failed(step, subject, attempt, failure)
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn inspect(&self, ctx: &ActivityContext, path: String) -> Result<ImportFile, ActivityError> {
         let CheckedFile { file, bytes } = self.open(&path).await?;
         let progress = Progress::new();
         let hashing = {
@@ -139,7 +179,7 @@ impl ImportActivities {
                     .map(|sha256| (path, sha256))
             }
         };
-        let (path, sha256) = while_heartbeating(&ctx, &progress, hashing).await??;
+        let (path, sha256) = while_heartbeating(ctx, &progress, hashing).await??;
         Ok(ImportFile {
             path,
             bytes,
@@ -147,13 +187,9 @@ impl ImportActivities {
         })
     }
 
-    /// Imports one segment: reads it, validates every line, writes each shard's share
-    /// concurrently (COPY in savepoint chunks), and reports per line what was refused.
-    /// Safe to retry: rows it already wrote are recognised by their `order_ref` and import id.
-    #[activity(name = "ImportSegment")]
-    pub async fn import_segment(
-        self: Arc<Self>,
-        ctx: ActivityContext,
+    async fn segment(
+        &self,
+        ctx: &ActivityContext,
         input: SegmentInput,
     ) -> Result<SegmentOutcome, ActivityError> {
         let started = std::time::Instant::now();

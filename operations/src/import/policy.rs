@@ -72,14 +72,6 @@ pub struct CheckedFile {
 }
 
 impl ImportPolicy {
-    /// The policy `ORDERS_IMPORT_DIR` and `ORDERS_IMPORT_MAX_BYTES` describe: imports are
-    /// refused until the directory is set, so a worker never reads client-chosen paths by
-    /// default.
-    pub fn from_env() -> Self {
-        let max = std::env::var(MAX_BYTES_VAR).ok();
-        Self::from_settings(std::env::var_os(DIR_VAR).map(PathBuf::from), max.as_deref())
-    }
-
     /// The policy for `dir` (unset: refused) and `max_bytes` (unset: [`DEFAULT_MAX_BYTES`]).
     pub fn from_settings(dir: Option<PathBuf>, max_bytes: Option<&str>) -> Self {
         let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) else {

@@ -10,8 +10,8 @@ use rust_decimal::Decimal;
 
 use crate::cli::shards::synthetic::Volume;
 use crate::config::{
-    MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings, ShardSettings,
-    ShutdownSettings, StepSettings, TemporalSettings,
+    ImportSettings, MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings,
+    ShardSettings, ShutdownSettings, StepSettings, TemporalSettings,
 };
 
 /// `orders`: the worker, the local stack and the commands that use them.
@@ -59,6 +59,8 @@ pub enum Command {
         metrics: MetricsSettings,
         #[command(flatten)]
         api: ReadApiSettings,
+        #[command(flatten)]
+        imports: ImportSettings,
     },
     /// Run the worker against the configured Temporal and shards until Ctrl-C or SIGTERM.
     Worker {
@@ -78,6 +80,8 @@ pub enum Command {
         shutdown: ShutdownSettings,
         #[command(flatten)]
         steps: StepSettings,
+        #[command(flatten)]
+        imports: ImportSettings,
     },
     /// Apply, roll back or report migrations on every shard.
     Migrate {

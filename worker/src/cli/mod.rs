@@ -50,7 +50,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             temporal,
             metrics,
             api,
+            mut imports,
         } => {
+            // The local job imports from `<state dir>/imports` unless told otherwise.
+            if imports.import_dir.is_none() {
+                let dir = state_dir.join("imports");
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                imports.import_dir = Some(dir);
+            }
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
                 api_addr: api.socket_addr()?,
@@ -61,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retention: Default::default(),
                 shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
                 steps: Default::default(),
+                imports: imports.policy(),
             };
             dev::run(state_dir, temporal, serving).await?;
             Ok(ExitCode::SUCCESS)
@@ -74,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention,
             shutdown,
             steps,
+            imports,
         } => {
             let serving = worker::Serving {
                 metrics_addr: metrics.socket_addr()?,
@@ -85,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 retention: retention.schedule(),
                 shutdown_grace: shutdown.grace(),
                 steps: steps.steps,
+                imports: imports.policy(),
             };
             let shards = shards.connect_for_worker().await?;
             let client = client::connect(&temporal).await?;

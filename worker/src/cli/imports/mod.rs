@@ -10,6 +10,7 @@ use orders_workflows::import_orders::{ImportProgress, ImportReport, MAX_CHUNK_SI
 use serde::Serialize;
 use temporalio_client::Client;
 
+use super::failing_steps::{self, FailingStep};
 use super::report::Report;
 
 impl Report for ImportReport {
@@ -27,7 +28,12 @@ pub(super) enum ImportStatus {
     Started {
         workflow_id: String,
     },
-    Running(ImportProgress),
+    Running {
+        #[serde(flatten)]
+        progress: ImportProgress,
+        /// Steps retrying after a failure, with their last error.
+        failing: Vec<FailingStep>,
+    },
     Done(ImportReport),
 }
 
@@ -77,7 +83,8 @@ pub(super) struct ImportOptions {
 pub(super) async fn status(client: &Client, workflow_id: &str) -> anyhow::Result<ImportStatus> {
     let progress = follow::progress(client, workflow_id).await?;
     if !progress.done {
-        return Ok(ImportStatus::Running(progress));
+        let failing = failing_steps::of(client, workflow_id).await;
+        return Ok(ImportStatus::Running { progress, failing });
     }
     Ok(ImportStatus::Done(
         follow::report(client, workflow_id).await?,
@@ -88,8 +95,12 @@ impl fmt::Display for ImportStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImportStatus::Started { workflow_id } => f.write_str(workflow_id),
-            ImportStatus::Running(progress) => {
-                f.write_str(&follow::progress_line(progress, Duration::ZERO))
+            ImportStatus::Running { progress, failing } => {
+                f.write_str(&follow::progress_line(progress, Duration::ZERO))?;
+                for step in failing {
+                    write!(f, "\n  {step}")?;
+                }
+                Ok(())
             }
             ImportStatus::Done(report) => report.fmt(f),
         }
