@@ -20,8 +20,8 @@ use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::stock::{StockLine, stock_rejection, wanted};
-use orders_core::failpoints;
 use orders_core::FailureType;
+use orders_core::failpoints;
 use orders_core::failure::{Rejection, StepError};
 use orders_core::metrics::OrderMetrics;
 use orders_core::order_input::ValidOrder;
@@ -143,9 +143,10 @@ impl TwoPhaseActivities {
     async fn prepare_answering(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
         let shard = self.shards.get(part.shard);
         if shard.seems_down() && !shard.answers().await {
-            return Err(ActivityError::application(FailureType::ShardUnavailable.failure(
-                format!("shard {} does not answer", part.shard),
-            )));
+            return Err(ActivityError::application(
+                FailureType::ShardUnavailable
+                    .failure(format!("shard {} does not answer", part.shard)),
+            ));
         }
         let failure = match self.prepare_one(part).await {
             Ok(()) => return Ok(()),
@@ -155,9 +156,10 @@ impl TwoPhaseActivities {
         if shard.answers().await {
             return Err(ActivityError::Application(failure));
         }
-        Err(ActivityError::application(FailureType::ShardUnavailable.failure(
-            format!("shard {} does not answer: {failure}", part.shard),
-        )))
+        Err(ActivityError::application(
+            FailureType::ShardUnavailable
+                .failure(format!("shard {} does not answer: {failure}", part.shard)),
+        ))
     }
 
     async fn prepare_one(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {

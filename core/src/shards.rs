@@ -355,7 +355,11 @@ impl Shards {
     /// Adopts `next` (a version above the one in use) and stores it on every shard; only
     /// the shards in `required` must take it (a cut-over's source and target), the others
     /// get it from the next [`Self::refresh_map`] that reaches them. Safe to repeat.
-    pub async fn publish_next(&self, next: ShardMap, required: &[usize]) -> Result<i32, ShardError> {
+    pub async fn publish_next(
+        &self,
+        next: ShardMap,
+        required: &[usize],
+    ) -> Result<i32, ShardError> {
         let map = {
             let mut current = self.map.write().expect("shard map lock");
             if next.version() > current.version() {

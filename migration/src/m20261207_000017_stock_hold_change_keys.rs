@@ -16,7 +16,8 @@ pub(crate) struct Migration;
 
 const BY_PRODUCT: &str =
     "WHEN 'inventory', 'stock_holds' THEN b := r.product_id % 1024; k := r.product_id::text;";
-const BY_PRODUCT_AND_ORDER: &str = "WHEN 'inventory' THEN b := r.product_id % 1024; k := r.product_id::text;
+const BY_PRODUCT_AND_ORDER: &str =
+    "WHEN 'inventory' THEN b := r.product_id % 1024; k := r.product_id::text;
         WHEN 'stock_holds' THEN b := r.product_id % 1024;
             k := r.product_id::text || ':' || r.order_id::text;";
 

@@ -100,7 +100,7 @@ async fn with_shards_listed_out_of_order_no_command_writes_or_reads_and_each_say
         let output = app.cli(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "orders {args:?}: {stderr}");
-            assert!(
+        assert!(
             stderr.contains("position 0 in ORDERS_SHARDS holds the deployment's shard 3")
                 && stderr.contains("list the shards in their recorded order"),
             "orders {args:?} says what is wrong and what to do: {stderr}"

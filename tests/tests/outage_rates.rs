@@ -194,12 +194,20 @@ async fn a_crashed_shard_costs_only_the_orders_that_touch_it() {
     for record in untouched.iter().chain(&touched) {
         if let OrderOutcome::Placed(order) = &record.outcome {
             let rows = app.order_rows_on_shard(order.order_id, order.shard).await;
-            assert_eq!(rows.confirmed, 1, "order {} on shard {}", order.order_id, order.shard);
+            assert_eq!(
+                rows.confirmed, 1,
+                "order {} on shard {}",
+                order.order_id, order.shard
+            );
             placed_ids.push(order.order_id);
         }
     }
     let stored: i64 = app.rows_everywhere().await.iter().map(|r| r.orders).sum();
-    assert_eq!(stored, placed_ids.len() as i64, "no order stored but the placed ones");
+    assert_eq!(
+        stored,
+        placed_ids.len() as i64,
+        "no order stored but the placed ones"
+    );
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
 }

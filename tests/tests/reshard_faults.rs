@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use orders_core::store::{bucket_checks, bucket_rows};
 use orders_core::store::fences::{self, FenceState};
 use orders_core::store::shard_map;
+use orders_core::store::{bucket_checks, bucket_rows};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::consistency::product_on;
@@ -293,7 +293,11 @@ async fn a_bucket_moves_between_shards_that_sort_text_differently() {
         .unwrap()
         .try_get::<i64>("", "n")
         .unwrap();
-    assert_eq!(copied, keys.len() as i64, "every key copied, none deleted by a later chunk");
+    assert_eq!(
+        copied,
+        keys.len() as i64,
+        "every key copied, none deleted by a later chunk"
+    );
     takes_orders(&app, customer).await;
 }
 
@@ -309,10 +313,13 @@ async fn a_change_to_one_stock_hold_of_a_hot_product_rewrites_that_hold_only() {
     };
     // Two holds of the product on both sides; the target's second differs, so a rewrite of
     // the whole group would show.
-    run(&source.conn, &format!(
-        "INSERT INTO stock_holds (order_id, product_id, quantity, status)
+    run(
+        &source.conn,
+        &format!(
+            "INSERT INTO stock_holds (order_id, product_id, quantity, status)
          VALUES (1001, {product}, 1, 'held'), (1002, {product}, 1, 'held')"
-    ))
+        ),
+    )
     .await;
     run(&target.conn, &format!(
         "BEGIN; SELECT set_config('orders.bucket_mover', 'on', true);
@@ -321,12 +328,21 @@ async fn a_change_to_one_stock_hold_of_a_hot_product_rewrites_that_hold_only() {
          VALUES (1001, {product}, 1, 'held'), (1002, {product}, 99, 'held'); COMMIT"
     ))
     .await;
-    fences::set_all(&source.conn, &[bucket], FenceState::Copying, target.index, "test")
-        .await
-        .unwrap();
-    run(&source.conn, &format!(
-        "UPDATE stock_holds SET quantity = 5 WHERE order_id = 1001 AND product_id = {product}"
-    ))
+    fences::set_all(
+        &source.conn,
+        &[bucket],
+        FenceState::Copying,
+        target.index,
+        "test",
+    )
+    .await
+    .unwrap();
+    run(
+        &source.conn,
+        &format!(
+            "UPDATE stock_holds SET quantity = 5 WHERE order_id = 1001 AND product_id = {product}"
+        ),
+    )
     .await;
     let pool = |shard: &orders_core::Shard| shard.conn.get_postgres_connection_pool().clone();
     let (mut on_source, mut on_target) = (

@@ -549,9 +549,17 @@ async fn misplaced_orders(shards: &Shards, shard: usize) -> Vec<i64> {
 
 /// SIGKILLs the worker `pid` at a moment drawn from `seed` (0.5–6.5 s from now, printed so
 /// a failing run can be replayed), and starts another: the move in flight must resume.
-fn kill_at_random(app: Arc<TestApp>, pid: u32, seed: u64, what: &'static str) -> tokio::task::JoinHandle<orders_dev::process::ChildService> {
+fn kill_at_random(
+    app: Arc<TestApp>,
+    pid: u32,
+    seed: u64,
+    what: &'static str,
+) -> tokio::task::JoinHandle<orders_dev::process::ChildService> {
     let after = Duration::from_millis(500 + seed % 6_000);
-    eprintln!("{what}: the worker is killed {} ms in (seed {seed})", after.as_millis());
+    eprintln!(
+        "{what}: the worker is killed {} ms in (seed {seed})",
+        after.as_millis()
+    );
     tokio::spawn(async move {
         tokio::time::sleep(after).await;
         nix::sys::signal::kill(

@@ -57,7 +57,10 @@ async fn a_two_phase_order_waiting_for_a_stopped_shard_holds_no_row_on_the_other
             matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
             "{mode:?} order of the same product on a healthy shard: {outcome:?}"
         );
-        eprintln!("{mode:?} order beside the stopped shard placed in {:?}", started.elapsed());
+        eprintln!(
+            "{mode:?} order beside the stopped shard placed in {:?}",
+            started.elapsed()
+        );
     }
 
     own.restart().await;
@@ -91,7 +94,13 @@ async fn an_import_waiting_for_a_stopped_shard_names_its_failing_step_and_finish
     .unwrap();
     own.stop().await;
     let id = "import-to-a-stopped-shard";
-    app.cli_ok(&["import", file.to_str().unwrap(), "--workflow-id", id, "--detach"]);
+    app.cli_ok(&[
+        "import",
+        file.to_str().unwrap(),
+        "--workflow-id",
+        id,
+        "--detach",
+    ]);
     let failing = eventually(
         "orders import-status names the failing step",
         Duration::from_secs(90),
@@ -112,11 +121,15 @@ async fn an_import_waiting_for_a_stopped_shard_names_its_failing_step_and_finish
         "{failing}"
     );
     own.restart().await;
-    let done = eventually("the import finishes", Duration::from_secs(120), async || {
-        let output = app.cli(&["import-status", id, "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-        (status["done"] == true).then_some(status)
-    })
+    let done = eventually(
+        "the import finishes",
+        Duration::from_secs(120),
+        async || {
+            let output = app.cli(&["import-status", id, "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            (status["done"] == true).then_some(status)
+        },
+    )
     .await;
     assert_eq!(done["imported"][DOWN.to_string()], 1, "{done}");
     assert_eq!(done["rejected"], 0, "{done}");

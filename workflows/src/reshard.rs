@@ -4,9 +4,10 @@
 //! copy resumes after its last heartbeated chunk).
 //!
 //! Cancelling it stops cleanly: buckets already cut over stay moved (and their old copies
-//! are still cleaned up), the bucket in flight stays with its old owner and its partial copy
-//! is deleted. A checksum mismatch does the same for that bucket and fails the run, naming
-//! the table and the first differing key.
+//! are still cleaned up), and the move in flight is settled by the newest shard map: finished
+//! if the map already gives it to the target, else rolled back (its partial copy deleted). A
+//! checksum mismatch, or a phase that gives up, does the same for that move and fails the
+//! run, naming the table and first differing key, or the phase and its error.
 //!
 //! One runs at a time per deployment: `orders reshard` starts it as [`WORKFLOW_ID`].
 
@@ -369,9 +370,10 @@ fn detached() -> WorkflowCancellationToken {
     WorkflowCancellationToken::new()
 }
 
-/// Every phase retries with backoff until it succeeds: a shard that is down holds the move,
-/// it does not fail it. Long phases heartbeat, so a dead worker is noticed within 20 s and
-/// the phase resumes on another.
+/// Every phase retries with backoff: a shard that is down holds the move, it does not fail
+/// it, while a phase that keeps failing with both its shards up gives up by itself after
+/// `GIVE_UP_AFTER_ATTEMPTS` (the activity decides, since it can ask the shards). Long phases
+/// heartbeat, so a dead worker is noticed within 20 s and the phase resumes on another.
 fn phase_options(start_to_close: Duration, cancel: &WorkflowCancellationToken) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(start_to_close)
         .heartbeat_timeout(Duration::from_secs(20))

@@ -44,10 +44,11 @@ pub async fn source_checksums(
     buckets: &[u16],
 ) -> Result<(Vec<TableChecksum>, Touched), sqlx::Error> {
     let mut read = begin_comparable(conn).await?;
-    let logged = sqlx::query("SELECT table_name, row_key FROM bucket_changes WHERE bucket = ANY($1)")
-        .bind(buckets.iter().map(|&b| b as i16).collect::<Vec<_>>())
-        .fetch_all(&mut *read)
-        .await?;
+    let logged =
+        sqlx::query("SELECT table_name, row_key FROM bucket_changes WHERE bucket = ANY($1)")
+            .bind(buckets.iter().map(|&b| b as i16).collect::<Vec<_>>())
+            .fetch_all(&mut *read)
+            .await?;
     let mut pending = Touched::default();
     for change in &logged {
         let table: String = change.try_get("table_name")?;
@@ -197,7 +198,6 @@ async fn key_digests(
         .map(|r| Ok((r.try_get("k")?, r.try_get("d")?)))
         .collect()
 }
-
 
 /// The first key among `touched` whose rows differ between `a` and `b`, with its table's
 /// name; `None` when they are equal. A single row is named `<key>:<row>`.

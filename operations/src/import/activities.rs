@@ -18,8 +18,8 @@ use super::write::{self, ShardImport};
 use orders_core::failpoints;
 use orders_core::failure::Rejection;
 use orders_core::metrics::OrderMetrics;
-use orders_core::step_failures::StepFailures;
 use orders_core::shards::Shards;
+use orders_core::step_failures::StepFailures;
 
 /// The import cannot go on with this file: refused by the policy, unreadable, or changed. Not
 /// retried: the same path gives the same answer until someone changes the file or the
@@ -165,7 +165,11 @@ impl ImportActivities {
         }
     }
 
-    async fn inspect(&self, ctx: &ActivityContext, path: String) -> Result<ImportFile, ActivityError> {
+    async fn inspect(
+        &self,
+        ctx: &ActivityContext,
+        path: String,
+    ) -> Result<ImportFile, ActivityError> {
         let CheckedFile { file, bytes } = self.open(&path).await?;
         let progress = Progress::new();
         let hashing = {

@@ -36,8 +36,8 @@ use orders_core::store::two_phase::{FIRST_ROUND, GidParts, GidTooLong};
 use orders_core::{Consistency, FailureType, ValidOrder};
 use orders_entities::order::OrderStatus;
 use orders_operations::recovery::{DECISION_MEMO, Decision, ROUND_MEMO};
-use temporalio_common::ActivityDefinition;
 use std::time::Duration;
+use temporalio_common::ActivityDefinition;
 
 use temporalio_sdk::{
     ActivityExecutionError, MemoValue, TimerOptions, WorkflowContext, WorkflowResult,
@@ -153,12 +153,11 @@ pub(crate) async fn place(
                 .is_some_and(|r| r.failure_type == FailureType::ShardMapChanged.as_str())
         });
         let cancelled = ctx.cancellation_token().is_cancelled();
-        let unanswered = refusal.as_ref().is_some_and(shard_did_not_answer)
-            && !cancelled
-            && waits < MAX_WAITS;
+        let unanswered =
+            refusal.as_ref().is_some_and(shard_did_not_answer) && !cancelled && waits < MAX_WAITS;
         // (In this order: `replans` asks a patch, only where histories recorded it.)
         if !unanswered
-            && (!stale_plan || cancelled || round == MAX_ROUNDS || !Version::replans(ctx))
+            && (!stale_plan || cancelled || round >= MAX_ROUNDS || !Version::replans(ctx))
         {
             break (parts, refusal);
         }
@@ -528,4 +527,19 @@ fn left_incomplete(
         );
     }
     Some(problems.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_a_shard_double_up_to_fifteen_seconds_and_total_about_five_minutes() {
+        let waits: Vec<u64> = (0..MAX_WAITS)
+            .map(|n| wait_before_round(n).as_secs())
+            .collect();
+        assert_eq!(waits[..6], [1, 2, 4, 8, 15, 15]);
+        let total: u64 = waits.iter().sum();
+        assert!((240..=360).contains(&total), "{total} s");
+    }
 }
