@@ -31,7 +31,7 @@ pub(crate) const SHARD_COUNT: usize = 4;
 
 /// Namespaces created on the test server; each test takes its own, as each deployment owns
 /// its namespace (order lifecycle workflow ids are unique per deployment, not globally).
-const NAMESPACES: usize = 100;
+const NAMESPACES: usize = 160;
 static NEXT_NAMESPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn take_namespace() -> String {
