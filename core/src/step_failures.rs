@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 
+use temporalio_sdk::activities::ActivityError;
+
 use crate::metrics::OrderMetrics;
 
 /// The failures of one operation's steps (`"reshard"`, `"import"`), as a worker saw them.
@@ -45,6 +47,24 @@ impl StepFailures {
             "step failed; it is retried, and this is logged again only if its error changes"
         );
         last.insert(key, error);
+    }
+
+    /// Records how attempt `attempt` of an activity's `step` on `subject` ended; a
+    /// cancellation is neither.
+    pub fn record<T>(
+        &self,
+        step: &'static str,
+        subject: &str,
+        attempt: u32,
+        result: &Result<T, ActivityError>,
+    ) {
+        match result {
+            Ok(_) => self.succeeded(step, subject, attempt),
+            Err(ActivityError::Application(failure)) => {
+                self.failed(step, subject, attempt, failure)
+            }
+            Err(_) => {}
+        }
     }
 
     /// Records that `step` on `subject` succeeded: a step that had failed says it recovered.

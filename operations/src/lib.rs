@@ -7,6 +7,7 @@
 //! - [`retention`]: deleting idempotency keys past their retention;
 //! - [`import`]: bulk import of orders from a JSON Lines file.
 
+pub mod heartbeat;
 pub mod import;
 pub mod recovery;
 pub mod reshard;

@@ -12,9 +12,9 @@ use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use super::RejectedLine;
 use super::file::{self, ImportLine};
-use super::heartbeat::{Progress, while_heartbeating};
 use super::policy::{CheckedFile, ImportPolicy, PathRefused};
 use super::write::{self, ShardImport};
+use crate::heartbeat::{Progress, while_heartbeating};
 use orders_core::failpoints;
 use orders_core::failure::Rejection;
 use orders_core::metrics::OrderMetrics;
@@ -155,14 +155,8 @@ impl ImportActivities {
         ctx: &ActivityContext,
         result: &Result<T, ActivityError>,
     ) {
-        let attempt = ctx.info().attempt;
-        match result {
-            Ok(_) => self.failures.succeeded(step, subject, attempt),
-            Err(ActivityError::Application(failure)) => {
-                self.failures.failed(step, subject, attempt, failure)
-            }
-            Err(_) => {}
-        }
+        self.failures
+            .record(step, subject, ctx.info().attempt, result);
     }
 
     async fn inspect(

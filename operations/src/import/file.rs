@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use sha2::{Digest, Sha256};
 
 use super::RejectedLine;
-use super::heartbeat::Progress;
+use crate::heartbeat::Progress;
 use orders_core::failure::FailureType;
 use orders_core::order_input::ValidOrder;
 

@@ -3,7 +3,7 @@
 //! Any client of the namespace names the file, so it must be one the operator allowed
 //! ([`policy`](mod@policy): a regular file of bounded size inside `ORDERS_IMPORT_DIR`). It is
 //! read a segment at a time from a byte offset ([`file`](mod@file)), heartbeating meanwhile
-//! ([`heartbeat`](mod@heartbeat)), each line validated with PlaceOrder's rules (a rejected
+//! ([`crate::heartbeat`]), each line validated with PlaceOrder's rules (a rejected
 //! line names the rule, never the values), the valid ones grouped by owning shard and written
 //! there with COPY in savepoint-guarded chunks ([`write`](mod@write)). Memory stays bounded by
 //! the segment size whatever the file size. Each imported order carries an `order_ref` (the
@@ -13,7 +13,6 @@
 
 pub mod activities;
 pub mod file;
-pub mod heartbeat;
 pub mod policy;
 pub mod write;
 

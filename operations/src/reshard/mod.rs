@@ -219,20 +219,17 @@ impl ReshardActivities {
         work: impl Future<Output = Result<T, ActivityError>>,
     ) -> Result<T, ActivityError> {
         let attempt = ctx.info().attempt;
-        let failure = match work.await {
-            Ok(done) => {
-                self.failures.succeeded(step, subject, attempt);
-                return Ok(done);
+        let result = work.await;
+        self.failures.record(step, subject, attempt, &result);
+        let failure = match result {
+            Err(ActivityError::Application(failure))
+                if !failure.is_non_retryable() && attempt >= GIVE_UP_AFTER_ATTEMPTS =>
+            {
+                failure
             }
-            Err(ActivityError::Application(failure)) => failure,
-            Err(other) => return Err(other),
+            other => return other,
         };
-        self.failures.failed(step, subject, attempt, &failure);
-        if failure.is_non_retryable() || attempt < GIVE_UP_AFTER_ATTEMPTS {
-            return Err(ActivityError::Application(failure));
-        }
-        let down = self.down(involved).await;
-        if !down.is_empty() {
+        if !self.down(involved).await.is_empty() {
             return Err(ActivityError::Application(failure));
         }
         Err(ActivityError::application(FailureType::ReshardFailed.failure(
@@ -240,6 +237,18 @@ impl ReshardActivities {
                 "{step} of {subject} failed {attempt} times with its shards answering; last error: {failure}"
             ),
         )))
+    }
+
+    /// [`Self::attempt`] of a phase of `mv`, which involves its source and target.
+    async fn attempt_on<T>(
+        &self,
+        ctx: &ActivityContext,
+        step: &'static str,
+        mv: &BucketMove,
+        work: impl Future<Output = Result<T, ActivityError>>,
+    ) -> Result<T, ActivityError> {
+        self.attempt(ctx, step, &mv.to_string(), &[mv.from, mv.to], work)
+            .await
     }
 
     /// Which of `shards` do not answer a ping.
@@ -307,19 +316,6 @@ impl ReshardActivities {
     }
 }
 
-/// Runs `work`, heartbeating every five seconds meanwhile: a checksum of a large bucket is
-/// one long statement.
-async fn heartbeating<T>(ctx: &ActivityContext, work: impl Future<Output = T>) -> T {
-    tokio::pin!(work);
-    let mut beat = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            done = &mut work => return done,
-            _ = beat.tick() => ctx.record_heartbeat(()).await.ok().unwrap_or_default(),
-        }
-    }
-}
-
 /// Tags a sqlx error with `shard`, keeping its SQLSTATE visible.
 fn sql_error(shard: &Shard) -> impl Fn(sea_orm::sqlx::Error) -> ShardError + '_ {
     |e| shard.error(DbErr::Exec(RuntimeErr::SqlxError(Arc::new(e))))
@@ -355,15 +351,8 @@ impl ReshardActivities {
         ctx: ActivityContext,
         mv: BucketMove,
     ) -> Result<u64, ActivityError> {
-        let subject = mv.to_string();
-        self.attempt(
-            &ctx,
-            "BeginBucketMove",
-            &subject,
-            &[mv.from, mv.to],
-            self.begin(&ctx, &mv),
-        )
-        .await
+        self.attempt_on(&ctx, "BeginBucketMove", &mv, self.begin(&ctx, &mv))
+            .await
     }
 
     /// Copies the bucket's rows, table by table in key order, a chunk per COPY, heartbeating
@@ -375,15 +364,8 @@ impl ReshardActivities {
         input: CopyInput,
     ) -> Result<CopyProgress, ActivityError> {
         let mv = &input.bucket_move;
-        let subject = mv.to_string();
-        self.attempt(
-            &ctx,
-            "CopyBucket",
-            &subject,
-            &[mv.from, mv.to],
-            self.copy(&ctx, &input),
-        )
-        .await
+        self.attempt_on(&ctx, "CopyBucket", &mv, self.copy(&ctx, &input))
+            .await
     }
 
     /// Applies the changes logged on the source, until none are left.
@@ -394,10 +376,8 @@ impl ReshardActivities {
         input: CatchUpInput,
     ) -> Result<CatchUp, ActivityError> {
         let mv = &input.bucket_move;
-        let subject = mv.to_string();
         let work = self.catch_up(&ctx, mv, input.after);
-        self.attempt(&ctx, "CatchUpBucket", &subject, &[mv.from, mv.to], work)
-            .await
+        self.attempt_on(&ctx, "CatchUpBucket", &mv, work).await
     }
 
     /// The write stop and the switch, in one activity so the pause costs one round trip to
@@ -412,10 +392,8 @@ impl ReshardActivities {
         input: CatchUpInput,
     ) -> Result<Switched, ActivityError> {
         let mv = &input.bucket_move;
-        let subject = mv.to_string();
         let work = self.switch(&ctx, &input);
-        self.attempt(&ctx, "FreezeAndCutOver", &subject, &[mv.from, mv.to], work)
-            .await
+        self.attempt_on(&ctx, "FreezeAndCutOver", &mv, work).await
     }
 
     /// Deletes the bucket's rows on its old owner. Its `moved` fence stays: a worker that
@@ -427,15 +405,8 @@ impl ReshardActivities {
         ctx: ActivityContext,
         mv: BucketMove,
     ) -> Result<u64, ActivityError> {
-        let subject = mv.to_string();
-        self.attempt(
-            &ctx,
-            "CleanUpBucket",
-            &subject,
-            &[mv.from, mv.to],
-            self.clean_up(&mv),
-        )
-        .await
+        self.attempt_on(&ctx, "CleanUpBucket", &mv, self.clean_up(&mv))
+            .await
     }
 
     /// Settles a move that stopped: rolls it back (the source serves the bucket again and
@@ -447,12 +418,10 @@ impl ReshardActivities {
         ctx: ActivityContext,
         mv: BucketMove,
     ) -> Result<bool, ActivityError> {
-        let subject = mv.to_string();
         let work = async {
             let settled = self.settle(&mv).await?;
             Ok(!settled.rolled_back.is_empty())
         };
-        self.attempt(&ctx, "AbortBucketMove", &subject, &[mv.from, mv.to], work)
-            .await
+        self.attempt_on(&ctx, "AbortBucketMove", &mv, work).await
     }
 }

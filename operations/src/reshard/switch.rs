@@ -2,6 +2,7 @@
 //! catch-up, a check of the rows it rewrote) and the cut-over.
 
 use super::*;
+use crate::heartbeat::{Progress, while_heartbeating};
 
 impl ReshardActivities {
     pub(super) async fn switch(
@@ -119,17 +120,20 @@ impl ReshardActivities {
                 .await
                 .map_err(sql_error(target))?;
         }
-        let (left, pending) = heartbeating(
+        // A checksum of a large bucket is one long statement: heartbeat meanwhile.
+        let (left, pending) = while_heartbeating(
             ctx,
+            &Progress::default(),
             bucket_checks::source_checksums(&mut on_source, &mv.buckets),
         )
-        .await
+        .await?
         .map_err(sql_error(source))?;
-        let right = heartbeating(
+        let right = while_heartbeating(
             ctx,
+            &Progress::default(),
             bucket_checks::target_checksums(&mut on_target, &mv.buckets, &pending),
         )
-        .await
+        .await?
         .map_err(sql_error(target))?;
         let mut rows = 0;
         for (index, (table, (left, right))) in

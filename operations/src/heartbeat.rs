@@ -1,4 +1,5 @@
-//! Heartbeating while an import reads its file on a blocking thread.
+//! Heartbeating while an activity waits on one long piece of work: an import reading its file
+//! on a blocking thread, a bucket move checksumming a large bucket.
 //!
 //! Hashing a file of gigabytes, or reading a segment of long lines, can outlast the activity's
 //! heartbeat timeout; without a heartbeat meanwhile Temporal takes the worker for dead and
