@@ -325,6 +325,7 @@ impl TwoPhaseActivities {
         _ctx: ActivityContext,
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
+        failpoints::hit("rollback_part.before").await?;
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "RollbackPart");
         if !roll_back_on(shard, &part.gid, &part.idempotency_key)

@@ -13,7 +13,8 @@
 //! - `delete_order.before=fail` makes every attempt there fail with a retryable error, the
 //!   way a shard that stays down would, so a test can watch a compensation give up. Tests
 //!   arm `prepare_part.before=fail` and `commit_part.before=fail` the same way, to hold a
-//!   two-phase order between its plan and its prepare, or with its parts prepared.
+//!   two-phase order between its plan and its prepare, or with its parts prepared
+//!   (`rollback_part.before=fail`: prepared, its decision rollback recorded).
 //!   `commit_stock_part.before=sleep:N` holds only the parts without the order: the order is
 //!   committed and confirmed, its stock parts still prepared.
 //!

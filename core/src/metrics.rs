@@ -12,14 +12,19 @@
 //! | `orders_shard_pool_connections` | `shard`, `state` (`in_use`, `idle`) | pool use |
 //! | `orders_cache_lookups` | `result` (`hit`, `miss`) | order cache lookups; hit ratio = hit / all |
 //! | `orders_step_failures` | `operation`, `step` | failed attempts of an operation's step (a reshard phase, an import chunk) |
+//! | `orders_shard_hosts` | `shard` | hosts the shard is given as (a primary and its standbys) |
+//! | `orders_shard_role` | `shard`, `host`, `role` | 1 for each host's current role (`primary`, `standby`, `down`), 0 for the others (a single host is primary while it answers) |
+//! | `orders_shard_sync_standbys` | `shard` | standbys the primary waits for at commit (0 for a single host) |
+//! | `orders_replication_lag_seconds` | `shard`, `host` | how far a standby's replay is behind its primary |
+//! | `orders_shard_failovers` | `shard` | times the worker followed the shard's primary to another host |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shards::Shard;
 use temporalio_common::telemetry::metrics::{
-    CoreMeter, Counter, Gauge, HistogramDuration, MetricKeyValue, MetricParameters, NewAttributes,
-    NoOpCoreMeter,
+    CoreMeter, Counter, Gauge, GaugeF64, HistogramDuration, MetricKeyValue, MetricParameters,
+    NewAttributes, NoOpCoreMeter,
 };
 
 /// The steps whose failures are served from the start (at zero), so an alert on their
@@ -54,6 +59,11 @@ pub struct OrderMetrics {
     recovery_actions: Counter,
     import_rows: Counter,
     step_failures: Counter,
+    shard_hosts: Gauge,
+    shard_role: Gauge,
+    sync_standbys: Gauge,
+    replication_lag: GaugeF64,
+    failovers: Counter,
 }
 
 impl OrderMetrics {
@@ -123,6 +133,36 @@ impl OrderMetrics {
             step_failures: counter(
                 "orders_step_failures",
                 "Failed attempts of an operation's step, by operation and step",
+            ),
+            shard_hosts: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_shard_hosts")
+                    .description("Hosts the shard is given as: a primary and its standbys")
+                    .build(),
+            ),
+            shard_role: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_shard_role")
+                    .description(
+                        "1 for each host's current role (primary, standby, down), 0 for the others",
+                    )
+                    .build(),
+            ),
+            sync_standbys: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_shard_sync_standbys")
+                    .description("Standbys the shard's primary waits for at commit")
+                    .build(),
+            ),
+            replication_lag: meter.gauge_f64(
+                MetricParameters::builder()
+                    .name("orders_replication_lag_seconds")
+                    .description("How far a standby's replay is behind its primary")
+                    .build(),
+            ),
+            failovers: counter(
+                "orders_shard_failovers",
+                "Times the worker followed a shard's primary to another host",
             ),
             meter,
         };
@@ -238,6 +278,52 @@ impl OrderMetrics {
             shard: shard.index,
             activity,
             started: Instant::now(),
+        }
+    }
+
+    /// Records what the last probe saw of `shard`'s hosts, and the failovers followed since
+    /// the last call (`new_failovers`). A single-host shard is its own primary while it
+    /// answers (`up`), so dashboards and alerts read every shard the same way.
+    pub fn shard_hosts(
+        &self,
+        shard: usize,
+        hosts: &[crate::primary::HostState],
+        new_failovers: u64,
+        up: bool,
+    ) {
+        use crate::primary::Role;
+        let shard_label = ("shard", shard.to_string());
+        let labels = self.labels([shard_label.clone()]);
+        self.shard_hosts.record(hosts.len() as u64, &labels);
+        self.failovers.add(new_failovers, &labels);
+        let sync = hosts.iter().find_map(|h| h.sync_standbys).unwrap_or(0);
+        self.sync_standbys.record(u64::from(sync), &labels);
+        for host in hosts {
+            let current = match (hosts.len(), up) {
+                (1, true) => Role::Primary,
+                (1, false) => Role::Down,
+                _ => host.role,
+            };
+            for role in [Role::Primary, Role::Standby, Role::Down] {
+                self.shard_role.record(
+                    u64::from(current == role),
+                    &self.labels([
+                        shard_label.clone(),
+                        ("host", host.address.clone()),
+                        ("role", role.as_str().to_owned()),
+                    ]),
+                );
+            }
+            let lag = match current {
+                Role::Primary => Some(0.0),
+                _ => host.replay_lag.map(|lag| lag.as_secs_f64()),
+            };
+            if let Some(lag) = lag {
+                self.replication_lag.record(
+                    lag,
+                    &self.labels([shard_label.clone(), ("host", host.address.clone())]),
+                );
+            }
         }
     }
 

@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+use crate::primary::ShardHosts;
 use crate::shard_map::ShardMap;
-use crate::store;
+use crate::{shard_url, store};
 
 /// How each shard's pool is sized.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,9 @@ impl Default for PoolSettings {
 /// Prepared two-phase parts keep their locks until they are resolved; that resolution never
 /// queues behind the work it unblocks, since it has its own connections ([`Shard::resolver`]).
 pub const LOCK_TIMEOUT: &str = "3s";
+
+/// What the order steps' sessions (and every other write) are called in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "orders";
 
 /// Connections per shard reserved for phase two of two-phase commit (COMMIT PREPARED,
 /// ROLLBACK PREPARED and their bookkeeping).
@@ -74,6 +78,8 @@ pub struct Shard {
     map_stale: Arc<Notify>,
     /// Whether the last ping ([`Shard::answers`]) found the shard down.
     seems_down: Arc<AtomicBool>,
+    /// The shard's hosts (one, or a primary and its standbys) and which is primary now.
+    pub hosts: Arc<ShardHosts>,
 }
 
 /// How long [`Shard::answers`] waits for a shard.
@@ -104,6 +110,8 @@ impl Shard {
     pub fn error(&self, source: DbErr) -> ShardError {
         if store::fences::is_refusal(&source) {
             self.map_stale.notify_one();
+        } else if may_have_lost_primary(&source) {
+            self.hosts.suspect_primary();
         }
         ShardError {
             shard: self.index,
@@ -158,9 +166,17 @@ impl Shards {
         let mut shards = Vec::with_capacity(urls.len());
         let map_stale = Arc::new(Notify::new());
         for (index, url) in urls.iter().enumerate() {
-            let printable = redact_password(url);
+            let printable = printable_url(url);
+            let hosts = ShardHosts::new(index, url).map_err(|e| ShardError {
+                shard: index,
+                url: printable.clone(),
+                source: DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())),
+            })?;
+            hosts.find_primary().await;
+            let primary_url = shard_url::host_urls(url).swap_remove(hosts.primary());
             let connect = |connections: u32| {
-                let mut options = ConnectOptions::new(url.clone());
+                let mut options = ConnectOptions::new(primary_url.clone());
+                let keep_on_primary = hosts.clone();
                 options
                     .max_connections(connections)
                     .min_connections(0)
@@ -168,20 +184,28 @@ impl Shards {
                     .acquire_timeout(pool.connect_timeout)
                     .connect_lazy(true)
                     .sqlx_logging(false)
-                    .map_sqlx_postgres_opts(|opts| opts.options([("lock_timeout", LOCK_TIMEOUT)]));
+                    .map_sqlx_postgres_opts(|opts| {
+                        opts.application_name(APPLICATION_NAME)
+                            .options([("lock_timeout", LOCK_TIMEOUT)])
+                    })
+                    .map_sqlx_postgres_pool_opts(move |opts| keep_on_primary.keep_on_primary(opts));
                 let url = printable.clone();
+                let hosts = hosts.clone();
                 async move {
-                    Database::connect(options)
+                    let conn = Database::connect(options)
                         .await
                         .map_err(|source| ShardError {
                             shard: index,
                             url,
                             source,
-                        })
+                        })?;
+                    hosts.follow(conn.get_postgres_connection_pool());
+                    Ok::<_, ShardError>(conn)
                 }
             };
             let conn = connect(pool.max_connections).await?;
             let resolver = connect(RESOLVER_CONNECTIONS).await?;
+            hosts.spawn_follower();
             shards.push(Shard {
                 index,
                 url: printable,
@@ -189,6 +213,7 @@ impl Shards {
                 resolver,
                 map_stale: map_stale.clone(),
                 seems_down: Arc::default(),
+                hosts,
             });
         }
         let map = Arc::new(RwLock::new(Arc::new(ShardMap::unstored(urls.len()))));
@@ -441,6 +466,33 @@ async fn spread(shards: &[&Shard], map: &ShardMap) {
             Err(e) => tracing::debug!(shard = shard.index, error = %e, "shard map not spread"),
         }
     }
+}
+
+/// Whether `e` may mean the shard's primary is gone or is no longer primary: the connection
+/// failed, or a write met a read-only server (SQLSTATE 25006, a demoted primary).
+fn may_have_lost_primary(e: &DbErr) -> bool {
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => match e.as_database_error() {
+            Some(db) => db.code().is_some_and(|code| code == READ_ONLY_SQLSTATE),
+            None => true,
+        },
+        _ => false,
+    }
+}
+
+/// `read_only_sql_transaction`: a write sent to a standby.
+const READ_ONLY_SQLSTATE: &str = "25006";
+
+/// A shard URL fit for logs and output, multi-host ones included (see [`redact_password`]).
+pub(crate) fn printable_url(url: &str) -> String {
+    let addresses = shard_url::host_addresses(url);
+    if addresses.len() < 2 {
+        return redact_password(url);
+    }
+    let first = redact_password(&shard_url::host_urls(url)[0]);
+    first.replacen(&addresses[0], &addresses.join(","), 1)
 }
 
 /// Query parameters of a PostgreSQL URL that carry secrets.

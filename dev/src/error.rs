@@ -43,6 +43,17 @@ pub enum DevError {
     /// A one-shot command (`initdb`, `temporal operator …`) failed; `output` is its stderr.
     #[error("{what} failed: {output}")]
     CommandFailed { what: String, output: String },
+    /// A pg_auto_failover formation is not in the state a caller needs, or did not reach it
+    /// in time; `states` is what its monitor last reported, for debugging.
+    #[error("{what} in formation {formation}; the monitor last reported: {states}")]
+    Formation {
+        formation: String,
+        what: String,
+        states: String,
+    },
+    /// A service an operation needs is not running.
+    #[error("{0} is not running; start it first")]
+    NotRunning(String),
     /// A name that cannot be used as given.
     #[error("{0}")]
     InvalidName(String),

@@ -1,15 +1,21 @@
-//! Local services for development and tests: PostgreSQL clusters (one postmaster per shard)
-//! and a Temporal dev server, started as child processes of the caller.
+//! Local services for development and tests: PostgreSQL clusters (one postmaster per shard,
+//! or a pg_auto_failover formation per shard: a primary and a synchronous standby) and a
+//! Temporal dev server, started as child processes of the caller.
 //!
 //! Children are bound to the thread that spawned them with `PR_SET_PDEATHSIG`, so they die
 //! with the process that owns them even if it is killed with SIGKILL: a crashed test run or
-//! `orders dev` never leaves a postmaster behind on a port.
+//! `orders dev` never leaves a postmaster behind on a port. (pg_autoctl's own children are
+//! out of that signal's reach; [`auto_failover`] kills their process group instead.)
 
+pub mod auto_failover;
 mod error;
 pub mod postgres;
 pub mod process;
 pub mod temporal;
 
+pub use auto_failover::{
+    FailoverMonitor, FailoverNode, FailoverTimings, HaShard, NodeState, StartupTimes,
+};
 pub use error::DevError;
 pub use postgres::{PostgresCluster, PostgresOptions};
 pub use temporal::{TemporalDevServer, TemporalOptions};

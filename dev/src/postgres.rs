@@ -39,13 +39,14 @@ pub struct PostgresCluster {
 }
 
 /// The unprivileged account that owns clusters when we run as root.
-struct OsUser {
-    name: String,
-    uid: u32,
-    gid: u32,
+pub(crate) struct OsUser {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
-fn os_user() -> Result<Option<OsUser>> {
+/// The account clusters run as: `None` when we are not root (they run as us).
+pub(crate) fn os_user() -> Result<Option<OsUser>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -65,7 +66,7 @@ fn os_user() -> Result<Option<OsUser>> {
 
 /// Path of a PostgreSQL server binary: `ORDERS_PG_BIN`, then `PATH`, then Debian's
 /// `/usr/lib/postgresql/<newest>/bin`.
-fn pg_binary(name: &str) -> Result<PathBuf> {
+pub(crate) fn pg_binary(name: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("ORDERS_PG_BIN")
         .map(PathBuf::from)
         .into_iter()
@@ -98,7 +99,8 @@ fn pg_binary(name: &str) -> Result<PathBuf> {
         })
 }
 
-fn as_cluster_owner(mut command: Command, owner: &Option<OsUser>) -> Command {
+/// `command`, set to run as `owner` when there is one.
+pub(crate) fn as_cluster_owner(mut command: Command, owner: &Option<OsUser>) -> Command {
     use std::os::unix::process::CommandExt;
     if let Some(user) = owner {
         command.uid(user.uid).gid(user.gid);
@@ -251,6 +253,17 @@ fn postmaster_port(data_dir: &Path) -> Option<u16> {
 }
 
 fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> Result<()> {
+    initdb(data_dir, owner, Some(SUPERUSER))?;
+    append_to_postgresql_conf(data_dir, &cluster_settings(ephemeral, ""))
+}
+
+/// Creates `data_dir` for `owner` and runs `initdb` there with trust authentication. The
+/// superuser is `superuser`, or initdb's default (the OS user's name) when `None`.
+pub(crate) fn initdb(
+    data_dir: &Path,
+    owner: &Option<OsUser>,
+    superuser: Option<&str>,
+) -> Result<()> {
     fs::create_dir_all(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
     if let Some(user) = owner {
         std::os::unix::fs::chown(data_dir, Some(user.uid), Some(user.gid)).map_err(io(format!(
@@ -260,12 +273,13 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> Res
         )))?;
     }
     tracing::info!(dir = %data_dir.display(), "initialising PostgreSQL cluster");
-    let output = as_cluster_owner(Command::new(pg_binary("initdb")?), owner)
-        .arg("-D")
-        .arg(data_dir)
+    let mut command = as_cluster_owner(Command::new(pg_binary("initdb")?), owner);
+    command.arg("-D").arg(data_dir);
+    if let Some(superuser) = superuser {
+        command.args(["-U", superuser]);
+    }
+    let output = command
         .args([
-            "-U",
-            SUPERUSER,
             "-A",
             "trust",
             "-E",
@@ -285,19 +299,36 @@ fn init_cluster(data_dir: &Path, ephemeral: bool, owner: &Option<OsUser>) -> Res
             output: format!("\n{}", String::from_utf8_lossy(&output.stderr)),
         });
     }
-    let mut settings = String::from(
-        "\n# Added by orders: loopback only, no Unix socket, two-phase commit enabled.\n\
+    Ok(())
+}
+
+/// The `postgresql.conf` lines every local cluster gets: loopback only, Unix sockets in
+/// `unix_socket_directories` (`""`: none), room for two-phase commit, and in `ephemeral`
+/// mode no fsync (see [`PostgresOptions::ephemeral`]).
+pub(crate) fn cluster_settings(ephemeral: bool, unix_socket_directories: &str) -> String {
+    let sockets = if unix_socket_directories.is_empty() {
+        "no Unix socket".to_owned()
+    } else {
+        format!("Unix sockets in {unix_socket_directories}")
+    };
+    let mut settings = format!(
+        "\n# Added by orders: loopback only, {sockets}, two-phase commit enabled.\n\
          listen_addresses = '127.0.0.1'\n\
-         unix_socket_directories = ''\n\
+         unix_socket_directories = '{unix_socket_directories}'\n\
          max_connections = 200\n\
          max_prepared_transactions = 64\n",
     );
     if ephemeral {
         settings.push_str("fsync = off\nfull_page_writes = off\n");
     }
+    settings
+}
+
+/// Appends `settings` to `data_dir`'s `postgresql.conf` (later lines win).
+pub(crate) fn append_to_postgresql_conf(data_dir: &Path, settings: &str) -> Result<()> {
     let conf = data_dir.join("postgresql.conf");
     let mut text = fs::read_to_string(&conf).map_err(io(format!("read {}", conf.display())))?;
-    text.push_str(&settings);
+    text.push_str(settings);
     fs::write(&conf, text).map_err(io(format!("write {}", conf.display())))?;
     Ok(())
 }

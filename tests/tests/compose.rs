@@ -55,6 +55,45 @@ fn ports_of(resolved: &str, service: &str) -> Vec<String> {
     ports
 }
 
+/// The lines of `service`'s entry in the resolved file (indented below its name).
+fn service_block<'a>(resolved: &'a str, service: &str) -> Vec<&'a str> {
+    let header = format!("  {service}:");
+    resolved
+        .lines()
+        .skip_while(|line| *line != header)
+        .skip(1)
+        .take_while(|line| line.starts_with("   "))
+        .collect()
+}
+
+/// The services of each shard's pg_auto_failover formation: shard i is nodes `shard{i}-a`
+/// (which creates the shard's data) and `shard{i}-b`.
+fn shard_nodes() -> Vec<[String; 2]> {
+    (0..4)
+        .map(|shard| [format!("shard{shard}-a"), format!("shard{shard}-b")])
+        .collect()
+}
+
+/// `ORDERS_SHARDS` as the resolved file gives it to `service`, one URL per shard: a new
+/// shard starts only at `postgres://` or `postgresql://`, so a multi-host URL stays whole.
+fn shard_urls(resolved: &str, service: &str) -> Vec<String> {
+    let list = service_block(resolved, service)
+        .into_iter()
+        .find_map(|line| line.trim().strip_prefix("ORDERS_SHARDS: "))
+        .unwrap_or_else(|| panic!("{service} is not given ORDERS_SHARDS"));
+    let mut urls: Vec<String> = Vec::new();
+    for part in list.split(',') {
+        match urls.last_mut() {
+            Some(url) if !part.starts_with("postgres://") && !part.starts_with("postgresql://") => {
+                url.push(',');
+                url.push_str(part);
+            }
+            _ => urls.push(part.to_owned()),
+        }
+    }
+    urls
+}
+
 #[test]
 fn docker_compose_refuses_to_run_without_a_read_api_token_and_publishes_it_on_loopback() {
     let refused = compose_with(&["config"], None);
@@ -97,38 +136,31 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
         "temporal",
         "temporal-setup",
         "temporal-ui",
-        "shard0",
-        "shard1",
-        "shard2",
-        "shard3",
+        "pg-monitor",
+        "pg-formations",
         "migrate",
         "worker",
         "prometheus",
         "grafana",
-    ] {
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(shard_nodes().into_iter().flatten())
+    {
         assert!(
-            services.contains(&expected),
+            services.contains(&expected.as_str()),
             "docker-compose.yml lacks {expected}: {services:?}"
         );
     }
 
     let resolved = compose(&["config"]);
-    assert_eq!(
-        resolved.matches("max_prepared_transactions=64").count(),
-        4,
-        "every shard enables two-phase commit"
-    );
     assert!(
-        resolved.matches("pg_isready").count() >= 5,
-        "Temporal's database and every shard have health checks"
+        resolved.matches("pg_isready").count() >= 10,
+        "Temporal's database, the monitor and every shard node have health checks"
     );
     assert!(
         resolved.contains("service_completed_successfully"),
         "the worker waits for the migration"
-    );
-    assert!(
-        resolved.contains("ORDERS_SHARDS: postgres://orders:orders@shard0:5432/orders,"),
-        "the worker is told every shard"
     );
     assert!(
         !resolved.contains("temporalio/auto-setup"),
@@ -159,4 +191,86 @@ fn docker_compose_runs_temporal_its_ui_four_shards_a_migration_and_the_worker() 
         !resolved.contains("|| true"),
         "no setup step hides its errors"
     );
+}
+
+#[test]
+fn every_shard_is_a_formation_of_two_nodes_that_each_enable_two_phase_commit() {
+    let resolved = compose(&["config"]);
+    let formations = service_block(&resolved, "pg-formations").join("\n");
+    let mut host_ports: Vec<String> = Vec::new();
+    for (shard, nodes) in shard_nodes().iter().enumerate() {
+        let formation = format!("shard{shard}");
+        assert!(
+            formations.contains(&format!("- {formation}")),
+            "the one-shot creates formation {formation}: {formations}"
+        );
+        for node in nodes {
+            let block = service_block(&resolved, node).join("\n");
+            for expected in [
+                "max_prepared_transactions=64".to_owned(),
+                format!("PGAF_FORMATION: {formation}"),
+                format!("PGAF_NODE: {node}"),
+                "PG_AUTOCTL_MONITOR: postgres://autoctl_node@pg-monitor:5432/pg_auto_failover"
+                    .to_owned(),
+                format!("{node}:/var/lib/postgresql/data"),
+                "pg_isready".to_owned(),
+            ] {
+                assert!(
+                    block.contains(&expected),
+                    "{node} lacks {expected}: {block}"
+                );
+            }
+            let ports = ports_of(&resolved, node);
+            assert_eq!(ports.len(), 1, "{node} publishes one port: {ports:?}");
+            assert!(
+                ports[0].contains("127.0.0.1"),
+                "{node} is published beyond loopback, where its trusted roles would be reachable: {ports:?}"
+            );
+            host_ports.push(ports[0].clone());
+        }
+        let first: Vec<&str> = nodes
+            .iter()
+            .filter(|node| {
+                service_block(&resolved, node)
+                    .join("\n")
+                    .contains("PGAF_FIRST_NODE")
+            })
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            first,
+            [nodes[0].as_str()],
+            "exactly one node of {formation} creates its data"
+        );
+    }
+    let distinct: std::collections::BTreeSet<&String> = host_ports.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        host_ports.len(),
+        "each node has a host port of its own: {host_ports:?}"
+    );
+    assert!(
+        ports_of(&resolved, "pg-monitor").is_empty(),
+        "the monitor, which trusts the nodes' connections, is not published"
+    );
+}
+
+#[test]
+fn the_worker_and_the_migration_are_given_both_nodes_of_every_shard_in_shard_order() {
+    let resolved = compose(&["config"]);
+    for service in ["migrate", "worker"] {
+        let urls = shard_urls(&resolved, service);
+        assert_eq!(urls.len(), 4, "{service} is told four shards: {urls:?}");
+        for (url, [a, b]) in urls.iter().zip(shard_nodes()) {
+            let authority = url
+                .strip_prefix("postgres://orders:orders@")
+                .and_then(|rest| rest.strip_suffix("/orders"))
+                .unwrap_or_else(|| panic!("{service}: {url} is not orders' URL of a shard"));
+            assert_eq!(
+                authority.split(',').collect::<Vec<_>>(),
+                [format!("{a}:5432"), format!("{b}:5432")],
+                "{service}: each shard's URL names its two nodes, in shard order"
+            );
+        }
+    }
 }

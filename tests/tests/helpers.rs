@@ -17,6 +17,7 @@ use orders_core::shards::PoolSettings;
 use orders_core::store::customers::NewCustomer;
 use orders_core::store::inventory::Stock;
 use orders_core::{Consistency, OrderLine, OrderRequest, RequestedItem, Shards, ValidOrder};
+use orders_dev::auto_failover::{FailoverMonitor, FailoverTimings, HaShard};
 use orders_dev::process::ChildService;
 use orders_dev::{self, PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
 use orders_worker::client::{self, OrderOutcome};
@@ -141,6 +142,16 @@ fn build_orders_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// A new, empty database on `cluster`; its URL.
+async fn fresh_database_on(cluster: &PostgresCluster) -> String {
+    let database = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    cluster
+        .create_database(&database)
+        .await
+        .expect("test database is created");
+    cluster.url(&database)
+}
+
 /// One test's world: its own databases on every shard, its own task queue and worker.
 pub(crate) struct TestApp {
     pub(crate) shards: Shards,
@@ -228,17 +239,34 @@ impl TestApp {
 
     /// Fresh, empty databases on `clusters` (one per shard), not migrated.
     async fn on_clusters(clusters: &[&PostgresCluster]) -> Self {
-        let services = services();
-        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let database = format!("t_{id}");
         let mut shard_urls = Vec::new();
         for cluster in clusters {
-            cluster
-                .create_database(&database)
-                .await
-                .expect("test database is created");
-            shard_urls.push(cluster.url(&database));
+            shard_urls.push(fresh_database_on(cluster).await);
         }
+        Self::on_urls(shard_urls).await
+    }
+
+    /// Like [`Self::spawn_without_worker`], but shard `shard` is a pg_auto_failover formation
+    /// of its own (a primary and a synchronous standby, [`HaCluster`]), given to every
+    /// command as a multi-host URL; the other shards are databases on the shared clusters.
+    pub(crate) async fn spawn_with_ha_shard(shard: usize) -> (Self, HaCluster) {
+        let ha = HaCluster::start().await;
+        let mut shard_urls = Vec::new();
+        for (i, cluster) in services().clusters.iter().enumerate() {
+            shard_urls.push(if i == shard {
+                ha.shard.url()
+            } else {
+                fresh_database_on(cluster).await
+            });
+        }
+        let app = Self::migrated_and_stocked(Self::on_urls(shard_urls).await).await;
+        (app, ha)
+    }
+
+    /// A test's world over `shard_urls`, whose databases exist and are empty.
+    async fn on_urls(shard_urls: Vec<String>) -> Self {
+        let services = services();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let shards = Shards::connect_lazy(
             &shard_urls,
             PoolSettings {
@@ -796,6 +824,55 @@ pub(crate) fn http_get_with(port: u16, path: &str, authorization: Option<&str>) 
 }
 
 /// A PostgreSQL cluster one test owns, so it can stop and start it.
+/// A shard served by a pg_auto_failover formation of its own: a monitor (with the fast
+/// timings, so a lost primary is replaced in seconds), a primary and a synchronous standby,
+/// which a test may lose, crash and rejoin. One per test that needs it, never four.
+pub(crate) struct HaCluster {
+    pub(crate) shard: HaShard,
+    pub(crate) monitor: FailoverMonitor,
+}
+
+impl HaCluster {
+    async fn start() -> Self {
+        let dir = services().root.join(format!(
+            "ha-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).expect("the formation's directory is created");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("the formation's directory is readable by the cluster owner");
+        let port = || orders_dev::free_port().expect("a free port");
+        let monitor = FailoverMonitor::start(&dir.join("monitor"), port(), FailoverTimings::fast())
+            .await
+            .unwrap_or_else(|e| panic!("the pg_auto_failover monitor did not start: {e:#}"));
+        let shard = HaShard::start(&monitor, "shard", &dir, [port(), port()], true)
+            .await
+            .unwrap_or_else(|e| panic!("the pg_auto_failover formation did not start: {e:#}"));
+        Self { shard, monitor }
+    }
+
+    /// The node the monitor reports primary now.
+    pub(crate) async fn primary(&self) -> usize {
+        self.shard
+            .primary(&self.monitor)
+            .await
+            .expect("the monitor names a primary")
+    }
+
+    /// Loses the primary's node (its keeper and its postgres, as a machine loss) and waits
+    /// until the monitor has promoted the other; returns (lost, promoted).
+    pub(crate) async fn lose_primary(&mut self) -> (usize, usize) {
+        let lost = self.primary().await;
+        self.shard.node_mut(lost).lose();
+        let promoted = self
+            .shard
+            .wait_for_primary_other_than(&self.monitor, lost, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("no standby was promoted: {e:#}"));
+        (lost, promoted)
+    }
+}
+
 pub(crate) struct OwnCluster {
     cluster: PostgresCluster,
     options: PostgresOptions,

@@ -14,6 +14,7 @@ mod configuration;
 mod consistency;
 mod crash_recovery;
 mod docs;
+mod failover;
 mod id_sequences;
 mod import;
 mod in_doubt;

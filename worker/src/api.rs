@@ -33,7 +33,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use orders_core::{ShardError, Shards};
+use orders_core::ShardError;
+use orders_core::read_pools::ReadPools;
 use orders_read::OrderCache;
 use orders_read::pages::{self, ListError};
 use serde::Deserialize;
@@ -50,7 +51,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Api {
-    shards: Shards,
+    reads: ReadPools,
     cache: Arc<OrderCache>,
 }
 
@@ -159,11 +160,12 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; with `token`, only to requests
-/// that carry it. `shards` should be the read API's own pools ([`orders_core::read_pools`]).
+/// that carry it. An order by id is read from its shard's primary, listings and counts from
+/// a standby within the lag bound when there is one ([`ReadPools`]).
 pub async fn serve(
     listener: TcpListener,
     token: Option<ApiToken>,
-    shards: Shards,
+    reads: ReadPools,
     cache: Arc<OrderCache>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -174,7 +176,7 @@ pub async fn serve(
         .route("/orders/{id}", get(order))
         .route("/customers/{id}/orders", get(customer_orders))
         .route("/cache", get(cache_stats))
-        .with_state(Api { shards, cache })
+        .with_state(Api { reads, cache })
         .layer(middleware::from_fn_with_state(in_flight, limit));
     // The token is checked first, so requests without it never take a request's place.
     let beyond_loopback = listener
@@ -206,7 +208,7 @@ fn default_limit() -> u64 {
 }
 
 async fn order(State(api): State<Api>, Path(id): Path<i64>) -> Response {
-    match api.cache.get(&api.shards, id).await {
+    match api.cache.get(&api.reads.primaries(), id).await {
         Ok(Some(found)) => Json(found.as_ref().clone()).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -217,7 +219,9 @@ async fn order(State(api): State<Api>, Path(id): Path<i64>) -> Response {
 }
 
 async fn orders_page(State(api): State<Api>, Query(page): Query<PageQuery>) -> Response {
-    page_response(pages::orders_page(&api.shards, page.cursor.as_deref(), page.limit).await)
+    page_response(
+        pages::orders_page(&api.reads.within_lag(), page.cursor.as_deref(), page.limit).await,
+    )
 }
 
 async fn customer_orders(
@@ -226,13 +230,18 @@ async fn customer_orders(
     Query(page): Query<PageQuery>,
 ) -> Response {
     page_response(
-        pages::customer_orders_page(&api.shards, customer_id, page.cursor.as_deref(), page.limit)
-            .await,
+        pages::customer_orders_page(
+            &api.reads.within_lag(),
+            customer_id,
+            page.cursor.as_deref(),
+            page.limit,
+        )
+        .await,
     )
 }
 
 async fn counts(State(api): State<Api>) -> Response {
-    let mut counts = pages::count_by_status(&api.shards).await;
+    let mut counts = pages::count_by_status(&api.reads.within_lag()).await;
     for missing in &mut counts.missing_shards {
         tracing::warn!(shard = missing.shard, error = %missing.error, "read API: a shard left out of the counts");
         missing.error = UNAVAILABLE.to_owned();

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use orders_core::Shards;
+use orders_core::read_pools::ReadPoolSettings;
+use orders_core::shard_url::split_shard_list;
 use orders_core::shards::PoolSettings;
 use orders_operations::import::policy::{DEFAULT_MAX_BYTES, ImportPolicy};
 use orders_operations::retention::RetentionPolicy;
@@ -93,14 +95,12 @@ impl std::fmt::Debug for TemporalTls {
 /// The PostgreSQL shards and how to pool connections to them.
 #[derive(Clone, clap::Args)]
 pub struct ShardSettings {
-    /// Comma-separated PostgreSQL URLs; shard i is the i-th URL. Required: `orders dev`
-    /// prints the value for its local shards. Its value is never shown: URLs carry passwords.
-    #[arg(
-        long = "shards",
-        env = "ORDERS_SHARDS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// Comma-separated PostgreSQL URLs; shard i is the i-th URL. A shard given as
+    /// several hosts (a primary and its standbys) uses libpq's form,
+    /// `postgres://user@h1:5432,h2:5432/orders`: a new shard starts only at `postgres://` or
+    /// `postgresql://`. Required: `orders dev` prints the value for its local shards. Its
+    /// value is never shown: URLs carry passwords.
+    #[arg(long = "shards", env = "ORDERS_SHARDS", hide_env_values = true)]
     pub urls: Vec<String>,
     /// Connections per shard pool.
     #[arg(long = "pool-size", env = "ORDERS_POOL_SIZE", default_value_t = 10)]
@@ -119,6 +119,10 @@ pub struct ShardSettings {
         default_value_t = 30
     )]
     pub map_refresh_secs: u64,
+    /// Milliseconds a listing or count (the read API's, `orders list`, `orders counts`) may
+    /// lag the shards' writes when read from a standby; unset, they read each primary.
+    #[arg(long = "read-max-lag-ms", env = "ORDERS_READ_MAX_LAG_MS")]
+    pub read_max_lag_ms: Option<u64>,
 }
 
 /// Without the URLs, which carry passwords.
@@ -132,6 +136,7 @@ impl std::fmt::Debug for ShardSettings {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("map_refresh_secs", &self.map_refresh_secs)
+            .field("read_max_lag_ms", &self.read_max_lag_ms)
             .finish()
     }
 }
@@ -150,13 +155,18 @@ fn dev_shards_hint() -> String {
 impl ShardSettings {
     /// The configured URLs. None configured is an error that says how to configure them:
     /// a deployment must never find itself writing to shards it was not pointed at.
-    pub fn urls(&self) -> anyhow::Result<&[String]> {
+    pub fn urls(&self) -> anyhow::Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .flat_map(|list| split_shard_list(list))
+            .collect();
         anyhow::ensure!(
-            !self.urls.is_empty(),
+            !urls.is_empty(),
             "ORDERS_SHARDS is not set: set it (or --shards) to the shards' PostgreSQL URLs, comma-separated, shard i being the i-th URL{}",
             dev_shards_hint()
         );
-        Ok(&self.urls)
+        Ok(urls)
     }
 
     /// Lazily connected pools, one per shard, routing by the newest stored shard map, once
@@ -183,7 +193,15 @@ impl ShardSettings {
     /// Lazily connected pools routing by the initial map, for commands that must work before
     /// any map is stored (migrations) or while shards are down (the shard report).
     pub async fn connect_without_map(&self) -> anyhow::Result<Shards> {
-        Ok(Shards::connect_lazy(self.urls()?, self.pool()).await?)
+        Ok(Shards::connect_lazy(&self.urls()?, self.pool()).await?)
+    }
+
+    /// How the read pools are bounded: the defaults, with `ORDERS_READ_MAX_LAG_MS`.
+    pub fn reads(&self) -> ReadPoolSettings {
+        ReadPoolSettings {
+            max_lag: self.read_max_lag_ms.map(Duration::from_millis),
+            ..ReadPoolSettings::default()
+        }
     }
 
     /// How often the worker re-reads the shard map.

@@ -14,7 +14,7 @@ use orders_activities::stock::StockActivities;
 use orders_activities::two_phase::TwoPhaseActivities;
 use orders_core::Shards;
 use orders_core::metrics::OrderMetrics;
-use orders_core::read_pools::{ReadPoolSettings, read_pools};
+use orders_core::read_pools::{ReadPoolSettings, ReadPools};
 use orders_core::store::two_phase;
 use orders_operations::import::ImportActivities;
 use orders_operations::import::policy::ImportPolicy;
@@ -73,6 +73,8 @@ pub struct Serving {
     pub cache: CacheSettings,
     /// How often to re-read the shard map.
     pub map_refresh: Duration,
+    /// The read API's pools, and how stale its listings may be when read from standbys.
+    pub reads: ReadPoolSettings,
     /// The in-doubt recovery loop this worker makes sure is running.
     pub recovery: RecoverySchedule,
     /// The idempotency-key retention loop this worker makes sure is running.
@@ -156,7 +158,7 @@ pub async fn run(
         tokio::spawn(crate::api::serve(
             listener,
             serving.api_token.clone(),
-            read_pools(&shards, ReadPoolSettings::default()),
+            ReadPools::new(&shards, serving.reads),
             cache.clone(),
             async move {
                 let _ = api_stopped.await;
@@ -307,11 +309,23 @@ async fn refresh_shard_map(shards: Shards, every: Duration) {
 /// prepared two-phase parts (how many, the oldest one's age), which hold locks until decided.
 async fn sample_shards(shards: Shards, metrics: Arc<OrderMetrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut failovers_seen = vec![0; shards.len()];
     loop {
         tick.tick().await;
         // Side by side: a shard that is down costs its own sample the ping's timeout, not
         // the others'.
         futures::future::join_all(shards.iter().map(|shard| sample(shard, &metrics))).await;
+        // The hosts' roles and lags, as the shards' followers last probed them.
+        for (shard, seen) in shards.iter().zip(&mut failovers_seen) {
+            let failovers = shard.hosts.failovers();
+            metrics.shard_hosts(
+                shard.index,
+                &shard.hosts.states(),
+                failovers - *seen,
+                !shard.seems_down(),
+            );
+            *seen = failovers;
+        }
     }
 }
 

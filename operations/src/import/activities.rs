@@ -210,7 +210,7 @@ impl ImportActivities {
                 file::read_segment(file, &digest, offset, first_line, max_lines, &progress)
             })
         };
-        let segment = while_heartbeating(&ctx, &progress, reading)
+        let segment = while_heartbeating(ctx, &progress, reading)
             .await?
             .map_err(panicked)?
             .map_err(|e| unreadable(&input.file.path, e))?;

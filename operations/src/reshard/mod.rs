@@ -364,7 +364,7 @@ impl ReshardActivities {
         input: CopyInput,
     ) -> Result<CopyProgress, ActivityError> {
         let mv = &input.bucket_move;
-        self.attempt_on(&ctx, "CopyBucket", &mv, self.copy(&ctx, &input))
+        self.attempt_on(&ctx, "CopyBucket", mv, self.copy(&ctx, &input))
             .await
     }
 
@@ -377,7 +377,7 @@ impl ReshardActivities {
     ) -> Result<CatchUp, ActivityError> {
         let mv = &input.bucket_move;
         let work = self.catch_up(&ctx, mv, input.after);
-        self.attempt_on(&ctx, "CatchUpBucket", &mv, work).await
+        self.attempt_on(&ctx, "CatchUpBucket", mv, work).await
     }
 
     /// The write stop and the switch, in one activity so the pause costs one round trip to
@@ -393,7 +393,7 @@ impl ReshardActivities {
     ) -> Result<Switched, ActivityError> {
         let mv = &input.bucket_move;
         let work = self.switch(&ctx, &input);
-        self.attempt_on(&ctx, "FreezeAndCutOver", &mv, work).await
+        self.attempt_on(&ctx, "FreezeAndCutOver", mv, work).await
     }
 
     /// Deletes the bucket's rows on its old owner. Its `moved` fence stays: a worker that

@@ -25,6 +25,7 @@ use anyhow::Context;
 use std::time::Duration;
 
 use orders_core::OrderRequest;
+use orders_core::read_pools::ReadPools;
 use orders_core::store::customers::NewCustomer;
 use orders_operations::recovery;
 use orders_operations::reshard::ReshardRequest;
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api_token: api.token()?,
                 cache: api.cache(),
                 map_refresh: Duration::from_secs(30),
+                reads: Default::default(),
                 recovery: Default::default(),
                 retention: Default::default(),
                 shutdown_grace: worker::DEFAULT_SHUTDOWN_GRACE,
@@ -91,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api_token: api.token()?,
                 cache: api.cache(),
                 map_refresh: shards.map_refresh(),
+                reads: shards.reads(),
                 recovery: recovery.schedule(),
                 retention: retention.schedule(),
                 shutdown_grace: shutdown.grace(),
@@ -197,12 +200,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&orders::get(&shards, order_id).await?, json)
         }
         Command::List { page, shards } => {
-            let shards = shards.connect().await?;
-            emit(&orders::list(&shards, page).await?, json)
+            let reads = ReadPools::new(&shards.connect().await?, shards.reads());
+            emit(&orders::list(&reads.within_lag(), page).await?, json)
         }
         Command::Counts { shards } => {
-            let shards = shards.connect().await?;
-            emit(&orders::counts(&shards).await, json)
+            let reads = ReadPools::new(&shards.connect().await?, shards.reads());
+            emit(&orders::counts(&reads.within_lag()).await, json)
         }
         Command::Shards {
             command,

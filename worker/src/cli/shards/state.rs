@@ -36,6 +36,47 @@ pub struct ShardReport {
     pub connections_active: Option<i64>,
     /// Buckets being moved from or onto this shard (`orders reshard`), with their phase.
     pub moving: Vec<Fence>,
+    /// For a shard given as several hosts: each host's role, sync state and replay lag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostReport>,
+}
+
+/// One host of a shard given as a primary and its standbys.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    /// `host:port`.
+    pub address: String,
+    /// `primary`, `standby` or `down`.
+    pub role: &'static str,
+    /// Primary: standbys it waits for at commit.
+    pub sync_standbys: Option<u32>,
+    /// Standby: whether it streams WAL from the primary.
+    pub streaming: Option<bool>,
+    /// Standby: how far behind the primary its replay is.
+    pub replay_lag_ms: Option<u128>,
+    /// Why the host did not answer.
+    pub error: Option<String>,
+}
+
+/// Each host's state, probed now (nothing for a single-host shard).
+async fn hosts_of(shard: &Shard) -> Vec<HostReport> {
+    if !shard.hosts.is_replicated() {
+        return Vec::new();
+    }
+    shard.hosts.probe().await;
+    shard
+        .hosts
+        .states()
+        .into_iter()
+        .map(|host| HostReport {
+            address: host.address,
+            role: host.role.as_str(),
+            sync_standbys: host.sync_standbys,
+            streaming: host.streaming,
+            replay_lag_ms: host.replay_lag.map(|lag| lag.as_millis()),
+            error: host.error,
+        })
+        .collect()
 }
 
 /// Every shard's report, under the shard map in use. As JSON: the list of shards.
@@ -73,6 +114,7 @@ pub async fn report(shards: &Shards, pool_size: u32) -> ShardsReport {
                 connections_open: None,
                 connections_active: None,
                 moving: Vec::new(),
+                hosts: hosts_of(shard).await,
             };
             if let Err(e) = fill(shard, &mut report).await {
                 report.error = Some(e.to_string());
@@ -176,6 +218,9 @@ impl fmt::Display for ShardsReport {
             if let Some(error) = &r.error {
                 writeln!(f, "      {error}")?;
             }
+            for host in &r.hosts {
+                writeln!(f, "      host {}", host_line(host))?;
+            }
             for fence in &r.moving {
                 let direction = match fence.state {
                     FenceState::Incoming => format!("arriving from shard {}", fence.peer),
@@ -195,6 +240,34 @@ impl fmt::Display for ShardsReport {
             self.shards.first().map_or(0, |r| r.pool_size)
         )
     }
+}
+
+/// `127.0.0.1:5432 primary, 1 sync standby` / `… standby, streaming, replay lag 0 ms`.
+fn host_line(host: &HostReport) -> String {
+    let mut line = format!("{} {}", host.address, host.role);
+    if let Some(sync) = host.sync_standbys {
+        line.push_str(&format!(
+            ", {sync} sync standby{}",
+            if sync == 1 { "" } else { "s" }
+        ));
+        if sync == 0 {
+            line.push_str(" (commits are on this host only)");
+        }
+    }
+    if let Some(streaming) = host.streaming {
+        line.push_str(if streaming {
+            ", streaming"
+        } else {
+            ", NOT streaming"
+        });
+    }
+    if let Some(lag) = host.replay_lag_ms {
+        line.push_str(&format!(", replay lag {lag} ms"));
+    }
+    if let Some(error) = &host.error {
+        line.push_str(&format!(": {error}"));
+    }
+    line
 }
 
 impl fmt::Display for GrowthPlan {

@@ -1,0 +1,330 @@
+//! A shard run as a pg_auto_failover formation keeps every acknowledged commit and every
+//! prepared transaction when its primary's machine is lost, takes the old primary back as
+//! a standby, and rides out a postmaster crash without failing over.
+//!
+//! Needs pg_auto_failover: without it the test fails, saying what to install.
+//! Run with `cargo test -p orders-dev --test auto_failover -- --nocapture` to see the times.
+
+use anyhow::{Context, ensure};
+use orders_dev::{FailoverMonitor, FailoverTimings, HaShard, free_port, port_is_open};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TryGetable,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "apt-get install pg-auto-failover-cli postgresql-15-auto-failover";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_fails_over_to_its_synchronous_standby_and_takes_the_old_primary_back()
+-> anyhow::Result<()> {
+    let run = RunDir::create()?;
+    let timings = FailoverTimings::fast();
+    eprintln!("failover timings: {timings}");
+
+    let began = Instant::now();
+    let monitor = FailoverMonitor::start(&run.path.join("monitor"), free_port()?, timings)
+        .await
+        .with_context(|| {
+            format!("failed to start a pg_auto_failover monitor; is it installed? ({INSTALL})")
+        })?;
+    eprintln!("monitor ready in {:?}", began.elapsed());
+    let ports = [free_port()?, free_port()?];
+    let mut shard = HaShard::start(&monitor, "shard0", &run.path.join("shard0"), ports, true)
+        .await
+        .context("failed to start shard0 as a formation")?;
+    let startup = shard.startup_times();
+    eprintln!(
+        "primary settled in {:?}; standby synchronous {:?} after that",
+        startup.primary, startup.standby
+    );
+    assert_eq!(
+        shard.url(),
+        format!(
+            "postgres://orders@127.0.0.1:{},127.0.0.1:{}/orders",
+            ports[0], ports[1]
+        )
+    );
+
+    // Commits on the primary wait for the standby.
+    let old = shard.primary(&monitor).await?;
+    let standby = 1 - old;
+    let primary = connect(&shard.node(old).url()).await?;
+    let standby_names: String = scalar(
+        &primary,
+        "SELECT current_setting('synchronous_standby_names')",
+    )
+    .await?;
+    let sync_states: String = scalar(
+        &primary,
+        "SELECT coalesce(string_agg(sync_state, ','), '') FROM pg_stat_replication",
+    )
+    .await?;
+    ensure!(
+        !standby_names.is_empty() && ["sync", "quorum"].contains(&sync_states.as_str()),
+        "replication is not synchronous: synchronous_standby_names = {standby_names:?}, \
+         pg_stat_replication.sync_state = {sync_states:?}"
+    );
+    primary
+        .execute_unprepared(
+            "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger VALUES (1)",
+        )
+        .await?;
+    let on_standby = connect(&shard.node(standby).url()).await?;
+    eventually(
+        Duration::from_secs(5),
+        "the committed row on the standby",
+        async || {
+            let rows: i64 = scalar(&on_standby, "SELECT count(*) FROM ledger WHERE id = 1").await?;
+            ensure!(rows == 1, "not there yet");
+            Ok(())
+        },
+    )
+    .await?;
+    on_standby.close().await?;
+    primary
+        .execute_unprepared(
+            "BEGIN; INSERT INTO ledger VALUES (2); PREPARE TRANSACTION 'before-failover'",
+        )
+        .await?;
+    primary.close().await?;
+
+    // Losing the primary's machine promotes the standby, with everything it acknowledged.
+    let lost_at = Instant::now();
+    shard.node_mut(old).lose();
+    ensure!(
+        !port_is_open(shard.node(old).port()) && !shard.node(old).is_running(),
+        "the lost node still runs"
+    );
+    let new = shard
+        .wait_for_primary_other_than(&monitor, old, Duration::from_secs(90))
+        .await?;
+    let promoted = lost_at.elapsed();
+    ensure!(
+        new == standby,
+        "node{new} was promoted, not the standby node{standby}"
+    );
+    let promoted_db = eventually(
+        Duration::from_secs(30),
+        "a write on the promoted node",
+        async || {
+            let db = connect(&shard.node(new).url()).await?;
+            let in_recovery: bool = scalar(&db, "SELECT pg_is_in_recovery()").await?;
+            ensure!(!in_recovery, "still in recovery");
+            db.execute_unprepared("INSERT INTO ledger VALUES (3)")
+                .await?;
+            Ok(db)
+        },
+    )
+    .await?;
+    let writable = lost_at.elapsed();
+    eprintln!(
+        "failover: node{new} promoted {promoted:?} and took a write {writable:?} after node{old} was lost"
+    );
+    let prepared: String = scalar(
+        &promoted_db,
+        "SELECT coalesce(string_agg(gid, ','), '') FROM pg_prepared_xacts",
+    )
+    .await?;
+    ensure!(
+        prepared == "before-failover",
+        "prepared transactions on the new primary: {prepared:?}"
+    );
+    let committed: i64 = scalar(&promoted_db, "SELECT count(*) FROM ledger WHERE id = 1").await?;
+    ensure!(
+        committed == 1,
+        "the committed row did not survive the failover"
+    );
+    promoted_db
+        .execute_unprepared("COMMIT PREPARED 'before-failover'")
+        .await?;
+    let rows: i64 = scalar(&promoted_db, "SELECT count(*) FROM ledger").await?;
+    ensure!(
+        rows == 3,
+        "{rows} rows after committing the prepared transaction"
+    );
+
+    // The old primary comes back as the new one's standby.
+    let rejoined_at = Instant::now();
+    shard.node_mut(old).rejoin()?;
+    shard
+        .wait_settled(&monitor, Duration::from_secs(90))
+        .await?;
+    eprintln!(
+        "node{old} rejoined as secondary in {:?}",
+        rejoined_at.elapsed()
+    );
+    ensure!(
+        shard.primary(&monitor).await? == new,
+        "the primary moved on rejoin"
+    );
+    let rejoined = connect(&shard.node(old).url()).await?;
+    let in_recovery: bool = scalar(&rejoined, "SELECT pg_is_in_recovery()").await?;
+    ensure!(in_recovery, "the rejoined node is not a standby");
+    eventually(
+        Duration::from_secs(5),
+        "every row on the rejoined node",
+        async || {
+            let rows: i64 = scalar(&rejoined, "SELECT count(*) FROM ledger").await?;
+            ensure!(rows == 3, "{rows} rows");
+            Ok(())
+        },
+    )
+    .await?;
+    rejoined.close().await?;
+
+    // A postmaster crash is not a failover: the keeper restarts it in place.
+    promoted_db
+        .execute_unprepared(
+            "BEGIN; INSERT INTO ledger VALUES (4); PREPARE TRANSACTION 'before-crash'",
+        )
+        .await?;
+    let started_before: String =
+        scalar(&promoted_db, "SELECT pg_postmaster_start_time()::text").await?;
+    promoted_db.close().await?;
+    let crashed_at = Instant::now();
+    shard.node(new).crash_postmaster()?;
+    let restarted = eventually(
+        Duration::from_secs(30),
+        "the crashed primary to serve again",
+        async || {
+            let db = connect(&shard.node(new).url()).await?;
+            let in_recovery: bool = scalar(&db, "SELECT pg_is_in_recovery()").await?;
+            ensure!(!in_recovery, "in recovery");
+            Ok(db)
+        },
+    )
+    .await?;
+    let serving = crashed_at.elapsed();
+    let started_after: String =
+        scalar(&restarted, "SELECT pg_postmaster_start_time()::text").await?;
+    ensure!(
+        started_after != started_before,
+        "the postmaster was not restarted"
+    );
+    // The commit waits until the standby has reconnected to the restarted primary.
+    restarted
+        .execute_unprepared("COMMIT PREPARED 'before-crash'")
+        .await?;
+    let committing = crashed_at.elapsed();
+    shard
+        .wait_settled(&monitor, Duration::from_secs(30))
+        .await?;
+    ensure!(
+        shard.primary(&monitor).await? == new,
+        "the monitor failed over after a postmaster crash"
+    );
+    eprintln!(
+        "postmaster crash: node{new} served again after {serving:?}, committed after {committing:?} (no failover)"
+    );
+    let rows: i64 = scalar(&restarted, "SELECT count(*) FROM ledger").await?;
+    ensure!(rows == 4, "{rows} rows after the crash");
+    restarted.close().await?;
+
+    // Dropping the handles leaves nothing running.
+    let node_ports = ports;
+    let monitor_port = monitor.port();
+    drop(shard);
+    drop(monitor);
+    for port in node_ports.into_iter().chain([monitor_port]) {
+        ensure!(
+            !port_is_open(port),
+            "something still listens on port {port}"
+        );
+    }
+    let left = processes_mentioning(&run.path);
+    ensure!(left.is_empty(), "processes left behind: {left:?}");
+    run.remove();
+    Ok(())
+}
+
+/// This run's directory under /tmp, kept when the test fails (its logs say why).
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create() -> anyhow::Result<Self> {
+        let tmp = std::env::temp_dir();
+        remove_stale_runs(&tmp);
+        let path = tmp.join(format!("orders-dev-auto-failover-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        // The clusters run as an unprivileged OS user when we are root: it must reach in.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        eprintln!("logs under {}", path.display());
+        Ok(Self { path })
+    }
+
+    fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Deletes directories of earlier runs whose process is gone.
+fn remove_stale_runs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name
+            .strip_prefix("orders-dev-auto-failover-")
+            .and_then(|p| p.parse::<u32>().ok())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Command lines of processes that name `dir`: pg_autoctl and postmasters started on it.
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&needle))
+        .collect()
+}
+
+async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(1)
+        .connect_timeout(Duration::from_secs(2))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .with_context(|| format!("failed to connect to {url}"))
+}
+
+/// The single value `sql` returns.
+async fn scalar<T: TryGetable>(db: &DatabaseConnection, sql: &str) -> anyhow::Result<T> {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await?
+        .with_context(|| format!("no row from {sql}"))?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+/// Retries `attempt` every 100 ms until it succeeds; fails with its last error after `timeout`.
+async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("gave up after {timeout:?} waiting for {what}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
