@@ -34,3 +34,18 @@ if [ "$(id -u)" -eq 0 ] && ! id "${ORDERS_PG_OS_USER:-postgres}" >/dev/null 2>&1
   useradd --system --user-group --no-create-home "${ORDERS_PG_OS_USER:-postgres}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+
+# pg_auto_failover (the keeper CLI and the monitor's extension for this PostgreSQL major
+# version), for shards run as a primary and a synchronous standby: the failover tests and
+# `orders dev --standbys`. Called by the scripts that need it.
+ensure_pg_auto_failover() {
+  local pg_major missing=()
+  pg_major=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  command -v pg_autoctl >/dev/null 2>&1 || missing+=(pg-auto-failover-cli)
+  [ -e "/usr/lib/postgresql/$pg_major/lib/pgautofailover.so" ] || missing+=("postgresql-$pg_major-auto-failover")
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}

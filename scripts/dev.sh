@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The main job: local Temporal (Web UI on :8233) + 4 PostgreSQL shards + worker + sample orders.
+# The main job: local Temporal (Web UI on :8233) + 4 PostgreSQL shards + worker + sample orders
+# (`--standbys`: each shard a primary and a synchronous standby under pg_auto_failover).
 # Runs until Ctrl-C, then stops what it started. State lives in .orders-dev/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
+# `--standbys` (or ORDERS_DEV_STANDBYS=1): every shard a primary and a synchronous standby.
+if [[ " $* " == *" --standbys "* || -n "${ORDERS_DEV_STANDBYS:-}" ]]; then
+  ensure_pg_auto_failover
+fi
 cargo build --bin orders
 # The demo's worker imports files from the repository (`orders import orders.jsonl` from here);
 # a deployment sets its own directory.

@@ -11,15 +11,13 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)   # the TLS proxy in front of Temporal
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks the alert rules
-# pg_auto_failover runs the shard the failover tests give a synchronous standby.
-pg_major=$(ls /usr/lib/postgresql | sort -n | tail -1)
-command -v pg_autoctl >/dev/null 2>&1 || missing+=(pg-auto-failover-cli)
-[ -e "/usr/lib/postgresql/$pg_major/lib/pgautofailover.so" ] || missing+=("postgresql-$pg_major-auto-failover")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "▶ installing ${missing[*]} (apt-get)" >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# pg_auto_failover runs the shard the failover tests give a synchronous standby.
+ensure_pg_auto_failover
 cargo build --workspace --all-targets
 if [ $# -gt 0 ]; then
   cargo test --workspace "$@"

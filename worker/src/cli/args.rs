@@ -53,6 +53,11 @@ pub enum Command {
         /// Where clusters, Temporal history and logs live.
         #[arg(long, env = "ORDERS_STATE_DIR", default_value = ".orders-dev")]
         state_dir: PathBuf,
+        /// Run each shard as a primary and a synchronous standby under pg_auto_failover
+        /// (Debian: pg-auto-failover-cli, postgresql-15-auto-failover), given to the worker
+        /// as a multi-host URL, so a lost primary is replaced in seconds.
+        #[arg(long, env = "ORDERS_DEV_STANDBYS")]
+        standbys: bool,
         #[command(flatten)]
         temporal: TemporalSettings,
         #[command(flatten)]

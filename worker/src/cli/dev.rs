@@ -1,7 +1,8 @@
 //! `orders dev`: everything a newcomer needs on one machine, in one command.
 //!
 //! Starts (or reuses) a Temporal dev server with its Web UI and history in the state
-//! directory, four PostgreSQL clusters, migrates them, seeds demo customers, runs the worker,
+//! directory, four PostgreSQL shards (single clusters, or with `--standbys` each a primary and
+//! a synchronous standby under pg_auto_failover), migrates them, seeds demo customers, runs the worker,
 //! places sample orders (one of them declined, to show compensation), prints where to look,
 //! and on Ctrl-C stops everything it started.
 
@@ -14,10 +15,11 @@ use orders_core::shards::PoolSettings;
 use orders_core::store::customers::{self, NewCustomer};
 use orders_core::{Consistency, OrderRequest, Shards};
 
+use super::dev_shards::DevShards;
 use crate::client::{self, OrderOutcome};
 use crate::config::TemporalSettings;
 use crate::deployment::migrate;
-use orders_dev::{PostgresCluster, PostgresOptions, TemporalDevServer, TemporalOptions};
+use orders_dev::{TemporalDevServer, TemporalOptions};
 
 /// gRPC port of the dev Temporal server; its Web UI is on this + 1000.
 pub const TEMPORAL_PORT: u16 = 7233;
@@ -69,12 +71,12 @@ pub struct DevStack {
     /// Where clusters, Temporal's history and the logs live (absolute).
     pub state_dir: PathBuf,
     pub temporal: TemporalDevServer,
-    pub clusters: Vec<PostgresCluster>,
+    pub shards: DevShards,
 }
 
 impl DevStack {
     /// Starts or reuses Temporal and the shards under `state_dir`, creating the databases.
-    pub async fn start(state_dir: PathBuf) -> anyhow::Result<Self> {
+    pub async fn start(state_dir: PathBuf, standbys: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
         let state_dir = state_dir.canonicalize()?;
@@ -94,24 +96,11 @@ impl DevStack {
             })
         })?;
         temporal.register_search_attributes("default", &search_attribute_flags())?;
-        let mut clusters = Vec::new();
-        for shard in 0..orders_dev::DEV_SHARD_COUNT {
-            let port = orders_dev::DEV_SHARD_BASE_PORT + shard as u16;
-            eprintln!("▶ PostgreSQL shard {shard} on 127.0.0.1:{port}");
-            let cluster = tokio::task::block_in_place(|| {
-                PostgresCluster::start(PostgresOptions {
-                    data_dir: state_dir.join(format!("shard-{shard}")),
-                    port,
-                    ephemeral: false,
-                })
-            })?;
-            cluster.create_database(orders_dev::DEV_DATABASE).await?;
-            clusters.push(cluster);
-        }
+        let shards = DevShards::start(&state_dir, standbys).await?;
         Ok(Self {
             state_dir,
             temporal,
-            clusters,
+            shards,
         })
     }
 }
@@ -119,15 +108,16 @@ impl DevStack {
 /// Runs the whole demo until Ctrl-C.
 pub async fn run(
     state_dir: PathBuf,
+    standbys: bool,
     temporal_settings: TemporalSettings,
     serving: crate::worker::Serving,
 ) -> anyhow::Result<()> {
-    let stack = DevStack::start(state_dir).await?;
+    let stack = DevStack::start(state_dir, standbys).await?;
     let settings = TemporalSettings {
         address: stack.temporal.address(),
         ..temporal_settings
     };
-    let urls = orders_dev::dev_shard_urls();
+    let urls = stack.shards.urls();
     let shards = Shards::connect_lazy(&urls, PoolSettings::default()).await?;
     eprintln!("▶ migrating {} shards", shards.len());
     for v in migrate::run(&shards, migrate::Plan::Up(None)).await? {

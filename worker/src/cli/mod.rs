@@ -9,6 +9,8 @@ pub mod args;
 pub mod catalog;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+mod dev_shards;
 mod failing_steps;
 pub mod imports;
 pub mod load;
@@ -48,6 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "dev")]
         Command::Dev {
             state_dir,
+            standbys,
             temporal,
             metrics,
             api,
@@ -73,7 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 steps: Default::default(),
                 imports: imports.policy(),
             };
-            dev::run(state_dir, temporal, serving).await?;
+            dev::run(state_dir, standbys, temporal, serving).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker {
