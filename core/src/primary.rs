@@ -417,3 +417,56 @@ fn host_state(
     }
     state
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(in_recovery: bool, position: i64) -> Result<HostAnswer, String> {
+        Ok(HostAnswer {
+            in_recovery,
+            position,
+            timeline: 1,
+            sync_standbys: 1,
+            streaming: in_recovery,
+        })
+    }
+
+    #[test]
+    fn a_standby_is_dated_by_the_newest_primary_position_its_replay_has_passed() {
+        let now = Instant::now();
+        let positions: VecDeque<(Instant, i64)> = [(3, 100), (2, 200), (1, 300), (0, 400)]
+            .into_iter()
+            .map(|(secs_ago, position)| (now - Duration::from_secs(secs_ago), position))
+            .collect();
+        // Caught up with the newest probe: no lag.
+        let caught_up = host_state("s:1", answer(true, 400), Some(400), &positions);
+        assert_eq!(caught_up.role, Role::Standby);
+        assert_eq!(caught_up.replay_lag, Some(Duration::ZERO));
+        assert!(caught_up.stale_by().unwrap() < Duration::from_millis(500));
+        // Replayed past the position of 2 s ago, not the one of 1 s ago: 2 s stale at least.
+        let behind = host_state("s:1", answer(true, 250), Some(400), &positions);
+        assert_eq!(behind.replay_lag, Some(Duration::from_secs(2)));
+        assert!(behind.stale_by().unwrap() >= Duration::from_secs(2));
+        // Behind every position kept: stale by more than the history, undatable.
+        let lost = host_state("s:1", answer(true, 50), Some(400), &positions);
+        assert_eq!(lost.stale_by(), None);
+        assert!(lost.replay_lag.unwrap() >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_is_down_and_a_writable_one_primary() {
+        let positions = VecDeque::new();
+        let down = host_state("p:1", Err("refused".into()), None, &positions);
+        assert_eq!(
+            (down.role, down.error.as_deref()),
+            (Role::Down, Some("refused"))
+        );
+        let primary = host_state("p:1", answer(false, 10), Some(10), &positions);
+        assert_eq!(
+            (primary.role, primary.sync_standbys),
+            (Role::Primary, Some(1))
+        );
+        assert_eq!(primary.stale_by(), None);
+    }
+}
