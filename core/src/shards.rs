@@ -550,4 +550,14 @@ mod tests {
         );
         assert!(!redact_password("postgres://ada:s3cret@[db/orders").contains("s3cret"));
     }
+
+    #[test]
+    fn a_multi_host_url_is_printed_with_every_host_and_no_password() {
+        assert_eq!(
+            printable_url(
+                "postgres://ada:s3cret@10.0.0.1:5432,10.0.0.2:5432/orders?target_session_attrs=read-write&password=x"
+            ),
+            "postgres://ada@10.0.0.1:5432,10.0.0.2:5432/orders?password=***"
+        );
+    }
 }

@@ -192,16 +192,24 @@ pub fn growth_plan(current: &ShardMap, shard_count: usize) -> anyhow::Result<Gro
 impl fmt::Display for ShardsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "shard map v{}", self.map_version)?;
+        // As wide as the longest URL: a shard with standbys lists every host.
+        let url_width = self
+            .shards
+            .iter()
+            .map(|r| r.url.len())
+            .max()
+            .unwrap_or(0)
+            .max(44);
         writeln!(
             f,
-            "{:<5} {:<44} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
+            "{:<5} {:<url_width$} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
             "shard", "url", "state", "migration", "buckets", "orders", "customers", "conns"
         )?;
         let or_dash = |n: Option<String>| n.unwrap_or_else(|| "-".into());
         for r in &self.shards {
             writeln!(
                 f,
-                "{:<5} {:<44} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
+                "{:<5} {:<url_width$} {:<11} {:<40} {:>7} {:>9} {:>9} {:>9}",
                 r.shard,
                 r.url,
                 if r.reachable { "up" } else { "UNREACHABLE" },
