@@ -1,6 +1,8 @@
 //! A shard run as a pg_auto_failover formation keeps every acknowledged commit and every
 //! prepared transaction when its primary's machine is lost, takes the old primary back as
-//! a standby, and rides out a postmaster crash without failing over.
+//! a standby, and rides out a postmaster crash without failing over. Stopped and started
+//! again on its directories, as `orders dev --standbys` does from one run to the next, it
+//! comes back settled and synchronous with every row, even when stopped during a failover.
 //!
 //! Needs pg_auto_failover: without it the test fails, saying what to install.
 //! Run with `cargo test -p orders-dev --test auto_failover -- --nocapture` to see the times.
@@ -18,7 +20,7 @@ const INSTALL: &str = "apt-get install pg-auto-failover-cli postgresql-15-auto-f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_fails_over_to_its_synchronous_standby_and_takes_the_old_primary_back()
 -> anyhow::Result<()> {
-    let run = RunDir::create()?;
+    let run = RunDir::create("failover")?;
     let timings = FailoverTimings::fast();
     eprintln!("failover timings: {timings}");
 
@@ -50,21 +52,7 @@ async fn a_shard_fails_over_to_its_synchronous_standby_and_takes_the_old_primary
     let old = shard.primary(&monitor).await?;
     let standby = 1 - old;
     let primary = connect(&shard.node(old).url()).await?;
-    let standby_names: String = scalar(
-        &primary,
-        "SELECT current_setting('synchronous_standby_names')",
-    )
-    .await?;
-    let sync_states: String = scalar(
-        &primary,
-        "SELECT coalesce(string_agg(sync_state, ','), '') FROM pg_stat_replication",
-    )
-    .await?;
-    ensure!(
-        !standby_names.is_empty() && ["sync", "quorum"].contains(&sync_states.as_str()),
-        "replication is not synchronous: synchronous_standby_names = {standby_names:?}, \
-         pg_stat_replication.sync_state = {sync_states:?}"
-    );
+    ensure_synchronous(&primary).await?;
     primary
         .execute_unprepared(
             "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger VALUES (1)",
@@ -238,16 +226,246 @@ async fn a_shard_fails_over_to_its_synchronous_standby_and_takes_the_old_primary
     Ok(())
 }
 
+/// How long the formation stays stopped before its second start: by then the restarted
+/// monitor has health-checked nodes that are not running yet.
+const PAUSE_BEFORE_RESTART: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_formation_started_again_on_its_directories_comes_back_settled_with_its_rows()
+-> anyhow::Result<()> {
+    let run = RunDir::create("restart")?;
+    let formation = Formation {
+        dir: run.path.clone(),
+        monitor_port: free_port()?,
+        ports: [free_port()?, free_port()?],
+    };
+    let (monitor, shard) = formation.start().await?;
+    let primary = connect(&shard.node(shard.primary(&monitor).await?).url()).await?;
+    primary
+        .execute_unprepared(
+            "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger VALUES (1)",
+        )
+        .await?;
+    primary.close().await?;
+    let mut rows = 1;
+
+    // As when `orders dev --standbys` is run again straight away.
+    let stopped = stop_formation(shard, monitor);
+    let (monitor, shard) = formation
+        .start_again(&format!("at once after a {stopped:?} stop"), &mut rows)
+        .await?;
+
+    let stopped = stop_formation(shard, monitor);
+    tokio::time::sleep(PAUSE_BEFORE_RESTART).await;
+    let (monitor, mut shard) = formation
+        .start_again(
+            &format!("{PAUSE_BEFORE_RESTART:?} after a {stopped:?} stop"),
+            &mut rows,
+        )
+        .await?;
+
+    // Stopped halfway through a failover: the monitor keeps a formation with no primary.
+    let lost = shard.primary(&monitor).await?;
+    shard.node_mut(lost).lose();
+    let promoting = eventually(
+        Duration::from_secs(60),
+        "the monitor to promote the standby",
+        async || {
+            let states = monitor.states(shard.formation()).await?;
+            let promoting = states
+                .iter()
+                .find(|s| s.port == shard.node(1 - lost).port() && s.is_meant_to_be_primary());
+            ensure!(promoting.is_some(), "not yet: {states:?}");
+            Ok(states)
+        },
+    )
+    .await?;
+    let promoting: Vec<String> = promoting.iter().map(ToString::to_string).collect();
+    eprintln!("stopping during a failover: {}", promoting.join("; "));
+    let stopped = stop_formation(shard, monitor);
+    let (monitor, shard) = formation
+        .start_again(
+            &format!("at once after a {stopped:?} stop during a failover"),
+            &mut rows,
+        )
+        .await?;
+    stop_formation(shard, monitor);
+
+    for port in formation.ports.into_iter().chain([formation.monitor_port]) {
+        ensure!(
+            !port_is_open(port),
+            "something still listens on port {port}"
+        );
+    }
+    let left = processes_mentioning(&run.path);
+    ensure!(left.is_empty(), "processes left behind: {left:?}");
+    run.remove();
+    Ok(())
+}
+
+/// A monitor and formation `shard0` on fixed directories and ports, as `orders dev
+/// --standbys` runs them from one run to the next.
+struct Formation {
+    dir: PathBuf,
+    monitor_port: u16,
+    ports: [u16; 2],
+}
+
+impl Formation {
+    /// Starts the monitor, then the shard: created on the first call, run again from their
+    /// directories on later ones.
+    async fn start(&self) -> anyhow::Result<(FailoverMonitor, HaShard)> {
+        let monitor = FailoverMonitor::start(
+            &self.dir.join("monitor"),
+            self.monitor_port,
+            FailoverTimings::fast(),
+        )
+        .await
+        .with_context(|| {
+            format!("failed to start a pg_auto_failover monitor; is it installed? ({INSTALL})")
+        })?;
+        let shard = HaShard::start(
+            &monitor,
+            "shard0",
+            &self.dir.join("shard0"),
+            self.ports,
+            false,
+        )
+        .await
+        .context("failed to start shard0 as a formation")?;
+        Ok((monitor, shard))
+    }
+
+    /// Starts the stopped formation again (`when` says when, for the messages) and checks
+    /// it came back settled, serving, with the `rows` rows written so far; writes one more.
+    async fn start_again(
+        &self,
+        when: &str,
+        rows: &mut i64,
+    ) -> anyhow::Result<(FailoverMonitor, HaShard)> {
+        let began = Instant::now();
+        let (monitor, shard) = self
+            .start()
+            .await
+            .with_context(|| format!("failed to start the formation again {when}"))?;
+        let took = began.elapsed();
+        let primary = ensure_settled(&monitor, &shard)
+            .await
+            .with_context(|| format!("started again {when}"))?;
+        eprintln!(
+            "started again {when}: settled in {took:?} (the shard in {:?}), node{primary} primary",
+            shard.startup_times().standby
+        );
+        *rows += 1;
+        ensure_serving(&shard, primary, *rows)
+            .await
+            .with_context(|| format!("the formation started again {when} does not serve"))?;
+        Ok((monitor, shard))
+    }
+}
+
+/// Stops the formation as `orders dev` does at Ctrl-C: the shard first, then its monitor.
+/// Returns how long that took.
+fn stop_formation(shard: HaShard, monitor: FailoverMonitor) -> Duration {
+    let began = Instant::now();
+    drop(shard);
+    drop(monitor);
+    began.elapsed()
+}
+
+/// Fails unless the monitor has one primary and one secondary, both as assigned; returns
+/// the primary's index.
+async fn ensure_settled(monitor: &FailoverMonitor, shard: &HaShard) -> anyhow::Result<usize> {
+    let states = monitor.states(shard.formation()).await?;
+    let settled_as = |role: &str| {
+        states
+            .iter()
+            .filter(|s| s.is_settled() && s.reported == role)
+            .count()
+    };
+    ensure!(
+        states.len() == 2 && settled_as("primary") == 1 && settled_as("secondary") == 1,
+        "the formation is not settled: {states:#?}"
+    );
+    Ok(shard.primary(monitor).await?)
+}
+
+/// Fails unless node `primary` replicates synchronously and takes a write, and both nodes
+/// then hold `rows` rows (the earlier ones and this write).
+async fn ensure_serving(shard: &HaShard, primary: usize, rows: i64) -> anyhow::Result<()> {
+    let db = connect(&shard.node(primary).url()).await?;
+    ensure_synchronous(&db).await?;
+    // A commit that no standby acknowledges would wait for ever.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        db.execute_unprepared(&format!("INSERT INTO ledger VALUES ({rows})")),
+    )
+    .await
+    .context("a write on the primary waited 10 s for its standby")??;
+    let on_primary: i64 = scalar(&db, "SELECT count(*) FROM ledger").await?;
+    ensure!(
+        on_primary == rows,
+        "{on_primary} rows on the primary, not {rows}"
+    );
+    db.close().await?;
+    let standby = connect(&shard.node(1 - primary).url()).await?;
+    let in_recovery: bool = scalar(&standby, "SELECT pg_is_in_recovery()").await?;
+    ensure!(
+        in_recovery,
+        "the secondary node{} is not a standby",
+        1 - primary
+    );
+    eventually(
+        Duration::from_secs(5),
+        "every row on the standby",
+        async || {
+            let on_standby: i64 = scalar(&standby, "SELECT count(*) FROM ledger").await?;
+            ensure!(
+                on_standby == rows,
+                "{on_standby} rows on the standby, not {rows}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    standby.close().await?;
+    Ok(())
+}
+
+/// Fails unless `primary` waits for a standby on each commit.
+async fn ensure_synchronous(primary: &DatabaseConnection) -> anyhow::Result<()> {
+    let standby_names: String = scalar(
+        primary,
+        "SELECT current_setting('synchronous_standby_names')",
+    )
+    .await?;
+    let sync_states: String = scalar(
+        primary,
+        "SELECT coalesce(string_agg(sync_state, ','), '') FROM pg_stat_replication",
+    )
+    .await?;
+    ensure!(
+        !standby_names.is_empty() && ["sync", "quorum"].contains(&sync_states.as_str()),
+        "replication is not synchronous: synchronous_standby_names = {standby_names:?}, \
+         pg_stat_replication.sync_state = {sync_states:?}"
+    );
+    Ok(())
+}
+
 /// This run's directory under /tmp, kept when the test fails (its logs say why).
 struct RunDir {
     path: PathBuf,
 }
 
 impl RunDir {
-    fn create() -> anyhow::Result<Self> {
+    /// `test` tells apart the directories of tests that run at the same time.
+    fn create(test: &str) -> anyhow::Result<Self> {
         let tmp = std::env::temp_dir();
         remove_stale_runs(&tmp);
-        let path = tmp.join(format!("orders-dev-auto-failover-{}", std::process::id()));
+        let path = tmp.join(format!(
+            "orders-dev-auto-failover-{}-{test}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path)?;
         // The clusters run as an unprivileged OS user when we are root: it must reach in.
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -269,6 +487,7 @@ fn remove_stale_runs(tmp: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name
             .strip_prefix("orders-dev-auto-failover-")
+            .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
             && !Path::new(&format!("/proc/{pid}")).exists()
         {

@@ -16,11 +16,13 @@
 //! `data/` and `run/`.
 //!
 //! A reader's map: [`HaShard`] (`shard.rs`) is the story, from an empty directory to a
-//! synchronous pair; it runs on a [`FailoverMonitor`] (`monitor.rs`) tuned by
-//! [`FailoverTimings`] (`timings.rs`), and is made of [`FailoverNode`]s (`node.rs`). Beneath
-//! them, `service.rs` runs one `pg_autoctl` process group and `service_dir.rs` lays out its
-//! directory and environment; `postmaster.rs` finds a postmaster that escaped its group, and
-//! `connection.rs` opens the SQL connections the waits use.
+//! synchronous pair, or from a stopped formation back to one; `settled.rs` says when the
+//! monitor's states can be believed (it keeps them across a stop). It runs on a
+//! [`FailoverMonitor`] (`monitor.rs`) tuned by [`FailoverTimings`] (`timings.rs`), and is
+//! made of [`FailoverNode`]s (`node.rs`). Beneath them, `service.rs` runs one `pg_autoctl`
+//! process group and `service_dir.rs` lays out its directory and environment;
+//! `postmaster.rs` finds a postmaster that escaped its group, and `connection.rs` opens the
+//! SQL connections the waits use.
 
 mod connection;
 mod monitor;
@@ -28,6 +30,7 @@ mod node;
 mod postmaster;
 mod service;
 mod service_dir;
+mod settled;
 mod shard;
 mod timings;
 

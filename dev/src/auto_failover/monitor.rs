@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::connection::{cluster_role, connect};
 use super::postmaster::kill_stray_postmaster;
@@ -24,6 +24,8 @@ const PRIMARY_STATES: [&str; 5] = [
     "join_primary",
     "apply_settings",
 ];
+/// States the monitor assigns a standby on its way to primary, before it serves writes.
+const PROMOTION_STATES: [&str; 3] = ["prepare_promotion", "stop_replication", "fast_forward"];
 /// Up to here waits for the monitor's postgres and extension (measured: ~1.5 s).
 const MONITOR_START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,6 +40,11 @@ pub struct NodeState {
     pub reported: String,
     /// The state the monitor wants it in (`goalstate`).
     pub assigned: String,
+    /// Whether its keeper last reported postgres running (`reportedpgisrunning`).
+    pub pg_is_running: bool,
+    /// When its keeper last reported (`reporttime`). The monitor keeps this across its own
+    /// restarts: a report older than the keeper's start is from before a stop.
+    pub reported_at: SystemTime,
 }
 
 impl NodeState {
@@ -52,6 +59,18 @@ impl NodeState {
     pub fn is_settled(&self) -> bool {
         self.reported == self.assigned
     }
+
+    /// Whether the monitor means this node to serve writes: it assigned it a primary's
+    /// state, or a step of promoting it.
+    pub fn is_meant_to_be_primary(&self) -> bool {
+        PRIMARY_STATES.contains(&self.assigned.as_str())
+            || PROMOTION_STATES.contains(&self.assigned.as_str())
+    }
+
+    /// Whether its keeper has reported since `time` (a keeper's start, say).
+    pub fn reported_since(&self, time: SystemTime) -> bool {
+        self.reported_at > time
+    }
 }
 
 impl fmt::Display for NodeState {
@@ -60,7 +79,14 @@ impl fmt::Display for NodeState {
             f,
             "{} (port {}) reported {}, assigned {}",
             self.name, self.port, self.reported, self.assigned
-        )
+        )?;
+        if !self.pg_is_running {
+            write!(f, ", postgres not running")?;
+        }
+        match SystemTime::now().duration_since(self.reported_at) {
+            Ok(age) => write!(f, ", {:.1} s ago", age.as_secs_f64()),
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -195,7 +221,9 @@ impl FailoverMonitor {
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT nodename, nodeport, reportedstate::text AS reported, \
-                 goalstate::text AS assigned \
+                 goalstate::text AS assigned, \
+                 coalesce(reportedpgisrunning, false) AS pg_is_running, \
+                 extract(epoch FROM reporttime)::float8 AS reported_at \
                  FROM pgautofailover.node WHERE formationid = $1 ORDER BY nodeid",
                 [formation.into()],
             ))
@@ -208,6 +236,8 @@ impl FailoverMonitor {
                     port: u16::try_from(row.try_get::<i32>("", "nodeport")?).unwrap_or(0),
                     reported: row.try_get("", "reported")?,
                     assigned: row.try_get("", "assigned")?,
+                    pg_is_running: row.try_get("", "pg_is_running")?,
+                    reported_at: from_unix_seconds(row.try_get("", "reported_at")?),
                 })
             })
             .collect::<Result<_, DbErr>>()
@@ -220,6 +250,11 @@ impl Drop for FailoverMonitor {
         self.service.stop(STOP_GRACE);
         kill_stray_postmaster(&self.dir.pgdata());
     }
+}
+
+/// A time given as seconds since the Unix epoch, as `extract(epoch …)` returns it.
+fn from_unix_seconds(seconds: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::try_from_secs_f64(seconds).unwrap_or_default()
 }
 
 /// Fails with what to install unless the monitor's extension is there: otherwise
@@ -250,6 +285,8 @@ mod tests {
             port: 5432,
             reported: reported.into(),
             assigned: assigned.into(),
+            pg_is_running: true,
+            reported_at: SystemTime::now(),
         }
     }
 
@@ -264,5 +301,23 @@ mod tests {
         assert!(!state("stop_replication", "wait_primary").is_primary());
         assert!(state("wait_primary", "wait_primary").is_primary());
         assert!(state("single", "single").is_primary());
+    }
+
+    #[test]
+    fn a_standby_being_promoted_is_meant_to_be_primary_and_the_old_primary_is_not() {
+        assert!(state("secondary", "prepare_promotion").is_meant_to_be_primary());
+        assert!(state("prepare_promotion", "stop_replication").is_meant_to_be_primary());
+        assert!(state("stop_replication", "wait_primary").is_meant_to_be_primary());
+        assert!(!state("primary", "demote_timeout").is_meant_to_be_primary());
+        assert!(!state("secondary", "secondary").is_meant_to_be_primary());
+    }
+
+    #[test]
+    fn epoch_seconds_from_the_monitor_become_the_same_instant() {
+        let time = from_unix_seconds(1_700_000_000.25);
+        assert_eq!(
+            time.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_millis(1_700_000_000_250)
+        );
     }
 }

@@ -3,13 +3,14 @@
 
 use nix::sys::signal::{Signal, kill};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::SOCKET_DIR;
 use super::monitor::FailoverMonitor;
 use super::postmaster::{kill_stray_postmaster, postmaster_pid};
 use super::service::AutoctlService;
 use super::service_dir::ServiceDir;
+use super::settled::KeeperRun;
 use crate::error::{DevError, Result};
 use crate::postgres::{OsUser, append_to_postgresql_conf, cluster_settings, initdb, os_user};
 use crate::{DEV_DATABASE, port_is_open, shard_url};
@@ -39,6 +40,8 @@ pub struct FailoverNode {
     port: u16,
     dir: ServiceDir,
     keeper: Option<AutoctlService>,
+    /// When `keeper` was started: only its reports tell how the node is now.
+    keeper_started: SystemTime,
 }
 
 impl FailoverNode {
@@ -99,6 +102,7 @@ impl FailoverNode {
             port,
             dir,
             keeper: None,
+            keeper_started: SystemTime::now(),
         };
         node.run(&owner)?;
         Ok(node)
@@ -106,6 +110,7 @@ impl FailoverNode {
 
     fn run(&mut self, owner: &Option<OsUser>) -> Result<()> {
         let command = self.dir.pg_autoctl(owner, &["run"])?;
+        self.keeper_started = SystemTime::now();
         self.keeper = Some(AutoctlService::spawn(
             &format!("pg_autoctl node {} on port {}", self.name, self.port),
             command,
@@ -149,6 +154,15 @@ impl FailoverNode {
     /// Its keeper, unless the node was lost: waits watch it to fail at once if it exits.
     pub(super) fn keeper(&self) -> Option<&AutoctlService> {
         self.keeper.as_ref()
+    }
+
+    /// Its port and when its keeper was started, unless the node was lost: the monitor
+    /// keeps older reports, from before a stop, which say nothing about the node now.
+    pub(super) fn keeper_run(&self) -> KeeperRun {
+        KeeperRun {
+            port: self.port,
+            started: self.keeper.as_ref().map(|_| self.keeper_started),
+        }
     }
 
     /// Loses the node as a machine is lost: its keeper and postgres die at once (SIGKILL to

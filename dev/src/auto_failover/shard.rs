@@ -2,7 +2,7 @@
 //! ready, settled or failed over. [`HaShard::start`] on directories that hold nodes already
 //! runs those nodes again rather than creating new ones.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,14 +10,19 @@ use super::POLL;
 use super::connection::{cluster_role, connect};
 use super::monitor::{FailoverMonitor, NodeState};
 use super::node::{FailoverNode, Seed};
+use super::settled::{KeeperRun, first_to_run, is_settled, reports_running};
 use crate::error::{DevError, Result, sql};
 use crate::postgres::os_user;
 use crate::{DEV_DATABASE, SUPERUSER};
 
 /// Up to here a new primary may take to reach `single` (measured: ~1 s).
 const PRIMARY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Up to here a new standby may take to become a synchronous secondary (measured: ~3 s).
+/// Up to here a new standby may take to become a synchronous secondary (measured: ~3 s),
+/// and a formation run again to settle (measured: under 1 s to 20 s with a failover).
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Up to here the first node of a formation run again may take to report postgres running
+/// (measured: ~1 s) before the other is started anyway.
+const FIRST_NODE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`HaShard::start`] took to bring each node up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,7 +45,8 @@ pub struct HaShard {
 impl HaShard {
     /// Creates formation `formation` on `monitor` with nodes in `dir/node0` and `dir/node1`
     /// on `ports`, or runs the nodes already there; returns once one is primary and the other
-    /// a synchronous secondary. `ephemeral` as in [`crate::PostgresOptions`].
+    /// a synchronous secondary, whichever node that is (a formation run again may fail over
+    /// on the way). `ephemeral` as in [`crate::PostgresOptions`].
     pub async fn start(
         monitor: &FailoverMonitor,
         formation: &str,
@@ -49,57 +55,20 @@ impl HaShard {
         ephemeral: bool,
     ) -> Result<Self> {
         monitor.create_formation(formation).await?;
-        let fresh = monitor.states(formation).await?.is_empty();
+        let stored = monitor.states(formation).await?;
         let began = Instant::now();
-        let mut startup = StartupTimes::default();
-        let seed = if fresh {
-            Seed::InitDb { ephemeral }
+        let (nodes, startup) = if stored.is_empty() {
+            create_nodes(monitor, formation, dir, ports, ephemeral, began).await?
         } else {
-            Seed::BaseBackup
+            let nodes = run_nodes_again(monitor, formation, dir, ports, &stored).await?;
+            (nodes, StartupTimes::default())
         };
-        let first = FailoverNode::start(
-            monitor,
-            formation,
-            &dir.join("node0"),
-            "node0",
-            ports[0],
-            seed,
-        )
-        .await?;
-        if fresh {
-            wait_for_states(
-                monitor,
-                formation,
-                &[&first],
-                PRIMARY_TIMEOUT,
-                "node0 to serve as primary",
-                |states| {
-                    states
-                        .iter()
-                        .any(|s| s.port == ports[0] && s.is_settled() && s.is_primary())
-                        .then_some(())
-                },
-            )
-            .await?;
-            open_to_clients(&first).await?;
-            startup.primary = began.elapsed();
-        }
-        let second = FailoverNode::start(
-            monitor,
-            formation,
-            &dir.join("node1"),
-            "node1",
-            ports[1],
-            Seed::BaseBackup,
-        )
-        .await?;
         let mut shard = Self {
             formation: formation.to_owned(),
-            nodes: [first, second],
+            nodes,
             startup,
         };
-        shard.wait_settled(monitor, STANDBY_TIMEOUT).await?;
-        shard.wait_synchronous(monitor, STANDBY_TIMEOUT).await?;
+        shard.wait_ready(monitor, STANDBY_TIMEOUT).await?;
         shard.startup.standby = began.elapsed() - shard.startup.primary;
         Ok(shard)
     }
@@ -158,70 +127,89 @@ impl HaShard {
             &self.running_nodes(),
             timeout,
             &format!("a primary other than node{old}"),
-            |states| self.primary_in(states, Some(old)),
+            async |states| self.primary_in(states, Some(old)),
         )
         .await
     }
 
-    /// Waits until one node is `primary` and the other `secondary`, both as assigned.
+    /// Waits until one node is `primary` and the other `secondary`, both as assigned and
+    /// with postgres running, in reports their keepers sent since they started.
     pub async fn wait_settled(&self, monitor: &FailoverMonitor, timeout: Duration) -> Result<()> {
+        let keepers = self.keeper_runs();
         wait_for_states(
             monitor,
             &self.formation,
             &self.running_nodes(),
             timeout,
             "one primary and one secondary",
-            |states| {
-                let count = |state: &str| {
-                    states
-                        .iter()
-                        .filter(|s| s.is_settled() && s.reported == state)
-                        .count()
-                };
-                (states.len() == 2 && count("primary") == 1 && count("secondary") == 1)
-                    .then_some(())
-            },
+            async |states| is_settled(states, &keepers).then_some(()),
         )
         .await
     }
 
-    /// Waits until the primary confirms each commit with the standby: pg_auto_failover turns
-    /// synchronous replication on only once the standby has caught up.
-    async fn wait_synchronous(&self, monitor: &FailoverMonitor, timeout: Duration) -> Result<()> {
-        let primary = &self.nodes[self.primary(monitor).await?];
-        let conn = connect(&primary.url()).await?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let synchronous = conn
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT current_setting('synchronous_standby_names') <> '' \
-                     AND EXISTS (SELECT 1 FROM pg_stat_replication \
-                     WHERE sync_state IN ('sync', 'quorum')) AS synchronous",
-                ))
-                .await
-                .map_err(sql(format!(
-                    "reading replication state on node {}",
-                    primary.name()
-                )))?
-                .map(|row| row.try_get::<bool>("", "synchronous"))
-                .transpose()
-                .map_err(sql("reading replication state"))?;
-            if synchronous == Some(true) {
-                return conn.close().await.map_err(sql("closing a connection"));
-            }
-            if Instant::now() >= deadline {
-                return Err(DevError::Formation {
-                    formation: self.formation.clone(),
-                    what: format!(
-                        "timed out after {timeout:?} waiting for node {} to replicate synchronously",
-                        primary.name()
-                    ),
-                    states: describe(&monitor.states(&self.formation).await?),
-                });
-            }
-            tokio::time::sleep(POLL).await;
+    /// Waits until the formation is settled and its primary confirms each commit with the
+    /// standby: pg_auto_failover turns synchronous replication on only once the standby has
+    /// caught up. The primary is looked up again on every poll, since a formation run again
+    /// may fail over meanwhile, and a node whose postgres restarts under the connection is
+    /// simply asked again.
+    async fn wait_ready(&self, monitor: &FailoverMonitor, timeout: Duration) -> Result<()> {
+        let keepers = self.keeper_runs();
+        let mut asking: Option<(usize, DatabaseConnection)> = None;
+        wait_for_states(
+            monitor,
+            &self.formation,
+            &self.running_nodes(),
+            timeout,
+            "one primary and one secondary, replicating synchronously",
+            async |states| {
+                if !is_settled(states, &keepers) {
+                    return None;
+                }
+                let primary = self.primary_in(states, None)?;
+                match self.replicates_synchronously(primary, &mut asking).await {
+                    Ok(synchronous) => synchronous.then_some(()),
+                    Err(e) => {
+                        tracing::debug!(node = primary, error = %e, "asking again");
+                        None
+                    }
+                }
+            },
+        )
+        .await?;
+        if let Some((_, conn)) = asking {
+            conn.close().await.map_err(sql("closing a connection"))?;
         }
+        Ok(())
+    }
+
+    /// Whether node `primary` waits for a standby on each commit, asked over the connection
+    /// in `asking` if it is to that node. The connection is kept there for the next poll
+    /// unless asking failed.
+    async fn replicates_synchronously(
+        &self,
+        primary: usize,
+        asking: &mut Option<(usize, DatabaseConnection)>,
+    ) -> Result<bool> {
+        let node = &self.nodes[primary];
+        let conn = match asking.take() {
+            Some((i, conn)) if i == primary => conn,
+            _ => connect(&node.url()).await?,
+        };
+        let what = || format!("reading replication state on node {}", node.name());
+        let synchronous = conn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT current_setting('synchronous_standby_names') <> '' \
+                 AND EXISTS (SELECT 1 FROM pg_stat_replication \
+                 WHERE sync_state IN ('sync', 'quorum')) AS synchronous",
+            ))
+            .await
+            .map_err(sql(what()))?
+            .map(|row| row.try_get::<bool>("", "synchronous"))
+            .transpose()
+            .map_err(sql(what()))?;
+        *asking = Some((primary, conn));
+        Ok(synchronous == Some(true))
     }
 
     fn primary_in(&self, states: &[NodeState], except: Option<usize>) -> Option<usize> {
@@ -236,6 +224,100 @@ impl HaShard {
     fn running_nodes(&self) -> Vec<&FailoverNode> {
         self.nodes.iter().filter(|n| n.keeper().is_some()).collect()
     }
+
+    fn keeper_runs(&self) -> [KeeperRun; 2] {
+        self.nodes.each_ref().map(FailoverNode::keeper_run)
+    }
+}
+
+/// A new formation: node0 from initdb, primary once it is `single`, then node1 from its
+/// base backup.
+async fn create_nodes(
+    monitor: &FailoverMonitor,
+    formation: &str,
+    dir: &Path,
+    ports: [u16; 2],
+    ephemeral: bool,
+    began: Instant,
+) -> Result<([FailoverNode; 2], StartupTimes)> {
+    let mut startup = StartupTimes::default();
+    let first = start_node(
+        monitor,
+        formation,
+        dir,
+        ports,
+        0,
+        Seed::InitDb { ephemeral },
+    )
+    .await?;
+    wait_for_states(
+        monitor,
+        formation,
+        &[&first],
+        PRIMARY_TIMEOUT,
+        "node0 to serve as primary",
+        async |states| {
+            states
+                .iter()
+                .any(|s| s.port == ports[0] && s.is_settled() && s.is_primary())
+                .then_some(())
+        },
+    )
+    .await?;
+    open_to_clients(&first).await?;
+    startup.primary = began.elapsed();
+    let second = start_node(monitor, formation, dir, ports, 1, Seed::BaseBackup).await?;
+    Ok(([first, second], startup))
+}
+
+/// A formation that ran before: first the node the monitor means to be primary, then, once
+/// that one reports postgres running, the other (see [`super::settled`] for why).
+async fn run_nodes_again(
+    monitor: &FailoverMonitor,
+    formation: &str,
+    dir: &Path,
+    ports: [u16; 2],
+    stored: &[NodeState],
+) -> Result<[FailoverNode; 2]> {
+    let first = first_to_run(stored, ports);
+    let first_node = start_node(monitor, formation, dir, ports, first, Seed::BaseBackup).await?;
+    let keeper = first_node.keeper_run();
+    let running = wait_for_states(
+        monitor,
+        formation,
+        &[&first_node],
+        FIRST_NODE_TIMEOUT,
+        &format!("node{first} to report postgres running"),
+        async |states| reports_running(states, keeper).then_some(()),
+    )
+    .await;
+    if let Err(e) = running {
+        if first_node.is_running() {
+            // It may wait for the other node; the wait for the whole formation decides.
+            tracing::warn!(error = %e, "starting the other node anyway");
+        } else {
+            return Err(e);
+        }
+    }
+    let other = start_node(monitor, formation, dir, ports, 1 - first, Seed::BaseBackup).await?;
+    Ok(if first == 0 {
+        [first_node, other]
+    } else {
+        [other, first_node]
+    })
+}
+
+/// Starts node `i` (`dir/node{i}` on `ports[i]`).
+async fn start_node(
+    monitor: &FailoverMonitor,
+    formation: &str,
+    dir: &Path,
+    ports: [u16; 2],
+    i: usize,
+    seed: Seed,
+) -> Result<FailoverNode> {
+    let name = format!("node{i}");
+    FailoverNode::start(monitor, formation, &dir.join(&name), &name, ports[i], seed).await
 }
 
 /// Creates the `orders` role the project's URLs use (trust: no password), and forces a
@@ -268,7 +350,7 @@ async fn wait_for_states<T>(
     nodes: &[&FailoverNode],
     timeout: Duration,
     what: &str,
-    ready: impl Fn(&[NodeState]) -> Option<T>,
+    mut ready: impl AsyncFnMut(&[NodeState]) -> Option<T>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -281,7 +363,7 @@ async fn wait_for_states<T>(
         }
         let last_seen = match monitor.states(formation).await {
             Ok(states) => {
-                if let Some(found) = ready(&states) {
+                if let Some(found) = ready(&states).await {
                     return Ok(found);
                 }
                 describe(&states)
@@ -289,9 +371,16 @@ async fn wait_for_states<T>(
             Err(e) => format!("(could not ask: {e})"),
         };
         if Instant::now() >= deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| n.log().display().to_string())
+                .collect();
             return Err(DevError::Formation {
                 formation: formation.to_owned(),
-                what: format!("timed out after {timeout:?} waiting for {what}"),
+                what: format!(
+                    "timed out after {timeout:?} waiting for {what} (the keepers' logs say why: {})",
+                    logs.join(", ")
+                ),
                 states: last_seen,
             });
         }
