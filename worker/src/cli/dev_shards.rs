@@ -56,25 +56,21 @@ impl DevShards {
         let monitor_port = DEV_SHARD_BASE_PORT + MONITOR_PORT_OFFSET;
         eprintln!("▶ pg_auto_failover monitor on 127.0.0.1:{monitor_port} ({timings})");
         let monitor = FailoverMonitor::start(&dir.join("monitor"), monitor_port, timings).await?;
-        let mut shards = Vec::new();
-        for shard in 0..DEV_SHARD_COUNT {
+        // Side by side: each formation waits mostly on its keepers.
+        let shards = futures::future::try_join_all((0..DEV_SHARD_COUNT).map(|shard| {
             let primary = DEV_SHARD_BASE_PORT + shard as u16;
             let standby = primary + STANDBY_PORT_OFFSET;
             eprintln!(
                 "▶ PostgreSQL shard {shard}: a primary and a synchronous standby on 127.0.0.1:{primary} and :{standby}"
             );
             let formation = format!("shard{shard}");
-            shards.push(
-                HaShard::start(
-                    &monitor,
-                    &formation,
-                    &dir.join(&formation),
-                    [primary, standby],
-                    false,
-                )
-                .await?,
-            );
-        }
+            let dir = dir.join(&formation);
+            let monitor = &monitor;
+            async move {
+                HaShard::start(monitor, &formation, &dir, [primary, standby], false).await
+            }
+        }))
+        .await?;
         Ok(Self::Replicated {
             shards,
             monitor: Box::new(monitor),
