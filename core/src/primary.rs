@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sea_orm::sqlx::{self, ConnectOptions as _, Row};
 use tokio::sync::Notify;
 
@@ -90,8 +90,9 @@ pub struct ShardHosts {
     addresses: Vec<String>,
     /// Connect options of each host (credentials, TLS and parameters of the shard's URL).
     options: Vec<PgConnectOptions>,
-    /// One connection per host, for the probes.
-    probes: Vec<PgPool>,
+    /// One connection per host, for the probes: opened by the probe itself, so a host that
+    /// is down is reported with the connect's own error (refused, unknown host, bad password).
+    probes: Vec<Probe>,
     primary: AtomicUsize,
     /// When the primary last changed: connections opened before are not reused.
     changed_at: RwLock<Instant>,
@@ -113,16 +114,12 @@ impl ShardHosts {
             .collect::<Result<Vec<_>, _>>()?;
         let probes = options
             .iter()
-            .map(|host| {
-                PgPoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(0)
-                    .acquire_timeout(PROBE_TIMEOUT)
-                    .connect_lazy_with(
-                        host.clone()
-                            .application_name(PROBE_APPLICATION_NAME)
-                            .disable_statement_logging(),
-                    )
+            .map(|host| Probe {
+                options: host
+                    .clone()
+                    .application_name(PROBE_APPLICATION_NAME)
+                    .disable_statement_logging(),
+                conn: tokio::sync::Mutex::new(None),
             })
             .collect();
         let addresses = shard_url::host_addresses(url);
@@ -219,7 +216,7 @@ impl ShardHosts {
     /// in use is kept: the shard is down, or between its primary's loss and a promotion.
     pub async fn probe(&self) {
         let started = Instant::now();
-        let answers = join_all(self.probes.iter().map(probe_host)).await;
+        let answers = join_all(self.probes.iter().map(Probe::ask)).await;
         let primary_at = answers
             .iter()
             .enumerate()
@@ -346,8 +343,42 @@ struct HostAnswer {
     streaming: bool,
 }
 
-async fn probe_host(pool: &PgPool) -> Result<HostAnswer, String> {
-    let query = sqlx::query(
+/// The connection that probes one host, opened on first use and again after a failure.
+struct Probe {
+    options: PgConnectOptions,
+    conn: tokio::sync::Mutex<Option<PgConnection>>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").finish_non_exhaustive()
+    }
+}
+
+impl Probe {
+    /// The host's role and WAL position, each step bounded by [`PROBE_TIMEOUT`].
+    async fn ask(&self) -> Result<HostAnswer, String> {
+        let mut slot = self.conn.lock().await;
+        let mut conn = match slot.take() {
+            Some(open) => open,
+            None => tokio::time::timeout(PROBE_TIMEOUT, self.options.connect())
+                .await
+                .map_err(|_| format!("no connection within {PROBE_TIMEOUT:?}"))?
+                .map_err(|e| e.to_string())?,
+        };
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, host_answer(&mut conn))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
+        // Kept only while it works: the next probe opens a new one after a failure.
+        if answer.is_ok() {
+            *slot = Some(conn);
+        }
+        answer
+    }
+}
+
+async fn host_answer(conn: &mut PgConnection) -> Result<HostAnswer, String> {
+    let row = sqlx::query(
         "SELECT pg_is_in_recovery() AS in_recovery, \
                 (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                       ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint AS position, \
@@ -355,11 +386,10 @@ async fn probe_host(pool: &PgPool) -> Result<HostAnswer, String> {
                 (SELECT count(*) FROM pg_stat_replication \
                   WHERE sync_state IN ('sync', 'quorum')) AS sync_standbys, \
                 EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') AS streaming",
-    );
-    let row = tokio::time::timeout(PROBE_TIMEOUT, query.fetch_one(pool))
-        .await
-        .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(|e| e.to_string())?;
     let field = |e: sqlx::Error| e.to_string();
     Ok(HostAnswer {
         in_recovery: row.try_get("in_recovery").map_err(field)?,
