@@ -55,17 +55,22 @@ impl Clusters {
             cluster.create_database(database).await?;
             urls.push(cluster.url(database));
         }
-        let pools = Shards::connect_lazy(
-            &urls,
-            PoolSettings {
-                max_connections: 8,
-                connect_timeout: Duration::from_secs(5),
-            },
-        )
-        .await?;
-        migrate::run(&pools, migrate::Plan::Up(None)).await?;
-        Ok((urls, pools))
+        migrated(urls).await
     }
+}
+
+/// Pools over `urls`, every shard migrated.
+async fn migrated(urls: Vec<String>) -> anyhow::Result<(Vec<String>, Shards)> {
+    let pools = Shards::connect_lazy(
+        &urls,
+        PoolSettings {
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+        },
+    )
+    .await?;
+    migrate::run(&pools, migrate::Plan::Up(None)).await?;
+    Ok((urls, pools))
 }
 
 /// The `orders` binary in release mode (what users deploy): `ORDERS_BIN` when set (a binary
@@ -170,5 +175,65 @@ impl Drop for Clusters {
             cluster.stop();
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Shards as pg_auto_failover formations: one monitor, and per shard a primary and a
+/// synchronous standby on loopback, each formation's `orders` database reached through a
+/// multi-host URL. Fields drop in order: the nodes stop before their monitor.
+#[allow(dead_code)] // Not every benchmark runs formations.
+pub(crate) struct Formations {
+    pub(crate) shards: Vec<orders_dev::auto_failover::HaShard>,
+    pub(crate) monitor: orders_dev::auto_failover::FailoverMonitor,
+}
+
+#[allow(dead_code)] // Not every benchmark runs formations.
+impl Formations {
+    /// Starts a monitor with `timings` and `count` formations (`shard0`, `shard1`, …) under
+    /// `dir`, one after another; each returns once its standby replicates synchronously.
+    /// `ephemeral` turns fsync off on every node, as [`Clusters::start_with`] does.
+    pub(crate) async fn start(
+        dir: &std::path::Path,
+        count: usize,
+        timings: orders_dev::auto_failover::FailoverTimings,
+        ephemeral: bool,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir)?;
+        // The cluster owner (an unprivileged user when we are root) must reach its nodes.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        eprintln!(
+            "starting a pg_auto_failover monitor and {count} formations under {}",
+            dir.display()
+        );
+        let monitor = orders_dev::auto_failover::FailoverMonitor::start(
+            &dir.join("monitor"),
+            orders_dev::free_port()?,
+            timings,
+        )
+        .await
+        .context("the pg_auto_failover monitor did not start")?;
+        let mut shards = Vec::with_capacity(count);
+        for i in 0..count {
+            let formation = format!("shard{i}");
+            let ports = [orders_dev::free_port()?, orders_dev::free_port()?];
+            let shard = orders_dev::auto_failover::HaShard::start(
+                &monitor,
+                &formation,
+                &dir.join(&formation),
+                ports,
+                ephemeral,
+            )
+            .await
+            .with_context(|| format!("formation {formation} did not start"))?;
+            shards.push(shard);
+        }
+        Ok(Self { shards, monitor })
+    }
+
+    /// A migrated deployment over every formation's `orders` database.
+    pub(crate) async fn deployment(&self) -> anyhow::Result<(Vec<String>, Shards)> {
+        let urls: Vec<String> = self.shards.iter().map(|s| s.url()).collect();
+        migrated(urls).await
     }
 }

@@ -77,11 +77,13 @@ pub struct LoadReport {
     pub results: Vec<LoadedOrder>,
 }
 
-/// xorshift64*: reproducible pseudo-random orders without a dependency.
-struct Rng(u64);
+/// xorshift64*: reproducible pseudo-random orders without a dependency. Also drives the
+/// failover benchmark's load, so both draw orders alike. Seed it with an odd number.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
