@@ -165,14 +165,21 @@ impl Shards {
         assert!(!urls.is_empty(), "at least one shard URL is required");
         let mut shards = Vec::with_capacity(urls.len());
         let map_stale = Arc::new(Notify::new());
-        for (index, url) in urls.iter().enumerate() {
+        let hosts_of_shards = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                ShardHosts::new(index, url).map_err(|e| ShardError {
+                    shard: index,
+                    url: printable_url(url),
+                    source: DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Side by side: a shard whose host is down costs the others nothing.
+        join_all(hosts_of_shards.iter().map(|hosts| hosts.find_primary())).await;
+        for ((index, url), hosts) in urls.iter().enumerate().zip(hosts_of_shards) {
             let printable = printable_url(url);
-            let hosts = ShardHosts::new(index, url).map_err(|e| ShardError {
-                shard: index,
-                url: printable.clone(),
-                source: DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())),
-            })?;
-            hosts.find_primary().await;
             let primary_url = shard_url::host_urls(url).swap_remove(hosts.primary());
             let connect = |connections: u32| {
                 let mut options = ConnectOptions::new(primary_url.clone());

@@ -18,7 +18,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statemen
 use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on};
 use crate::helpers::{
     BuildOrder, HaCluster, STOCKED_PRODUCTS, TestApp, eventually, expect_failure, http_get, order,
-    until,
+    run_load, until,
 };
 
 /// The shard with a standby.
@@ -87,53 +87,13 @@ async fn orders_around_the_ha_shard(app: &TestApp) -> Vec<OrderRequest> {
         .collect()
 }
 
-/// One order of the load: when it was started, since the load began, and how it ended.
-struct Record {
-    started: Duration,
-    ended: Duration,
-    touches_ha: bool,
-    outcome: OrderOutcome,
-}
-
-/// Places `requests` in turn in `mode`, [`IN_FLIGHT`] at a time, until `stop`.
-async fn load(
-    app: Arc<TestApp>,
-    requests: Arc<Vec<OrderRequest>>,
-    mode: Consistency,
-    stop: Arc<AtomicBool>,
-    began: Instant,
-) -> Vec<Record> {
-    let lanes = (0..IN_FLIGHT).map(|lane| {
-        let (app, requests, stop) = (app.clone(), requests.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut records = Vec::new();
-            let mut next = lane;
-            while !stop.load(Ordering::Relaxed) {
-                let request = requests[next % requests.len()].clone().in_mode(mode);
-                next += IN_FLIGHT;
-                let touches_ha = app.shards.for_customer(request.customer_id).index == HA
-                    || request
-                        .items
-                        .iter()
-                        .any(|item| app.shards.for_product(item.product_id).index == HA);
-                let started = began.elapsed();
-                let id = app.start_order(request).await;
-                let outcome = app.outcome_within(&id, Duration::from_secs(240)).await;
-                records.push(Record {
-                    started,
-                    ended: began.elapsed(),
-                    touches_ha,
-                    outcome,
-                });
-            }
-            records
-        })
-    });
-    let mut all = Vec::new();
-    for lane in futures::future::join_all(lanes).await {
-        all.extend(lane.expect("a load lane"));
-    }
-    all
+/// Whether `request` writes to the HA shard: its customer's, or one of its products'.
+fn touches_ha(app: &TestApp, request: &OrderRequest) -> bool {
+    app.shards.for_customer(request.customer_id).index == HA
+        || request
+            .items
+            .iter()
+            .any(|item| app.shards.for_product(item.product_id).index == HA)
 }
 
 /// The whole scenario in one mode; `rejoin` also restarts the lost node afterwards and
@@ -145,7 +105,14 @@ async fn lose_the_primary_under_load(mode: Consistency, rejoin: bool) {
     let app = Arc::new(app);
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
-    let running = tokio::spawn(load(app.clone(), requests, mode, stop.clone(), began));
+    let request = move |n: usize| requests[n % requests.len()].clone().in_mode(mode);
+    let running = tokio::spawn(run_load(
+        app.clone(),
+        IN_FLIGHT,
+        Arc::new(request),
+        stop.clone(),
+        began,
+    ));
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     let first = ha.primary().await;
@@ -205,14 +172,17 @@ async fn lose_the_primary_under_load(mode: Consistency, rejoin: bool) {
     }
     let touched_after = records
         .iter()
-        .filter(|r| r.touches_ha && r.started > promoted_at)
+        .filter(|r| touches_ha(&app, &r.request) && r.started > promoted_at)
         .filter(|r| matches!(r.outcome, OrderOutcome::Placed(_)))
         .map(|r| r.ended - promoted_at)
         .min();
     eprintln!(
         "{mode:?}: {} orders ({} touching shard {HA}), {} placed; postmaster crashed at {:.1}s ({after_crash}), node lost at {:.1}s, standby promoted {:.1}s later; first order touching the shard placed {:?} after the promotion",
         records.len(),
-        records.iter().filter(|r| r.touches_ha).count(),
+        records
+            .iter()
+            .filter(|r| touches_ha(&app, &r.request))
+            .count(),
         placed.len(),
         crashed_at.as_secs_f64(),
         lost_at.as_secs_f64(),

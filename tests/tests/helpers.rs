@@ -1060,3 +1060,49 @@ pub(crate) async fn until<T, E: std::fmt::Display>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One order of a test's load: what was asked, when it started and ended (since the load
+/// began), and how it ended.
+pub(crate) struct LoadRecord {
+    pub(crate) request: OrderRequest,
+    pub(crate) started: Duration,
+    pub(crate) ended: Duration,
+    pub(crate) outcome: OrderOutcome,
+}
+
+/// Places orders `lanes` at a time until `stop`, each lane waiting for its order to end
+/// before the next; the n-th order (counting across lanes) is `request(n)`.
+pub(crate) async fn run_load(
+    app: std::sync::Arc<TestApp>,
+    lanes: usize,
+    request: std::sync::Arc<dyn Fn(usize) -> OrderRequest + Send + Sync>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    began: std::time::Instant,
+) -> Vec<LoadRecord> {
+    let lanes = (0..lanes).map(|lane| {
+        let (app, request, stop) = (app.clone(), request.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut records = Vec::new();
+            let mut next = lane;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = request(next);
+                next += lanes;
+                let started = began.elapsed();
+                let id = app.start_order(asked.clone()).await;
+                let outcome = app.outcome_within(&id, Duration::from_secs(240)).await;
+                records.push(LoadRecord {
+                    request: asked,
+                    started,
+                    ended: began.elapsed(),
+                    outcome,
+                });
+            }
+            records
+        })
+    });
+    let mut all = Vec::new();
+    for lane in futures::future::join_all(lanes).await {
+        all.extend(lane.expect("a load lane"));
+    }
+    all
+}

@@ -15,7 +15,9 @@ use orders_core::{Consistency, OrderRequest};
 use orders_worker::client::OrderOutcome;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere};
-use crate::helpers::{BuildOrder, STOCKED_PRODUCTS, TestApp, order};
+use crate::helpers::{
+    BuildOrder, LoadRecord as Record, STOCKED_PRODUCTS, TestApp, order, run_load,
+};
 
 /// The shard that crashes.
 const DOWN: usize = 2;
@@ -27,14 +29,6 @@ const BEFORE: Duration = Duration::from_secs(20);
 const OUTAGE: Duration = Duration::from_secs(20);
 const AFTER: Duration = Duration::from_secs(10);
 
-/// One order of the load.
-struct Record {
-    /// When it was started and when it ended, since the load began.
-    started: Duration,
-    ended: Duration,
-    outcome: OrderOutcome,
-}
-
 /// Places `requests` in turn (alternating saga and two-phase), `IN_FLIGHT` at a time, until
 /// `stop`; records each order.
 async fn stream(
@@ -43,36 +37,15 @@ async fn stream(
     stop: Arc<AtomicBool>,
     began: Instant,
 ) -> Vec<Record> {
-    let lanes = (0..IN_FLIGHT).map(|lane| {
-        let (app, requests, stop) = (app.clone(), requests.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut records = Vec::new();
-            let mut next = lane;
-            while !stop.load(Ordering::Relaxed) {
-                let mode = if next % 2 == 0 {
-                    Consistency::Saga
-                } else {
-                    Consistency::TwoPhase
-                };
-                let request = requests[next % requests.len()].clone().in_mode(mode);
-                next += IN_FLIGHT;
-                let started = began.elapsed();
-                let id = app.start_order(request).await;
-                let outcome = app.outcome_within(&id, Duration::from_secs(240)).await;
-                records.push(Record {
-                    started,
-                    ended: began.elapsed(),
-                    outcome,
-                });
-            }
-            records
-        })
-    });
-    let mut all = Vec::new();
-    for lane in futures::future::join_all(lanes).await {
-        all.extend(lane.expect("a load lane"));
-    }
-    all
+    let request = move |n: usize| {
+        let mode = if n.is_multiple_of(2) {
+            Consistency::Saga
+        } else {
+            Consistency::TwoPhase
+        };
+        requests[n % requests.len()].clone().in_mode(mode)
+    };
+    run_load(app, IN_FLIGHT, Arc::new(request), stop, began).await
 }
 
 /// Orders ended within `[from, from + length)`, per second.
