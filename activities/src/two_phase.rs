@@ -134,22 +134,31 @@ async fn write_part(
 }
 
 impl TwoPhaseActivities {
-    /// Writes `part` and prepares it under its gid, once: a part found prepared, or committed
-    /// already, is done.
-    /// [`Self::prepare_one`], except that a failure on a shard that does not answer ends the
-    /// step at once with `ShardUnavailable` instead of being retried: the parts prepared
-    /// before it would hold their rows through every retry. The workflow rolls them back and
-    /// tries again later.
+    /// [`Self::prepare_one`], on a shard that answers (see [`Self::on_an_answering_shard`]):
+    /// the parts prepared before it would hold their rows through every retry. The workflow
+    /// rolls them back and tries again later.
     async fn prepare_answering(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
-        let shard = self.shards.get(part.shard);
+        self.on_an_answering_shard(part.shard, self.prepare_one(part))
+            .await
+    }
+
+    /// Runs `attempt` on shard `index`, except that a shard the sampler found down and that
+    /// still does not answer, or one that stops answering during `attempt`, ends the step at
+    /// once with `ShardUnavailable` instead of being retried: the caller holds rows on other
+    /// shards that must not wait for this one.
+    async fn on_an_answering_shard<T>(
+        &self,
+        index: usize,
+        attempt: impl Future<Output = Result<T, ActivityError>>,
+    ) -> Result<T, ActivityError> {
+        let shard = self.shards.get(index);
         if shard.seems_down() && !shard.answers().await {
             return Err(ActivityError::application(
-                FailureType::ShardUnavailable
-                    .failure(format!("shard {} does not answer", part.shard)),
+                FailureType::ShardUnavailable.failure(format!("shard {index} does not answer")),
             ));
         }
-        let failure = match self.prepare_one(part).await {
-            Ok(()) => return Ok(()),
+        let failure = match attempt.await {
+            Ok(done) => return Ok(done),
             Err(ActivityError::Application(failure)) if !failure.is_non_retryable() => failure,
             Err(other) => return Err(other),
         };
@@ -158,7 +167,7 @@ impl TwoPhaseActivities {
         }
         Err(ActivityError::application(
             FailureType::ShardUnavailable
-                .failure(format!("shard {} does not answer: {failure}", part.shard)),
+                .failure(format!("shard {index} does not answer: {failure}")),
         ))
     }
 
@@ -271,6 +280,11 @@ impl TwoPhaseActivities {
     /// neither prepared nor committed: the first alone if it is (the others are left as
     /// they are, for the workflow to roll back). A part that failed otherwise fails the
     /// step, retried once the others are done; a retry finds the committed ones committed.
+    ///
+    /// A home shard that does not answer ends the step at once with `ShardUnavailable`,
+    /// nothing committed: the others must not commit before the home part until the decision
+    /// is in the history, and waiting here would hold their rows for the whole outage. The
+    /// workflow then commits every part as activities of their own (see its `commit_together`).
     #[activity(name = "CommitParts")]
     pub async fn commit_parts(
         self: Arc<Self>,
@@ -280,7 +294,10 @@ impl TwoPhaseActivities {
         let Some((home, others)) = parts.split_first() else {
             return Ok(Vec::new());
         };
-        if !self.commit_one(home).await? {
+        if !self
+            .on_an_answering_shard(home.shard, self.commit_one(home))
+            .await?
+        {
             return Ok(vec![MissingPart::of(home)]);
         }
         let results =

@@ -111,6 +111,11 @@ impl Shard {
         if store::fences::is_refusal(&source) {
             self.map_stale.notify_one();
         } else if may_have_lost_primary(&source) {
+            if lost_connection(&source) {
+                // Until the next ping says otherwise: steps that would hold rows elsewhere
+                // stop trying this shard now, not after their connect timeout.
+                self.seems_down.store(true, Ordering::Relaxed);
+            }
             self.hosts.suspect_primary();
         }
         ShardError {
@@ -489,6 +494,26 @@ fn may_have_lost_primary(e: &DbErr) -> bool {
     }
 }
 
+/// Whether `e` says the connection to the shard broke: reset or refused, or the server
+/// shutting down under it (SQLSTATE classes 57P and 08). A pool that is only busy (an acquire
+/// timeout) is not.
+fn lost_connection(e: &DbErr) -> bool {
+    let sqlx = match e {
+        DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::ConnectionClosed) => return true,
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match &**sqlx {
+        sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::Tls(_) => true,
+        sea_orm::sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// `read_only_sql_transaction`: a write sent to a standby.
 const READ_ONLY_SQLSTATE: &str = "25006";
 
@@ -538,6 +563,24 @@ pub(crate) fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_marks_a_shard_down_and_a_busy_pool_does_not() {
+        let io = |kind| {
+            DbErr::Query(sea_orm::RuntimeErr::SqlxError(Arc::new(
+                sea_orm::sqlx::Error::Io(std::io::Error::from(kind)),
+            )))
+        };
+        assert!(lost_connection(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert!(lost_connection(&io(std::io::ErrorKind::UnexpectedEof)));
+        assert!(lost_connection(&DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::ConnectionClosed
+        )));
+        assert!(!lost_connection(&DbErr::ConnectionAcquire(
+            sea_orm::error::ConnAcquireErr::Timeout
+        )));
+        assert!(!lost_connection(&DbErr::Custom("constraint".into())));
+    }
 
     #[test]
     fn passwords_never_reach_printed_urls() {

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use orders_core::Consistency;
+use orders_core::store::two_phase;
 
 use crate::consistency::{assert_audit_clean, prepared_everywhere, product_on};
 use crate::helpers::{BuildOrder, TestApp, eventually, order};
 use crate::import::allow_imports;
+use crate::in_doubt::wait_for_commit_decision;
 
 /// The shard stopped: the last in shard order, so an order's parts on the others are
 /// prepared before its part there fails.
@@ -22,6 +24,23 @@ async fn customer_off_the_stopped_shard(app: &TestApp, name: &str) -> i64 {
         if app.shards.for_customer(customer).index != DOWN {
             return customer;
         }
+    }
+}
+
+/// Places an order of `product` for `customer` in each mode, each within 20 s: the product's
+/// row is not held by an order waiting for a down shard.
+async fn places_orders_of(app: &TestApp, customer: i64, product: i64, beside: &str) {
+    for mode in [Consistency::Saga, Consistency::TwoPhase] {
+        let started = std::time::Instant::now();
+        let passing = app
+            .start_order(order(customer).item(product, 1, "2.00").in_mode(mode))
+            .await;
+        let outcome = app.outcome_within(&passing, Duration::from_secs(20)).await;
+        assert!(
+            matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
+            "{mode:?} order {beside}: {outcome:?}"
+        );
+        eprintln!("{mode:?} order {beside} placed in {:?}", started.elapsed());
     }
 }
 
@@ -47,21 +66,7 @@ async fn a_two_phase_order_waiting_for_a_stopped_shard_holds_no_row_on_the_other
         )
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for mode in [Consistency::Saga, Consistency::TwoPhase] {
-        let started = std::time::Instant::now();
-        let passing = app
-            .start_order(order(other).item(shared, 1, "2.00").in_mode(mode))
-            .await;
-        let outcome = app.outcome_within(&passing, Duration::from_secs(20)).await;
-        assert!(
-            matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
-            "{mode:?} order of the same product on a healthy shard: {outcome:?}"
-        );
-        eprintln!(
-            "{mode:?} order beside the stopped shard placed in {:?}",
-            started.elapsed()
-        );
-    }
+    places_orders_of(&app, other, shared, "beside the stopped shard").await;
 
     own.restart().await;
     let outcome = app.outcome_within(&held, Duration::from_secs(90)).await;
@@ -69,6 +74,57 @@ async fn a_two_phase_order_waiting_for_a_stopped_shard_holds_no_row_on_the_other
         matches!(outcome, orders_worker::client::OrderOutcome::Placed(_)),
         "the waiting order completes once its shard is back: {outcome:?}"
     );
+    assert!(prepared_everywhere(&app).await.is_empty());
+    assert_audit_clean(&app);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_phase_order_decided_commit_whose_home_shard_crashes_releases_its_rows_on_the_others()
+{
+    let (mut app, mut own) = TestApp::spawn_with_own_cluster_for(DOWN).await;
+    // Holds the order with its parts prepared and its decision (commit) made.
+    app.start_worker(Some("commit_part.before=fail"));
+    let mut home = app.add_customer("Hal Home", "100000.00").await;
+    while app.shards.for_customer(home).index != DOWN {
+        home = app.add_customer("Hal Home", "100000.00").await;
+    }
+    let other = customer_off_the_stopped_shard(&app, "Bob Healthy").await;
+    let healthy_shard = (0..app.shards.len()).find(|s| *s != DOWN).unwrap();
+    let shared = product_on(&app, healthy_shard, &[]);
+    let held = app
+        .start_order(order(home).item(shared, 1, "2.00").two_phase())
+        .await;
+    // Its decision in the history: a new worker replays the order from there, without
+    // running the steps before it (the plan needs the home shard) again.
+    wait_for_commit_decision(&app, &held).await;
+    own.crash().await;
+    // A worker without the failpoint takes the order over and meets the crashed home shard.
+    app.restart_worker(None);
+
+    let healthy = &app.shards.get(healthy_shard).conn;
+    let released = std::time::Instant::now();
+    eventually(
+        "the part on the healthy shard commits while the home shard is down",
+        Duration::from_secs(30),
+        async || {
+            let prepared = two_phase::in_doubt(healthy).await.ok()?;
+            prepared.is_empty().then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "healthy shard's part committed {:?} after the restart",
+        released.elapsed()
+    );
+    places_orders_of(&app, other, shared, "beside the crashed home shard").await;
+
+    own.restart().await;
+    let outcome = app.outcome_within(&held, Duration::from_secs(90)).await;
+    let orders_worker::client::OrderOutcome::Placed(placed) = outcome else {
+        panic!("the order decided commit is placed once its home shard is back: {outcome:?}");
+    };
+    let rows = app.order_rows_on_shard(placed.order_id, DOWN).await;
+    assert_eq!(rows.confirmed, 1, "the order is on its home shard");
     assert!(prepared_everywhere(&app).await.is_empty());
     assert_audit_clean(&app);
 }

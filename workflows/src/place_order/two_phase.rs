@@ -388,7 +388,8 @@ async fn commit_home_first(
     }
 }
 
-/// [`commit_home_first`] in one step ([`PartSteps::Grouped`]).
+/// [`commit_home_first`] in one step ([`PartSteps::Grouped`]), unless the home part's shard
+/// does not answer: then every part commits side by side, each in an activity of its own.
 async fn commit_together(
     ctx: &WorkflowContext<PlaceOrderWorkflow>,
     parts: &[TwoPhasePart],
@@ -404,6 +405,13 @@ async fn commit_together(
     let missing = match committed {
         Ok(missing) if missing.is_empty() => return Committed::All,
         Ok(missing) => missing,
+        Err(err)
+            if failures::rejection(&err).is_some_and(|rejected| {
+                rejected.failure_type == FailureType::ShardUnavailable.as_str()
+            }) =>
+        {
+            return commit_around_a_down_home(ctx, parts).await;
+        }
         // Retried until done, so only a bug ends here: nothing is known to have committed.
         Err(err) => return Committed::NotOthers(failures::describe(&err)),
     };
@@ -422,6 +430,30 @@ async fn commit_together(
         Committed::NotHome(problems)
     } else {
         Committed::NotOthers(problems)
+    }
+}
+
+/// Phase two when the home part's shard does not answer (`CommitParts` said so, having
+/// committed nothing): every part commits at once, each a `CommitPart` activity retried
+/// until done, so the parts on healthy shards release their rows now instead of when the
+/// home shard is back. Committing them before the home part is safe because scheduling the
+/// activities completes this workflow task, which puts the decision's memo in the history
+/// first: recovery reads the memo, not the home part's commit record.
+///
+/// No patch guards this: `CommitParts` never failed with `ShardUnavailable` before, so no
+/// recorded history reaches this branch.
+async fn commit_around_a_down_home(
+    ctx: &WorkflowContext<PlaceOrderWorkflow>,
+    parts: &[TwoPhasePart],
+) -> Committed {
+    match resolve(ctx, Steps::Remote, parts, || {
+        TwoPhaseActivities::commit_part
+    })
+    .await
+    {
+        None => Committed::All,
+        // Some committed already: what is missing cannot be undone by a rollback.
+        Some(problems) => Committed::NotOthers(problems),
     }
 }
 
