@@ -49,3 +49,13 @@ ensure_pg_auto_failover() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+# pgBackRest, which backs up each shard and archives its WAL (one stanza per shard): the
+# backup crate and its restore-point test. Called by the scripts that need it.
+ensure_pgbackrest() {
+  if ! command -v pgbackrest >/dev/null 2>&1; then
+    say "installing pgbackrest (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null
+  fi
+}

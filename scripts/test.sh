@@ -18,6 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # pg_auto_failover runs the shard the failover tests give a synchronous standby.
 ensure_pg_auto_failover
+# pgBackRest backs up and restores shards in the backup tests.
+ensure_pgbackrest
 cargo build --workspace --all-targets
 if [ $# -gt 0 ]; then
   cargo test --workspace "$@"

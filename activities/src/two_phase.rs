@@ -198,6 +198,18 @@ impl TwoPhaseActivities {
         Ok(())
     }
 
+    /// Records on `part`'s shard that its order decided commit, before any part commits:
+    /// through the backup gate, so a restore point has the decision on its side or not at
+    /// all (the history's memo is not comparable with a point).
+    async fn record_decision(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
+        failpoints::hit("commit_decision.before").await?;
+        let shard = self.shards.get(part.shard);
+        two_phase::record_commit_decision(&shard.resolver, &part.gid.parts().decision_key())
+            .await
+            .map_err(|e| shard.error(e))?;
+        Ok(())
+    }
+
     /// Commits `part`: whether it is committed now (`false`: it is neither prepared nor
     /// committed, see [`commit_on`]).
     async fn commit_one(&self, part: &TwoPhasePart) -> Result<bool, ActivityError> {
@@ -294,8 +306,12 @@ impl TwoPhaseActivities {
         let Some((home, others)) = parts.split_first() else {
             return Ok(Vec::new());
         };
+        let decided_and_committed = async {
+            self.record_decision(home).await?;
+            self.commit_one(home).await
+        };
         if !self
-            .on_an_answering_shard(home.shard, self.commit_one(home))
+            .on_an_answering_shard(home.shard, decided_and_committed)
             .await?
         {
             return Ok(vec![MissingPart::of(home)]);
@@ -324,6 +340,7 @@ impl TwoPhaseActivities {
         _ctx: ActivityContext,
         part: TwoPhasePart,
     ) -> Result<(), ActivityError> {
+        self.record_decision(&part).await?;
         if self.commit_one(&part).await? {
             Ok(())
         } else {

@@ -17,7 +17,10 @@ pub use auto_failover::{
     FailoverMonitor, FailoverNode, FailoverTimings, HaShard, NodeState, StartupTimes,
 };
 pub use error::DevError;
-pub use postgres::{PostgresCluster, PostgresOptions};
+pub use postgres::{
+    OsUser, PostgresCluster, PostgresOptions, WalArchive, as_cluster_owner, give_to_cluster_owner,
+    os_user, start_detached, stop_detached,
+};
 pub use temporal::{TemporalDevServer, TemporalOptions};
 
 /// How many shards `orders dev` runs.

@@ -7,7 +7,10 @@
 //! Needs pg_auto_failover: without it the test fails, saying what to install.
 //! Run with `cargo test -p orders-dev --test auto_failover -- --nocapture` to see the times.
 
+mod common;
+
 use anyhow::{Context, ensure};
+use common::RunDir;
 use orders_dev::{FailoverMonitor, FailoverTimings, HaShard, free_port, port_is_open};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TryGetable,
@@ -20,7 +23,7 @@ const INSTALL: &str = "apt-get install pg-auto-failover-cli postgresql-15-auto-f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_fails_over_to_its_synchronous_standby_and_takes_the_old_primary_back()
 -> anyhow::Result<()> {
-    let run = RunDir::create("failover")?;
+    let run = RunDir::create("orders-dev-auto-failover", "failover")?;
     let timings = FailoverTimings::fast();
     eprintln!("failover timings: {timings}");
 
@@ -233,7 +236,7 @@ const PAUSE_BEFORE_RESTART: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_formation_started_again_on_its_directories_comes_back_settled_with_its_rows()
 -> anyhow::Result<()> {
-    let run = RunDir::create("restart")?;
+    let run = RunDir::create("orders-dev-auto-failover", "restart")?;
     let formation = Formation {
         dir: run.path.clone(),
         monitor_port: free_port()?,
@@ -450,50 +453,6 @@ async fn ensure_synchronous(primary: &DatabaseConnection) -> anyhow::Result<()> 
          pg_stat_replication.sync_state = {sync_states:?}"
     );
     Ok(())
-}
-
-/// This run's directory under /tmp, kept when the test fails (its logs say why).
-struct RunDir {
-    path: PathBuf,
-}
-
-impl RunDir {
-    /// `test` tells apart the directories of tests that run at the same time.
-    fn create(test: &str) -> anyhow::Result<Self> {
-        let tmp = std::env::temp_dir();
-        remove_stale_runs(&tmp);
-        let path = tmp.join(format!(
-            "orders-dev-auto-failover-{}-{test}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path)?;
-        // The clusters run as an unprivileged OS user when we are root: it must reach in.
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        eprintln!("logs under {}", path.display());
-        Ok(Self { path })
-    }
-
-    fn remove(self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Deletes directories of earlier runs whose process is gone.
-fn remove_stale_runs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name
-            .strip_prefix("orders-dev-auto-failover-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// Command lines of processes that name `dir`: pg_autoctl and postmasters started on it.

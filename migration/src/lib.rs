@@ -9,6 +9,8 @@
 
 pub use sea_orm_migration::prelude::*;
 
+pub use m20261207_000018_create_backup_gate::BACKUP_GATE_LOCK;
+
 mod m20261125_000001_create_customers_and_orders;
 mod m20261125_000002_create_order_items;
 mod m20261125_000003_add_hot_path_indexes;
@@ -26,6 +28,7 @@ mod m20261202_000014_create_bucket_fences;
 mod m20261202_000015_bucket_guard_takes_xid;
 mod m20261203_000016_record_order_consistency;
 mod m20261207_000017_stock_hold_change_keys;
+mod m20261207_000018_create_backup_gate;
 
 /// The ordered list of migrations every shard goes through.
 pub struct Migrator;
@@ -51,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000015_bucket_guard_takes_xid::Migration),
             Box::new(m20261203_000016_record_order_consistency::Migration),
             Box::new(m20261207_000017_stock_hold_change_keys::Migration),
+            Box::new(m20261207_000018_create_backup_gate::Migration),
         ]
     }
 }

@@ -206,7 +206,7 @@ impl TestApp {
         (app, own)
     }
 
-    async fn migrated_and_stocked(app: Self) -> Self {
+    pub(crate) async fn migrated_and_stocked(app: Self) -> Self {
         migrate::run(&app.shards, migrate::Plan::Up(None))
             .await
             .expect("migrations apply on every shard");
@@ -238,7 +238,7 @@ impl TestApp {
     }
 
     /// Fresh, empty databases on `clusters` (one per shard), not migrated.
-    async fn on_clusters(clusters: &[&PostgresCluster]) -> Self {
+    pub(crate) async fn on_clusters(clusters: &[&PostgresCluster]) -> Self {
         let mut shard_urls = Vec::new();
         for cluster in clusters {
             shard_urls.push(fresh_database_on(cluster).await);

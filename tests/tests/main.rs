@@ -7,6 +7,7 @@ mod helpers;
 #[path = "../support/nested_cargo.rs"]
 mod nested_cargo;
 
+mod backup;
 mod certificates;
 mod chaos;
 mod compose;

@@ -154,6 +154,18 @@ async fn a_crashed_shard_costs_only_the_orders_that_touch_it() {
         during >= 0.7 * before,
         "untouched orders kept {during:.2}/s of {before:.2}/s"
     );
+    for slow in untouched
+        .iter()
+        .filter(|r| r.ended - r.started > Duration::from_secs(5))
+    {
+        eprintln!(
+            "untouched order waited {:.2} s, from {:.2} s after the crash: {:?} {:?}",
+            (slow.ended - slow.started).as_secs_f64(),
+            slow.started.as_secs_f64() - crashed_at.as_secs_f64(),
+            slow.request,
+            slow.outcome,
+        );
+    }
     assert!(longest <= 10.0, "an untouched order waited {longest:.2} s");
     for outcome in &failed {
         assert!(

@@ -441,3 +441,24 @@ mod tests {
         assert!(!format!("{parsed:?}").contains("hunter2"), "{parsed:?}");
     }
 }
+
+/// Where pgBackRest keeps the shards' backups: its configuration file, holding a stanza
+/// `shard-<i>` for shard i (see docs/operations.md, "Backups and restores").
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupSettings {
+    /// pgBackRest's configuration file for this deployment's shards.
+    #[arg(long = "pgbackrest-config", env = "ORDERS_PGBACKREST_CONFIG")]
+    pub pgbackrest_config: Option<std::path::PathBuf>,
+}
+
+impl BackupSettings {
+    /// The repository the configuration describes; unset is an error that says what to set.
+    pub fn repository(&self) -> anyhow::Result<orders_backup::pgbackrest::Repository> {
+        let Some(config) = &self.pgbackrest_config else {
+            anyhow::bail!(
+                "ORDERS_PGBACKREST_CONFIG is not set: set it (or --pgbackrest-config) to the pgBackRest configuration file that has a stanza shard-<i> for each shard (docs/operations.md, \"Backups and restores\")"
+            );
+        };
+        Ok(orders_backup::pgbackrest::Repository::open(config.clone())?)
+    }
+}

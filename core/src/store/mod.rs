@@ -3,6 +3,7 @@
 //! happen above this layer.
 
 pub mod audit;
+pub mod backup_points;
 pub mod batch;
 pub mod bucket_checks;
 pub mod bucket_rows;

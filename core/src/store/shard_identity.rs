@@ -52,3 +52,15 @@ pub async fn record(
         .await?
         .ok_or_else(|| DbErr::Custom("shard_identity is empty right after recording it".into()))
 }
+
+/// Gives the shard a new deployment id, keeping its index: for a restored copy, which must
+/// never be taken for the deployment it was copied from.
+pub async fn renew_deployment(conn: &impl ConnectionTrait, deployment: &str) -> Result<(), DbErr> {
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "UPDATE shard_identity SET deployment = $1::uuid",
+        [deployment.into()],
+    ))
+    .await?;
+    Ok(())
+}

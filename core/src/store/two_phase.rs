@@ -60,6 +60,11 @@ impl GidParts {
         part_key(&self.workflow_id, &self.run_id, self.home_shard, self.round)
     }
 
+    /// The key recording that this part's order decided commit ([`decision_key`]).
+    pub fn decision_key(&self) -> String {
+        decision_key(&self.workflow_id, &self.run_id, self.round)
+    }
+
     /// The same order's home part.
     pub fn home(&self) -> GidParts {
         GidParts {
@@ -97,6 +102,28 @@ pub fn part_key(workflow_id: &str, first_run_id: &str, shard: usize, round: u32)
     match round {
         FIRST_ROUND => format!("{workflow_id}/{first_run_id}/two-phase/shard-{shard}"),
         later => format!("{workflow_id}/{first_run_id}/two-phase/round-{later}/shard-{shard}"),
+    }
+}
+
+/// The idempotency key recording, on the shard where it is written, that the order's round
+/// `round` decided commit. Written before any part commits, through the backup gate, so a
+/// restore point has the decision on its side or not at all (see `orders_backup::settle`).
+pub fn decision_key(workflow_id: &str, first_run_id: &str, round: u32) -> String {
+    format!("{workflow_id}/{first_run_id}/two-phase/decision-{round}")
+}
+
+/// Records `key` ([`decision_key`]) on `conn`'s shard, once.
+pub async fn record_commit_decision(conn: &DatabaseConnection, key: &str) -> Result<(), DbErr> {
+    let txn = conn.begin().await?;
+    match idempotency::claim(&txn, key).await? {
+        Claim::New => {
+            idempotency::record_result(&txn, key, &serde_json::json!("commit")).await?;
+            txn.commit().await
+        }
+        Claim::Done(_) => Ok(()),
+        Claim::Compensated => Err(DbErr::Custom(format!(
+            "{key} is tombstoned: the order's round was rolled back"
+        ))),
     }
 }
 
@@ -270,9 +297,12 @@ pub async fn prepare(txn: DatabaseTransaction, gid: &Gid) -> Result<(), DbErr> {
     // PREPARE ends the transaction block, but sea-orm still ends `txn` with a COMMIT. An
     // empty transaction opened right behind the PREPARE (same round trip) gives that COMMIT
     // something to end, instead of a "there is no transaction in progress" warning.
+    // `orders.prepared_part` keeps the backup gate's shared lock out of the prepared
+    // transaction, where it would stay until COMMIT PREPARED (see `orders_backup`).
     txn.execute_unprepared(&format!(
         "UPDATE orders SET created_at = clock_timestamp()
          WHERE id = nullif(current_setting('orders.stamp_at_prepare', true), '')::bigint;
+         SET LOCAL orders.prepared_part = 'on';
          PREPARE TRANSACTION {}; BEGIN",
         gid.literal()
     ))

@@ -10,8 +10,8 @@ use rust_decimal::Decimal;
 
 use crate::cli::shards::synthetic::Volume;
 use crate::config::{
-    ImportSettings, MetricsSettings, ReadApiSettings, RecoverySettings, RetentionSettings,
-    ShardSettings, ShutdownSettings, StepSettings, TemporalSettings,
+    BackupSettings, ImportSettings, MetricsSettings, ReadApiSettings, RecoverySettings,
+    RetentionSettings, ShardSettings, ShutdownSettings, StepSettings, TemporalSettings,
 };
 
 /// `orders`: the worker, the local stack and the commands that use them.
@@ -255,6 +255,40 @@ pub enum Command {
         #[command(flatten)]
         shards: ShardSettings,
     },
+    /// Back up every shard with pgBackRest (full, or --incremental); `list` shows the backups
+    /// and restore points, `point NAME` takes a restore point no order straddles.
+    Backup {
+        #[command(subcommand)]
+        command: Option<BackupCommand>,
+        /// Only what changed since the shard's last backup.
+        #[arg(long)]
+        incremental: bool,
+        #[command(flatten)]
+        repository: BackupSettings,
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
+    /// Restore every shard to a restore point into new local clusters (never over the live
+    /// ones), settle what the point caught mid-way, give them a deployment id of their own,
+    /// and audit them; they keep running after the command. Exits 1 if the audit finds a
+    /// violation.
+    Restore {
+        /// The point's name, as `orders backup point` took it.
+        #[arg(long)]
+        point: String,
+        /// A new directory: shard i goes to `<into>/shard-<i>`.
+        #[arg(long)]
+        into: PathBuf,
+        /// Shard i listens on 127.0.0.1, port FIRST_PORT + i.
+        #[arg(long, default_value_t = 56432)]
+        first_port: u16,
+        #[command(flatten)]
+        repository: BackupSettings,
+        /// The live deployment's shards, read (if they answer) for where the point lies on
+        /// each, so each restores from the newest backup that reaches it.
+        #[command(flatten)]
+        shards: ShardSettings,
+    },
     /// Check the invariants across every shard (items, totals, credit, stock, prepared
     /// transactions); exits 1 with a list of every violation. Run it when no order is in flight.
     Audit {
@@ -325,6 +359,15 @@ pub enum ReshardCommand {
     Status,
     /// Stop the running reshard: buckets cut over stay moved, the one in flight stays put.
     Cancel,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Each shard's backups and WAL archive, and the restore points each backup reaches.
+    List,
+    /// Take restore point NAME on every shard at one instant: no order step commits on any
+    /// shard while it is written. Refused, naming the shard, if a shard does not answer.
+    Point { name: String },
 }
 
 #[derive(Debug, Subcommand)]

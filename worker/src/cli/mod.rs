@@ -6,6 +6,7 @@
 //! the process exit 1. `main.rs` only parses, sets up logging and calls [`run`].
 
 pub mod args;
+pub mod backups;
 pub mod catalog;
 #[cfg(feature = "dev")]
 pub mod dev;
@@ -33,8 +34,13 @@ use orders_operations::recovery;
 use orders_operations::reshard::ReshardRequest;
 use orders_workflows::reshard::ReshardInput;
 
+use args::{
+    BackupCommand, Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand,
+    ShardsCommand,
+};
 pub use args::{Cli, LogFormat};
-use args::{Command, CustomerCommand, MigratePlan, ProductCommand, ReshardCommand, ShardsCommand};
+use orders_backup::pgbackrest::BackupKind;
+use orders_backup::restore::RestoreTarget;
 use report::emit;
 
 use crate::cli::maintenance::audit;
@@ -315,6 +321,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &orders_core::metrics::OrderMetrics::disabled(),
                 )
                 .await,
+                json,
+            )
+        }
+        Command::Backup {
+            command,
+            incremental,
+            repository,
+            shards,
+        } => match command {
+            None => {
+                let repository = repository.repository()?;
+                let kind = if incremental {
+                    BackupKind::Incremental
+                } else {
+                    BackupKind::Full
+                };
+                let count = shards.urls()?.len();
+                emit(&backups::back_up(&repository, count, kind).await?, json)
+            }
+            Some(BackupCommand::List) => {
+                let repository = repository.repository()?;
+                let shards = shards.connect().await?;
+                emit(&backups::list(&repository, &shards).await?, json)
+            }
+            Some(BackupCommand::Point { name }) => {
+                let shards = shards.connect().await?;
+                emit(&backups::take_point(&shards, &name).await?, json)
+            }
+        },
+        Command::Restore {
+            point,
+            into,
+            first_port,
+            repository,
+            shards,
+        } => {
+            let repository = repository.repository()?;
+            let live = match shards.urls() {
+                Ok(_) => Some(shards.connect().await?),
+                Err(_) => None,
+            };
+            let target = RestoreTarget { into, first_port };
+            emit(
+                &backups::restore(&repository, &point, &target, live.as_ref()).await?,
                 json,
             )
         }

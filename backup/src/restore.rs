@@ -1,0 +1,169 @@
+//! `orders restore`: every shard's stanza restored to a point into new local clusters,
+//! never over the live ones, started detached so they outlive the command.
+//!
+//! Which backup each shard restores from: the newest that reaches the point, when the live
+//! deployment says where the point is ([`PointOnShard`]); otherwise pgBackRest's newest,
+//! which fails to recover if it ended after the point.
+
+use std::path::{Path, PathBuf};
+
+use futures::future::try_join_all;
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+use crate::pgbackrest::{Lsn, PgBackRestError, Repository};
+
+/// Where a restore point lies on one shard, as the live shard recorded it.
+#[derive(Debug, Clone, Copy)]
+pub struct PointOnShard {
+    pub lsn: Lsn,
+    pub timeline: u32,
+}
+
+/// Where the restored clusters go.
+#[derive(Debug, Clone)]
+pub struct RestoreTarget {
+    /// Shard i's data directory is `<into>/shard-<i>`; it must not exist yet, or be empty.
+    pub into: PathBuf,
+    /// Shard i listens on `first_port + i`, on 127.0.0.1.
+    pub first_port: u16,
+}
+
+/// One restored, running shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoredShard {
+    pub index: usize,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    /// The shard's database on the restored cluster (the one database it holds).
+    pub url: String,
+    /// The backup it was restored from; `None`: pgBackRest's newest.
+    pub backup: Option<String>,
+}
+
+/// Why a restore stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    PgBackRest(#[from] PgBackRestError),
+    #[error(
+        "no backup of shard {shard} reaches point {point:?} (at {lsn} on its WAL): a point taken before a shard's first backup, or after its archive's newest segment, cannot be restored; run `orders backup`, and take points after it"
+    )]
+    Unreachable {
+        shard: usize,
+        point: String,
+        lsn: Lsn,
+    },
+    #[error("shard {shard}'s restored cluster did not start: {cause}")]
+    Start { shard: usize, cause: String },
+    #[error(
+        "shard {shard}'s restored cluster holds {found:?}: restore expects exactly one database besides postgres and the templates"
+    )]
+    Databases { shard: usize, found: Vec<String> },
+    #[error("reading shard {shard}'s restored cluster: {cause}")]
+    Read { shard: usize, cause: String },
+}
+
+/// Restores shards `0..shard_count` to `point` under `target` and starts them; `points`
+/// (shard order) say where the point lies on each, when the live shards could tell.
+pub async fn restore_clusters(
+    repository: &Repository,
+    shard_count: usize,
+    point: &str,
+    points: Option<&[PointOnShard]>,
+    target: &RestoreTarget,
+) -> Result<Vec<RestoredShard>, RestoreError> {
+    try_join_all((0..shard_count).map(|shard| {
+        let on_shard = points.and_then(|points| points.get(shard).copied());
+        restore_one(repository, shard, point, on_shard, target)
+    }))
+    .await
+}
+
+async fn restore_one(
+    repository: &Repository,
+    shard: usize,
+    point: &str,
+    on_shard: Option<PointOnShard>,
+    target: &RestoreTarget,
+) -> Result<RestoredShard, RestoreError> {
+    let data_dir = target.into.join(format!("shard-{shard}"));
+    let port = target.first_port + shard as u16;
+    let backup = match on_shard {
+        Some(at) => {
+            let info = repository.stanza_info(shard).await?;
+            let label = info
+                .backup_reaching(at.lsn, at.timeline)
+                .map(|backup| backup.label.clone())
+                .ok_or(RestoreError::Unreachable {
+                    shard,
+                    point: point.to_owned(),
+                    lsn: at.lsn,
+                })?;
+            repository
+                .restore_from(shard, &label, point, &data_dir)
+                .await?;
+            Some(label.to_string())
+        }
+        None => {
+            repository.restore(shard, point, &data_dir).await?;
+            None
+        }
+    };
+    tracing::info!(shard, port, dir = %data_dir.display(), "restored; starting it to replay up to the point");
+    let dir = data_dir.clone();
+    tokio::task::spawn_blocking(move || orders_dev::start_detached(&dir, port))
+        .await
+        .map_err(|e| RestoreError::Start {
+            shard,
+            cause: e.to_string(),
+        })?
+        .map_err(|e| RestoreError::Start {
+            shard,
+            cause: e.to_string(),
+        })?;
+    let database = only_database(shard, port).await?;
+    Ok(RestoredShard {
+        index: shard,
+        data_dir,
+        port,
+        url: orders_dev::shard_url(port, &database),
+        backup,
+    })
+}
+
+/// The one database the restored cluster holds besides `postgres` and the templates.
+async fn only_database(shard: usize, port: u16) -> Result<String, RestoreError> {
+    let read = |e: sea_orm::DbErr| RestoreError::Read {
+        shard,
+        cause: e.to_string(),
+    };
+    let conn = Database::connect(orders_dev::shard_url(port, "postgres"))
+        .await
+        .map_err(read)?;
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT datname FROM pg_database
+             WHERE datname NOT IN ('postgres', 'template0', 'template1') ORDER BY datname",
+        ))
+        .await
+        .map_err(read)?;
+    let found: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get("", "datname"))
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    conn.close().await.map_err(read)?;
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(RestoreError::Databases { shard, found }),
+    }
+}
+
+/// Stops the clusters a restore started (fast shutdown).
+pub fn stop_restored(data_dirs: &[&Path]) -> Result<(), orders_dev::DevError> {
+    for dir in data_dirs {
+        orders_dev::stop_detached(dir)?;
+    }
+    Ok(())
+}
