@@ -10,11 +10,9 @@
 mod common;
 
 use anyhow::{Context, ensure};
-use common::RunDir;
+use common::{RunDir, connect, eventually, scalar};
 use orders_dev::{FailoverMonitor, FailoverTimings, HaShard, free_port, port_is_open};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TryGetable,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -467,42 +465,4 @@ fn processes_mentioning(dir: &Path) -> Vec<String> {
         .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
         .filter(|cmdline| cmdline.contains(&needle))
         .collect()
-}
-
-async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let mut options = ConnectOptions::new(url);
-    options
-        .max_connections(1)
-        .connect_timeout(Duration::from_secs(2))
-        .sqlx_logging(false);
-    Database::connect(options)
-        .await
-        .with_context(|| format!("failed to connect to {url}"))
-}
-
-/// The single value `sql` returns.
-async fn scalar<T: TryGetable>(db: &DatabaseConnection, sql: &str) -> anyhow::Result<T> {
-    let row = db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await?
-        .with_context(|| format!("no row from {sql}"))?;
-    Ok(row.try_get_by_index(0)?)
-}
-
-/// Retries `attempt` every 100 ms until it succeeds; fails with its last error after `timeout`.
-async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("gave up after {timeout:?} waiting for {what}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }

@@ -9,14 +9,12 @@
 mod common;
 
 use anyhow::{Context, ensure};
-use common::RunDir;
+use common::{RunDir, connect, eventually, scalar};
 use orders_backup::pgbackrest::{
     BackupKind, LocalShard, Lsn, PgBackRestError, Repository, WalSegment,
 };
 use orders_dev::{PostgresCluster, PostgresOptions, free_port};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TryGetable,
-};
+use sea_orm::ConnectionTrait;
 use std::time::{Duration, Instant};
 
 const INSTALL: &str = "apt-get install pgbackrest";
@@ -231,42 +229,4 @@ async fn start(
     .await?
     .with_context(|| format!("failed to start the cluster in {}", dir.display()))?;
     Ok(cluster)
-}
-
-async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let mut options = ConnectOptions::new(url);
-    options
-        .max_connections(1)
-        .connect_timeout(Duration::from_secs(2))
-        .sqlx_logging(false);
-    Database::connect(options)
-        .await
-        .with_context(|| format!("failed to connect to {url}"))
-}
-
-/// The single value `sql` returns.
-async fn scalar<T: TryGetable>(db: &DatabaseConnection, sql: &str) -> anyhow::Result<T> {
-    let row = db
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await?
-        .with_context(|| format!("no row from {sql}"))?;
-    Ok(row.try_get_by_index(0)?)
-}
-
-/// Retries `attempt` every 200 ms until it succeeds; fails with its last error after `timeout`.
-async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e.context(format!("gave up after {timeout:?} waiting for {what}")));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }

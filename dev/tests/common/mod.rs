@@ -1,6 +1,12 @@
 //! What the dev crate's integration tests share.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TryGetable,
+};
 
 /// This run's directory under /tmp, kept when the test fails (its logs say why).
 pub(crate) struct RunDir {
@@ -41,6 +47,44 @@ fn remove_stale_runs(tmp: &Path, prefix: &str) {
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+pub(crate) async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(1)
+        .connect_timeout(Duration::from_secs(2))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .with_context(|| format!("failed to connect to {url}"))
+}
+
+/// The single value `sql` returns.
+pub(crate) async fn scalar<T: TryGetable>(db: &DatabaseConnection, sql: &str) -> anyhow::Result<T> {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await?
+        .with_context(|| format!("no row from {sql}"))?;
+    Ok(row.try_get_by_index(0)?)
+}
+
+/// Retries `attempt` every 100 ms until it succeeds; fails with its last error after `timeout`.
+pub(crate) async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("gave up after {timeout:?} waiting for {what}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
