@@ -20,6 +20,10 @@ use sea_orm::{DatabaseTransaction, DbErr, TransactionTrait};
 /// milliseconds, so a longer wait means a shard that is stuck, not busy.
 pub const GATE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a shard keeps a gate closed by a session that went quiet (this process stalled
+/// or cut off): the server ends the session, and the gate opens, after this.
+pub const GATE_HELD_AT_MOST: Duration = Duration::from_secs(5);
+
 /// A point written on every shard.
 #[derive(Debug, Clone)]
 pub struct PointTaken {
@@ -77,26 +81,30 @@ pub async fn take(shards: &Shards, name: &str) -> Result<PointTaken, PointError>
         return Err(PointError::InvalidName(name.to_owned()));
     }
     request_everywhere(shards, name).await?;
+    // Every shard's connection first: a shard that fails to give one is refused before any
+    // gate closes, so no healthy shard's writes wait on it.
+    let opened = join_all(shards.iter().map(|shard| shard.conn.begin())).await;
+    let (sessions, refusal) =
+        all_or_first_error(opened, |shard, cause| PointError::ShardUnavailable {
+            name: name.to_owned(),
+            shard,
+            cause,
+        });
+    if let Some(refusal) = refusal {
+        open(sessions).await;
+        forget_everywhere(shards, name).await;
+        return Err(refusal);
+    }
     let started = Instant::now();
-    let gates = join_all(shards.iter().map(|shard| async move {
-        let txn = shard.conn.begin().await?;
-        backup_points::close_gate(&txn, GATE_TIMEOUT.as_millis() as u64).await?;
-        Ok::<_, DbErr>(txn)
+    let closing = join_all(sessions.iter().map(|txn| {
+        backup_points::close_gate(txn, GATE_TIMEOUT.as_millis() as u64, GATE_HELD_AT_MOST)
     }))
     .await;
-    let mut closed = Vec::with_capacity(gates.len());
-    let mut refusal = None;
-    for (index, gate) in gates.into_iter().enumerate() {
-        match gate {
-            Ok(txn) => closed.push(txn),
-            Err(e) => {
-                refusal.get_or_insert(PointError::GateNotClosed {
-                    shard: index,
-                    cause: e.to_string(),
-                });
-            }
-        }
-    }
+    let (_, refusal) = all_or_first_error(closing, |shard, cause| PointError::GateNotClosed {
+        shard,
+        cause,
+    });
+    let closed = sessions;
     if let Some(refusal) = refusal {
         open(closed).await;
         forget_everywhere(shards, name).await;
@@ -129,6 +137,24 @@ pub async fn take(shards: &Shards, name: &str) -> Result<PointTaken, PointError>
         pause,
         positions,
     })
+}
+
+/// The successes of `results` (in shard order), and the first failure as `refusal` says.
+fn all_or_first_error<T>(
+    results: Vec<Result<T, DbErr>>,
+    refusal: impl Fn(usize, String) -> PointError,
+) -> (Vec<T>, Option<PointError>) {
+    let mut done = Vec::with_capacity(results.len());
+    let mut first = None;
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(value) => done.push(value),
+            Err(e) => {
+                first.get_or_insert_with(|| refusal(index, e.to_string()));
+            }
+        }
+    }
+    (done, first)
 }
 
 /// Records the request on every shard, after checking each answers: a shard that is down

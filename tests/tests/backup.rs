@@ -348,40 +348,59 @@ async fn a_point_taken_under_load_restores_exactly_the_orders_confirmed_before_i
     assert_audit_clean(&backed.app);
 }
 
+/// Waits until the worker's log shows `failpoint` reached `times` times.
+async fn until_reached(app: &TestApp, failpoint: &str, times: usize) {
+    until(
+        &format!("{failpoint} is reached {times} time(s)"),
+        Duration::from_secs(60),
+        async || {
+            let log = std::fs::read_to_string(app.worker_log()).unwrap_or_default();
+            let reached = log.matches(&format!("\"{failpoint}\"")).count();
+            (reached >= times).then_some(()).ok_or(format!("{reached}"))
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prepared_order_is_restored_committed_when_its_decision_preceded_the_point_and_rolled_back_otherwise()
  {
     let mut backed = BackedUp::spawn().await;
-    // The order stops twice in phase two: 2.5 s before its decision is recorded, then 1 s
-    // before each part commits (the home part, then the other). A point is taken in each
-    // stop. (The stops fit in the step's 5 s, so its first attempt completes.)
+    // A saga stops 2 s before its confirmation (its order pending, its stock held). The
+    // two-phase order stops twice in phase two: 2.5 s before its decision is recorded, then
+    // 1 s before each part commits (the home part, then the other). A point is taken in
+    // each stop. (The stops fit in the steps' 5 s, so their first attempts complete.)
     backed.app.start_worker(Some(
-        "commit_decision.before=sleep:2500,commit_part.before=sleep:1000",
+        "reserve_credit.before=sleep:2000,commit_decision.before=sleep:2500,commit_part.before=sleep:1000",
     ));
     backed.json(&["backup"]);
     let customer = backed.app.add_customer("Held Customer", "1000.00").await;
     let home = backed.app.shards.for_customer(customer).index;
     let elsewhere = product_on(&backed.app, (home + 1) % 4, &[]);
+
+    let saga = backed
+        .app
+        .start_order(order(customer).item(elsewhere, 3, "1.00"))
+        .await;
+    until_reached(&backed.app, "reserve_credit.before", 1).await;
+    backed.json(&["backup", "point", "saga-mid-flight"]);
+    let OrderOutcome::Placed(saga) = backed
+        .app
+        .outcome_within(&saga, Duration::from_secs(60))
+        .await
+    else {
+        panic!("the held saga is placed in the live deployment");
+    };
+
     let held = backed
         .app
         .start_order(order(customer).item(elsewhere, 2, "5.00").two_phase())
         .await;
-
     for (point, failpoint) in [
         ("decided-after", "commit_decision.before"),
         ("decided-before", "commit_part.before"),
     ] {
-        until(
-            &format!("the order stops at {failpoint}"),
-            Duration::from_secs(60),
-            async || {
-                let log = std::fs::read_to_string(backed.app.worker_log()).unwrap_or_default();
-                log.contains(&format!("\"{failpoint}\""))
-                    .then_some(())
-                    .ok_or("not yet")
-            },
-        )
-        .await;
+        until_reached(&backed.app, failpoint, 1).await;
         backed.json(&["backup", "point", point]);
     }
     wait_for_commit_decision(&backed.app, &held).await;
@@ -392,6 +411,27 @@ async fn a_prepared_order_is_restored_committed_when_its_decision_preceded_the_p
     else {
         panic!("the held order is placed in the live deployment");
     };
+
+    let mid_flight = backed.restore("saga-mid-flight").await;
+    mid_flight.assert_audit_clean();
+    assert_eq!(
+        mid_flight.report["sagas_undone"], 1,
+        "{}",
+        mid_flight.report
+    );
+    assert!(
+        !mid_flight.has_order(saga.order_id).await,
+        "the pending saga is undone"
+    );
+    let stock = orders_core::store::inventory::find(
+        &mid_flight.shards.for_product(elsewhere).conn,
+        elsewhere,
+    )
+    .await
+    .unwrap()
+    .expect("the product is restored");
+    assert_eq!(stock.reserved, 0, "the saga's stock hold is released");
+    drop(mid_flight);
 
     let after = backed.restore("decided-after").await;
     after.assert_audit_clean();

@@ -86,11 +86,19 @@ pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<BackupPoint>, DbErr
         .collect()
 }
 
-/// Closes the gate for the rest of `txn`: waits (up to `lock_timeout_ms`) for the commits
-/// in progress on this shard, and holds back every later one until `txn` ends.
-pub async fn close_gate(txn: &impl ConnectionTrait, lock_timeout_ms: u64) -> Result<(), DbErr> {
+/// Closes the gate for the rest of `txn`: waits (up to `lock_timeout`) for the commits in
+/// progress on this shard, and holds back every later one until `txn` ends, or until the
+/// session has been idle `held_at_most` (the server then ends it, and the gate opens).
+pub async fn close_gate(
+    txn: &impl ConnectionTrait,
+    lock_timeout_ms: u64,
+    held_at_most: std::time::Duration,
+) -> Result<(), DbErr> {
     txn.execute_unprepared(&format!(
-        "SET LOCAL lock_timeout = {lock_timeout_ms}; SELECT pg_advisory_xact_lock({GATE_LOCK})"
+        "SET LOCAL lock_timeout = {lock_timeout_ms};
+         SET LOCAL idle_in_transaction_session_timeout = {};
+         SELECT pg_advisory_xact_lock({GATE_LOCK})",
+        held_at_most.as_millis()
     ))
     .await?;
     Ok(())

@@ -17,6 +17,7 @@ pub(crate) struct Clusters {
     pub(crate) clusters: Vec<PostgresCluster>,
 }
 
+#[allow(dead_code)] // Not every benchmark starts plain clusters.
 impl Clusters {
     /// Starts `count` clusters (fsync off, as in the tests).
     pub(crate) fn start(name: &str, count: usize) -> anyhow::Result<Self> {
