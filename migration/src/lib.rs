@@ -9,7 +9,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
-pub use m20261207_000018_create_backup_gate::BACKUP_GATE_LOCK;
+pub use m20261207_000018_create_backup_gate::{BACKUP_GATE_LOCK, GATED_TABLES};
 
 mod m20261125_000001_create_customers_and_orders;
 mod m20261125_000002_create_order_items;

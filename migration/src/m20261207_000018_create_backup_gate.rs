@@ -21,7 +21,7 @@ pub(crate) struct Migration;
 pub const BACKUP_GATE_LOCK: i64 = 0x6f72_6465_7273_6267;
 
 /// Tables every order step, compensation, import and two-phase decision writes to.
-const GATED: [&str; 6] = [
+pub const GATED_TABLES: [&str; 6] = [
     "customers",
     "orders",
     "credit_holds",
@@ -58,7 +58,7 @@ impl MigrationTrait for Migration {
         )
         .await?;
         db.execute_unprepared(&gate_function()).await?;
-        for table in GATED {
+        for table in GATED_TABLES {
             db.execute_unprepared(&format!(
                 "CREATE CONSTRAINT TRIGGER {table}_backup_gate
                  AFTER INSERT OR UPDATE OR DELETE ON {table}
@@ -72,7 +72,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        for table in GATED.iter().rev() {
+        for table in GATED_TABLES.iter().rev() {
             db.execute_unprepared(&format!("DROP TRIGGER {table}_backup_gate ON {table}"))
                 .await?;
         }

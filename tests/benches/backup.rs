@@ -159,14 +159,7 @@ async fn set_gate_triggers(setup: &Setup, enabled: bool) -> anyhow::Result<()> {
     use sea_orm::ConnectionTrait;
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
     for shard in setup.shards.iter() {
-        for table in [
-            "customers",
-            "orders",
-            "credit_holds",
-            "inventory",
-            "stock_holds",
-            "idempotency_keys",
-        ] {
+        for table in orders_migration::GATED_TABLES {
             shard
                 .conn
                 .execute_unprepared(&format!(
