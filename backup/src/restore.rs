@@ -6,11 +6,12 @@
 //! which fails to recover if it ended after the point.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
-use crate::pgbackrest::{Lsn, PgBackRestError, Repository};
+use crate::pgbackrest::{BackupLabel, Lsn, PgBackRestError, Repository};
 
 /// Where a restore point lies on one shard, as the live shard recorded it.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +54,14 @@ pub enum RestoreError {
         point: String,
         lsn: Lsn,
     },
+    #[error(
+        "shard {shard}'s WAL archive has not received point {point:?}'s segment after {waited:?}: check that the shard archives (`pgbackrest --stanza=shard-{shard} check`), then restore again"
+    )]
+    NotArchived {
+        shard: usize,
+        point: String,
+        waited: Duration,
+    },
     #[error("shard {shard}'s restored cluster did not start: {cause}")]
     Start { shard: usize, cause: String },
     #[error(
@@ -90,15 +99,7 @@ async fn restore_one(
     let port = target.first_port + shard as u16;
     let backup = match on_shard {
         Some(at) => {
-            let info = repository.stanza_info(shard).await?;
-            let label = info
-                .backup_reaching(at.lsn, at.timeline)
-                .map(|backup| backup.label.clone())
-                .ok_or(RestoreError::Unreachable {
-                    shard,
-                    point: point.to_owned(),
-                    lsn: at.lsn,
-                })?;
+            let label = backup_reaching(repository, shard, point, at).await?;
             repository
                 .restore_from(shard, &label, point, &data_dir)
                 .await?;
@@ -129,6 +130,48 @@ async fn restore_one(
         url: orders_dev::shard_url(port, &database),
         backup,
     })
+}
+
+/// How long a restore waits for the archive to receive the segment holding the point: the
+/// point switches segments, but the archiver pushes them in its own time.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
+
+/// The newest backup of `shard` a restore to `at` can start from, once the archive holds
+/// the point's segment (waited for up to [`ARCHIVE_WAIT`]).
+async fn backup_reaching(
+    repository: &Repository,
+    shard: usize,
+    point: &str,
+    at: PointOnShard,
+) -> Result<BackupLabel, RestoreError> {
+    let deadline = Instant::now() + ARCHIVE_WAIT;
+    loop {
+        let info = repository.stanza_info(shard).await?;
+        if let Some(backup) = info.backup_reaching(at.lsn, at.timeline) {
+            return Ok(backup.label.clone());
+        }
+        let backed_up_before = info.backups.iter().any(|b| b.stop_lsn <= at.lsn);
+        if !backed_up_before {
+            return Err(RestoreError::Unreachable {
+                shard,
+                point: point.to_owned(),
+                lsn: at.lsn,
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(RestoreError::NotArchived {
+                shard,
+                point: point.to_owned(),
+                waited: ARCHIVE_WAIT,
+            });
+        }
+        tracing::info!(
+            shard,
+            point,
+            "waiting for the archive to receive the point's WAL segment"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The one database the restored cluster holds besides `postgres` and the templates.
