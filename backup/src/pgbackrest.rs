@@ -597,6 +597,7 @@ mod config {
         let mut text = String::from(
             "# Written by orders (Repository::write_local).\n\
              # start-fast: a backup begins with an immediate checkpoint, not a spread one.\n\
+             # compress-type=lz4: a fraction of gzip's CPU, for backups and every WAL segment.\n\
              [global]\n",
         );
         for (key, sub) in [
@@ -609,7 +610,7 @@ mod config {
         }
         let _ = writeln!(
             text,
-            "repo1-retention-full={RETAINED_FULL_BACKUPS}\nstart-fast=y"
+            "repo1-retention-full={RETAINED_FULL_BACKUPS}\nstart-fast=y\ncompress-type=lz4"
         );
         for (index, shard) in shards.iter().enumerate() {
             let _ = write!(
