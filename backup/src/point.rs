@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use orders_core::Shards;
-use orders_core::store::backup_points;
+use orders_core::store::backup_points::{self, PointPosition};
+use orders_core::store::fences::{self, FenceState};
 use sea_orm::{DatabaseTransaction, DbErr, TransactionTrait};
 
 /// How long the point waits for a shard's gate before it gives up: a commit holds it for
@@ -22,7 +23,9 @@ pub const GATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a shard keeps a gate closed by a session that went quiet (this process stalled
 /// or cut off): the server ends the session, and the gate opens, after this.
-pub const GATE_HELD_AT_MOST: Duration = Duration::from_secs(5);
+/// Under the workers' 3 s `lock_timeout`, so a commit held back by a stalled point waits
+/// for the gate to open instead of failing.
+pub const GATE_HELD_AT_MOST: Duration = Duration::from_secs(2);
 
 /// A point written on every shard.
 #[derive(Debug, Clone)]
@@ -31,7 +34,7 @@ pub struct PointTaken {
     /// From asking for the gates to opening them: the longest any commit was held back.
     pub pause: Duration,
     /// Each shard's restore point position, in shard order.
-    pub positions: Vec<String>,
+    pub positions: Vec<PointPosition>,
 }
 
 /// Why no point was written (or, for `Failed`, not everywhere).
@@ -47,6 +50,10 @@ pub enum PointError {
         shard: usize,
         cause: String,
     },
+    #[error(
+        "shard {shard} is in the middle of a bucket move ({fences} bucket(s) fenced): a point now would restore the move half-done; take it once `orders reshard status` shows no move running"
+    )]
+    MoveRunning { shard: usize, fences: usize },
     #[error(
         "shard {shard} already has a point named {name:?}: choose another name (`orders backup list` shows them)"
     )]
@@ -96,10 +103,19 @@ pub async fn take(shards: &Shards, name: &str) -> Result<PointTaken, PointError>
         return Err(refusal);
     }
     let started = Instant::now();
-    let closing = join_all(sessions.iter().map(|txn| {
-        backup_points::close_gate(txn, GATE_TIMEOUT.as_millis() as u64, GATE_HELD_AT_MOST)
-    }))
-    .await;
+    // In shard order, one after another: two points asked for at once close their gates in
+    // the same order, so one waits for the other instead of each holding half the shards.
+    let mut closing = Vec::with_capacity(sessions.len());
+    for txn in &sessions {
+        let closed =
+            backup_points::close_gate(txn, GATE_TIMEOUT.as_millis() as u64, GATE_HELD_AT_MOST)
+                .await;
+        let failed = closed.is_err();
+        closing.push(closed);
+        if failed {
+            break;
+        }
+    }
     let (_, refusal) = all_or_first_error(closing, |shard, cause| PointError::GateNotClosed {
         shard,
         cause,
@@ -167,18 +183,32 @@ async fn request_everywhere(shards: &Shards, name: &str) -> Result<(), PointErro
                 orders_core::shards::PING_TIMEOUT
             ));
         }
+        let moving = fences::list(&shard.conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|fence| fence.state != FenceState::Moved)
+            .count();
+        if moving > 0 {
+            return Ok(Err(moving));
+        }
         backup_points::request(&shard.conn, name)
             .await
+            .map(Ok)
             .map_err(|e| e.to_string())
     }))
     .await;
     let mut refusal = None;
     for (index, answer) in requested.into_iter().enumerate() {
         let problem = match answer {
-            Ok(true) => continue,
-            Ok(false) => PointError::Exists {
+            Ok(Ok(true)) => continue,
+            Ok(Ok(false)) => PointError::Exists {
                 name: name.to_owned(),
                 shard: index,
+            },
+            Ok(Err(fences)) => PointError::MoveRunning {
+                shard: index,
+                fences,
             },
             Err(cause) => PointError::ShardUnavailable {
                 name: name.to_owned(),
@@ -191,9 +221,9 @@ async fn request_everywhere(shards: &Shards, name: &str) -> Result<(), PointErro
     match refusal {
         None => Ok(()),
         Some(refusal) => {
-            if !matches!(refusal, PointError::Exists { .. }) {
-                forget_everywhere(shards, name).await;
-            }
+            // Only requests not yet taken are forgotten: a point taken earlier under the
+            // name stays.
+            forget_everywhere(shards, name).await;
             Err(refusal)
         }
     }
@@ -220,10 +250,15 @@ async fn forget_everywhere(shards: &Shards, name: &str) {
 
 /// Records where the point landed, and ends each shard's WAL segment so the segment holding
 /// the point is archived now. Failures are logged: the point itself is written.
-async fn record_everywhere(shards: &Shards, name: &str, positions: &[String], pause: Duration) {
+async fn record_everywhere(
+    shards: &Shards,
+    name: &str,
+    positions: &[PointPosition],
+    pause: Duration,
+) {
     let pause_ms = i32::try_from(pause.as_millis()).unwrap_or(i32::MAX);
-    join_all(shards.iter().zip(positions).map(|(shard, lsn)| async move {
-        let recorded = backup_points::record_taken(&shard.conn, name, lsn, pause_ms).await;
+    join_all(shards.iter().zip(positions).map(|(shard, at)| async move {
+        let recorded = backup_points::record_taken(&shard.conn, name, at, pause_ms).await;
         let switched = backup_points::switch_wal(&shard.conn).await;
         if let Err(e) = recorded.and(switched) {
             tracing::warn!(shard = shard.index, error = %e, point = name, "point written, but not recorded or its WAL segment not switched");

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::future::try_join_all;
+use futures::future::join_all;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
 use crate::pgbackrest::{BackupLabel, Lsn, PgBackRestError, Repository};
@@ -81,11 +81,32 @@ pub async fn restore_clusters(
     points: Option<&[PointOnShard]>,
     target: &RestoreTarget,
 ) -> Result<Vec<RestoredShard>, RestoreError> {
-    try_join_all((0..shard_count).map(|shard| {
+    let results = join_all((0..shard_count).map(|shard| {
         let on_shard = points.and_then(|points| points.get(shard).copied());
         restore_one(repository, shard, point, on_shard, target)
     }))
-    .await
+    .await;
+    if results.iter().all(Result::is_ok) {
+        return Ok(results.into_iter().map_while(Result::ok).collect());
+    }
+    // One shard failed: the others' clusters stop too, rather than run as a partial copy.
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(started) => {
+                let dir = started.data_dir.clone();
+                let stopped =
+                    tokio::task::spawn_blocking(move || orders_dev::stop_detached(&dir)).await;
+                if !matches!(stopped, Ok(Ok(()))) {
+                    tracing::warn!(shard = started.index, dir = %started.data_dir.display(), "could not stop a restored cluster after another shard failed: stop it with pg_ctl");
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.expect("a failure was found"))
 }
 
 async fn restore_one(
@@ -96,7 +117,19 @@ async fn restore_one(
     target: &RestoreTarget,
 ) -> Result<RestoredShard, RestoreError> {
     let data_dir = target.into.join(format!("shard-{shard}"));
-    let port = target.first_port + shard as u16;
+    let port = u16::try_from(shard)
+        .ok()
+        .and_then(|offset| target.first_port.checked_add(offset))
+        .ok_or_else(|| RestoreError::Start {
+            shard,
+            cause: format!("--first-port {} leaves no port for it", target.first_port),
+        })?;
+    if orders_dev::port_is_open(port) {
+        return Err(RestoreError::Start {
+            shard,
+            cause: format!("port {port} is taken: choose another --first-port"),
+        });
+    }
     let backup = match on_shard {
         Some(at) => {
             let label = backup_reaching(repository, shard, point, at).await?;
@@ -122,7 +155,7 @@ async fn restore_one(
             shard,
             cause: e.to_string(),
         })?;
-    let database = only_database(shard, port).await?;
+    let database = only_database(shard, port, &data_dir).await?;
     Ok(RestoredShard {
         index: shard,
         data_dir,
@@ -174,8 +207,9 @@ async fn backup_reaching(
     }
 }
 
-/// The one database the restored cluster holds besides `postgres` and the templates.
-async fn only_database(shard: usize, port: u16) -> Result<String, RestoreError> {
+/// The one database the restored cluster holds besides `postgres` and the templates, once
+/// the server on `port` is known to be the one serving `data_dir`.
+async fn only_database(shard: usize, port: u16, data_dir: &Path) -> Result<String, RestoreError> {
     let read = |e: sea_orm::DbErr| RestoreError::Read {
         shard,
         cause: e.to_string(),
@@ -183,6 +217,29 @@ async fn only_database(shard: usize, port: u16) -> Result<String, RestoreError> 
     let conn = Database::connect(orders_dev::shard_url(port, "postgres"))
         .await
         .map_err(read)?;
+    let served: String = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_setting('data_directory') AS dir",
+        ))
+        .await
+        .map_err(read)?
+        .ok_or_else(|| RestoreError::Read {
+            shard,
+            cause: "no data_directory".into(),
+        })?
+        .try_get("", "dir")
+        .map_err(read)?;
+    let ours = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    if std::fs::canonicalize(&served).unwrap_or_else(|_| PathBuf::from(&served)) != ours {
+        return Err(RestoreError::Start {
+            shard,
+            cause: format!(
+                "the server on port {port} serves {served}, not the restored {}",
+                data_dir.display()
+            ),
+        });
+    }
     let rows = conn
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,

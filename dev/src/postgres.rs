@@ -352,7 +352,11 @@ pub fn start_detached(data_dir: &Path, port: u16) -> Result<()> {
         .arg(&log_path)
         .args(["-w", "-t", &RECOVERY_TIMEOUT.as_secs().to_string()])
         .arg("-o")
-        .arg(format!("-p {port} -c archive_mode=off"))
+        // Loopback only, whatever the copied configuration says: a restored copy is not for
+        // the live deployment's clients.
+        .arg(format!(
+            "-p {port} -c archive_mode=off -c listen_addresses=127.0.0.1"
+        ))
         .output()
         .map_err(io("run pg_ctl start"))?;
     if !output.status.success() {
@@ -370,6 +374,7 @@ pub fn start_detached(data_dir: &Path, port: u16) -> Result<()> {
         let deadline = std::time::Instant::now() + RECOVERY_TIMEOUT;
         while !promoted(data_dir, &psql, port) {
             if std::time::Instant::now() > deadline {
+                let _ = stop_detached(data_dir);
                 return Err(DevError::CommandFailed {
                     what: format!("recovery of {}", data_dir.display()),
                     output: format!(

@@ -50,6 +50,7 @@ impl MigrationTrait for Migration {
                  requested_at timestamptz NOT NULL DEFAULT now(),
                  taken_at timestamptz,
                  lsn pg_lsn,
+                 timeline integer,
                  pause_ms integer
              )",
         )

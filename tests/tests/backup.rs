@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use orders_backup::pgbackrest::{LocalShard, Repository};
 use orders_core::shards::PoolSettings;
-use orders_core::store::{backup_points, shard_identity, two_phase};
+use orders_core::store::{backup_points, fences, shard_identity, two_phase};
 use orders_core::{Consistency, Shards};
 use orders_dev::{PostgresCluster, PostgresOptions};
 use orders_worker::client::OrderOutcome;
@@ -23,6 +23,7 @@ use crate::helpers::{
     BuildOrder, LoadRecord, STOCKED_PRODUCTS, TestApp, order, run_load, services, until,
 };
 use crate::in_doubt::wait_for_commit_decision;
+use crate::resharding::Mover;
 
 /// A deployment whose four shards archive their WAL into one pgBackRest repository.
 struct BackedUp {
@@ -507,4 +508,41 @@ async fn a_point_with_a_shard_down_is_refused_naming_it_and_the_other_shards_wri
         Some(4),
         "{taken}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_point_during_a_bucket_move_is_refused_naming_the_shard() {
+    let mut app = TestApp::spawn_without_worker().await;
+    let mover = Mover::new(&app, "Moving Customer", "1000.00", 1).await;
+    // The move's copy keeps failing, so the move stays in flight with its buckets fenced.
+    app.start_worker(Some("copy_bucket.before=fail"));
+    app.cli_ok(&[
+        "reshard",
+        "--move-bucket",
+        &mover.bucket.to_string(),
+        "--to",
+        &mover.to.to_string(),
+        "--detach",
+    ]);
+    until(
+        "the bucket is fenced",
+        Duration::from_secs(60),
+        async || {
+            let fenced = fences::list(&app.shards.get(mover.from).conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            (!fenced.is_empty())
+                .then_some(())
+                .ok_or("not yet".to_owned())
+        },
+    )
+    .await;
+    let refused = app.cli(&["backup", "point", "during-a-move"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "refused");
+    assert!(
+        stderr.contains("bucket move") && stderr.contains("shard"),
+        "says a move is running, naming the shard: {stderr}"
+    );
+    app.cli_ok(&["reshard", "cancel"]);
 }

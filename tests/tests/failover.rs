@@ -423,9 +423,16 @@ async fn listings_read_a_standby_within_the_lag_bound_and_skip_it_once_its_repla
     app.place_confirmed_order(order(customer).item(product, 1, "1.00"))
         .await;
     // Within the bound, the listing may come from the standby, which has not replayed the
-    // second order: the read API does read standbys.
-    let from_standby = listed(&app);
-    let within = paused_at.elapsed();
+    // second order: the read API does read standbys. A probe that timed out on a loaded
+    // machine leaves the standby undated for a moment (listings then read the primary), so
+    // a few listings are taken in the first second and the fewest orders seen counts.
+    let mut from_standby = usize::MAX;
+    let mut within = Duration::ZERO;
+    while paused_at.elapsed() < Duration::from_secs(1) && from_standby > 1 {
+        from_standby = from_standby.min(listed(&app));
+        within = paused_at.elapsed();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Past the bound, the standby is skipped: the listing is the primary's.
     until(
         "once the standby is past the bound, listings read the primary",

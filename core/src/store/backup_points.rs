@@ -14,8 +14,9 @@ pub struct BackupPoint {
     pub requested_at: chrono::DateTime<chrono::Utc>,
     /// `None` until the point is written (and in a copy restored to this very point).
     pub taken_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// The restore point's WAL position on this shard.
+    /// The restore point's WAL position on this shard, and the timeline it was written on.
     pub lsn: Option<String>,
+    pub timeline: Option<i32>,
     /// How long writes waited for the point, over all shards.
     pub pause_ms: Option<i32>,
 }
@@ -48,14 +49,20 @@ pub async fn forget(conn: &impl ConnectionTrait, name: &str) -> Result<(), DbErr
 pub async fn record_taken(
     conn: &impl ConnectionTrait,
     name: &str,
-    lsn: &str,
+    at: &PointPosition,
     pause_ms: i32,
 ) -> Result<(), DbErr> {
     conn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "UPDATE backup_points SET taken_at = now(), lsn = $2::pg_lsn, pause_ms = $3
+        "UPDATE backup_points SET taken_at = now(), lsn = $2::pg_lsn, timeline = $3,
+                                  pause_ms = $4
          WHERE name = $1",
-        [name.into(), lsn.into(), pause_ms.into()],
+        [
+            name.into(),
+            at.lsn.clone().into(),
+            (at.timeline as i32).into(),
+            pause_ms.into(),
+        ],
     ))
     .await?;
     Ok(())
@@ -69,7 +76,7 @@ pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<BackupPoint>, DbErr
     let rows = conn
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
-            "SELECT name, requested_at, taken_at, lsn::text AS lsn, pause_ms
+            "SELECT name, requested_at, taken_at, lsn::text AS lsn, timeline, pause_ms
              FROM backup_points ORDER BY requested_at, name",
         ))
         .await?;
@@ -80,6 +87,7 @@ pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<BackupPoint>, DbErr
                 requested_at: row.try_get("", "requested_at")?,
                 taken_at: row.try_get("", "taken_at")?,
                 lsn: row.try_get("", "lsn")?,
+                timeline: row.try_get("", "timeline")?,
                 pause_ms: row.try_get("", "pause_ms")?,
             })
         })
@@ -104,16 +112,31 @@ pub async fn close_gate(
     Ok(())
 }
 
-/// Writes restore point `name` in the WAL; returns its position.
-pub async fn create_restore_point(txn: &impl ConnectionTrait, name: &str) -> Result<String, DbErr> {
-    txn.query_one_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_create_restore_point($1)::text AS lsn",
-        [name.into()],
-    ))
-    .await?
-    .ok_or_else(|| DbErr::Custom("pg_create_restore_point returned no row".into()))?
-    .try_get("", "lsn")
+/// Where a restore point lies in one shard's WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointPosition {
+    pub lsn: String,
+    pub timeline: i64,
+}
+
+/// Writes restore point `name` in the WAL; returns where it lies.
+pub async fn create_restore_point(
+    txn: &impl ConnectionTrait,
+    name: &str,
+) -> Result<PointPosition, DbErr> {
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_create_restore_point($1)::text AS lsn,
+                    (SELECT timeline_id::bigint FROM pg_control_checkpoint()) AS timeline",
+            [name.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("pg_create_restore_point returned no row".into()))?;
+    Ok(PointPosition {
+        lsn: row.try_get("", "lsn")?,
+        timeline: row.try_get("", "timeline")?,
+    })
 }
 
 /// Ends the current WAL segment, so the one holding a new restore point is archived now

@@ -116,15 +116,11 @@ pub async fn list(repository: &Repository, shards: &Shards) -> anyhow::Result<Ba
         .map(|point| {
             let reached_from = recorded
                 .iter()
-                .map(|(points, timeline)| {
-                    let lsn: Lsn = points
-                        .iter()
-                        .find(|p| p.name == point.name)?
-                        .lsn
-                        .as_ref()?
-                        .parse()
-                        .ok()?;
-                    Some((lsn, *timeline))
+                .map(|(points, current_timeline)| {
+                    let recorded = points.iter().find(|p| p.name == point.name)?;
+                    let lsn: Lsn = recorded.lsn.as_ref()?.parse().ok()?;
+                    let timeline = recorded.timeline.map_or(*current_timeline, |t| t as u32);
+                    Some((lsn, timeline))
                 })
                 .enumerate()
                 .map(|(index, at)| {

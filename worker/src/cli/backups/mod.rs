@@ -33,7 +33,7 @@ impl From<PointTaken> for PointReport {
         Self {
             name: taken.name,
             pause_ms: taken.pause.as_secs_f64() * 1000.0,
-            positions: taken.positions,
+            positions: taken.positions.into_iter().map(|at| at.lsn).collect(),
         }
     }
 }

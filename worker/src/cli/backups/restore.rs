@@ -28,6 +28,7 @@ pub struct RestoreReport {
     pub committed_parts: usize,
     pub rolled_back_parts: usize,
     pub sagas_undone: usize,
+    pub cancellations_finished: usize,
     pub stray_holds_released: usize,
     pub audit: AuditReport,
     pub seconds: f64,
@@ -65,10 +66,11 @@ impl fmt::Display for RestoreReport {
         }
         writeln!(
             f,
-            "settled: {} prepared parts committed, {} rolled back; {} sagas undone; stray stock holds of {} orders released",
+            "settled: {} prepared parts committed, {} rolled back; {} sagas undone; {} cancellations finished; stray stock holds of {} orders released",
             self.committed_parts,
             self.rolled_back_parts,
             self.sagas_undone,
+            self.cancellations_finished,
             self.stray_holds_released
         )?;
         writeln!(f, "{}", self.audit)?;
@@ -88,6 +90,10 @@ pub async fn restore(
     target: &RestoreTarget,
     live: Option<&Shards>,
 ) -> anyhow::Result<RestoreReport> {
+    anyhow::ensure!(
+        orders_backup::point::valid_name(point),
+        "{point:?} is not a point `orders backup point` could have taken: names are 1 to 63 letters, digits, '.', '_' or '-'"
+    );
     let started = Instant::now();
     let shard_count = stanza_count(repository).await?;
     let points = match live {
@@ -115,12 +121,13 @@ pub async fn restore(
         },
     )
     .await?;
-    shards.refresh_map().await?;
-    let settled: Settled = settle(&shards).await?;
+    // A new identity first: whatever happens next, no live worker takes these shards for its own.
     let deployment = uuid::Uuid::new_v4().to_string();
     for shard in shards.iter() {
         shard_identity::renew_deployment(&shard.conn, &deployment).await?;
     }
+    shards.refresh_map().await?;
+    let settled: Settled = settle(&shards).await?;
     let audit = audit::run(&shards, Duration::ZERO).await?;
     Ok(RestoreReport {
         point: point.to_owned(),
@@ -130,6 +137,7 @@ pub async fn restore(
         committed_parts: settled.committed.len(),
         rolled_back_parts: settled.rolled_back.len(),
         sagas_undone: settled.sagas_undone.len(),
+        cancellations_finished: settled.cancellations_finished.len(),
         stray_holds_released: settled.stray_holds_released.len(),
         audit,
         seconds: seconds(started.elapsed()),
@@ -160,14 +168,16 @@ async fn stanza_count(repository: &Repository) -> anyhow::Result<usize> {
 /// Where `point` lies on every live shard; `None` if a shard does not answer or lacks it.
 async fn points_on(shards: &Shards, point: &str) -> Option<Vec<PointOnShard>> {
     let answers = join_all(shards.iter().map(|shard| async move {
-        let recorded = backup_points::list(&shard.conn).await.ok()?;
-        let lsn: Lsn = recorded
+        let recorded = backup_points::list(&shard.conn)
+            .await
+            .ok()?
             .into_iter()
-            .find(|p| p.name == point)?
-            .lsn?
-            .parse()
-            .ok()?;
-        let timeline = backup_points::timeline(&shard.conn).await.ok()?;
+            .find(|p| p.name == point)?;
+        let lsn: Lsn = recorded.lsn?.parse().ok()?;
+        let timeline = match recorded.timeline {
+            Some(timeline) => i64::from(timeline),
+            None => backup_points::timeline(&shard.conn).await.ok()?,
+        };
         Some(PointOnShard {
             lsn,
             timeline: timeline as u32,
