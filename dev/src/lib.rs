@@ -48,8 +48,6 @@ pub fn shard_url(port: u16, database: &str) -> String {
 /// handed out before: the kernel readily offers a just-released port again, and two
 /// services told the same port (a cluster and a worker's metrics, say) would collide.
 pub fn free_port() -> std::io::Result<u16> {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -60,6 +58,37 @@ pub fn free_port() -> std::io::Result<u16> {
         }
     }
 }
+
+/// `count` consecutive loopback ports nothing listens on, reserved like [`free_port`]'s: for
+/// commands that take a first port and count up (`orders restore --first-port`). Below the
+/// kernel's ephemeral range (32768 up), so no `free_port` and no outgoing connection takes
+/// one of them in the meantime.
+pub fn free_port_run(count: u16) -> std::io::Result<u16> {
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    let span = HIGH - LOW - count;
+    let offset = (std::process::id() as u16).wrapping_mul(97) % span;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for step in 0..span {
+        let first = LOW + (offset + step) % span;
+        let ports = first..first + count;
+        let free = ports.clone().all(|port| {
+            !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            handed_out.extend(ports);
+            return Ok(first);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no {count} consecutive free ports between {LOW} and {HIGH}"),
+    ))
+}
+
+/// The ports [`free_port`] and [`free_port_run`] handed out in this process.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Whether something accepts TCP connections on `127.0.0.1:port`.
 pub fn port_is_open(port: u16) -> bool {

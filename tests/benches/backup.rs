@@ -276,12 +276,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\n## Restore of {SHARDS} × {ORDERS_PER_SHARD} orders\n");
     orders_backup::point::take(&setup.shards, "bench-restore").await?;
     let into = setup.root.join("restored");
-    let first_port = loop {
-        let port = orders_dev::free_port()?;
-        if port < 65530 && (1..SHARDS as u16).all(|k| !orders_dev::port_is_open(port + k)) {
-            break port;
-        }
-    };
+    let first_port = orders_dev::free_port_run(SHARDS as u16)?;
     let restored_at = Instant::now();
     let mut restore = orders(&bin, &address, task_queue, &setup);
     restore

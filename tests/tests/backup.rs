@@ -104,13 +104,7 @@ impl BackedUp {
     /// `orders restore --point NAME` into a new directory; the restored shards, connected.
     async fn restore(&self, point: &str) -> Restored {
         let into = self.dir.join(format!("restored-{point}"));
-        // Four ports in a row, nothing listening on any.
-        let first_port = loop {
-            let port = orders_dev::free_port().expect("a free port");
-            if port < 65530 && (1..4).all(|k| !orders_dev::port_is_open(port + k)) {
-                break port;
-            }
-        };
+        let first_port = orders_dev::free_port_run(4).expect("four free ports in a row");
         let started = Instant::now();
         let output = self
             .command()
