@@ -17,6 +17,7 @@ use std::sync::Arc;
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use temporalio_macros::activities;
+use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
 
 use crate::stock::{StockLine, stock_rejection, wanted};
@@ -25,7 +26,7 @@ use orders_core::failpoints;
 use orders_core::failure::{Rejection, StepError};
 use orders_core::metrics::OrderMetrics;
 use orders_core::order_input::ValidOrder;
-use orders_core::shards::{Shard, Shards};
+use orders_core::shards::{PING_TIMEOUT, Shard, Shards};
 use orders_core::store::idempotency::{self, Claim};
 use orders_core::store::two_phase::{self, Gid, PrepareOnce};
 use orders_core::store::{credit, inventory, orders};
@@ -306,9 +307,25 @@ impl TwoPhaseActivities {
         let Some((home, others)) = parts.split_first() else {
             return Ok(Vec::new());
         };
+        // Bounded: neither statement waits for a row, so a home part not committed within
+        // a ping's timeout is on a shard that is going away (a connect to it is retried
+        // for the pool's whole timeout), and the other parts' rows must not wait for that.
         let decided_and_committed = async {
-            self.record_decision(home).await?;
-            self.commit_one(home).await
+            let attempt = async {
+                self.record_decision(home).await?;
+                self.commit_one(home).await
+            };
+            tokio::time::timeout(PING_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ActivityError::Application(Box::new(
+                        ApplicationFailure::builder(format!(
+                            "the home part on shard {} did not commit within {PING_TIMEOUT:?}",
+                            home.shard
+                        ))
+                        .build(),
+                    )))
+                })
         };
         if !self
             .on_an_answering_shard(home.shard, decided_and_committed)
