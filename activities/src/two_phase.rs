@@ -205,9 +205,13 @@ impl TwoPhaseActivities {
     async fn record_decision(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
         failpoints::hit("commit_decision.before").await?;
         let shard = self.shards.get(part.shard);
-        two_phase::record_commit_decision(&shard.resolver, &part.gid.parts().decision_key())
-            .await
-            .map_err(|e| shard.error(e))?;
+        let key = part.gid.parts().decision_key();
+        within_a_ping(
+            part,
+            two_phase::record_commit_decision(&shard.resolver, &key),
+        )
+        .await?
+        .map_err(|e| shard.error(e))?;
         Ok(())
     }
 
@@ -220,8 +224,8 @@ impl TwoPhaseActivities {
         }
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "CommitPart");
-        let committed = commit_on(shard, &part.gid, &part.idempotency_key)
-            .await
+        let committed = within_a_ping(part, commit_on(shard, &part.gid, &part.idempotency_key))
+            .await?
             .map_err(|e| shard.error(e))?;
         if committed {
             tracing::info!(gid = %part.gid, order_id = part.order_id, "part committed");
@@ -231,6 +235,25 @@ impl TwoPhaseActivities {
         }
         Ok(committed)
     }
+}
+
+/// `work` on `part`'s shard, given a ping's timeout: phase two's statements never wait for a
+/// row, so one that takes longer is on a shard that is going away (a connect to a shard that
+/// just crashed is retried for the pool's whole timeout), and the order's other parts must
+/// not hold their rows meanwhile. A timeout is a retryable failure.
+async fn within_a_ping<T>(
+    part: &TwoPhasePart,
+    work: impl Future<Output = T>,
+) -> Result<T, ActivityError> {
+    tokio::time::timeout(PING_TIMEOUT, work).await.map_err(|_| {
+        ActivityError::Application(Box::new(
+            ApplicationFailure::builder(format!(
+                "shard {} did not answer phase two within {PING_TIMEOUT:?}",
+                part.shard
+            ))
+            .build(),
+        ))
+    })
 }
 
 /// A part that phase two found neither prepared nor committed: rolled back outside the
@@ -307,25 +330,9 @@ impl TwoPhaseActivities {
         let Some((home, others)) = parts.split_first() else {
             return Ok(Vec::new());
         };
-        // Bounded: neither statement waits for a row, so a home part not committed within
-        // a ping's timeout is on a shard that is going away (a connect to it is retried
-        // for the pool's whole timeout), and the other parts' rows must not wait for that.
         let decided_and_committed = async {
-            let attempt = async {
-                self.record_decision(home).await?;
-                self.commit_one(home).await
-            };
-            tokio::time::timeout(PING_TIMEOUT, attempt)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ActivityError::Application(Box::new(
-                        ApplicationFailure::builder(format!(
-                            "the home part on shard {} did not commit within {PING_TIMEOUT:?}",
-                            home.shard
-                        ))
-                        .build(),
-                    )))
-                })
+            self.record_decision(home).await?;
+            self.commit_one(home).await
         };
         if !self
             .on_an_answering_shard(home.shard, decided_and_committed)
