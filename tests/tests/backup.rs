@@ -20,7 +20,7 @@ use orders_worker::client::OrderOutcome;
 
 use crate::consistency::{assert_audit_clean, product_on};
 use crate::helpers::{
-    BuildOrder, LoadRecord, STOCKED_PRODUCTS, TestApp, order, run_load, services, until,
+    BuildOrder, LoadRecord, STOCKED_PRODUCTS, TestApp, TestDir, order, run_load, until,
 };
 use crate::in_doubt::wait_for_commit_decision;
 use crate::resharding::Mover;
@@ -28,29 +28,22 @@ use crate::resharding::Mover;
 /// A deployment whose four shards archive their WAL into one pgBackRest repository.
 struct BackedUp {
     app: TestApp,
-    dir: PathBuf,
     repository: Repository,
     _clusters: Vec<PostgresCluster>,
+    dir: TestDir,
 }
 
 impl BackedUp {
     async fn spawn() -> Self {
-        let dir = services().root.join(format!(
-            "backup-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir).expect("the backup directory is created");
-        // The clusters' OS user reaches the repository through it.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = TestDir::create("backup");
         let shards: Vec<LocalShard> = (0..4)
             .map(|i| LocalShard {
-                data_dir: dir.join(format!("live-{i}")),
+                data_dir: dir.path().join(format!("live-{i}")),
                 port: orders_dev::free_port().expect("a free port"),
-                socket_dir: dir.join("sockets"),
+                socket_dir: dir.path().join("sockets"),
             })
             .collect();
-        let repository = Repository::write_local(&dir, &shards).expect("pgbackrest.conf");
+        let repository = Repository::write_local(dir.path(), &shards).expect("pgbackrest.conf");
         let mut clusters = Vec::new();
         for (i, shard) in shards.iter().enumerate() {
             let options = PostgresOptions {
@@ -72,9 +65,9 @@ impl BackedUp {
         let app = TestApp::migrated_and_stocked(TestApp::on_clusters(&on).await).await;
         Self {
             app,
-            dir,
             repository,
             _clusters: clusters,
+            dir,
         }
     }
 
@@ -103,7 +96,7 @@ impl BackedUp {
 
     /// `orders restore --point NAME` into a new directory; the restored shards, connected.
     async fn restore(&self, point: &str) -> Restored {
-        let into = self.dir.join(format!("restored-{point}"));
+        let into = self.dir.path().join(format!("restored-{point}"));
         let first_port = orders_dev::free_port_run(4).expect("four free ports in a row");
         let started = Instant::now();
         let output = self

@@ -187,15 +187,7 @@ impl TestApp {
     /// which the test may stop and start (the shared clusters serve every other test).
     pub(crate) async fn spawn_with_own_cluster_for(shard: usize) -> (Self, OwnCluster) {
         let services = services();
-        let options = PostgresOptions {
-            data_dir: services.root.join(format!(
-                "own-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            )),
-            port: orders_dev::free_port().expect("a free port"),
-            ephemeral: true,
-        };
-        let own = OwnCluster::start(options).await;
+        let own = OwnCluster::start().await;
         let clusters: Vec<&PostgresCluster> = services
             .clusters
             .iter()
@@ -823,32 +815,68 @@ pub(crate) fn http_get_with(port: u16, path: &str, authorization: Option<&str>) 
     (status, body.to_owned())
 }
 
-/// A PostgreSQL cluster one test owns, so it can stop and start it.
+/// A directory under the run's directory that one test owns. Removed when the test passes,
+/// kept (with its logs) when it fails. A struct holding servers that run inside it declares it
+/// last, so they stop before it goes.
+pub(crate) struct TestDir(PathBuf);
+
+impl TestDir {
+    /// `<run dir>/<kind>-<8 hex>`, readable by the clusters' OS user.
+    pub(crate) fn create(kind: &str) -> Self {
+        let path = services().root.join(format!(
+            "{kind}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("{} is not created: {e}", path.display()));
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} is not readable by the cluster owner: {e}",
+                    path.display()
+                )
+            });
+        Self(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A shard served by a pg_auto_failover formation of its own: a monitor (with the fast
 /// timings, so a lost primary is replaced in seconds), a primary and a synchronous standby,
 /// which a test may lose, crash and rejoin. One per test that needs it, never four.
 pub(crate) struct HaCluster {
     pub(crate) shard: HaShard,
     pub(crate) monitor: FailoverMonitor,
+    dir: TestDir,
 }
 
 impl HaCluster {
     async fn start() -> Self {
-        let dir = services().root.join(format!(
-            "ha-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir).expect("the formation's directory is created");
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("the formation's directory is readable by the cluster owner");
+        let dir = TestDir::create("ha");
         let port = || orders_dev::free_port().expect("a free port");
-        let monitor = FailoverMonitor::start(&dir.join("monitor"), port(), FailoverTimings::fast())
-            .await
-            .unwrap_or_else(|e| panic!("the pg_auto_failover monitor did not start: {e:#}"));
-        let shard = HaShard::start(&monitor, "shard", &dir, [port(), port()], true)
+        let monitor =
+            FailoverMonitor::start(&dir.path().join("monitor"), port(), FailoverTimings::fast())
+                .await
+                .unwrap_or_else(|e| panic!("the pg_auto_failover monitor did not start: {e:#}"));
+        let shard = HaShard::start(&monitor, "shard", dir.path(), [port(), port()], true)
             .await
             .unwrap_or_else(|e| panic!("the pg_auto_failover formation did not start: {e:#}"));
-        Self { shard, monitor }
+        Self {
+            shard,
+            monitor,
+            dir,
+        }
     }
 
     /// The node the monitor reports primary now.
@@ -876,16 +904,22 @@ impl HaCluster {
 pub(crate) struct OwnCluster {
     cluster: PostgresCluster,
     options: PostgresOptions,
+    _dir: TestDir,
 }
 
 impl OwnCluster {
-    async fn start(options: PostgresOptions) -> Self {
-        let started = options.clone();
-        let cluster = tokio::task::spawn_blocking(move || PostgresCluster::start(started))
-            .await
-            .expect("start task")
-            .expect("the test's own cluster starts");
-        Self { cluster, options }
+    async fn start() -> Self {
+        let dir = TestDir::create("own");
+        let options = PostgresOptions {
+            data_dir: dir.path().join("data"),
+            port: orders_dev::free_port().expect("a free port"),
+            ephemeral: true,
+        };
+        Self {
+            cluster: start_cluster(options.clone()).await,
+            options,
+            _dir: dir,
+        }
     }
 
     /// Fast shutdown: sessions end, open transactions roll back, prepared ones survive.
@@ -918,8 +952,15 @@ impl OwnCluster {
 
     /// Starts the postmaster again on the same data directory and port.
     pub(crate) async fn restart(&mut self) {
-        *self = Self::start(self.options.clone()).await;
+        self.cluster = start_cluster(self.options.clone()).await;
     }
+}
+
+async fn start_cluster(options: PostgresOptions) -> PostgresCluster {
+    tokio::task::spawn_blocking(move || PostgresCluster::start(options))
+        .await
+        .expect("start task")
+        .expect("the test's own cluster starts")
 }
 
 /// Products every [`TestApp::spawn`] stocks, so tests can order them.
