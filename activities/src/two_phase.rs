@@ -13,6 +13,7 @@
 //!   of `PreparePart` still in flight cannot prepare the part afterwards.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -146,19 +147,28 @@ impl TwoPhaseActivities {
     /// Runs `attempt` on shard `index`, except that a shard the sampler found down and that
     /// still does not answer, or one that stops answering during `attempt`, ends the step at
     /// once with `ShardUnavailable` instead of being retried: the caller holds rows on other
-    /// shards that must not wait for this one.
+    /// shards that must not wait for this one. An attempt that takes longer than
+    /// [`ASK_EVERY`] is not waited out: the shard is asked whether it still answers meanwhile
+    /// (a pool retries a refused connect for its whole timeout). Abandoning the attempt rolls
+    /// its transaction back; a part it may have prepared is rolled back with the others.
     async fn on_an_answering_shard<T>(
         &self,
         index: usize,
         attempt: impl Future<Output = Result<T, ActivityError>>,
     ) -> Result<T, ActivityError> {
         let shard = self.shards.get(index);
+        let unavailable =
+            |why: String| ActivityError::application(FailureType::ShardUnavailable.failure(why));
         if shard.seems_down() && !shard.answers().await {
-            return Err(ActivityError::application(
-                FailureType::ShardUnavailable.failure(format!("shard {index} does not answer")),
-            ));
+            return Err(unavailable(format!("shard {index} does not answer")));
         }
-        let failure = match attempt.await {
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            () = stops_answering(shard) => {
+                return Err(unavailable(format!("shard {index} stopped answering during the step")));
+            }
+        };
+        let failure = match outcome {
             Ok(done) => return Ok(done),
             Err(ActivityError::Application(failure)) if !failure.is_non_retryable() => failure,
             Err(other) => return Err(other),
@@ -166,10 +176,9 @@ impl TwoPhaseActivities {
         if shard.answers().await {
             return Err(ActivityError::Application(failure));
         }
-        Err(ActivityError::application(
-            FailureType::ShardUnavailable
-                .failure(format!("shard {index} does not answer: {failure}")),
-        ))
+        Err(unavailable(format!(
+            "shard {index} does not answer: {failure}"
+        )))
     }
 
     async fn prepare_one(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
@@ -234,6 +243,19 @@ impl TwoPhaseActivities {
             }
         }
         Ok(committed)
+    }
+}
+
+/// How often a step that holds rows elsewhere asks whether its shard still answers.
+const ASK_EVERY: Duration = Duration::from_millis(250);
+
+/// Resolves once `shard` stops answering, asked every [`ASK_EVERY`].
+async fn stops_answering(shard: &Shard) {
+    loop {
+        tokio::time::sleep(ASK_EVERY).await;
+        if !shard.answers().await {
+            return;
+        }
     }
 }
 

@@ -268,6 +268,13 @@ impl ShardHosts {
         );
     }
 
+    /// Whether the primary in use answers, on its probe connection rather than through the
+    /// pools: a busy pool is not a down shard, and a refused connect is known at once where
+    /// a pool retries it until its timeout. Bounded by twice [`PROBE_TIMEOUT`] (connect, query).
+    pub async fn primary_answers(&self) -> bool {
+        self.probes[self.primary()].ping().await.is_ok()
+    }
+
     /// Finds the primary once, before the pools open: without it, the first connections
     /// would go to the first host given, whatever it is now.
     pub async fn find_primary(&self) {
@@ -356,8 +363,28 @@ impl std::fmt::Debug for Probe {
 }
 
 impl Probe {
-    /// The host's role and WAL position, each step bounded by [`PROBE_TIMEOUT`].
+    /// The host's role and WAL position.
     async fn ask(&self) -> Result<HostAnswer, String> {
+        self.on_connection(async |conn| host_answer(conn).await)
+            .await
+    }
+
+    /// Whether the host answers at all.
+    async fn ping(&self) -> Result<(), String> {
+        self.on_connection(async |conn| {
+            sqlx::Connection::ping(conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Runs `query` on the probe's connection, opening it first if needed; the connect and
+    /// the query are each bounded by [`PROBE_TIMEOUT`].
+    async fn on_connection<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, String>,
+    ) -> Result<T, String> {
         let mut slot = self.conn.lock().await;
         let mut conn = match slot.take() {
             Some(open) => open,
@@ -366,7 +393,7 @@ impl Probe {
                 .map_err(|_| format!("no connection within {PROBE_TIMEOUT:?}"))?
                 .map_err(|e| e.to_string())?,
         };
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, host_answer(&mut conn))
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, query(&mut conn))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")));
         // Kept only while it works: the next probe opens a new one after a failure.

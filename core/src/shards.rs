@@ -86,14 +86,15 @@ pub struct Shard {
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Shard {
-    /// Whether the shard answers a ping within [`PING_TIMEOUT`]: how a failing step tells a
-    /// shard that is down (wait for it, release what is held meanwhile) from an error of its
-    /// own. Remembered for [`Shard::seems_down`].
+    /// Whether the shard's primary answers a ping within [`PING_TIMEOUT`]: how a failing step
+    /// tells a shard that is down (wait for it, release what is held meanwhile) from an
+    /// error of its own. Asked on a connection of its own ([`ShardHosts::primary_answers`]),
+    /// so a crashed shard is known in a millisecond and a busy one is not taken for down.
+    /// Remembered for [`Shard::seems_down`].
     pub async fn answers(&self) -> bool {
-        let up = matches!(
-            tokio::time::timeout(PING_TIMEOUT, self.conn.ping()).await,
-            Ok(Ok(()))
-        );
+        let up = tokio::time::timeout(PING_TIMEOUT, self.hosts.primary_answers())
+            .await
+            .unwrap_or(false);
         self.seems_down.store(!up, Ordering::Relaxed);
         up
     }

@@ -858,7 +858,7 @@ impl Drop for TestDir {
 pub(crate) struct HaCluster {
     pub(crate) shard: HaShard,
     pub(crate) monitor: FailoverMonitor,
-    dir: TestDir,
+    _dir: TestDir,
 }
 
 impl HaCluster {
@@ -875,7 +875,7 @@ impl HaCluster {
         Self {
             shard,
             monitor,
-            dir,
+            _dir: dir,
         }
     }
 
