@@ -64,6 +64,7 @@ pub struct OrderMetrics {
     sync_standbys: Gauge,
     replication_lag: GaugeF64,
     failovers: Counter,
+    restore_point_taken: Gauge,
 }
 
 impl OrderMetrics {
@@ -163,6 +164,14 @@ impl OrderMetrics {
             failovers: counter(
                 "orders_shard_failovers",
                 "Times the worker followed a shard's primary to another host",
+            ),
+            restore_point_taken: meter.gauge(
+                MetricParameters::builder()
+                    .name("orders_restore_point_timestamp_seconds")
+                    .description(
+                        "When the shard's newest consistent restore point (orders backup point) was written",
+                    )
+                    .build(),
             ),
             meter,
         };
@@ -338,6 +347,12 @@ impl OrderMetrics {
         let labels = self.labels([("shard", shard.to_string())]);
         self.prepared_parts.record(count, &labels);
         self.prepared_oldest_age.record(oldest_age_secs, &labels);
+    }
+
+    /// Records when `shard`'s newest restore point was written (seconds since the epoch).
+    pub fn restore_point_taken(&self, shard: usize, unix_secs: u64) {
+        self.restore_point_taken
+            .record(unix_secs, &self.labels([("shard", shard.to_string())]));
     }
 
     /// Records one part the in-doubt recovery committed (or else rolled back).

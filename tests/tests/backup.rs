@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orders_backup::pgbackrest::{LocalShard, Repository};
 use orders_core::shards::PoolSettings;
@@ -23,6 +23,7 @@ use crate::helpers::{
     BuildOrder, LoadRecord, STOCKED_PRODUCTS, TestApp, TestDir, order, run_load, until,
 };
 use crate::in_doubt::wait_for_commit_decision;
+use crate::metrics::{sample, scrape};
 use crate::resharding::Mover;
 
 /// A deployment whose four shards archive their WAL into one pgBackRest repository.
@@ -77,9 +78,7 @@ impl BackedUp {
     }
 
     fn command(&self) -> Command {
-        let mut command = self.app.orders_command();
-        command.env("ORDERS_PGBACKREST_CONFIG", self.repository.config());
-        command
+        backup_command(&self.app, &self.repository)
     }
 
     #[track_caller]
@@ -143,6 +142,13 @@ impl BackedUp {
             succeeded: output.status.success(),
         }
     }
+}
+
+/// `app`'s `orders` command with `repository` configured, as the docs say.
+fn backup_command(app: &TestApp, repository: &Repository) -> Command {
+    let mut command = app.orders_command();
+    command.env("ORDERS_PGBACKREST_CONFIG", repository.config());
+    command
 }
 
 /// A restored copy, stopped when dropped.
@@ -235,12 +241,12 @@ async fn a_point_taken_under_load_restores_exactly_the_orders_confirmed_before_i
     ));
     tokio::time::sleep(Duration::from_secs(6)).await;
     let point_began = began.elapsed();
+    let point_began_at = SystemTime::now();
     let point = {
-        let mut command = app.orders_command();
-        command
-            .env("ORDERS_PGBACKREST_CONFIG", backed.repository.config())
-            .args(["backup", "point", "under-load", "--json"]);
-        let output = command.output().unwrap();
+        let output = backup_command(&app, &backed.repository)
+            .args(["backup", "point", "under-load", "--json"])
+            .output()
+            .unwrap();
         assert!(
             output.status.success(),
             "{}",
@@ -254,6 +260,36 @@ async fn a_point_taken_under_load_restores_exactly_the_orders_confirmed_before_i
     let records = load.await.unwrap();
     backed.app = Arc::try_unwrap(app).ok().expect("the load is over");
     eprintln!("point under load: {point}");
+    // What the `NoRecentRestorePoint` alert watches: the worker reports the point's time.
+    let written_after = point_began_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        .floor();
+    until(
+        "the worker reports the point's time on every shard",
+        Duration::from_secs(10),
+        async || {
+            let body = scrape(backed.app.metrics_port);
+            let times: Vec<Option<f64>> = (0..4)
+                .map(|i| {
+                    let shard = format!("shard=\"{i}\"");
+                    sample(&body, "orders_restore_point_timestamp_seconds", &[&shard])
+                })
+                .collect();
+            if times
+                .iter()
+                .all(|t| t.is_some_and(|at| at >= written_after))
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{times:?}, the point written after {written_after}"
+                ))
+            }
+        },
+    )
+    .await;
 
     let listed = backed.json(&["backup", "list"]);
     let listed_point = listed["points"]

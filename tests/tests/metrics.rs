@@ -6,14 +6,14 @@ use orders_worker::client::OrderOutcome;
 
 use crate::helpers::{BuildOrder, TestApp, http_get, order};
 
-fn scrape(port: u16) -> String {
+pub(crate) fn scrape(port: u16) -> String {
     let (status, body) = http_get(port, "/metrics");
     assert_eq!(status, 200, "{body}");
     body
 }
 
 /// The value of the first sample whose line starts with `name` and contains every label.
-fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))

@@ -15,7 +15,7 @@ use orders_activities::two_phase::TwoPhaseActivities;
 use orders_core::Shards;
 use orders_core::metrics::OrderMetrics;
 use orders_core::read_pools::{ReadPoolSettings, ReadPools};
-use orders_core::store::two_phase;
+use orders_core::store::{backup_points, two_phase};
 use orders_operations::import::ImportActivities;
 use orders_operations::import::policy::ImportPolicy;
 use orders_operations::recovery::RecoveryActivities;
@@ -330,7 +330,8 @@ async fn sample_shards(shards: Shards, metrics: Arc<OrderMetrics>) {
 }
 
 /// One shard's sample: its pool, whether it answers a ping (which `Shard::seems_down`
-/// remembers, so two-phase steps stop waiting for it), and its prepared parts.
+/// remembers, so two-phase steps stop waiting for it), its prepared parts, and when its
+/// newest restore point was taken.
 async fn sample(shard: &orders_core::Shard, metrics: &OrderMetrics) {
     let pool = shard.conn.get_postgres_connection_pool();
     let idle = pool.num_idle() as u64;
@@ -351,6 +352,10 @@ async fn sample(shard: &orders_core::Shard, metrics: &OrderMetrics) {
             metrics.shard_up(shard.index, true);
         }
         Err(_) => metrics.shard_up(shard.index, false),
+    }
+    // 0 until the first point: the `NoRecentRestorePoint` alert ignores shards without one.
+    if let Ok(newest) = backup_points::newest_taken_at(&shard.conn).await {
+        metrics.restore_point_taken(shard.index, newest.unwrap_or(0).max(0) as u64);
     }
 }
 

@@ -94,6 +94,18 @@ pub async fn list(conn: &impl ConnectionTrait) -> Result<Vec<BackupPoint>, DbErr
         .collect()
 }
 
+/// When the newest point this shard took was written, in seconds since the Unix epoch
+/// (`None` before the first): what the "no recent restore point" alert watches.
+pub async fn newest_taken_at(conn: &impl ConnectionTrait) -> Result<Option<i64>, DbErr> {
+    conn.query_one_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT extract(epoch FROM max(taken_at))::bigint AS newest FROM backup_points",
+    ))
+    .await?
+    .ok_or_else(|| DbErr::Custom("max() returned no row".into()))?
+    .try_get("", "newest")
+}
+
 /// Closes the gate for the rest of `txn`: waits (up to `lock_timeout`) for the commits in
 /// progress on this shard, and holds back every later one until `txn` ends, or until the
 /// session has been idle `held_at_most` (the server then ends it, and the gate opens).
