@@ -58,6 +58,11 @@ pub enum Command {
         /// as a multi-host URL, so a lost primary is replaced in seconds.
         #[arg(long, env = "ORDERS_DEV_STANDBYS")]
         standbys: bool,
+        /// Archive every shard's WAL into a pgBackRest repository in the state directory
+        /// (Debian: pgbackrest), so `orders backup`, `backup point` and `restore` work on the
+        /// demo. Single clusters only; give it on every run, or the archive has gaps.
+        #[arg(long, env = "ORDERS_DEV_BACKUPS")]
+        backups: bool,
         #[command(flatten)]
         temporal: TemporalSettings,
         #[command(flatten)]

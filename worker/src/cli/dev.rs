@@ -2,7 +2,8 @@
 //!
 //! Starts (or reuses) a Temporal dev server with its Web UI and history in the state
 //! directory, four PostgreSQL shards (single clusters, or with `--standbys` each a primary and
-//! a synchronous standby under pg_auto_failover), migrates them, seeds demo customers, runs the worker,
+//! a synchronous standby under pg_auto_failover; with `--backups`, archived by pgBackRest),
+//! migrates them, seeds demo customers, runs the worker,
 //! places sample orders (one of them declined, to show compensation), prints where to look,
 //! and on Ctrl-C stops everything it started.
 
@@ -72,11 +73,13 @@ pub struct DevStack {
     pub state_dir: PathBuf,
     pub temporal: TemporalDevServer,
     pub shards: DevShards,
+    /// The pgBackRest config the shards archive through (`--backups`).
+    pub backups: Option<PathBuf>,
 }
 
 impl DevStack {
     /// Starts or reuses Temporal and the shards under `state_dir`, creating the databases.
-    pub async fn start(state_dir: PathBuf, standbys: bool) -> anyhow::Result<Self> {
+    pub async fn start(state_dir: PathBuf, standbys: bool, backups: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
         let state_dir = state_dir.canonicalize()?;
@@ -96,8 +99,9 @@ impl DevStack {
             })
         })?;
         temporal.register_search_attributes("default", &search_attribute_flags())?;
-        let shards = DevShards::start(&state_dir, standbys).await?;
+        let shards = DevShards::start(&state_dir, standbys, backups).await?;
         Ok(Self {
+            backups: backups.then(|| DevShards::backups_config(&state_dir)),
             state_dir,
             temporal,
             shards,
@@ -109,10 +113,11 @@ impl DevStack {
 pub async fn run(
     state_dir: PathBuf,
     standbys: bool,
+    backups: bool,
     temporal_settings: TemporalSettings,
     serving: crate::worker::Serving,
 ) -> anyhow::Result<()> {
-    let stack = DevStack::start(state_dir, standbys).await?;
+    let stack = DevStack::start(state_dir, standbys, backups).await?;
     let settings = TemporalSettings {
         address: stack.temporal.address(),
         ..temporal_settings
@@ -337,6 +342,12 @@ fn print_where_to_look(
         "  other terminals : export ORDERS_SHARDS={}",
         urls.join(",")
     );
+    if let Some(config) = &stack.backups {
+        eprintln!(
+            "  backups         : export ORDERS_PGBACKREST_CONFIG={}",
+            config.display()
+        );
+    }
     if let Some(addr) = serving.metrics_addr {
         eprintln!("  metrics         : http://{addr}/metrics");
     }
@@ -351,6 +362,11 @@ fn print_where_to_look(
     eprintln!("  try (after the export above, from this directory):");
     eprintln!("                    {orders} submit --customer 1 --item 7:1:19.99 --wait");
     eprintln!("                    {orders} shards; {orders} list; {orders} explain");
+    if stack.backups.is_some() {
+        eprintln!(
+            "                    {orders} backup; {orders} backup point first; {orders} restore --point first --into /tmp/restored"
+        );
+    }
     eprintln!(
         "                    temporal workflow start --type PlaceOrder --task-queue orders --input '{{\"customer_id\": 2, \"items\": [{{\"product_id\": 7, \"quantity\": 1, \"unit_price\": \"5.00\"}}]}}'"
     );

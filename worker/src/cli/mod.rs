@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev {
             state_dir,
             standbys,
+            backups,
             temporal,
             metrics,
             api,
@@ -82,7 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 steps: Default::default(),
                 imports: imports.policy(),
             };
-            dev::run(state_dir, standbys, temporal, serving).await?;
+            dev::run(state_dir, standbys, backups, temporal, serving).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker {
