@@ -6,12 +6,13 @@
 //!    [`POINT_EVERY`], taken while `orders load` runs at 16 in flight (a saga load, then a
 //!    two-phase one). Printed: the pause's p50, p99 and max as the point measures it (from
 //!    asking for the gates to opening them), and each load's orders/s and p99 against the
-//!    same load with no point taken (run just before), and against the same load with the
-//!    gate's triggers disabled: what the gate costs every order, point or not.
+//!    same load with no point taken, and that against the same load with the gate's
+//!    triggers disabled (two loads each, in the order A B B A): what the gate costs every
+//!    order, point or not.
 //! 2. **`orders backup` against pgBackRest's own backups.** A full backup of every shard,
-//!    one shard after another, both ways, alternating over [`BACKUP_ROUNDS`] rounds: our
-//!    command (a process, stanza checks, the progress bar) against `pgbackrest backup` per
-//!    stanza. Printed: seconds each way and the ratio.
+//!    one shard after another, both ways, over [`BACKUP_ROUNDS`] rounds, each way first
+//!    every other round: our command (a process, stanza checks, the progress bar) against
+//!    `pgbackrest backup` per stanza. Printed: seconds each way and the ratio.
 //! 3. **Restore of 4 × [`ORDERS_PER_SHARD`] orders.** `orders restore` of a point taken
 //!    after the backups: seconds for the whole command (restore, start, replay to the point,
 //!    settle, audit).
@@ -37,7 +38,7 @@ const POINT_EVERY: Duration = Duration::from_millis(500);
 /// Orders per load: enough to outlast the points.
 const LOAD_ORDERS: u64 = 800;
 const IN_FLIGHT: usize = 16;
-const BACKUP_ROUNDS: usize = 2;
+const BACKUP_ROUNDS: usize = 4;
 
 /// Four archived clusters, their repository, and a deployment on them.
 struct Setup {
@@ -171,6 +172,15 @@ async fn set_gate_triggers(setup: &Setup, enabled: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mean orders/s and p99 of several loads.
+fn mean(rates: &[(f64, f64)]) -> (f64, f64) {
+    let n = rates.len() as f64;
+    let (orders, p99) = rates
+        .iter()
+        .fold((0.0, 0.0), |(o, p), (ro, rp)| (o + ro, p + rp));
+    (orders / n, p99 / n)
+}
+
 fn rate(report: &serde_json::Value) -> (f64, f64) {
     (
         report["orders_per_sec"].as_f64().unwrap_or_default(),
@@ -211,15 +221,20 @@ async fn main() -> anyhow::Result<()> {
         "\n## The write pause of `orders backup point` ({POINTS} points under each load, one every {POINT_EVERY:?}, {IN_FLIGHT} in flight)\n"
     );
     println!(
-        "| load | orders/s, no gate | orders/s, gate | orders/s, gate + points | points / no gate | p99 no gate / gate / points | pause p50 | pause p99 | pause max |"
+        "| load | orders/s, no gate | orders/s, gate | orders/s, gate + points | gate / no gate | points / gate | p99 no gate / gate / points | pause p50 | pause p99 | pause max |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut all_pauses = Vec::new();
     for mode in ["saga", "two_phase"] {
-        set_gate_triggers(&setup, false).await?;
-        let ungated = load(&bin, &address, task_queue, &setup, mode).await??;
+        // Without the gate and with it in the order A B B A, so that the drift between
+        // consecutive loads cancels out of the ratio.
+        let (mut ungated, mut gated) = (Vec::new(), Vec::new());
+        for enabled in [false, true, true, false] {
+            set_gate_triggers(&setup, enabled).await?;
+            let report = load(&bin, &address, task_queue, &setup, mode).await??;
+            if enabled { &mut gated } else { &mut ungated }.push(rate(&report));
+        }
         set_gate_triggers(&setup, true).await?;
-        let baseline = load(&bin, &address, task_queue, &setup, mode).await??;
         let running = load(&bin, &address, task_queue, &setup, mode);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut pauses = Vec::new();
@@ -231,12 +246,13 @@ async fn main() -> anyhow::Result<()> {
         }
         let with_points = running.await??;
         pauses.sort_by(f64::total_cmp);
-        let (free, free_p99) = rate(&ungated);
-        let (before, before_p99) = rate(&baseline);
+        let (free, free_p99) = mean(&ungated);
+        let (before, before_p99) = mean(&gated);
         let (during, during_p99) = rate(&with_points);
         println!(
-            "| {mode} | {free:.1} | {before:.1} | {during:.1} | {:.2}× | {free_p99:.0} / {before_p99:.0} / {during_p99:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-            during / free,
+            "| {mode} | {free:.1} | {before:.1} | {during:.1} | {:.2}× | {:.2}× | {free_p99:.0} / {before_p99:.0} / {during_p99:.0} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            before / free,
+            during / before,
             percentile(&pauses, 0.5),
             percentile(&pauses, 0.99),
             pauses.last().copied().unwrap_or_default(),
@@ -256,22 +272,41 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| round | pgbackrest backup | orders backup | ratio |");
     println!("|---|---|---|---|");
+    let (mut raw_total, mut ours_total) = (0.0, 0.0);
     for round in 0..BACKUP_ROUNDS {
-        let raw_started = Instant::now();
-        for shard in 0..SHARDS {
-            setup.repository.backup(shard, BackupKind::Full).await?;
+        // Each way goes first every other round: a backup after another one is not a
+        // backup after a load (the archiver's backlog, the repository's growth).
+        let (mut raw, mut ours) = (0.0, 0.0);
+        for ours_now in [round % 2 == 1, round % 2 == 0] {
+            let started = Instant::now();
+            if ours_now {
+                let mut command = orders(&bin, &address, task_queue, &setup);
+                command.arg("backup");
+                json(command, "orders backup").await?;
+                ours = started.elapsed().as_secs_f64();
+            } else {
+                for shard in 0..SHARDS {
+                    setup.repository.backup(shard, BackupKind::Full).await?;
+                }
+                raw = started.elapsed().as_secs_f64();
+            }
         }
-        let raw = raw_started.elapsed().as_secs_f64();
-        let ours_started = Instant::now();
-        let mut ours = orders(&bin, &address, task_queue, &setup);
-        ours.arg("backup");
-        json(ours, "orders backup").await?;
-        let ours = ours_started.elapsed().as_secs_f64();
+        raw_total += raw;
+        ours_total += ours;
+        let first = if round % 2 == 1 {
+            "orders"
+        } else {
+            "pgbackrest"
+        };
         println!(
-            "| {round} | {raw:.1} s | {ours:.1} s | {:.2}× |",
+            "| {round} ({first} first) | {raw:.1} s | {ours:.1} s | {:.2}× |",
             ours / raw
         );
     }
+    println!(
+        "\nover {BACKUP_ROUNDS} rounds: orders backup / pgbackrest backup {:.2}× (goal about 1×)",
+        ours_total / raw_total
+    );
 
     println!("\n## Restore of {SHARDS} × {ORDERS_PER_SHARD} orders\n");
     orders_backup::point::take(&setup.shards, "bench-restore").await?;
