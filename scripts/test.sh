@@ -33,6 +33,7 @@ cargo test -p orders-tests --test integration -- "$alone" --test-threads=1
 # A passing run's shared clusters and logs are not needed: free the disk (a failing run's stay
 # for reading, until the next run starts).
 for run in "${TMPDIR:-/tmp}"/orders-tests-*; do
-  [ -d "$run" ] && [ ! -e "/proc/${run##*-}" ] && rm -rf "$run"
+  if [ -d "$run" ] && [ ! -e "/proc/${run##*-}" ]; then
+    rm -rf "$run" || echo "could not remove $run" >&2
+  fi
 done
-true

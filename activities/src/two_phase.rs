@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -139,8 +140,9 @@ impl TwoPhaseActivities {
     /// [`Self::prepare_one`], on a shard that answers (see [`Self::on_an_answering_shard`]):
     /// the parts prepared before it would hold their rows through every retry. The workflow
     /// rolls them back and tries again later.
-    async fn prepare_answering(&self, part: &TwoPhasePart) -> Result<(), ActivityError> {
-        self.on_an_answering_shard(part.shard, self.prepare_one(part))
+    async fn prepare_answering(self: &Arc<Self>, part: &TwoPhasePart) -> Result<(), ActivityError> {
+        let (this, owned) = (Arc::clone(self), part.clone());
+        self.on_an_answering_shard(part.shard, async move { this.prepare_one(&owned).await })
             .await
     }
 
@@ -149,12 +151,13 @@ impl TwoPhaseActivities {
     /// once with `ShardUnavailable` instead of being retried: the caller holds rows on other
     /// shards that must not wait for this one. An attempt that takes longer than
     /// [`ASK_EVERY`] is not waited out: the shard is asked whether it still answers meanwhile
-    /// (a pool retries a refused connect for its whole timeout). Abandoning the attempt rolls
-    /// its transaction back; a part it may have prepared is rolled back with the others.
-    async fn on_an_answering_shard<T>(
+    /// (a pool retries a refused connect for its whole timeout). The step stops waiting for
+    /// an attempt on a shard that stopped answering and leaves it to end on its own (see
+    /// [`unless`]); a part it may still prepare is rolled back with the others.
+    async fn on_an_answering_shard<T: Send + 'static>(
         &self,
         index: usize,
-        attempt: impl Future<Output = Result<T, ActivityError>>,
+        attempt: impl Future<Output = Result<T, ActivityError>> + Send + 'static,
     ) -> Result<T, ActivityError> {
         let shard = self.shards.get(index);
         let unavailable =
@@ -162,11 +165,10 @@ impl TwoPhaseActivities {
         if shard.seems_down() && !shard.answers().await {
             return Err(unavailable(format!("shard {index} does not answer")));
         }
-        let outcome = tokio::select! {
-            outcome = attempt => outcome,
-            () = stops_answering(shard) => {
-                return Err(unavailable(format!("shard {index} stopped answering during the step")));
-            }
+        let Some(outcome) = unless(attempt, stops_answering(shard)).await else {
+            return Err(unavailable(format!(
+                "shard {index} stopped answering during the step"
+            )));
         };
         let failure = match outcome {
             Ok(done) => return Ok(done),
@@ -215,10 +217,10 @@ impl TwoPhaseActivities {
         failpoints::hit("commit_decision.before").await?;
         let shard = self.shards.get(part.shard);
         let key = part.gid.parts().decision_key();
-        within_a_ping(
-            part,
-            two_phase::record_commit_decision(&shard.resolver, &key),
-        )
+        let resolver = shard.resolver.clone();
+        within_a_ping(part, async move {
+            two_phase::record_commit_decision(&resolver, &key).await
+        })
         .await?
         .map_err(|e| shard.error(e))?;
         Ok(())
@@ -233,7 +235,12 @@ impl TwoPhaseActivities {
         }
         let shard = self.shards.get(part.shard);
         let _timer = self.metrics.time(shard, "CommitPart");
-        let committed = within_a_ping(part, commit_on(shard, &part.gid, &part.idempotency_key))
+        let (on, gid, key) = (
+            shard.clone(),
+            part.gid.clone(),
+            part.idempotency_key.clone(),
+        );
+        let committed = within_a_ping(part, async move { commit_on(&on, &gid, &key).await })
             .await?
             .map_err(|e| shard.error(e))?;
         if committed {
@@ -243,6 +250,22 @@ impl TwoPhaseActivities {
             }
         }
         Ok(committed)
+    }
+}
+
+/// `work`'s output, unless `give_up` resolves first (`None`). `work` runs as a task of its
+/// own, and giving up leaves it to finish rather than cancelling it: sqlx 0.9.0 leaves a
+/// connection inside a transaction if a future is dropped while its `BEGIN` is in flight
+/// (launchbadge/sqlx#4393), and the pool would hand that connection out again.
+async fn unless<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+    give_up: impl Future<Output = ()>,
+) -> Option<T> {
+    let mut task = tokio::spawn(work.in_current_span());
+    tokio::select! {
+        biased;
+        done = &mut task => Some(done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))),
+        () = give_up => None,
     }
 }
 
@@ -263,19 +286,21 @@ async fn stops_answering(shard: &Shard) {
 /// row, so one that takes longer is on a shard that is going away (a connect to a shard that
 /// just crashed is retried for the pool's whole timeout), and the order's other parts must
 /// not hold their rows meanwhile. A timeout is a retryable failure.
-async fn within_a_ping<T>(
+async fn within_a_ping<T: Send + 'static>(
     part: &TwoPhasePart,
-    work: impl Future<Output = T>,
+    work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ActivityError> {
-    tokio::time::timeout(PING_TIMEOUT, work).await.map_err(|_| {
-        ActivityError::Application(Box::new(
-            ApplicationFailure::builder(format!(
-                "shard {} did not answer phase two within {PING_TIMEOUT:?}",
-                part.shard
+    unless(work, tokio::time::sleep(PING_TIMEOUT))
+        .await
+        .ok_or_else(|| {
+            ActivityError::Application(Box::new(
+                ApplicationFailure::builder(format!(
+                    "shard {} did not answer phase two within {PING_TIMEOUT:?}",
+                    part.shard
+                ))
+                .build(),
             ))
-            .build(),
-        ))
-    })
+        })
 }
 
 /// A part that phase two found neither prepared nor committed: rolled back outside the
@@ -339,8 +364,8 @@ impl TwoPhaseActivities {
     /// they are, for the workflow to roll back). A part that failed otherwise fails the
     /// step, retried once the others are done; a retry finds the committed ones committed.
     ///
-    /// A home shard that does not answer ends the step at once with `ShardUnavailable`,
-    /// nothing committed: the others must not commit before the home part until the decision
+    /// A home shard that does not answer ends the step at once with `ShardUnavailable`, its
+    /// part committed at most (a commit it stopped waiting for may still land): the others must not commit before the home part until the decision
     /// is in the history, and waiting here would hold their rows for the whole outage. The
     /// workflow then commits every part as activities of their own (see its `commit_together`).
     #[activity(name = "CommitParts")]
@@ -352,9 +377,10 @@ impl TwoPhaseActivities {
         let Some((home, others)) = parts.split_first() else {
             return Ok(Vec::new());
         };
-        let decided_and_committed = async {
-            self.record_decision(home).await?;
-            self.commit_one(home).await
+        let (this, owned) = (Arc::clone(&self), home.clone());
+        let decided_and_committed = async move {
+            this.record_decision(&owned).await?;
+            this.commit_one(&owned).await
         };
         if !self
             .on_an_answering_shard(home.shard, decided_and_committed)

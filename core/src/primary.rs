@@ -120,6 +120,7 @@ impl ShardHosts {
                     .application_name(PROBE_APPLICATION_NAME)
                     .disable_statement_logging(),
                 conn: tokio::sync::Mutex::new(None),
+                last_answer: std::sync::Mutex::new(None),
             })
             .collect();
         let addresses = shard_url::host_addresses(url);
@@ -268,11 +269,16 @@ impl ShardHosts {
         );
     }
 
-    /// Whether the primary in use answers, on its probe connection rather than through the
-    /// pools: a busy pool is not a down shard, and a refused connect is known at once where
-    /// a pool retries it until its timeout. Bounded by twice [`PROBE_TIMEOUT`] (connect, query).
-    pub async fn primary_answers(&self) -> bool {
-        self.probes[self.primary()].ping().await.is_ok()
+    /// Whether the host in use as primary answers, as a primary, on its probe connection
+    /// rather than through the pools: a busy pool is not a down shard, and a refused connect
+    /// is known at once where a pool retries it until its timeout. Bounded by twice
+    /// [`PROBE_TIMEOUT`] (connect, query). The probe runs as a task of its own: a caller that
+    /// stops waiting does not close the connection in the middle of a query.
+    pub async fn primary_answers(self: &Arc<Self>) -> bool {
+        let (hosts, primary) = (Arc::clone(self), self.primary());
+        tokio::spawn(async move { hosts.probes[primary].answers_as_primary().await })
+            .await
+            .unwrap_or(false)
     }
 
     /// Finds the primary once, before the pools open: without it, the first connections
@@ -354,6 +360,9 @@ struct HostAnswer {
 struct Probe {
     options: PgConnectOptions,
     conn: tokio::sync::Mutex<Option<PgConnection>>,
+    /// When the last [`Probe::answers_as_primary`] ended, and its answer: callers that
+    /// queued behind it take that answer instead of asking again.
+    last_answer: std::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -369,14 +378,27 @@ impl Probe {
             .await
     }
 
-    /// Whether the host answers at all.
-    async fn ping(&self) -> Result<(), String> {
-        self.on_connection(async |conn| {
-            sqlx::Connection::ping(conn)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
+    /// Whether the host answers, as a primary. Many steps ask at once while a shard is slow:
+    /// one query answers all those that asked before it ended.
+    async fn answers_as_primary(&self) -> bool {
+        let asked = Instant::now();
+        let mut slot = self.conn.lock().await;
+        if let Some((ended, answer)) = *self.last_answer.lock().expect("last answer lock")
+            && ended >= asked
+        {
+            return answer;
+        }
+        let answer = self
+            .on_slot(&mut slot, async |conn| {
+                sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()")
+                    .fetch_one(conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or(false);
+        *self.last_answer.lock().expect("last answer lock") = Some((Instant::now(), answer));
+        answer
     }
 
     /// Runs `query` on the probe's connection, opening it first if needed; the connect and
@@ -386,6 +408,14 @@ impl Probe {
         query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, String>,
     ) -> Result<T, String> {
         let mut slot = self.conn.lock().await;
+        self.on_slot(&mut slot, query).await
+    }
+
+    async fn on_slot<T>(
+        &self,
+        slot: &mut Option<PgConnection>,
+        query: impl AsyncFnOnce(&mut PgConnection) -> Result<T, String>,
+    ) -> Result<T, String> {
         let mut conn = match slot.take() {
             Some(open) => open,
             None => tokio::time::timeout(PROBE_TIMEOUT, self.options.connect())

@@ -75,6 +75,13 @@ impl DevShards {
             cluster.create_database(DEV_DATABASE).await?;
             clusters.push(cluster);
         }
+        if let Some(repository) = &repository {
+            // Now, not at the first `orders backup`: until its stanza exists, a cluster's
+            // WAL cannot be archived, and piles up.
+            for shard in 0..clusters.len() {
+                repository.create_stanza(shard).await?;
+            }
+        }
         Ok(Self::Single(clusters))
     }
 

@@ -434,7 +434,7 @@ async fn commit_together(
 }
 
 /// Phase two when the home part's shard does not answer (`CommitParts` said so, having
-/// committed nothing): every part commits at once, each a `CommitPart` activity retried
+/// committed the home part at most): every part commits at once, each a `CommitPart` activity retried
 /// until done, so the parts on healthy shards release their rows now instead of when the
 /// home shard is back. Committing them before the home part is safe because scheduling the
 /// activities completes this workflow task, which puts the decision's memo in the history
