@@ -39,11 +39,12 @@ impl DevShards {
             );
             return Self::start_replicated(state_dir).await;
         }
+        let sockets = socket_dir(state_dir);
         let shards: Vec<LocalShard> = (0..DEV_SHARD_COUNT)
             .map(|shard| LocalShard {
                 data_dir: state_dir.join(format!("shard-{shard}")),
                 port: DEV_SHARD_BASE_PORT + shard as u16,
-                socket_dir: socket_dir(state_dir),
+                socket_dir: sockets.clone(),
             })
             .collect();
         let repository = if backups {
